@@ -1,0 +1,637 @@
+/*
+ * libpsrpc — protobuf RPC over pub/sub (Redis, NATS, in-process), wire
+ * compatible with livekit/psrpc (Go).
+ *
+ * This is the only header a user includes. It depends on <stddef.h> and
+ * <stdint.h> alone, and compiles as C99 and as C++.
+ *
+ * THREADS
+ *   A bus owns one internal thread running a libuv loop (the "loop thread").
+ *   Clients, servers and subscriptions created on a bus share it.
+ *
+ *   | function                                   | may be called from                         |
+ *   |--------------------------------------------|--------------------------------------------|
+ *   | psrpc_version*, psrpc_status_*, *_init     | any thread, any time (pure)                |
+ *   | psrpc_last_error, psrpc_clear_error        | any thread; per-thread state               |
+ *   | open/create, call, cancel, register,       | any thread, also inside callbacks; they    |
+ *   | publish, subscribe, respond, fail, claim   | enqueue work and never wait for the loop   |
+ *   | psrpc_msg_*                                | any thread (immutable, atomic refcount)    |
+ *   | *_close                                    | any thread, also inside callbacks;         |
+ *   |                                            | idempotent                                 |
+ *   | *_free                                     | any thread; the caller's last use of it    |
+ *   | *_sync, *_wait_*                           | any thread EXCEPT a loop thread: there     |
+ *   |                                            | they fail at once with                     |
+ *   |                                            | PSRPC_WOULD_DEADLOCK                       |
+ *
+ *   Every callback runs on the loop thread of the bus it belongs to, never
+ *   while the library holds a lock, and never from inside the API call that
+ *   scheduled it. Callbacks must not block: they stall every handle on the bus.
+ *
+ * OWNERSHIP
+ *   - Handles are opaque. Bytes and strings passed in are copied before the
+ *     call returns. Bytes and strings passed to a callback are borrowed for the
+ *     duration of that callback (retain a psrpc_msg to keep it).
+ *   - A one-shot callback (call completion, a multi call's done, a ready
+ *     callback, a closed callback) fires EXACTLY ONCE if the function that took
+ *     it returned PSRPC_OK, and NEVER if it returned an error.
+ *   - A long-lived registration (a method handler, a subscription) takes
+ *     (cb, user_data, release): release(user_data) runs exactly once, on the
+ *     loop thread, after the last invocation of cb has returned.
+ *   - A psrpc_request handed to a handler must be answered exactly once, with
+ *     psrpc_request_respond() or psrpc_request_fail(), from any thread, at any
+ *     later time. Either call consumes it. An affinity callback answers with
+ *     psrpc_request_claim() in the same way.
+ *   - *_free may be called in any order (a bus before its clients is fine):
+ *     memory is reclaimed when the last internal reference drops.
+ *
+ * ERRORS
+ *   Functions return psrpc_status: 0 on success, a negative code on failure.
+ *   Every failing call sets a per-thread message readable with
+ *   psrpc_last_error(). Asynchronous outcomes reach callbacks as a
+ *   const psrpc_error * (NULL on success) that carries the code string exactly
+ *   as it travelled on the wire, the message and the details.
+ */
+#ifndef PSRPC_H
+#define PSRPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#if defined(PSRPC_BUILDING_SHARED)
+#define PSRPC_API __declspec(dllexport)
+#elif defined(PSRPC_USING_SHARED)
+#define PSRPC_API __declspec(dllimport)
+#else
+#define PSRPC_API
+#endif
+#elif defined(__GNUC__) && __GNUC__ >= 4
+#define PSRPC_API __attribute__((visibility("default")))
+#else
+#define PSRPC_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Version                                                                   */
+/* ------------------------------------------------------------------------ */
+
+#define PSRPC_VERSION_MAJOR 0
+#define PSRPC_VERSION_MINOR 1
+#define PSRPC_VERSION_PATCH 0
+#define PSRPC_VERSION_HEX                                                                 \
+    ((PSRPC_VERSION_MAJOR << 16) | (PSRPC_VERSION_MINOR << 8) | (PSRPC_VERSION_PATCH))
+#define PSRPC_VERSION_STRING "0.1.0"
+
+/** The livekit/psrpc release whose wire protocol this library speaks. */
+#define PSRPC_WIRE_VERSION_STRING "v0.8.2"
+
+/** PSRPC_VERSION_HEX of the library actually loaded. */
+PSRPC_API unsigned int psrpc_version(void);
+/** "MAJOR.MINOR.PATCH" of the library actually loaded; static storage. */
+PSRPC_API const char *psrpc_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * XX(NAME, value, wire code string, description). One entry per psrpc error
+ * code of the wire protocol (section 13.1), in its order, then the codes only
+ * local API misuse can produce (wire string NULL: they travel as "internal").
+ */
+#define PSRPC_STATUS_MAP(XX)                                                              \
+    XX(OK, 0, "", "success")                                                              \
+    XX(CANCELED, -1, "canceled", "request canceled")                                      \
+    XX(UNKNOWN, -2, "unknown", "unknown error")                                           \
+    XX(INVALID_ARGUMENT, -3, "invalid_argument", "invalid argument")                      \
+    XX(MALFORMED_REQUEST, -4, "malformed_request", "malformed request")                   \
+    XX(DEADLINE_EXCEEDED, -5, "deadline_exceeded", "deadline exceeded")                   \
+    XX(NOT_FOUND, -6, "not_found", "not found")                                           \
+    XX(ALREADY_EXISTS, -7, "already_exists", "already exists")                            \
+    XX(PERMISSION_DENIED, -8, "permission_denied", "permission denied")                   \
+    XX(RESOURCE_EXHAUSTED, -9, "resource_exhausted", "resource exhausted")                \
+    XX(FAILED_PRECONDITION, -10, "failed_precondition", "failed precondition")            \
+    XX(ABORTED, -11, "aborted", "aborted")                                                \
+    XX(OUT_OF_RANGE, -12, "out_of_range", "out of range")                                 \
+    XX(UNIMPLEMENTED, -13, "unimplemented", "unimplemented")                              \
+    XX(INTERNAL, -14, "internal", "internal error")                                       \
+    XX(MALFORMED_RESULT, -15, "malformed_result", "malformed result")                     \
+    XX(UNAVAILABLE, -16, "unavailable", "unavailable")                                    \
+    XX(DATA_LOSS, -17, "data_loss", "data loss")                                          \
+    XX(UNAUTHENTICATED, -18, "unauthenticated", "unauthenticated")                        \
+    XX(NOT_ACCEPTABLE, -19, "not_acceptable", "not acceptable")                           \
+    XX(UNPROCESSABLE_ENTITY, -20, "unprocessable_entity", "unprocessable entity")         \
+    XX(UPSTREAM_SERVER_ERROR, -21, "upstream_server_error", "upstream server error")      \
+    XX(UPSTREAM_CLIENT_ERROR, -22, "upstream_client_error", "upstream client error")      \
+    XX(WOULD_DEADLOCK, -100, NULL, "blocking call on the loop thread would deadlock")     \
+    XX(NOT_SUPPORTED, -101, NULL, "not supported by this library version")
+
+typedef enum psrpc_status {
+#define PSRPC__STATUS_ENUM(name, value, code, desc) PSRPC_##name = value,
+    PSRPC_STATUS_MAP(PSRPC__STATUS_ENUM)
+#undef PSRPC__STATUS_ENUM
+} psrpc_status;
+
+/** "PSRPC_DEADLINE_EXCEEDED"; "PSRPC_UNKNOWN" for values not in the map. */
+PSRPC_API const char *psrpc_status_name(int status);
+/** Human description ("deadline exceeded"); static storage. */
+PSRPC_API const char *psrpc_status_str(int status);
+/** The psrpc wire code ("deadline_exceeded"; "" for OK; "internal" for local-only codes). */
+PSRPC_API const char *psrpc_status_code(int status);
+/** Wire code string to status; NULL, "" → PSRPC_OK; unknown strings → PSRPC_UNKNOWN. */
+PSRPC_API int psrpc_status_from_code(const char *code);
+
+/**
+ * The message of the calling thread's last failed psrpc call ("" if none).
+ * Valid until the next psrpc call on this thread. Never NULL.
+ */
+PSRPC_API const char *psrpc_last_error(void);
+/** The status of the calling thread's last failed call (PSRPC_OK if none). */
+PSRPC_API int psrpc_last_error_status(void);
+PSRPC_API void psrpc_clear_error(void);
+
+/** One error detail: a google.protobuf.Any (type URL + serialized bytes). */
+typedef struct psrpc_error_detail {
+    const char *type_url;
+    const uint8_t *value;
+    size_t value_len;
+} psrpc_error_detail;
+
+/**
+ * An error delivered to a callback. Everything it points to is borrowed for
+ * the duration of the callback. Library-allocated: may grow at the end.
+ */
+typedef struct psrpc_error {
+    int32_t status;  /* psrpc_status; PSRPC_UNKNOWN for a code string we do not know */
+    uint32_t reserved;
+    const char *code;    /* the code string exactly as received, e.g. "not_found" */
+    const char *message; /* never NULL */
+    const psrpc_error_detail *details;
+    size_t details_count;
+} psrpc_error;
+
+/* ------------------------------------------------------------------------ */
+/* Messages: immutable, refcounted byte buffers                              */
+/* ------------------------------------------------------------------------ */
+
+typedef struct psrpc_msg psrpc_msg;
+
+/** Copy len bytes into a new message (refcount 1). data may be NULL if len is 0. */
+PSRPC_API psrpc_status psrpc_msg_new(psrpc_msg **out, const void *data, size_t len);
+/** The bytes; never NULL (a zero-length message points at a valid empty buffer). */
+PSRPC_API const uint8_t *psrpc_msg_data(const psrpc_msg *msg);
+PSRPC_API size_t psrpc_msg_size(const psrpc_msg *msg);
+/** Takes a reference; returns msg. Any thread. */
+PSRPC_API psrpc_msg *psrpc_msg_retain(const psrpc_msg *msg);
+/** Drops a reference; NULL is a no-op. Any thread. */
+PSRPC_API void psrpc_msg_release(const psrpc_msg *msg);
+
+/* ------------------------------------------------------------------------ */
+/* Common callback types                                                     */
+/* ------------------------------------------------------------------------ */
+
+/** Releases user data; runs once, on the loop thread. */
+typedef void (*psrpc_release_cb)(void *user_data);
+/** A handle finished closing. Runs once, on the loop thread. */
+typedef void (*psrpc_closed_cb)(void *user_data);
+/** A one-shot outcome: error is NULL on success. */
+typedef void (*psrpc_done_cb)(const psrpc_error *error, void *user_data);
+
+/** A string key/value pair (request metadata). Borrowed, copied by the callee. */
+typedef struct psrpc_kv {
+    const char *key;
+    const char *value;
+} psrpc_kv;
+
+/* ------------------------------------------------------------------------ */
+/* Method definitions                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* Routing type of a method (livekit/psrpc's psrpc.Routing). */
+#define PSRPC_ROUTING_QUEUE 0u
+#define PSRPC_ROUTING_AFFINITY 1u
+#define PSRPC_ROUTING_MULTI 2u
+
+/* Method flags (livekit/psrpc's method options). */
+#define PSRPC_METHOD_SUBSCRIPTION 0x1u  /* server publishes, clients subscribe */
+#define PSRPC_METHOD_TOPICS 0x2u        /* the method takes topics */
+#define PSRPC_METHOD_STREAM 0x4u        /* bidirectional stream */
+#define PSRPC_METHOD_SINGLE_SERVER 0x8u /* topic_params.single_server: no claim handshake */
+
+/**
+ * What both sides must agree on about a method (as protoc-gen-psrpc derives it
+ * from the method's options). Borrowed for the duration of the call that
+ * takes it.
+ */
+typedef struct psrpc_method {
+    uint32_t struct_size; /* sizeof(psrpc_method) */
+    uint32_t routing;     /* PSRPC_ROUTING_* */
+    uint32_t flags;       /* PSRPC_METHOD_* */
+    uint32_t reserved;    /* 0 */
+    const char *name;     /* method name on the wire, e.g. "AddValue" */
+    /* Full protobuf name of the method's output message
+     * ("pkg.AddResult"). Subscriptions need it: published messages carry it as
+     * their type URL and subscribers drop other types. NULL: subscribers
+     * accept any type, publishing is refused. */
+    const char *output_type;
+} psrpc_method;
+
+#define PSRPC_METHOD_INIT {sizeof(psrpc_method), 0, 0, 0, NULL, NULL}
+#define PSRPC_METHOD_SIZE_V1 32
+
+/* ------------------------------------------------------------------------ */
+/* Bus                                                                       */
+/* ------------------------------------------------------------------------ */
+
+typedef struct psrpc_bus psrpc_bus;
+
+typedef struct psrpc_bus_options {
+    uint32_t struct_size;     /* sizeof(psrpc_bus_options) */
+    uint32_t flags;           /* reserved, 0 */
+    int64_t max_message_size; /* bytes; 0 = 1 MiB. Larger messages are refused
+                                 (resource_exhausted) and inbound ones dropped */
+    int64_t queue_capacity;   /* per-subscription inbound queue; 0 = 1000. Overflow
+                                 is dropped and counted as slow_consumer */
+} psrpc_bus_options;
+
+#define PSRPC_BUS_OPTIONS_INIT {sizeof(psrpc_bus_options), 0, 0, 0}
+#define PSRPC_BUS_OPTIONS_SIZE_V1 24
+
+/** Fills opts with defaults for a caller compiled with struct_size. */
+PSRPC_API psrpc_status psrpc_bus_options_init(psrpc_bus_options *opts, size_t struct_size);
+
+/**
+ * Opens a bus. url: NULL or "local://" (a bus private to this handle),
+ * "local://NAME" (shared by every bus opened with the same NAME in this
+ * process), "redis://..." or "nats://..." where compiled in. opts may be NULL.
+ * Starts the loop thread. Returns at once; on failure *out is NULL.
+ */
+PSRPC_API psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url,
+                                      const psrpc_bus_options *opts);
+
+/**
+ * Closes the bus and everything created on it (clients, servers and
+ * subscriptions close as if forced: outstanding calls complete with
+ * PSRPC_CANCELED). closed_cb (may be NULL) runs on the loop thread after the
+ * last callback of anything on this bus returned. Idempotent: a second close
+ * returns PSRPC_OK and its closed_cb also runs once.
+ */
+PSRPC_API psrpc_status psrpc_bus_close(psrpc_bus *bus, psrpc_closed_cb closed_cb,
+                                       void *user_data);
+
+/**
+ * Drops the caller's reference, closing first if needed. NULL is a no-op.
+ * Never waits for the network. If called on a thread other than the bus's
+ * loop thread, waits until the loop thread has stopped and been joined (so no
+ * callback of this bus runs after it returns); on the loop thread (from a
+ * callback) the thread is detached and exits by itself.
+ */
+PSRPC_API void psrpc_bus_free(psrpc_bus *bus);
+
+/** Counters of a bus. Caller sets struct_size; fields it does not know are left out. */
+typedef struct psrpc_bus_stats {
+    uint32_t struct_size;
+    uint32_t reserved;
+    uint64_t connects;
+    uint64_t disconnects;
+    uint64_t reconnect_attempts;
+    uint64_t subscriptions;          /* broker subscriptions currently active */
+    uint64_t messages_published;
+    uint64_t messages_received;
+    uint64_t dropped_malformed;      /* undecodable or wrong-typed */
+    uint64_t dropped_oversize;
+    uint64_t dropped_slow_consumer;  /* inbound queue full */
+    uint64_t dropped_expired;        /* requests/stream messages past expiry */
+    uint64_t dropped_unknown;        /* responses/claims for no pending request */
+    uint64_t requests_in_flight;     /* client calls outstanding */
+    uint64_t streams_open;
+} psrpc_bus_stats;
+
+#define PSRPC_BUS_STATS_SIZE_V1 112
+
+/** Reads the counters. Any thread. */
+PSRPC_API psrpc_status psrpc_bus_get_stats(psrpc_bus *bus, psrpc_bus_stats *out);
+
+/* ------------------------------------------------------------------------ */
+/* Client                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct psrpc_client psrpc_client;
+
+typedef struct psrpc_client_options {
+    uint32_t struct_size;         /* sizeof(psrpc_client_options) */
+    uint32_t flags;               /* reserved, 0 */
+    int64_t timeout_ms;           /* default request timeout; 0 = 3000 */
+    int64_t selection_timeout_ms; /* default AffinityTimeout; 0 = 1000 */
+    const char *client_id;        /* NULL = "CLI_" + 12 random alphanumerics */
+} psrpc_client_options;
+
+#define PSRPC_CLIENT_OPTIONS_INIT {sizeof(psrpc_client_options), 0, 0, 0, NULL}
+#define PSRPC_CLIENT_OPTIONS_SIZE_V1 32
+
+PSRPC_API psrpc_status psrpc_client_options_init(psrpc_client_options *opts,
+                                                 size_t struct_size);
+
+/** One claim seen during server selection. Borrowed for the callback. */
+typedef struct psrpc_claim {
+    const char *server_id;
+    float affinity;
+    uint32_t reserved;
+} psrpc_claim;
+
+typedef struct psrpc_selection psrpc_selection;
+
+/**
+ * Custom server selection (livekit/psrpc's SelectionFunc). Called at most
+ * once per call, on the loop thread, when selection ends, with every eligible
+ * claim (possibly none). Answer exactly once, from any thread, with
+ * psrpc_selection_choose() or psrpc_selection_fail(). The call's deadline
+ * keeps running meanwhile. user_data is the call option's selection_user_data;
+ * it is never used after the call's completion callback ran.
+ */
+typedef void (*psrpc_select_cb)(psrpc_selection *selection, const psrpc_claim *claims,
+                                size_t count, void *user_data);
+
+/** Chooses a server (any string; an unknown id makes the call time out). Consumes selection. */
+PSRPC_API psrpc_status psrpc_selection_choose(psrpc_selection *selection, const char *server_id);
+/** Fails the call with status/message. Consumes selection. */
+PSRPC_API psrpc_status psrpc_selection_fail(psrpc_selection *selection, int status,
+                                            const char *message);
+
+/* Selection flags. */
+#define PSRPC_SELECT_ACCEPT_FIRST_AVAILABLE 0x1u
+
+/**
+ * Server selection options (livekit/psrpc's SelectionOpts). Passing them
+ * replaces all defaults, as in Go: fields left zero mean "off".
+ */
+typedef struct psrpc_selection_options {
+    uint32_t struct_size;              /* sizeof(psrpc_selection_options) */
+    uint32_t flags;                    /* PSRPC_SELECT_* */
+    float minimum_affinity;            /* > 0: claims below are ineligible */
+    float maximum_affinity;            /* > 0: an eligible claim >= it is taken at once */
+    int64_t affinity_timeout_ms;       /* selection deadline; 0 = none */
+    int64_t short_circuit_timeout_ms;  /* after the first eligible claim; 0 = none */
+    psrpc_select_cb select;            /* NULL = built-in choice */
+    void *select_user_data;
+} psrpc_selection_options;
+
+#define PSRPC_SELECTION_OPTIONS_INIT {sizeof(psrpc_selection_options), 0, 0, 0, 0, 0, NULL, NULL}
+#define PSRPC_SELECTION_OPTIONS_SIZE_V1 48
+
+/* Call flags. */
+#define PSRPC_CALL_WAIT_FOR_READY 0x1u /* wait for a disconnected bus within the deadline */
+
+typedef struct psrpc_call_options {
+    uint32_t struct_size; /* sizeof(psrpc_call_options) */
+    uint32_t flags;       /* PSRPC_CALL_* */
+    int64_t timeout_ms;   /* 0 = the client's timeout */
+    const char *const *topics;
+    size_t topic_count;
+    const psrpc_kv *metadata;
+    size_t metadata_count;
+    const psrpc_selection_options *selection; /* NULL = defaults of the method's kind */
+} psrpc_call_options;
+
+#define PSRPC_CALL_OPTIONS_INIT {sizeof(psrpc_call_options), 0, 0, NULL, 0, NULL, 0, NULL}
+#define PSRPC_CALL_OPTIONS_SIZE_V1 56
+
+PSRPC_API psrpc_status psrpc_call_options_init(psrpc_call_options *opts, size_t struct_size);
+PSRPC_API psrpc_status psrpc_selection_options_init(psrpc_selection_options *opts,
+                                                    size_t struct_size);
+
+/**
+ * A call's outcome. Unary calls: exactly one invocation, with response (error
+ * NULL) or error (response NULL). Multi calls: see psrpc_client_call_multi.
+ * server_id names the answering server when known (else NULL). Everything is
+ * borrowed for the callback.
+ */
+typedef void (*psrpc_call_cb)(uint64_t call_id, const psrpc_msg *response,
+                              const psrpc_error *error, const char *server_id, void *user_data);
+
+/**
+ * Creates a client of service (the wire service name, e.g. "MyService") on
+ * bus. The client's reply subscriptions are set up in the background; calls
+ * made before they are confirmed wait for them (within their deadline).
+ */
+PSRPC_API psrpc_status psrpc_client_create(psrpc_client **out, psrpc_bus *bus,
+                                           const char *service,
+                                           const psrpc_client_options *opts);
+
+/** The client id used on the wire; valid for the client's lifetime. */
+PSRPC_API const char *psrpc_client_id(const psrpc_client *client);
+
+/**
+ * Sends a unary request (QUEUE or AFFINITY routing) and reports the outcome to
+ * cb exactly once, on the loop thread. call_id_out (may be NULL) receives an
+ * id for psrpc_client_cancel. data is copied.
+ */
+PSRPC_API psrpc_status psrpc_client_call(uint64_t *call_id_out, psrpc_client *client,
+                                         const psrpc_method *method, const void *data,
+                                         size_t len, const psrpc_call_options *opts,
+                                         psrpc_call_cb cb, void *user_data);
+
+/**
+ * Sends a multi request (MULTI routing). on_result runs once per response or
+ * error received, as it arrives; then on_done runs exactly once, with error
+ * NULL when the timeout ended the collection normally, or the cause
+ * (canceled, closed, a publish failure). Nothing runs after on_done.
+ */
+PSRPC_API psrpc_status psrpc_client_call_multi(uint64_t *call_id_out, psrpc_client *client,
+                                               const psrpc_method *method, const void *data,
+                                               size_t len, const psrpc_call_options *opts,
+                                               psrpc_call_cb on_result, psrpc_call_cb on_done,
+                                               void *user_data);
+
+/**
+ * Cancels a call. Asynchronous: if the call is still outstanding when the loop
+ * thread gets to it, it completes with PSRPC_CANCELED "request canceled"
+ * (a multi call's on_done gets the error). Unknown or finished ids are
+ * ignored.
+ */
+PSRPC_API psrpc_status psrpc_client_cancel(psrpc_client *client, uint64_t call_id);
+
+/**
+ * Blocking unary call for plain C programs. On success *out is a message the
+ * caller releases. On failure the status is the error's and
+ * psrpc_last_error() holds its message. Fails at once with
+ * PSRPC_WOULD_DEADLOCK on a loop thread.
+ */
+PSRPC_API psrpc_status psrpc_client_call_sync(psrpc_msg **out, psrpc_client *client,
+                                              const psrpc_method *method, const void *data,
+                                              size_t len, const psrpc_call_options *opts);
+
+typedef struct psrpc_sub psrpc_sub;
+
+/** A subscription message; msg is borrowed for the callback. */
+typedef void (*psrpc_message_cb)(psrpc_sub *sub, const psrpc_msg *msg, void *user_data);
+
+/**
+ * Subscribes to a subscription method (PSRPC_METHOD_SUBSCRIPTION). MULTI
+ * routing: every subscriber gets every message; other routings: each message
+ * reaches one subscriber. on_ready (may be NULL) runs once when the broker
+ * confirmed the subscription (error NULL) or it failed. release(user_data) runs
+ * once after the last on_message, when the subscription is closed.
+ */
+PSRPC_API psrpc_status psrpc_client_subscribe(psrpc_sub **out, psrpc_client *client,
+                                              const psrpc_method *method,
+                                              const char *const *topics, size_t topic_count,
+                                              psrpc_message_cb on_message, psrpc_done_cb on_ready,
+                                              void *user_data, psrpc_release_cb release);
+
+/** Blocks until the subscription is confirmed; PSRPC_DEADLINE_EXCEEDED after timeout_ms. */
+PSRPC_API psrpc_status psrpc_sub_wait_ready(psrpc_sub *sub, int64_t timeout_ms);
+/** Stops delivery. Idempotent; safe inside on_message. */
+PSRPC_API psrpc_status psrpc_sub_close(psrpc_sub *sub, psrpc_closed_cb closed_cb,
+                                       void *user_data);
+/** Closes if needed and drops the caller's reference. NULL is a no-op. */
+PSRPC_API void psrpc_sub_free(psrpc_sub *sub);
+
+/**
+ * Closes the client: its subscriptions close and every outstanding call
+ * completes with PSRPC_CANCELED "client is closed". Idempotent.
+ */
+PSRPC_API psrpc_status psrpc_client_close(psrpc_client *client, psrpc_closed_cb closed_cb,
+                                          void *user_data);
+PSRPC_API void psrpc_client_free(psrpc_client *client);
+
+/* ------------------------------------------------------------------------ */
+/* Server                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct psrpc_server psrpc_server;
+typedef struct psrpc_request psrpc_request;
+
+typedef struct psrpc_server_options {
+    uint32_t struct_size; /* sizeof(psrpc_server_options) */
+    uint32_t flags;       /* reserved, 0 */
+    int64_t timeout_ms;   /* server stream timeout; 0 = 3000 */
+    const char *server_id; /* NULL = "SRV_" + 12 random alphanumerics */
+} psrpc_server_options;
+
+#define PSRPC_SERVER_OPTIONS_INIT {sizeof(psrpc_server_options), 0, 0, NULL}
+#define PSRPC_SERVER_OPTIONS_SIZE_V1 24
+
+PSRPC_API psrpc_status psrpc_server_options_init(psrpc_server_options *opts,
+                                                 size_t struct_size);
+
+PSRPC_API psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus,
+                                           const char *service,
+                                           const psrpc_server_options *opts);
+
+/** The server id used on the wire; valid for the server's lifetime. */
+PSRPC_API const char *psrpc_server_id(const psrpc_server *server);
+
+/** A request to handle. Answer it exactly once (respond/fail), from any thread. */
+typedef void (*psrpc_handler_cb)(psrpc_request *request, void *user_data);
+
+/**
+ * An affinity question for a claim method. Answer exactly once with
+ * psrpc_request_claim(request, affinity), from any thread; a negative
+ * affinity declines (no claim is sent). If this server is then chosen, the
+ * same request is handed to the handler.
+ */
+typedef void (*psrpc_affinity_cb)(psrpc_request *request, void *user_data);
+
+/**
+ * Registers a handler for method under topics (topic_count 0 for none).
+ * affinity may be NULL (every claim says 1.0). on_ready (may be NULL) runs once
+ * when the broker confirmed the subscriptions, or registration failed.
+ * release(user_data) runs once after the handler and affinity callbacks can
+ * no longer be called (deregistration, server close). Registering the same
+ * method and topics twice fails with PSRPC_ALREADY_EXISTS.
+ */
+PSRPC_API psrpc_status psrpc_server_register(psrpc_server *server, const psrpc_method *method,
+                                             const char *const *topics, size_t topic_count,
+                                             psrpc_handler_cb handler, psrpc_affinity_cb affinity,
+                                             psrpc_done_cb on_ready, void *user_data,
+                                             psrpc_release_cb release);
+
+/**
+ * Stops serving method under topics. Requests already handed to the handler
+ * can still be answered. PSRPC_NOT_FOUND (synchronously) if it was never
+ * registered.
+ */
+PSRPC_API psrpc_status psrpc_server_deregister(psrpc_server *server, const char *method,
+                                               const char *const *topics, size_t topic_count);
+
+/** Blocks until every registration made so far is confirmed (or failed). */
+PSRPC_API psrpc_status psrpc_server_wait_ready(psrpc_server *server, int64_t timeout_ms);
+
+/**
+ * Publishes data on a subscription method (PSRPC_METHOD_SUBSCRIPTION, with
+ * output_type set) under topics. Fire and forget, as in Go.
+ */
+PSRPC_API psrpc_status psrpc_server_publish(psrpc_server *server, const psrpc_method *method,
+                                            const char *const *topics, size_t topic_count,
+                                            const void *data, size_t len);
+
+/* Server close flags. */
+#define PSRPC_CLOSE_FORCE 0x1u /* do not wait for in-flight requests */
+
+/**
+ * Closes the server: stops receiving, then (unless PSRPC_CLOSE_FORCE) waits
+ * until every request handed to a handler was answered or expired, then
+ * releases every handler's user data and runs closed_cb. Answers given after
+ * a forced close are discarded (respond/fail return PSRPC_CANCELED).
+ * Idempotent; a later forced close hurries an ongoing graceful one.
+ */
+PSRPC_API psrpc_status psrpc_server_close(psrpc_server *server, uint32_t flags,
+                                          psrpc_closed_cb closed_cb, void *user_data);
+PSRPC_API void psrpc_server_free(psrpc_server *server);
+
+/* Request accessors: valid until the request is consumed. */
+PSRPC_API const psrpc_msg *psrpc_request_payload(const psrpc_request *request);
+PSRPC_API const char *psrpc_request_id(const psrpc_request *request);
+/** The caller's client id (the incoming header's remote id). */
+PSRPC_API const char *psrpc_request_client_id(const psrpc_request *request);
+PSRPC_API const char *psrpc_request_method(const psrpc_request *request);
+PSRPC_API size_t psrpc_request_topic_count(const psrpc_request *request);
+PSRPC_API const char *psrpc_request_topic(const psrpc_request *request, size_t index);
+PSRPC_API size_t psrpc_request_metadata_count(const psrpc_request *request);
+/** The index-th metadata pair; PSRPC_OUT_OF_RANGE past the end. */
+PSRPC_API psrpc_status psrpc_request_metadata_at(const psrpc_request *request, size_t index,
+                                                 const char **key, const char **value);
+/** The value for key, or NULL. */
+PSRPC_API const char *psrpc_request_metadata_get(const psrpc_request *request,
+                                                 const char *key);
+/** Unix time in nanoseconds when the caller sent the request. */
+PSRPC_API int64_t psrpc_request_sent_at_ns(const psrpc_request *request);
+/** Unix time in nanoseconds of the request's deadline (its expiry). */
+PSRPC_API int64_t psrpc_request_expiry_ns(const psrpc_request *request);
+/** Milliseconds left until the deadline (negative once past). */
+PSRPC_API int64_t psrpc_request_remaining_ms(const psrpc_request *request);
+
+/** Answers with a serialized response. Consumes the request. */
+PSRPC_API psrpc_status psrpc_request_respond(psrpc_request *request, const void *data,
+                                             size_t len);
+/**
+ * Fails the request with a status and message (message NULL or "" becomes the
+ * status description, since an empty error reads as success on the wire).
+ * Consumes the request.
+ */
+PSRPC_API psrpc_status psrpc_request_fail(psrpc_request *request, int status,
+                                          const char *message);
+/**
+ * Fails the request with any code string (carried unchanged), a message and
+ * details (google.protobuf.Any values). Consumes the request.
+ */
+PSRPC_API psrpc_status psrpc_request_fail_details(psrpc_request *request, const char *code,
+                                                  const char *message,
+                                                  const psrpc_error_detail *details,
+                                                  size_t details_count);
+/**
+ * Answers an affinity question (see psrpc_affinity_cb). Consumes this stage of
+ * the request: if the server is chosen, the handler receives it again.
+ */
+PSRPC_API psrpc_status psrpc_request_claim(psrpc_request *request, float affinity);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PSRPC_H */

@@ -1,0 +1,78 @@
+/* Internal helpers shared by every impl/ file. Never installed. */
+#ifndef PSRPC_IMPL_COMMON_H
+#define PSRPC_IMPL_COMMON_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "psrpc.h"
+
+#if defined(__GNUC__)
+#define PSRPC__PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define PSRPC__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define PSRPC__PRINTF(a, b)
+#define PSRPC__UNLIKELY(x) (x)
+#endif
+
+#define PSRPC__CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+#define PSRPC__ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Sets the calling thread's last error and returns status, so error sites are
+ * one line: return psrpc__error(PSRPC_INVALID_ARGUMENT, "method is NULL"); */
+int psrpc__error(int status, const char *fmt, ...) PSRPC__PRINTF(2, 3);
+
+/* Shorthand for the common NULL checks of the ABI layer. */
+#define PSRPC__CHECK_ARG(cond, ...)                                                    \
+    do {                                                                               \
+        if (PSRPC__UNLIKELY(!(cond)))                                                  \
+            return psrpc__error(PSRPC_INVALID_ARGUMENT, __VA_ARGS__);                  \
+    } while (0)
+
+/* An error object built on the loop thread to hand to callbacks. All strings
+ * owned. */
+typedef struct psrpc__err {
+    int status;
+    char *code;
+    char *message;
+    psrpc_error_detail *details; /* type_url and value owned */
+    size_t details_count;
+} psrpc__err;
+
+/* Builds from a status and printf message; code = psrpc_status_code(status). */
+psrpc__err *psrpc__err_new(int status, const char *fmt, ...) PSRPC__PRINTF(2, 3);
+/* Builds from a wire code string (unknown codes kept) and message. */
+psrpc__err *psrpc__err_from_code(const char *code, const char *message);
+psrpc__err *psrpc__err_copy(const psrpc__err *e);
+void psrpc__err_free(psrpc__err *e);
+/* A view of e for a callback; valid while e lives. */
+void psrpc__err_view(const psrpc__err *e, psrpc_error *view);
+
+/* Options loading (style.md 2.5): copy the caller's struct (its own
+ * struct_size first) into dst of our size; the caller's fields beyond ours
+ * must be zero (else PSRPC_NOT_SUPPORTED). src NULL leaves dst as given
+ * (defaults). */
+int psrpc__options_load(void *dst, size_t dst_size, const void *src, const char *what);
+
+char *psrpc__strdup(const char *s);
+/* Duplicates an array of n strings (each must be non-NULL). NULL + 0 → NULL. */
+int psrpc__strv_dup(char ***out, const char *const *v, size_t n);
+void psrpc__strv_free(char **v, size_t n);
+
+/* Internal refcounted message: header + inline bytes. */
+struct psrpc_msg {
+    atomic_size_t refs;
+    size_t len;
+    uint8_t data[];
+};
+/* A message of len bytes, uninitialized contents; NULL on allocation failure. */
+psrpc_msg *psrpc__msg_alloc(size_t len);
+
+int64_t psrpc__now_ns(void);
+int64_t psrpc__mono_ms(void);
+
+#endif

@@ -1,0 +1,140 @@
+/* A tiny test runner. Each test file defines tests with TEST(name) and ends
+ * with TEST_MAIN(); the runner prints "N passed, N failed" and exits non-zero
+ * on any failure. A watchdog (PSRPC_TEST_WATCHDOG_S, default 120 s, scaled by
+ * PSRPC_TEST_TIME_FACTOR) aborts a hung test so it fails instead of stalling. */
+#ifndef PSRPC_TEST_HARNESS_H
+#define PSRPC_TEST_HARNESS_H
+
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef void (*th_test_fn)(void);
+typedef struct {
+    const char *name;
+    th_test_fn fn;
+} th_test;
+
+#define TH_MAX_TESTS 512
+static th_test th_tests[TH_MAX_TESTS];
+static int th_ntests;
+static int th_failed_current;
+static const char *th_current;
+
+#define TEST(name)                                                                   \
+    static void test_##name(void);                                                   \
+    __attribute__((constructor)) static void th_register_##name(void) {              \
+        if (th_ntests < TH_MAX_TESTS)                                                \
+            th_tests[th_ntests++] = (th_test){#name, test_##name};                   \
+    }                                                                                \
+    static void test_##name(void)
+
+#define CHECK(cond)                                                                  \
+    do {                                                                             \
+        if (!(cond)) {                                                               \
+            fprintf(stderr, "  %s:%d: %s: CHECK(%s) failed\n", __FILE__, __LINE__,    \
+                    th_current, #cond);                                              \
+            th_failed_current = 1;                                                   \
+        }                                                                            \
+    } while (0)
+
+#define REQUIRE(cond)                                                                \
+    do {                                                                             \
+        if (!(cond)) {                                                               \
+            fprintf(stderr, "  %s:%d: %s: REQUIRE(%s) failed\n", __FILE__, __LINE__,  \
+                    th_current, #cond);                                              \
+            th_failed_current = 1;                                                   \
+            return;                                                                  \
+        }                                                                            \
+    } while (0)
+
+#define CHECK_EQ_INT(a, b)                                                           \
+    do {                                                                             \
+        long long th_a = (long long)(a), th_b = (long long)(b);                      \
+        if (th_a != th_b) {                                                          \
+            fprintf(stderr, "  %s:%d: %s: %s == %s failed (%lld vs %lld)\n", __FILE__, \
+                    __LINE__, th_current, #a, #b, th_a, th_b);                       \
+            th_failed_current = 1;                                                   \
+        }                                                                            \
+    } while (0)
+
+#define CHECK_EQ_STR(a, b)                                                           \
+    do {                                                                             \
+        const char *th_a = (a), *th_b = (b);                                         \
+        if (!th_a || !th_b || strcmp(th_a, th_b) != 0) {                             \
+            fprintf(stderr, "  %s:%d: %s: %s == %s failed (\"%s\" vs \"%s\")\n",       \
+                    __FILE__, __LINE__, th_current, #a, #b, th_a ? th_a : "(null)",  \
+                    th_b ? th_b : "(null)");                                         \
+            th_failed_current = 1;                                                   \
+        }                                                                            \
+    } while (0)
+
+/* Multiplier for liveness bounds: sanitizer and valgrind runs set it. */
+static inline double th_time_factor(void) {
+    const char *f = getenv("PSRPC_TEST_TIME_FACTOR");
+    double v = f ? atof(f) : 1.0;
+    return v > 0 ? v : 1.0;
+}
+
+static inline long long th_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline void th_sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+/* Polls cond every millisecond for up to ms (scaled); true if it became true. */
+#define WAIT_UNTIL(cond, ms)                                                         \
+    ({                                                                               \
+        long long th_deadline = th_now_ms() + (long long)((ms)*th_time_factor());    \
+        while (!(cond) && th_now_ms() < th_deadline)                                 \
+            th_sleep_ms(1);                                                          \
+        (cond);                                                                      \
+    })
+
+static void th_watchdog(int sig) {
+    (void)sig;
+    static const char msg[] = "watchdog: test hung, aborting\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    abort();
+}
+
+static inline int th_run(int argc, char **argv) {
+    int passed = 0, failed = 0;
+    const char *wd = getenv("PSRPC_TEST_WATCHDOG_S");
+    unsigned secs = (unsigned)((wd ? atoi(wd) : 120) * th_time_factor());
+    signal(SIGALRM, th_watchdog);
+    for (int i = 0; i < th_ntests; i++) {
+        if (argc > 1 && strstr(th_tests[i].name, argv[1]) == NULL)
+            continue;
+        th_current = th_tests[i].name;
+        th_failed_current = 0;
+        alarm(secs);
+        long long t0 = th_now_ms();
+        th_tests[i].fn();
+        alarm(0);
+        fprintf(stderr, "%s %s (%lld ms)\n", th_failed_current ? "FAIL" : "ok  ",
+                th_tests[i].name, th_now_ms() - t0);
+        if (th_failed_current)
+            failed++;
+        else
+            passed++;
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
+
+#define TEST_MAIN()                                                                  \
+    int main(int argc, char **argv) { return th_run(argc, argv); }
+
+#endif
