@@ -1,0 +1,377 @@
+/* The public psrpc_bus API, the bus's lifecycle, and the checks every
+ * transport shares (size limits, counters). */
+#include "bus.h"
+
+#include <stdio.h>
+
+typedef struct sub_wrap {
+    psrpc_bus *bus;
+    psrpc__deliver_fn deliver;
+    psrpc__ready_fn ready;
+    void *ctx;
+} sub_wrap;
+
+void psrpc__bus_retain(psrpc_bus *bus) { atomic_fetch_add(&bus->refs, 1); }
+
+static void bus_destroy(psrpc_bus *bus) {
+    if (bus->transport && bus->transport->destroy)
+        bus->transport->destroy(bus);
+    psrpc__loop *loop = bus->loop;
+    bus->magic = 0;
+    free(bus->url_safe);
+    free(bus);
+    psrpc__loop_free(loop);
+}
+
+void psrpc__bus_release(psrpc_bus *bus) {
+    if (atomic_fetch_sub(&bus->refs, 1) == 1)
+        bus_destroy(bus);
+}
+
+int psrpc__bus_post(psrpc_bus *bus, psrpc__task_fn fn, void *arg) {
+    return psrpc__loop_post(bus->loop, fn, arg);
+}
+
+void psrpc__bus_add_child(psrpc_bus *bus, psrpc__child *child) {
+    child->bus = bus;
+    child->next = &bus->children;
+    child->prev = bus->children.prev;
+    bus->children.prev->next = child;
+    bus->children.prev = child;
+}
+
+void psrpc__bus_remove_child(psrpc_bus *bus, psrpc__child *child) {
+    (void)bus;
+    if (!child->next)
+        return;
+    child->prev->next = child->next;
+    child->next->prev = child->prev;
+    child->next = child->prev = NULL;
+}
+
+/* ---- transport wrappers ---- */
+
+int psrpc__bus_publish(psrpc_bus *bus, const psrpc__channel *ch, psrpc_msg *bytes) {
+    if ((int64_t)bytes->len > bus->opts.max_message_size)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED,
+                            "message of %zu bytes exceeds the maximum of %lld bytes", bytes->len,
+                            (long long)bus->opts.max_message_size);
+    if (atomic_load(&bus->state) == PSRPC__CLOSED)
+        return psrpc__error(PSRPC_CANCELED, "bus is closed");
+    int rc = bus->transport->publish(bus, ch, bytes);
+    if (rc == PSRPC_OK)
+        PSRPC__STAT_ADD(bus, published, 1);
+    return rc;
+}
+
+static void wrapped_deliver(void *ctx, const uint8_t *data, size_t len) {
+    sub_wrap *w = ctx;
+    PSRPC__STAT_ADD(w->bus, received, 1);
+    if ((int64_t)len > w->bus->opts.max_message_size) {
+        PSRPC__STAT_ADD(w->bus, dropped_oversize, 1);
+        return;
+    }
+    w->deliver(w->ctx, data, len);
+}
+
+static void wrapped_ready(void *ctx, int status, const char *message) {
+    sub_wrap *w = ctx;
+    if (w->ready)
+        w->ready(w->ctx, status, message);
+}
+
+/* What the core holds: the transport's subscription plus our wrapper. */
+typedef struct wrapped_sub {
+    psrpc__bus_sub *inner;
+    sub_wrap wrap;
+} wrapped_sub;
+
+psrpc__bus_sub *psrpc__bus_subscribe(psrpc_bus *bus, const psrpc__channel *ch, bool queue,
+                                     psrpc__deliver_fn deliver, psrpc__ready_fn ready,
+                                     void *ctx) {
+    wrapped_sub *ws = calloc(1, sizeof *ws);
+    if (!ws) {
+        psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    ws->wrap = (sub_wrap){bus, deliver, ready, ctx};
+    ws->inner =
+        bus->transport->subscribe(bus, ch, queue, wrapped_deliver, wrapped_ready, &ws->wrap);
+    if (!ws->inner) {
+        free(ws);
+        return NULL;
+    }
+    PSRPC__STAT_ADD(bus, subscriptions, 1);
+    return (psrpc__bus_sub *)ws;
+}
+
+void psrpc__bus_unsubscribe(psrpc_bus *bus, psrpc__bus_sub *sub) {
+    if (!sub)
+        return;
+    wrapped_sub *ws = (wrapped_sub *)sub;
+    bus->transport->unsubscribe(bus, ws->inner);
+    PSRPC__STAT_SUB(bus, subscriptions, 1);
+    free(ws);
+}
+
+/* ---- test hook ---- */
+
+typedef struct inject_task {
+    psrpc_bus *bus;
+    psrpc__channel ch;
+    psrpc_msg *bytes;
+} inject_task;
+
+static void inject_run(void *arg) {
+    inject_task *t = arg;
+    if (atomic_load(&t->bus->state) == PSRPC__OPEN)
+        t->bus->transport->publish(t->bus, &t->ch, t->bytes);
+    psrpc_msg_release(t->bytes);
+    psrpc__channel_clear(&t->ch);
+    psrpc__bus_release(t->bus);
+    free(t);
+}
+
+int psrpc__bus_inject(psrpc_bus *bus, const psrpc__channel *ch, const void *data, size_t len) {
+    inject_task *t = calloc(1, sizeof *t);
+    if (!t)
+        return PSRPC_RESOURCE_EXHAUSTED;
+    if (psrpc__channel_copy(&t->ch, ch) != PSRPC_OK ||
+        psrpc_msg_new(&t->bytes, data, len) != PSRPC_OK) {
+        psrpc__channel_clear(&t->ch);
+        free(t);
+        return PSRPC_RESOURCE_EXHAUSTED;
+    }
+    t->bus = bus;
+    psrpc__bus_retain(bus);
+    int rc = psrpc__bus_post(bus, inject_run, t);
+    if (rc != PSRPC_OK) {
+        psrpc_msg_release(t->bytes);
+        psrpc__channel_clear(&t->ch);
+        psrpc__bus_release(bus);
+        free(t);
+    }
+    return rc;
+}
+
+/* ---- lifecycle ---- */
+
+psrpc_status psrpc_bus_options_init(psrpc_bus_options *opts, size_t struct_size) {
+    PSRPC__CHECK_ARG(opts, "opts is NULL");
+    PSRPC__CHECK_ARG(struct_size >= 2 * sizeof(uint32_t), "struct_size is too small");
+    psrpc_bus_options d = PSRPC_BUS_OPTIONS_INIT;
+    memset(opts, 0, struct_size);
+    memcpy(opts, &d, struct_size < sizeof d ? struct_size : sizeof d);
+    opts->struct_size = (uint32_t)struct_size;
+    return PSRPC_OK;
+}
+
+static char *mask_url(const char *url) {
+    /* scheme://user:secret@host → scheme://user:***@host */
+    const char *scheme_end = strstr(url, "://");
+    const char *at = scheme_end ? strchr(scheme_end + 3, '@') : NULL;
+    if (!at)
+        return psrpc__strdup(url);
+    const char *userinfo = scheme_end + 3;
+    const char *colon = memchr(userinfo, ':', (size_t)(at - userinfo));
+    size_t keep = (size_t)((colon ? colon : userinfo) - url);
+    size_t n = keep + 5 + strlen(at) + 1;
+    char *out = malloc(n);
+    if (!out)
+        return NULL;
+    snprintf(out, n, "%.*s%s%s", (int)keep, url, colon ? ":***" : "***", at);
+    return out;
+}
+
+psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_options *opts) {
+    PSRPC__CHECK_ARG(out, "out is NULL");
+    *out = NULL;
+    if (!url || !*url)
+        url = "local://";
+    psrpc_bus_options o = PSRPC_BUS_OPTIONS_INIT;
+    int rc = psrpc__options_load(&o, sizeof o, opts, "psrpc_bus_options");
+    if (rc != PSRPC_OK)
+        return rc;
+    PSRPC__CHECK_ARG(o.max_message_size >= 0, "max_message_size is negative");
+    PSRPC__CHECK_ARG(o.queue_capacity >= 0, "queue_capacity is negative");
+    if (o.max_message_size == 0)
+        o.max_message_size = 1 << 20;
+    if (o.queue_capacity == 0)
+        o.queue_capacity = 1000;
+
+    psrpc_bus *bus = calloc(1, sizeof *bus);
+    if (!bus)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    bus->magic = PSRPC__BUS_MAGIC;
+    atomic_init(&bus->refs, 1);
+    bus->opts = o;
+    bus->children.next = bus->children.prev = &bus->children;
+    bus->url_safe = mask_url(url);
+    if (!bus->url_safe) {
+        free(bus);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+
+    if (strncmp(url, "local://", 8) == 0) {
+        rc = psrpc__local_open(bus, url + 8);
+    } else {
+        const char *sep = strstr(url, "://");
+        rc = psrpc__error(PSRPC_INVALID_ARGUMENT, "unsupported bus URL scheme in \"%.*s\"",
+                          sep ? (int)(sep - url) : 16, url);
+    }
+    if (rc != PSRPC_OK) {
+        free(bus->url_safe);
+        free(bus);
+        return rc;
+    }
+    rc = psrpc__loop_start(&bus->loop);
+    if (rc != PSRPC_OK) {
+        bus->transport->destroy(bus);
+        free(bus->url_safe);
+        free(bus);
+        return rc;
+    }
+    *out = bus;
+    return PSRPC_OK;
+}
+
+typedef struct close_req {
+    psrpc_bus *bus;
+    psrpc_closed_cb cb;
+    void *user_data;
+    bool then_stop;
+} close_req;
+
+static void run_closed_waiters(psrpc_bus *bus) {
+    psrpc__closed_waiter *w = bus->closed_waiters;
+    bus->closed_waiters = NULL;
+    while (w) {
+        psrpc__closed_waiter *next = w->next;
+        if (w->cb)
+            w->cb(w->user_data);
+        free(w);
+        w = next;
+    }
+}
+
+static bool stop_when_closed(psrpc_bus *bus) { return atomic_load(&bus->freed); }
+
+static void transport_closed(psrpc_bus *bus) {
+    atomic_store(&bus->state, PSRPC__CLOSED);
+    run_closed_waiters(bus);
+    if (stop_when_closed(bus))
+        psrpc__loop_stop(bus->loop);
+}
+
+static void one_child_done(psrpc__child *child) {
+    psrpc_bus *bus = child->bus;
+    if (--bus->children_closing == 0)
+        bus->transport->close(bus, transport_closed);
+}
+
+static void close_children(psrpc_bus *bus) {
+    /* Snapshot the list first: children remove themselves as they close, and
+     * may finish synchronously. */
+    int n = 0;
+    for (psrpc__child *c = bus->children.next; c != &bus->children; c = c->next)
+        n++;
+    psrpc__child **list = n ? calloc((size_t)n, sizeof *list) : NULL;
+    if (n == 0 || !list) {
+        bus->transport->close(bus, transport_closed);
+        return;
+    }
+    int i = 0;
+    for (psrpc__child *c = bus->children.next; c != &bus->children; c = c->next)
+        list[i++] = c;
+    bus->children_closing = n;
+    for (i = 0; i < n; i++)
+        list[i]->close(list[i], one_child_done);
+    free(list);
+}
+
+static void close_task(void *arg) {
+    close_req *r = arg;
+    psrpc_bus *bus = r->bus;
+    psrpc__closed_waiter *w = calloc(1, sizeof *w);
+    if (w) {
+        w->cb = r->cb;
+        w->user_data = r->user_data;
+        w->next = bus->closed_waiters;
+        bus->closed_waiters = w;
+    }
+    int state = atomic_load(&bus->state);
+    if (state == PSRPC__CLOSED) {
+        run_closed_waiters(bus);
+        if (stop_when_closed(bus))
+            psrpc__loop_stop(bus->loop);
+    } else if (state == PSRPC__OPEN) {
+        atomic_store(&bus->state, PSRPC__CLOSING);
+        close_children(bus);
+    }
+    free(r);
+    psrpc__bus_release(bus);
+}
+
+static int post_close(psrpc_bus *bus, psrpc_closed_cb cb, void *user_data) {
+    close_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    r->bus = bus;
+    r->cb = cb;
+    r->user_data = user_data;
+    psrpc__bus_retain(bus);
+    int rc = psrpc__bus_post(bus, close_task, r);
+    if (rc != PSRPC_OK) {
+        psrpc__bus_release(bus);
+        free(r);
+    }
+    return rc;
+}
+
+#define CHECK_BUS(bus)                                                                   \
+    do {                                                                                 \
+        PSRPC__CHECK_ARG(bus, "bus is NULL");                                            \
+        PSRPC__CHECK_ARG((bus)->magic == PSRPC__BUS_MAGIC, "handle is not a psrpc_bus"); \
+    } while (0)
+
+psrpc_status psrpc_bus_close(psrpc_bus *bus, psrpc_closed_cb closed_cb, void *user_data) {
+    CHECK_BUS(bus);
+    return post_close(bus, closed_cb, user_data);
+}
+
+void psrpc_bus_free(psrpc_bus *bus) {
+    if (!bus || bus->magic != PSRPC__BUS_MAGIC)
+        return;
+    if (atomic_exchange(&bus->freed, true))
+        return;
+    if (post_close(bus, NULL, NULL) != PSRPC_OK)
+        psrpc__loop_stop(bus->loop);
+    if (!psrpc__loop_on_thread(bus->loop))
+        psrpc__loop_wait(bus->loop);
+    psrpc__bus_release(bus);
+}
+
+psrpc_status psrpc_bus_get_stats(psrpc_bus *bus, psrpc_bus_stats *out) {
+    CHECK_BUS(bus);
+    PSRPC__CHECK_ARG(out, "out is NULL");
+    PSRPC__CHECK_ARG(out->struct_size >= 2 * sizeof(uint32_t),
+                     "out->struct_size is not set");
+    psrpc_bus_stats s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = out->struct_size < sizeof s ? out->struct_size : (uint32_t)sizeof s;
+    s.connects = atomic_load(&bus->stats.connects);
+    s.disconnects = atomic_load(&bus->stats.disconnects);
+    s.reconnect_attempts = atomic_load(&bus->stats.reconnect_attempts);
+    s.subscriptions = atomic_load(&bus->stats.subscriptions);
+    s.messages_published = atomic_load(&bus->stats.published);
+    s.messages_received = atomic_load(&bus->stats.received);
+    s.dropped_malformed = atomic_load(&bus->stats.dropped_malformed);
+    s.dropped_oversize = atomic_load(&bus->stats.dropped_oversize);
+    s.dropped_slow_consumer = atomic_load(&bus->stats.dropped_slow_consumer);
+    s.dropped_expired = atomic_load(&bus->stats.dropped_expired);
+    s.dropped_unknown = atomic_load(&bus->stats.dropped_unknown);
+    s.requests_in_flight = atomic_load(&bus->stats.requests_in_flight);
+    s.streams_open = atomic_load(&bus->stats.streams_open);
+    memcpy(out, &s, s.struct_size);
+    return PSRPC_OK;
+}

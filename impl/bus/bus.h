@@ -1,0 +1,115 @@
+/* The bus: the public psrpc_bus handle, its loop, its counters, and the
+ * internal transport interface that local, Redis and NATS implement. The core
+ * (client.c, server.c) talks to transports only through this header. Every
+ * function here runs on the bus's loop thread unless it says otherwise. */
+#ifndef PSRPC_IMPL_BUS_H
+#define PSRPC_IMPL_BUS_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "channel.h"
+#include "common.h"
+#include "loop.h"
+
+typedef struct psrpc__bus_sub psrpc__bus_sub; /* a transport subscription */
+
+/* Inbound transport bytes for one subscription; borrowed for the call. */
+typedef void (*psrpc__deliver_fn)(void *ctx, const uint8_t *data, size_t len);
+/* The broker confirmed (status 0) or refused a subscription. Once, never from
+ * inside subscribe(). */
+typedef void (*psrpc__ready_fn)(void *ctx, int status, const char *message);
+
+typedef struct psrpc__transport {
+    const char *scheme; /* "local", "redis", "nats" */
+    /* Publishes bytes (a whole internal.Msg) on ch. Returns 0 or a status
+     * (unavailable, resource_exhausted) with psrpc__error set. */
+    int (*publish)(psrpc_bus *bus, const psrpc__channel *ch, psrpc_msg *bytes);
+    /* Subscribes; queue = one subscriber of the channel gets each message.
+     * NULL on immediate failure (psrpc__error set). */
+    psrpc__bus_sub *(*subscribe)(psrpc_bus *bus, const psrpc__channel *ch, bool queue,
+                                 psrpc__deliver_fn deliver, psrpc__ready_fn ready, void *ctx);
+    /* No deliver or ready call for sub after this returns. */
+    void (*unsubscribe)(psrpc_bus *bus, psrpc__bus_sub *sub);
+    /* Closes connections; calls done(bus) once when finished. */
+    void (*close)(psrpc_bus *bus, void (*done)(psrpc_bus *bus));
+    /* Frees transport state (any thread, after the loop stopped). */
+    void (*destroy)(psrpc_bus *bus);
+} psrpc__transport;
+
+/* A node in the bus's list of children (clients, servers) closed with it. */
+typedef struct psrpc__child {
+    struct psrpc__child *prev, *next;
+    psrpc_bus *bus;
+    /* Forced close on bus close; calls done(child) when finished. */
+    void (*close)(struct psrpc__child *child, void (*done)(struct psrpc__child *));
+} psrpc__child;
+
+typedef struct psrpc__stats {
+    atomic_uint_fast64_t connects, disconnects, reconnect_attempts, subscriptions;
+    atomic_uint_fast64_t published, received;
+    atomic_uint_fast64_t dropped_malformed, dropped_oversize, dropped_slow_consumer;
+    atomic_uint_fast64_t dropped_expired, dropped_unknown;
+    atomic_uint_fast64_t requests_in_flight, streams_open;
+} psrpc__stats;
+
+#define PSRPC__STAT_ADD(bus, field, n) atomic_fetch_add(&(bus)->stats.field, (n))
+#define PSRPC__STAT_SUB(bus, field, n) atomic_fetch_sub(&(bus)->stats.field, (n))
+
+enum { PSRPC__OPEN = 0, PSRPC__CLOSING = 1, PSRPC__CLOSED = 2 };
+
+typedef struct psrpc__closed_waiter {
+    struct psrpc__closed_waiter *next;
+    psrpc_closed_cb cb;
+    void *user_data;
+} psrpc__closed_waiter;
+
+struct psrpc_bus {
+    uint32_t magic;
+    atomic_int refs;   /* user + children + in-flight tasks */
+    atomic_int state;  /* PSRPC__OPEN / CLOSING / CLOSED */
+    atomic_bool freed; /* psrpc_bus_free was called */
+    psrpc__loop *loop;
+    psrpc_bus_options opts;
+    char *url_safe; /* the URL with secrets masked, for messages */
+    const psrpc__transport *transport;
+    void *transport_state;
+    psrpc__stats stats;
+    /* Loop thread only. */
+    psrpc__child children;  /* sentinel of a circular list */
+    int children_closing;
+    psrpc__closed_waiter *closed_waiters;
+    /* True while the transport is known to be disconnected (atomic: read by
+     * callers of public functions). */
+    atomic_bool disconnected;
+};
+
+#define PSRPC__BUS_MAGIC 0x50425553u /* "PBUS" */
+
+void psrpc__bus_retain(psrpc_bus *bus);
+void psrpc__bus_release(psrpc_bus *bus);
+
+/* Runs fn(arg) on the bus's loop thread. Any thread. Returns 0 or
+ * PSRPC_CANCELED "bus is closed" (fn will not run). */
+int psrpc__bus_post(psrpc_bus *bus, psrpc__task_fn fn, void *arg);
+
+/* Children (loop thread). add_child sets child->bus. */
+void psrpc__bus_add_child(psrpc_bus *bus, psrpc__child *child);
+void psrpc__bus_remove_child(psrpc_bus *bus, psrpc__child *child);
+
+/* Transport calls, with size checks and counters (loop thread). */
+int psrpc__bus_publish(psrpc_bus *bus, const psrpc__channel *ch, psrpc_msg *bytes);
+psrpc__bus_sub *psrpc__bus_subscribe(psrpc_bus *bus, const psrpc__channel *ch, bool queue,
+                                     psrpc__deliver_fn deliver, psrpc__ready_fn ready,
+                                     void *ctx);
+void psrpc__bus_unsubscribe(psrpc_bus *bus, psrpc__bus_sub *sub);
+
+/* TEST HOOK: publishes raw transport bytes on ch as if a peer had sent them.
+ * Any thread; the bytes are copied. Returns 0 or a status. */
+int psrpc__bus_inject(psrpc_bus *bus, const psrpc__channel *ch, const void *data, size_t len);
+
+/* Transports. */
+extern const psrpc__transport psrpc__transport_local;
+int psrpc__local_open(psrpc_bus *bus, const char *name);
+
+#endif

@@ -1,0 +1,1395 @@
+/* psrpc_client: unary calls with server selection (wire-protocol.md 8.1, 8.3),
+ * multi calls (9), subscriptions (10), cancel, deadlines, exactly-once
+ * completion. All state below "Loop thread" is touched on the loop only. */
+#include <pthread.h>
+#include <stdio.h>
+
+#include "core.h"
+#include "map.h"
+
+#define CLIENT_MAGIC 0x50434c49u    /* "PCLI" */
+#define SUB_MAGIC 0x50535542u       /* "PSUB" */
+#define SELECTION_MAGIC 0x50534c43u /* "PSLC" */
+
+typedef struct call call;
+typedef struct psrpc_sub sub_t;
+
+struct psrpc_client {
+    uint32_t magic;
+    atomic_int refs;
+    atomic_bool closing;
+    atomic_bool freed;
+    atomic_uint_fast64_t next_call_id;
+    psrpc_bus *bus;
+    char *service;
+    char *id;
+    int64_t timeout_ms;
+    int64_t selection_timeout_ms;
+    psrpc__child child;
+
+    /* Loop thread. */
+    int state;
+    bool started;
+    int ready_pending;
+    bool ready;
+    psrpc__channel res_ch, claim_ch;
+    psrpc__bus_sub *res_sub, *claim_sub;
+    psrpc__map by_request; /* request_id → call */
+    psrpc__map by_id;      /* decimal call id → call */
+    call *waiting;         /* calls queued until the reply channels are confirmed */
+    sub_t *subs;
+    psrpc__closed_waiter *closed_waiters;
+    void (*child_done)(psrpc__child *);
+};
+
+enum {
+    CALL_NEW,
+    CALL_WAIT_READY,
+    CALL_SELECTING,
+    CALL_SELECT_CB,
+    CALL_WAIT_RESPONSE,
+    CALL_DONE
+};
+
+typedef struct claim_rec {
+    char *server_id;
+    float affinity;
+} claim_rec;
+
+struct call {
+    psrpc_client *client;
+    uint64_t id;
+    char id_key[24];
+    char request_id[4 + PSRPC__ID_RANDOM_LEN + 1];
+    psrpc__method method;
+    char **topics;
+    size_t topic_count;
+    char **meta_keys, **meta_values;
+    size_t meta_count;
+    psrpc_msg *payload;
+    bool multi;
+    bool require_claim;
+    psrpc_call_cb cb;
+    psrpc_call_cb on_done;
+    void *user_data;
+    int64_t timeout_ms;
+    int64_t deadline_ms; /* monotonic */
+    /* Selection. */
+    psrpc_selection_options sel;
+    char *best_id;
+    float best;
+    claim_rec *eligible;
+    size_t eligible_count, eligible_cap;
+    int claim_count;
+    psrpc__err *last_err;
+    bool shorted;
+    bool ended_by_deadline;
+    psrpc__channel rclaim_ch;
+    /* Loop thread. */
+    int state;
+    bool in_waiting;
+    call *next_waiting;
+    uv_timer_t deadline_timer, select_timer;
+    bool timers_on;
+    int timers_open;
+};
+
+struct psrpc_selection {
+    uint32_t magic;
+    atomic_int refs;
+    atomic_bool answered;
+    psrpc_client *client;
+    uint64_t call_id;
+};
+
+struct psrpc_sub {
+    uint32_t magic;
+    atomic_int refs;
+    atomic_bool closing;
+    atomic_bool freed;
+    psrpc_client *client;
+    psrpc__method method;
+    psrpc__channel ch;
+    bool queue;
+    psrpc_message_cb on_message;
+    psrpc_done_cb on_ready;
+    void *user_data;
+    psrpc_release_cb release;
+    /* Readiness, any thread under mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    bool ready_done;
+    int ready_status;
+    char ready_message[256];
+    /* Loop thread. */
+    bool active;
+    bool finished;
+    psrpc__bus_sub *bus_sub;
+    psrpc__closed_waiter *closed_waiters;
+    sub_t *next;
+};
+
+/* ---------------------------------------------------------------- refs */
+
+static void client_retain(psrpc_client *c) { atomic_fetch_add(&c->refs, 1); }
+
+static void client_release(psrpc_client *c) {
+    if (atomic_fetch_sub(&c->refs, 1) != 1)
+        return;
+    psrpc__map_clear(&c->by_request);
+    psrpc__map_clear(&c->by_id);
+    psrpc__channel_clear(&c->res_ch);
+    psrpc__channel_clear(&c->claim_ch);
+    free(c->service);
+    free(c->id);
+    psrpc_bus *bus = c->bus;
+    c->magic = 0;
+    free(c);
+    psrpc__bus_release(bus);
+}
+
+/* ---------------------------------------------------------------- calls */
+
+static void call_free(call *k) {
+    psrpc__method_clear(&k->method);
+    psrpc__strv_free(k->topics, k->topic_count);
+    psrpc__strv_free(k->meta_keys, k->meta_count);
+    psrpc__strv_free(k->meta_values, k->meta_count);
+    psrpc_msg_release(k->payload);
+    free(k->best_id);
+    for (size_t i = 0; i < k->eligible_count; i++)
+        free(k->eligible[i].server_id);
+    free(k->eligible);
+    psrpc__err_free(k->last_err);
+    psrpc__channel_clear(&k->rclaim_ch);
+    psrpc_client *c = k->client;
+    free(k);
+    client_release(c);
+}
+
+static void timer_closed(uv_handle_t *h) {
+    call *k = h->data;
+    if (--k->timers_open == 0)
+        call_free(k);
+}
+
+static void unlink_waiting(call *k) {
+    if (!k->in_waiting)
+        return;
+    for (call **p = &k->client->waiting; *p; p = &(*p)->next_waiting) {
+        if (*p == k) {
+            *p = k->next_waiting;
+            break;
+        }
+    }
+    k->in_waiting = false;
+    k->next_waiting = NULL;
+}
+
+/* Removes the call from every table and frees it once its timers closed. */
+static void call_dispose(call *k) {
+    psrpc_client *c = k->client;
+    unlink_waiting(k);
+    if (k->request_id[0] && psrpc__map_get(&c->by_request, k->request_id) == k)
+        psrpc__map_del(&c->by_request, k->request_id);
+    if (psrpc__map_get(&c->by_id, k->id_key) == k)
+        psrpc__map_del(&c->by_id, k->id_key);
+    if (k->timers_on) {
+        k->timers_on = false;
+        k->timers_open = 2;
+        uv_timer_stop(&k->deadline_timer);
+        uv_timer_stop(&k->select_timer);
+        uv_close((uv_handle_t *)&k->deadline_timer, timer_closed);
+        uv_close((uv_handle_t *)&k->select_timer, timer_closed);
+    } else {
+        call_free(k);
+    }
+}
+
+/* Completes a call exactly once: unary → cb; multi → on_done. */
+static void call_complete(call *k, const psrpc_msg *response, const psrpc__err *err,
+                          const char *server_id) {
+    if (k->state == CALL_DONE)
+        return;
+    k->state = CALL_DONE;
+    unlink_waiting(k);
+    PSRPC__STAT_SUB(k->client->bus, requests_in_flight, 1);
+    psrpc_error view;
+    if (err)
+        psrpc__err_view(err, &view);
+    psrpc_call_cb cb = k->multi ? k->on_done : k->cb;
+    /* Dispose first so a callback that closes the client finds no stale call. */
+    psrpc__map_del(&k->client->by_id, k->id_key);
+    if (k->request_id[0])
+        psrpc__map_del(&k->client->by_request, k->request_id);
+    cb(k->id, response, err ? &view : NULL, server_id, k->user_data);
+    call_dispose(k);
+}
+
+static void call_fail(call *k, int status, const char *message) {
+    psrpc__err *e = psrpc__err_new(status, "%s", message);
+    if (!e) {
+        /* Out of memory: still complete exactly once, with a static error. */
+        psrpc_error view = {status, 0, psrpc_status_code(status), message, NULL, 0};
+        if (k->state == CALL_DONE)
+            return;
+        k->state = CALL_DONE;
+        unlink_waiting(k);
+        PSRPC__STAT_SUB(k->client->bus, requests_in_flight, 1);
+        psrpc__map_del(&k->client->by_id, k->id_key);
+        if (k->request_id[0])
+            psrpc__map_del(&k->client->by_request, k->request_id);
+        (k->multi ? k->on_done : k->cb)(k->id, NULL, &view, NULL, k->user_data);
+        call_dispose(k);
+        return;
+    }
+    call_complete(k, NULL, e, NULL);
+    psrpc__err_free(e);
+}
+
+static void send_claim_response(call *k, const char *server_id) {
+    Internal__ClaimResponse cr = INTERNAL__CLAIM_RESPONSE__INIT;
+    cr.request_id = k->request_id;
+    cr.server_id = (char *)server_id;
+    int rc = psrpc__publish_control(k->client->bus, &k->rclaim_ch, &cr.base);
+    if (rc != PSRPC_OK) {
+        call_fail(k, PSRPC_INTERNAL, psrpc_last_error());
+        return;
+    }
+    k->state = CALL_WAIT_RESPONSE;
+}
+
+static void selection_result(call *k);
+
+static void select_timeout(uv_timer_t *t) {
+    call *k = t->data;
+    if (k->state == CALL_SELECTING)
+        selection_result(k);
+}
+
+/* Selection ended (wire spec 8.3 "When the selection ends"). */
+static void selection_result(call *k) {
+    uv_timer_stop(&k->select_timer);
+    if (k->sel.select) {
+        psrpc_selection *s = calloc(1, sizeof *s);
+        psrpc_claim *claims =
+            k->eligible_count ? calloc(k->eligible_count, sizeof *claims) : NULL;
+        if (!s || (k->eligible_count && !claims)) {
+            free(s);
+            free(claims);
+            call_fail(k, PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+            return;
+        }
+        for (size_t i = 0; i < k->eligible_count; i++)
+            claims[i] = (psrpc_claim){k->eligible[i].server_id, k->eligible[i].affinity, 0};
+        s->magic = SELECTION_MAGIC;
+        atomic_init(&s->refs, 1);
+        s->client = k->client;
+        client_retain(k->client);
+        s->call_id = k->id;
+        k->state = CALL_SELECT_CB;
+        k->sel.select(s, claims, k->eligible_count, k->sel.select_user_data);
+        free(claims);
+        return;
+    }
+    if (k->best_id) {
+        bool late = k->ended_by_deadline;
+        send_claim_response(k, k->best_id);
+        if (late && k->state != CALL_DONE)
+            call_fail(k, PSRPC_DEADLINE_EXCEEDED, "request timed out");
+        return;
+    }
+    if (k->last_err) {
+        psrpc__err *e = k->last_err;
+        k->last_err = NULL;
+        call_complete(k, NULL, e, NULL);
+        psrpc__err_free(e);
+        return;
+    }
+    if (k->claim_count > 0) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "no servers available (received %d responses)",
+                 k->claim_count);
+        call_fail(k, PSRPC_UNAVAILABLE, msg);
+        return;
+    }
+    call_fail(k, PSRPC_UNAVAILABLE, "no response from servers");
+}
+
+static void on_claim(call *k, const char *server_id, float affinity) {
+    k->claim_count++;
+    const psrpc_selection_options *o = &k->sel;
+    bool eligible = o->minimum_affinity <= 0 || affinity >= o->minimum_affinity;
+    if (eligible && ((o->flags & PSRPC_SELECT_ACCEPT_FIRST_AVAILABLE) ||
+                     (o->maximum_affinity > 0 && affinity >= o->maximum_affinity))) {
+        uv_timer_stop(&k->select_timer);
+        send_claim_response(k, server_id);
+        return;
+    }
+    if (eligible && o->select) {
+        if (k->eligible_count == k->eligible_cap) {
+            size_t cap = k->eligible_cap ? k->eligible_cap * 2 : 4;
+            claim_rec *n = realloc(k->eligible, cap * sizeof *n);
+            if (!n)
+                return;
+            k->eligible = n;
+            k->eligible_cap = cap;
+        }
+        char *id = psrpc__strdup(server_id);
+        if (!id)
+            return;
+        k->eligible[k->eligible_count++] = (claim_rec){id, affinity};
+    } else if (eligible && affinity > k->best) {
+        char *id = psrpc__strdup(server_id);
+        if (id) {
+            free(k->best_id);
+            k->best_id = id;
+            k->best = affinity;
+        }
+    }
+    if (eligible && o->short_circuit_timeout_ms > 0 && !k->shorted) {
+        k->shorted = true;
+        uint64_t due = (uint64_t)o->short_circuit_timeout_ms;
+        uint64_t left = uv_timer_get_due_in(&k->select_timer);
+        if (!uv_is_active((uv_handle_t *)&k->select_timer) || due < left)
+            uv_timer_start(&k->select_timer, select_timeout, due, 0);
+    }
+}
+
+static void deadline_fired(uv_timer_t *t) {
+    call *k = t->data;
+    switch (k->state) {
+    case CALL_SELECTING:
+        if (k->multi)
+            break;
+        k->ended_by_deadline = true;
+        selection_result(k);
+        if (k->state == CALL_SELECT_CB)
+            call_fail(k, PSRPC_DEADLINE_EXCEEDED, "request timed out");
+        return;
+    case CALL_WAIT_RESPONSE:
+        if (k->multi) {
+            call_complete(k, NULL, NULL, NULL);
+            return;
+        }
+        break;
+    default:
+        break;
+    }
+    call_fail(k, PSRPC_DEADLINE_EXCEEDED, "request timed out");
+}
+
+/* Publishes the Request (loop thread, client ready). */
+static void call_send(call *k) {
+    psrpc_client *c = k->client;
+    psrpc__new_id(k->request_id, "REQ_");
+    if (psrpc__map_put(&c->by_request, k->request_id, k) != PSRPC_OK) {
+        k->request_id[0] = 0;
+        call_fail(k, PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    int64_t now = psrpc__now_ns();
+    int64_t left_ms = k->deadline_ms - psrpc__mono_ms();
+    if (left_ms <= 0) {
+        call_fail(k, PSRPC_DEADLINE_EXCEEDED, "request timed out");
+        return;
+    }
+    Internal__Request req = INTERNAL__REQUEST__INIT;
+    req.request_id = k->request_id;
+    req.client_id = c->id;
+    req.sent_at = now;
+    req.expiry = now + left_ms * 1000000;
+    req.multi = k->multi;
+    req.raw_request.data = k->payload->data;
+    req.raw_request.len = k->payload->len;
+    Internal__Request__MetadataEntry *entries = NULL, **eptrs = NULL;
+    if (k->meta_count) {
+        entries = calloc(k->meta_count, sizeof *entries);
+        eptrs = calloc(k->meta_count, sizeof *eptrs);
+        if (!entries || !eptrs) {
+            free(entries);
+            free(eptrs);
+            call_fail(k, PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+            return;
+        }
+        for (size_t i = 0; i < k->meta_count; i++) {
+            internal__request__metadata_entry__init(&entries[i]);
+            entries[i].key = k->meta_keys[i];
+            entries[i].value = k->meta_values[i];
+            eptrs[i] = &entries[i];
+        }
+        req.n_metadata = k->meta_count;
+        req.metadata = eptrs;
+    }
+    psrpc__channel ch;
+    int rc = psrpc__channel_rpc(&ch, c->service, k->method.name, (const char *const *)k->topics,
+                                k->topic_count, k->method.routing == PSRPC_ROUTING_QUEUE);
+    if (rc == PSRPC_OK) {
+        rc = psrpc__publish_control(c->bus, &ch, &req.base);
+        psrpc__channel_clear(&ch);
+    } else {
+        psrpc__error(rc, "out of memory");
+    }
+    free(entries);
+    free(eptrs);
+    if (rc != PSRPC_OK) {
+        int status = rc == PSRPC_RESOURCE_EXHAUSTED || rc == PSRPC_UNAVAILABLE ||
+                             rc == PSRPC_INVALID_ARGUMENT
+                         ? rc
+                         : PSRPC_INTERNAL;
+        call_fail(k, status, psrpc_last_error());
+        return;
+    }
+    /* The payload is on the wire; keep no copy. */
+    psrpc_msg_release(k->payload);
+    k->payload = NULL;
+    if (k->require_claim) {
+        k->state = CALL_SELECTING;
+        if (k->sel.affinity_timeout_ms > 0)
+            uv_timer_start(&k->select_timer, select_timeout, (uint64_t)k->sel.affinity_timeout_ms,
+                           0);
+    } else {
+        k->state = CALL_WAIT_RESPONSE;
+    }
+}
+
+static void on_response(void *ctx, const uint8_t *data, size_t len) {
+    psrpc_client *c = ctx;
+    if (c->state != PSRPC__OPEN)
+        return;
+    Internal__Response *r = (Internal__Response *)psrpc__decode_control(
+        c->bus, data, len, &internal__response__descriptor);
+    if (!r)
+        return;
+    call *k = psrpc__map_get(&c->by_request, r->request_id);
+    if (!k || k->state == CALL_DONE) {
+        PSRPC__STAT_ADD(c->bus, dropped_unknown, 1);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        return;
+    }
+    bool failed = r->error && r->error[0];
+    if (k->state == CALL_SELECTING || k->state == CALL_SELECT_CB) {
+        if (failed) {
+            psrpc__err *e = psrpc__err_from_response(r);
+            if (e) {
+                psrpc__err_free(k->last_err);
+                k->last_err = e;
+            }
+        } else {
+            PSRPC__STAT_ADD(c->bus, dropped_unknown, 1);
+        }
+    } else if (k->state == CALL_WAIT_RESPONSE) {
+        psrpc__err *e = failed ? psrpc__err_from_response(r) : NULL;
+        psrpc_msg *msg = NULL;
+        if (!failed && psrpc_msg_new(&msg, r->raw_response.data, r->raw_response.len) != 0)
+            e = psrpc__err_new(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        if (failed && !e)
+            e = psrpc__err_new(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        if (k->multi) {
+            psrpc_error view;
+            if (e)
+                psrpc__err_view(e, &view);
+            k->cb(k->id, e ? NULL : msg, e ? &view : NULL, r->server_id, k->user_data);
+        } else {
+            call_complete(k, e ? NULL : msg, e, r->server_id);
+        }
+        psrpc_msg_release(msg);
+        psrpc__err_free(e);
+    }
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
+static void on_claim_request(void *ctx, const uint8_t *data, size_t len) {
+    psrpc_client *c = ctx;
+    if (c->state != PSRPC__OPEN)
+        return;
+    Internal__ClaimRequest *cr = (Internal__ClaimRequest *)psrpc__decode_control(
+        c->bus, data, len, &internal__claim_request__descriptor);
+    if (!cr)
+        return;
+    call *k = psrpc__map_get(&c->by_request, cr->request_id);
+    if (k && k->state == CALL_SELECTING)
+        on_claim(k, cr->server_id, cr->affinity);
+    else
+        PSRPC__STAT_ADD(c->bus, dropped_unknown, 1);
+    protobuf_c_message_free_unpacked(&cr->base, NULL);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static void flush_waiting(psrpc_client *c) {
+    call *k = c->waiting;
+    c->waiting = NULL;
+    /* Keep submission order: the list was built by prepending. */
+    call *rev = NULL;
+    while (k) {
+        call *next = k->next_waiting;
+        k->next_waiting = rev;
+        k->in_waiting = false;
+        rev = k;
+        k = next;
+    }
+    /* Sending can complete (and free) a call: detach each before sending. */
+    while (rev) {
+        call *next = rev->next_waiting;
+        rev->next_waiting = NULL;
+        if (rev->state == CALL_WAIT_READY)
+            call_send(rev);
+        rev = next;
+    }
+}
+
+static void reply_ready(void *ctx, int status, const char *message) {
+    psrpc_client *c = ctx;
+    if (c->state != PSRPC__OPEN)
+        return;
+    if (status != PSRPC_OK) {
+        /* Fail what waits; later calls retry nothing: the client is unusable. */
+        while (c->waiting)
+            call_fail(c->waiting, status, message ? message : "cannot subscribe to replies");
+        return;
+    }
+    if (--c->ready_pending == 0) {
+        c->ready = true;
+        flush_waiting(c);
+    }
+}
+
+static void client_start(psrpc_client *c) {
+    if (c->started || c->state != PSRPC__OPEN)
+        return;
+    if (atomic_load(&c->bus->state) != PSRPC__OPEN) {
+        c->state = PSRPC__CLOSED;
+        return;
+    }
+    c->started = true;
+    client_retain(c); /* the loop's reference, dropped when closed */
+    psrpc__bus_add_child(c->bus, &c->child);
+    c->ready_pending = 2;
+    c->res_sub = psrpc__bus_subscribe(c->bus, &c->res_ch, false, on_response, reply_ready, c);
+    c->claim_sub =
+        psrpc__bus_subscribe(c->bus, &c->claim_ch, false, on_claim_request, reply_ready, c);
+    if (!c->res_sub || !c->claim_sub)
+        c->ready_pending = -1000; /* never ready; calls time out with the reason below */
+}
+
+static void sub_finish(sub_t *s);
+
+static void run_closed_waiters(psrpc__closed_waiter **list) {
+    psrpc__closed_waiter *w = *list;
+    *list = NULL;
+    while (w) {
+        psrpc__closed_waiter *next = w->next;
+        if (w->cb)
+            w->cb(w->user_data);
+        free(w);
+        w = next;
+    }
+}
+
+static void client_do_close(psrpc_client *c) {
+    if (c->state != PSRPC__OPEN)
+        return;
+    c->state = PSRPC__CLOSING;
+    atomic_store(&c->closing, true);
+    psrpc__bus_unsubscribe(c->bus, c->res_sub);
+    psrpc__bus_unsubscribe(c->bus, c->claim_sub);
+    c->res_sub = c->claim_sub = NULL;
+    /* Complete every outstanding call. Collect first: callbacks may touch the maps. */
+    size_t n = c->by_id.count, i = 0;
+    call **calls = n ? calloc(n, sizeof *calls) : NULL;
+    if (calls) {
+        psrpc__map_iter it;
+        psrpc__map_iter_init(&it, &c->by_id);
+        for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));)
+            calls[i++] = e->value;
+        for (i = 0; i < n; i++)
+            if (calls[i]->state != CALL_DONE)
+                call_fail(calls[i], PSRPC_CANCELED, "client is closed");
+        free(calls);
+    }
+    while (c->subs) {
+        sub_t *s = c->subs;
+        c->subs = s->next;
+        s->next = NULL;
+        sub_finish(s);
+    }
+    c->state = PSRPC__CLOSED;
+    if (c->started)
+        psrpc__bus_remove_child(c->bus, &c->child);
+    run_closed_waiters(&c->closed_waiters);
+    void (*done)(psrpc__child *) = c->child_done;
+    c->child_done = NULL;
+    if (done)
+        done(&c->child);
+    if (c->started) {
+        c->started = false;
+        client_release(c);
+    }
+}
+
+static void child_close(psrpc__child *child, void (*done)(psrpc__child *)) {
+    psrpc_client *c = PSRPC__CONTAINER_OF(child, psrpc_client, child);
+    c->child_done = done;
+    client_retain(c);
+    client_do_close(c);
+    client_release(c);
+}
+
+typedef struct close_req {
+    psrpc_client *client;
+    psrpc_closed_cb cb;
+    void *user_data;
+} close_req;
+
+static void close_task(void *arg) {
+    close_req *r = arg;
+    psrpc_client *c = r->client;
+    psrpc__closed_waiter *w = calloc(1, sizeof *w);
+    if (w) {
+        w->cb = r->cb;
+        w->user_data = r->user_data;
+        w->next = c->closed_waiters;
+        c->closed_waiters = w;
+    }
+    if (c->state == PSRPC__OPEN)
+        client_do_close(c);
+    else
+        run_closed_waiters(&c->closed_waiters);
+    client_release(c);
+    free(r);
+}
+
+#define CHECK_CLIENT(c)                                                                  \
+    do {                                                                                 \
+        PSRPC__CHECK_ARG(c, "client is NULL");                                           \
+        PSRPC__CHECK_ARG((c)->magic == CLIENT_MAGIC, "handle is not a psrpc_client");    \
+    } while (0)
+
+psrpc_status psrpc_client_options_init(psrpc_client_options *opts, size_t struct_size) {
+    PSRPC__CHECK_ARG(opts, "opts is NULL");
+    PSRPC__CHECK_ARG(struct_size >= 2 * sizeof(uint32_t), "struct_size is too small");
+    psrpc_client_options d = PSRPC_CLIENT_OPTIONS_INIT;
+    memset(opts, 0, struct_size);
+    memcpy(opts, &d, struct_size < sizeof d ? struct_size : sizeof d);
+    opts->struct_size = (uint32_t)struct_size;
+    return PSRPC_OK;
+}
+
+psrpc_status psrpc_call_options_init(psrpc_call_options *opts, size_t struct_size) {
+    PSRPC__CHECK_ARG(opts, "opts is NULL");
+    PSRPC__CHECK_ARG(struct_size >= 2 * sizeof(uint32_t), "struct_size is too small");
+    psrpc_call_options d = PSRPC_CALL_OPTIONS_INIT;
+    memset(opts, 0, struct_size);
+    memcpy(opts, &d, struct_size < sizeof d ? struct_size : sizeof d);
+    opts->struct_size = (uint32_t)struct_size;
+    return PSRPC_OK;
+}
+
+psrpc_status psrpc_selection_options_init(psrpc_selection_options *opts, size_t struct_size) {
+    PSRPC__CHECK_ARG(opts, "opts is NULL");
+    PSRPC__CHECK_ARG(struct_size >= 2 * sizeof(uint32_t), "struct_size is too small");
+    psrpc_selection_options d = PSRPC_SELECTION_OPTIONS_INIT;
+    memset(opts, 0, struct_size);
+    memcpy(opts, &d, struct_size < sizeof d ? struct_size : sizeof d);
+    opts->struct_size = (uint32_t)struct_size;
+    return PSRPC_OK;
+}
+
+psrpc_status psrpc_client_create(psrpc_client **out, psrpc_bus *bus, const char *service,
+                                 const psrpc_client_options *opts) {
+    PSRPC__CHECK_ARG(out, "out is NULL");
+    *out = NULL;
+    PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
+    int rc = psrpc__check_name("service", service);
+    if (rc != PSRPC_OK)
+        return rc;
+    psrpc_client_options o = PSRPC_CLIENT_OPTIONS_INIT;
+    if ((rc = psrpc__options_load(&o, sizeof o, opts, "psrpc_client_options")) != PSRPC_OK)
+        return rc;
+    PSRPC__CHECK_ARG(o.timeout_ms >= 0, "timeout_ms is negative");
+    PSRPC__CHECK_ARG(o.selection_timeout_ms >= 0, "selection_timeout_ms is negative");
+    if (o.client_id && (rc = psrpc__check_name("client_id", o.client_id)) != PSRPC_OK)
+        return rc;
+    if (atomic_load(&bus->state) != PSRPC__OPEN || atomic_load(&bus->freed))
+        return psrpc__error(PSRPC_CANCELED, "bus is closed");
+
+    psrpc_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    c->magic = CLIENT_MAGIC;
+    atomic_init(&c->refs, 1);
+    atomic_init(&c->next_call_id, 1);
+    c->service = psrpc__strdup(service);
+    if (o.client_id)
+        c->id = psrpc__strdup(o.client_id);
+    else if ((c->id = malloc(4 + PSRPC__ID_RANDOM_LEN + 1)))
+        psrpc__new_id(c->id, "CLI_");
+    c->timeout_ms = o.timeout_ms ? o.timeout_ms : 3000;
+    c->selection_timeout_ms = o.selection_timeout_ms ? o.selection_timeout_ms : 1000;
+    psrpc__map_init(&c->by_request);
+    psrpc__map_init(&c->by_id);
+    c->child.close = child_close;
+    c->bus = bus;
+    psrpc__bus_retain(bus);
+    if (!c->service || !c->id ||
+        psrpc__channel_client_response(&c->res_ch, service, c->id) != PSRPC_OK ||
+        psrpc__channel_client_claim(&c->claim_ch, service, c->id) != PSRPC_OK) {
+        client_release(c);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    *out = c;
+    return PSRPC_OK;
+}
+
+const char *psrpc_client_id(const psrpc_client *client) {
+    if (!client || client->magic != CLIENT_MAGIC) {
+        psrpc__error(PSRPC_INVALID_ARGUMENT, "client is NULL or not a psrpc_client");
+        return NULL;
+    }
+    return client->id;
+}
+
+/* ---------------------------------------------------------------- calling */
+
+static void call_task(void *arg) {
+    call *k = arg;
+    psrpc_client *c = k->client;
+    client_start(c);
+    PSRPC__STAT_ADD(c->bus, requests_in_flight, 1);
+    if (c->state != PSRPC__OPEN) {
+        call_fail(k, PSRPC_CANCELED, "client is closed");
+        return;
+    }
+    snprintf(k->id_key, sizeof k->id_key, "%llu", (unsigned long long)k->id);
+    if (psrpc__map_put(&c->by_id, k->id_key, k) != PSRPC_OK) {
+        call_fail(k, PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    uv_loop_t *uv = psrpc__loop_uv(c->bus->loop);
+    uv_timer_init(uv, &k->deadline_timer);
+    uv_timer_init(uv, &k->select_timer);
+    k->deadline_timer.data = k->select_timer.data = k;
+    k->timers_on = true;
+    uv_timer_start(&k->deadline_timer, deadline_fired, (uint64_t)k->timeout_ms, 0);
+    if (c->ready) {
+        call_send(k);
+    } else {
+        k->state = CALL_WAIT_READY;
+        k->in_waiting = true;
+        k->next_waiting = c->waiting;
+        c->waiting = k;
+    }
+}
+
+static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_method *method,
+                  const void *data, size_t len, const psrpc_call_options *opts, bool multi,
+                  psrpc_call_cb cb, psrpc_call_cb on_done, void *user_data) {
+    if (call_id_out)
+        *call_id_out = 0;
+    CHECK_CLIENT(client);
+    PSRPC__CHECK_ARG(data || len == 0, "data is NULL with a non-zero length");
+    PSRPC__CHECK_ARG(cb, "callback is NULL");
+    PSRPC__CHECK_ARG(!multi || on_done, "on_done is NULL");
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    int rc = psrpc__options_load(&o, sizeof o, opts, "psrpc_call_options");
+    if (rc != PSRPC_OK)
+        return rc;
+    PSRPC__CHECK_ARG(o.timeout_ms >= 0, "timeout_ms is negative");
+    PSRPC__CHECK_ARG((o.flags & ~PSRPC_CALL_WAIT_FOR_READY) == 0, "unknown call flags 0x%x",
+                     (unsigned)o.flags);
+    if ((rc = psrpc__check_topics(o.topics, o.topic_count)) != PSRPC_OK)
+        return rc;
+    PSRPC__CHECK_ARG(o.metadata || o.metadata_count == 0,
+                     "metadata is NULL with a non-zero count");
+    for (size_t i = 0; i < o.metadata_count; i++) {
+        const psrpc_kv *kv = &o.metadata[i];
+        PSRPC__CHECK_ARG(kv->key && kv->value, "metadata entry %zu has a NULL key or value", i);
+        PSRPC__CHECK_ARG(psrpc__utf8_valid(kv->key, strlen(kv->key)) &&
+                             psrpc__utf8_valid(kv->value, strlen(kv->value)),
+                         "metadata entry %zu is not valid UTF-8", i);
+    }
+    psrpc_selection_options sel = PSRPC_SELECTION_OPTIONS_INIT;
+    if (o.selection &&
+        (rc = psrpc__options_load(&sel, sizeof sel, o.selection, "psrpc_selection_options")) !=
+            PSRPC_OK)
+        return rc;
+    if (o.selection) {
+        PSRPC__CHECK_ARG(sel.affinity_timeout_ms >= 0 && sel.short_circuit_timeout_ms >= 0,
+                         "selection timeouts are negative");
+        PSRPC__CHECK_ARG((sel.flags & ~PSRPC_SELECT_ACCEPT_FIRST_AVAILABLE) == 0,
+                         "unknown selection flags 0x%x", (unsigned)sel.flags);
+    }
+    if ((int64_t)len > client->bus->opts.max_message_size)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED,
+                            "request of %zu bytes exceeds the maximum of %lld bytes", len,
+                            (long long)client->bus->opts.max_message_size);
+
+    call *k = calloc(1, sizeof *k);
+    if (!k)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    if ((rc = psrpc__method_copy(&k->method, method)) != PSRPC_OK) {
+        free(k);
+        return rc;
+    }
+    const char *kind_error = NULL;
+    if (k->method.flags & PSRPC_METHOD_SUBSCRIPTION)
+        kind_error = "subscription methods are subscribed to, not called";
+    else if (k->method.flags & PSRPC_METHOD_STREAM)
+        kind_error = "stream methods are opened as streams, not called";
+    else if (multi && k->method.routing != PSRPC_ROUTING_MULTI)
+        kind_error = "psrpc_client_call_multi needs a MULTI method";
+    else if (!multi && k->method.routing == PSRPC_ROUTING_MULTI)
+        kind_error = "MULTI methods are called with psrpc_client_call_multi";
+    if (kind_error) {
+        psrpc__method_clear(&k->method);
+        free(k);
+        return psrpc__error(PSRPC_INVALID_ARGUMENT, "%s", kind_error);
+    }
+    if (atomic_load(&client->closing)) {
+        psrpc__method_clear(&k->method);
+        free(k);
+        return psrpc__error(PSRPC_CANCELED, "client is closed");
+    }
+    k->client = client;
+    k->multi = multi;
+    k->require_claim = !multi && psrpc__method_require_claim(&k->method);
+    k->cb = cb;
+    k->on_done = on_done;
+    k->user_data = user_data;
+    k->timeout_ms = o.timeout_ms ? o.timeout_ms : client->timeout_ms;
+    k->deadline_ms = psrpc__mono_ms() + k->timeout_ms;
+    if (o.selection) {
+        k->sel = sel;
+    } else {
+        bool affinity = k->method.routing == PSRPC_ROUTING_AFFINITY;
+        k->sel.flags = affinity ? 0 : PSRPC_SELECT_ACCEPT_FIRST_AVAILABLE;
+        k->sel.affinity_timeout_ms = client->selection_timeout_ms;
+        k->sel.short_circuit_timeout_ms = affinity ? 200 : 0;
+    }
+    bool ok = psrpc__strv_dup(&k->topics, o.topics, o.topic_count) == PSRPC_OK;
+    if (ok)
+        k->topic_count = o.topic_count;
+    if (ok && o.metadata_count) {
+        k->meta_keys = calloc(o.metadata_count, sizeof(char *));
+        k->meta_values = calloc(o.metadata_count, sizeof(char *));
+        ok = k->meta_keys && k->meta_values;
+        for (size_t i = 0; ok && i < o.metadata_count; i++) {
+            k->meta_keys[i] = psrpc__strdup(o.metadata[i].key);
+            k->meta_values[i] = psrpc__strdup(o.metadata[i].value);
+            k->meta_count = i + 1;
+            ok = k->meta_keys[i] && k->meta_values[i];
+        }
+    }
+    ok = ok && psrpc_msg_new(&k->payload, data, len) == PSRPC_OK;
+    ok = ok && (!k->require_claim ||
+                psrpc__channel_claim_response(&k->rclaim_ch, client->service, k->method.name,
+                                              o.topics, o.topic_count) == PSRPC_OK);
+    client_retain(client);
+    if (!ok) {
+        if (!k->meta_count) {
+            free(k->meta_keys);
+            free(k->meta_values);
+            k->meta_keys = k->meta_values = NULL;
+        }
+        call_free(k);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    k->id = atomic_fetch_add(&client->next_call_id, 1);
+    uint64_t id = k->id;
+    rc = psrpc__bus_post(client->bus, call_task, k);
+    if (rc != PSRPC_OK) {
+        call_free(k);
+        return rc;
+    }
+    if (call_id_out)
+        *call_id_out = id;
+    return PSRPC_OK;
+}
+
+psrpc_status psrpc_client_call(uint64_t *call_id_out, psrpc_client *client,
+                               const psrpc_method *method, const void *data, size_t len,
+                               const psrpc_call_options *opts, psrpc_call_cb cb,
+                               void *user_data) {
+    return submit(call_id_out, client, method, data, len, opts, false, cb, NULL, user_data);
+}
+
+psrpc_status psrpc_client_call_multi(uint64_t *call_id_out, psrpc_client *client,
+                                     const psrpc_method *method, const void *data, size_t len,
+                                     const psrpc_call_options *opts, psrpc_call_cb on_result,
+                                     psrpc_call_cb on_done, void *user_data) {
+    return submit(call_id_out, client, method, data, len, opts, true, on_result, on_done,
+                  user_data);
+}
+
+typedef struct cancel_arg {
+    psrpc_client *client;
+    uint64_t id;
+} cancel_arg;
+
+static void cancel_task(void *arg) {
+    cancel_arg *a = arg;
+    char key[24];
+    snprintf(key, sizeof key, "%llu", (unsigned long long)a->id);
+    call *k = psrpc__map_get(&a->client->by_id, key);
+    if (k && k->state != CALL_DONE)
+        call_fail(k, PSRPC_CANCELED, "request canceled");
+    client_release(a->client);
+    free(a);
+}
+
+psrpc_status psrpc_client_cancel(psrpc_client *client, uint64_t call_id) {
+    CHECK_CLIENT(client);
+    PSRPC__CHECK_ARG(call_id != 0, "call_id is 0");
+    cancel_arg *a = malloc(sizeof *a);
+    if (!a)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    a->client = client;
+    a->id = call_id;
+    client_retain(client);
+    int rc = psrpc__bus_post(client->bus, cancel_task, a);
+    if (rc != PSRPC_OK) {
+        client_release(client);
+        free(a);
+        return PSRPC_OK; /* the bus is closed: every call already completed */
+    }
+    return PSRPC_OK;
+}
+
+/* ---- blocking call ---- */
+
+typedef struct sync_slot {
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    bool done;
+    int status;
+    char message[512];
+    psrpc_msg *response;
+} sync_slot;
+
+static void sync_done(uint64_t id, const psrpc_msg *response, const psrpc_error *error,
+                      const char *server_id, void *user_data) {
+    (void)id;
+    (void)server_id;
+    sync_slot *s = user_data;
+    pthread_mutex_lock(&s->mu);
+    if (error) {
+        s->status = error->status;
+        snprintf(s->message, sizeof s->message, "%s", error->message);
+    } else {
+        s->response = psrpc_msg_retain(response);
+    }
+    s->done = true;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+}
+
+psrpc_status psrpc_client_call_sync(psrpc_msg **out, psrpc_client *client,
+                                    const psrpc_method *method, const void *data, size_t len,
+                                    const psrpc_call_options *opts) {
+    PSRPC__CHECK_ARG(out, "out is NULL");
+    *out = NULL;
+    if (psrpc__on_any_loop_thread())
+        return psrpc__error(PSRPC_WOULD_DEADLOCK,
+                            "psrpc_client_call_sync called on a loop thread (inside a callback) "
+                            "would deadlock; use psrpc_client_call");
+    sync_slot s;
+    memset(&s, 0, sizeof s);
+    pthread_mutex_init(&s.mu, NULL);
+    pthread_cond_init(&s.cond, NULL);
+    int rc = psrpc_client_call(NULL, client, method, data, len, opts, sync_done, &s);
+    if (rc == PSRPC_OK) {
+        pthread_mutex_lock(&s.mu);
+        while (!s.done)
+            pthread_cond_wait(&s.cond, &s.mu);
+        pthread_mutex_unlock(&s.mu);
+        if (s.status != PSRPC_OK)
+            rc = psrpc__error(s.status, "%s", s.message);
+        else
+            *out = s.response;
+    }
+    pthread_mutex_destroy(&s.mu);
+    pthread_cond_destroy(&s.cond);
+    return rc;
+}
+
+/* ---- selection answers ---- */
+
+typedef struct selection_answer {
+    psrpc_selection *sel;
+    char *server_id; /* NULL → failure */
+    psrpc__err *err;
+} selection_answer;
+
+static void selection_release(psrpc_selection *s) {
+    if (atomic_fetch_sub(&s->refs, 1) == 1) {
+        client_release(s->client);
+        s->magic = 0;
+        free(s);
+    }
+}
+
+static void selection_task(void *arg) {
+    selection_answer *a = arg;
+    psrpc_client *c = a->sel->client;
+    char key[24];
+    snprintf(key, sizeof key, "%llu", (unsigned long long)a->sel->call_id);
+    call *k = psrpc__map_get(&c->by_id, key);
+    if (k && k->state == CALL_SELECT_CB) {
+        if (a->server_id) {
+            send_claim_response(k, a->server_id);
+        } else {
+            call_complete(k, NULL, a->err, NULL);
+        }
+    }
+    psrpc__err_free(a->err);
+    free(a->server_id);
+    selection_release(a->sel);
+    free(a);
+}
+
+static int selection_answer_post(psrpc_selection *s, char *server_id, psrpc__err *err) {
+    selection_answer *a = calloc(1, sizeof *a);
+    if (!a) {
+        free(server_id);
+        psrpc__err_free(err);
+        selection_release(s);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    a->sel = s;
+    a->server_id = server_id;
+    a->err = err;
+    int rc = psrpc__bus_post(s->client->bus, selection_task, a);
+    if (rc != PSRPC_OK) {
+        free(server_id);
+        psrpc__err_free(err);
+        selection_release(s);
+        free(a);
+    }
+    return rc;
+}
+
+psrpc_status psrpc_selection_choose(psrpc_selection *selection, const char *server_id) {
+    PSRPC__CHECK_ARG(selection && selection->magic == SELECTION_MAGIC,
+                     "selection is NULL or not a psrpc_selection");
+    PSRPC__CHECK_ARG(server_id, "server_id is NULL");
+    PSRPC__CHECK_ARG(psrpc__utf8_valid(server_id, strlen(server_id)),
+                     "server_id is not valid UTF-8");
+    if (atomic_exchange(&selection->answered, true))
+        return psrpc__error(PSRPC_INVALID_ARGUMENT, "selection already answered");
+    char *id = psrpc__strdup(server_id);
+    if (!id) {
+        selection_release(selection);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    return selection_answer_post(selection, id, NULL);
+}
+
+psrpc_status psrpc_selection_fail(psrpc_selection *selection, int status, const char *message) {
+    PSRPC__CHECK_ARG(selection && selection->magic == SELECTION_MAGIC,
+                     "selection is NULL or not a psrpc_selection");
+    PSRPC__CHECK_ARG(status < 0, "status %d is not an error", status);
+    if (atomic_exchange(&selection->answered, true))
+        return psrpc__error(PSRPC_INVALID_ARGUMENT, "selection already answered");
+    psrpc__err *e = psrpc__err_new(status, "%s",
+                                   message && *message ? message : psrpc_status_str(status));
+    if (!e) {
+        selection_release(selection);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    return selection_answer_post(selection, NULL, e);
+}
+
+/* ---------------------------------------------------------------- subscriptions */
+
+static void sub_release(sub_t *s) {
+    if (atomic_fetch_sub(&s->refs, 1) != 1)
+        return;
+    psrpc__method_clear(&s->method);
+    psrpc__channel_clear(&s->ch);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cond);
+    psrpc_client *c = s->client;
+    s->magic = 0;
+    free(s);
+    client_release(c);
+}
+
+static void sub_set_ready(sub_t *s, int status, const char *message) {
+    pthread_mutex_lock(&s->mu);
+    bool first = !s->ready_done;
+    if (first) {
+        s->ready_done = true;
+        s->ready_status = status;
+        snprintf(s->ready_message, sizeof s->ready_message, "%s", message ? message : "");
+        pthread_cond_broadcast(&s->cond);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (!first || !s->on_ready)
+        return;
+    if (status == PSRPC_OK) {
+        s->on_ready(NULL, s->user_data);
+        return;
+    }
+    psrpc__err *e = psrpc__err_new(status, "%s", message ? message : "subscribe failed");
+    if (e) {
+        psrpc_error view;
+        psrpc__err_view(e, &view);
+        s->on_ready(&view, s->user_data);
+        psrpc__err_free(e);
+    }
+}
+
+/* Stops delivery and runs release and closed callbacks (loop thread). */
+static void sub_finish(sub_t *s) {
+    if (s->finished)
+        return;
+    s->finished = true;
+    s->active = false;
+    psrpc__bus_unsubscribe(s->client->bus, s->bus_sub);
+    s->bus_sub = NULL;
+    sub_set_ready(s, PSRPC_CANCELED, "subscription is closed");
+    if (s->release)
+        s->release(s->user_data);
+    run_closed_waiters(&s->closed_waiters);
+    sub_release(s); /* the loop's reference */
+}
+
+static void sub_deliver(void *ctx, const uint8_t *data, size_t len) {
+    sub_t *s = ctx;
+    if (!s->active)
+        return;
+    psrpc_bus *bus = s->client->bus;
+    psrpc__envelope env;
+    if (psrpc__envelope_decode(&env, data, len, (size_t)bus->opts.max_message_size) != 0) {
+        PSRPC__STAT_ADD(bus, dropped_malformed, 1);
+        return;
+    }
+    if (s->method.output_type && strcmp(env.type_name, s->method.output_type) != 0) {
+        PSRPC__STAT_ADD(bus, dropped_malformed, 1);
+        psrpc__envelope_clear(&env);
+        return;
+    }
+    psrpc_msg *msg = NULL;
+    if (psrpc_msg_new(&msg, env.value, env.value_len) == PSRPC_OK) {
+        atomic_fetch_add(&s->refs, 1);
+        s->on_message(s, msg, s->user_data);
+        psrpc_msg_release(msg);
+        sub_release(s);
+    }
+    psrpc__envelope_clear(&env);
+}
+
+static void sub_ready(void *ctx, int status, const char *message) {
+    sub_t *s = ctx;
+    if (s->active)
+        sub_set_ready(s, status, message);
+}
+
+static void subscribe_task(void *arg) {
+    sub_t *s = arg;
+    psrpc_client *c = s->client;
+    client_start(c);
+    if (c->state != PSRPC__OPEN || atomic_load(&s->closing)) {
+        sub_set_ready(s, PSRPC_CANCELED,
+                      c->state != PSRPC__OPEN ? "client is closed" : "subscription is closed");
+        sub_finish(s);
+        return;
+    }
+    s->active = true;
+    s->next = c->subs;
+    c->subs = s;
+    s->bus_sub = psrpc__bus_subscribe(c->bus, &s->ch, s->queue, sub_deliver, sub_ready, s);
+    if (!s->bus_sub) {
+        s->active = false;
+        sub_set_ready(s, psrpc_last_error_status() ? psrpc_last_error_status()
+                                                   : PSRPC_UNAVAILABLE,
+                      psrpc_last_error());
+    }
+}
+
+psrpc_status psrpc_client_subscribe(psrpc_sub **out, psrpc_client *client,
+                                    const psrpc_method *method, const char *const *topics,
+                                    size_t topic_count, psrpc_message_cb on_message,
+                                    psrpc_done_cb on_ready, void *user_data,
+                                    psrpc_release_cb release) {
+    PSRPC__CHECK_ARG(out, "out is NULL");
+    *out = NULL;
+    CHECK_CLIENT(client);
+    PSRPC__CHECK_ARG(on_message, "on_message is NULL");
+    int rc = psrpc__check_topics(topics, topic_count);
+    if (rc != PSRPC_OK)
+        return rc;
+    sub_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    if ((rc = psrpc__method_copy(&s->method, method)) != PSRPC_OK) {
+        free(s);
+        return rc;
+    }
+    if (!(s->method.flags & PSRPC_METHOD_SUBSCRIPTION)) {
+        psrpc__method_clear(&s->method);
+        free(s);
+        return psrpc__error(PSRPC_INVALID_ARGUMENT, "method is not a subscription method");
+    }
+    if (atomic_load(&client->closing)) {
+        psrpc__method_clear(&s->method);
+        free(s);
+        return psrpc__error(PSRPC_CANCELED, "client is closed");
+    }
+    bool queue = s->method.routing != PSRPC_ROUTING_MULTI;
+    if (psrpc__channel_rpc(&s->ch, client->service, s->method.name, topics, topic_count,
+                           s->method.routing == PSRPC_ROUTING_QUEUE) != PSRPC_OK) {
+        psrpc__method_clear(&s->method);
+        free(s);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    s->magic = SUB_MAGIC;
+    atomic_init(&s->refs, 2); /* the user's and the loop's */
+    s->client = client;
+    client_retain(client);
+    s->queue = queue;
+    s->on_message = on_message;
+    s->on_ready = on_ready;
+    s->user_data = user_data;
+    s->release = release;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    rc = psrpc__bus_post(client->bus, subscribe_task, s);
+    if (rc != PSRPC_OK) {
+        s->release = NULL;
+        atomic_store(&s->refs, 1);
+        sub_release(s);
+        return rc;
+    }
+    *out = s;
+    return PSRPC_OK;
+}
+
+#define CHECK_SUB(s)                                                                     \
+    do {                                                                                 \
+        PSRPC__CHECK_ARG(s, "sub is NULL");                                              \
+        PSRPC__CHECK_ARG((s)->magic == SUB_MAGIC, "handle is not a psrpc_sub");          \
+    } while (0)
+
+psrpc_status psrpc_sub_wait_ready(psrpc_sub *sub, int64_t timeout_ms) {
+    CHECK_SUB(sub);
+    if (psrpc__on_any_loop_thread())
+        return psrpc__error(PSRPC_WOULD_DEADLOCK,
+                            "psrpc_sub_wait_ready called on a loop thread would deadlock");
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    int64_t ns = until.tv_nsec + (timeout_ms % 1000) * 1000000;
+    until.tv_sec += timeout_ms / 1000 + ns / 1000000000;
+    until.tv_nsec = ns % 1000000000;
+    pthread_mutex_lock(&sub->mu);
+    int rc = 0;
+    while (!sub->ready_done && rc == 0)
+        rc = pthread_cond_timedwait(&sub->cond, &sub->mu, &until);
+    bool done = sub->ready_done;
+    int status = sub->ready_status;
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", sub->ready_message);
+    pthread_mutex_unlock(&sub->mu);
+    if (!done)
+        return psrpc__error(PSRPC_DEADLINE_EXCEEDED, "subscription not confirmed within %lld ms",
+                            (long long)timeout_ms);
+    if (status != PSRPC_OK)
+        return psrpc__error(status, "%s", msg);
+    return PSRPC_OK;
+}
+
+typedef struct sub_close_req {
+    sub_t *sub;
+    psrpc_closed_cb cb;
+    void *user_data;
+} sub_close_req;
+
+static void sub_close_task(void *arg) {
+    sub_close_req *r = arg;
+    sub_t *s = r->sub;
+    psrpc__closed_waiter *w = calloc(1, sizeof *w);
+    if (w) {
+        w->cb = r->cb;
+        w->user_data = r->user_data;
+        w->next = s->closed_waiters;
+        s->closed_waiters = w;
+    }
+    if (!s->finished) {
+        psrpc_client *c = s->client;
+        for (sub_t **p = &c->subs; *p; p = &(*p)->next) {
+            if (*p == s) {
+                *p = s->next;
+                break;
+            }
+        }
+        sub_finish(s);
+    } else {
+        run_closed_waiters(&s->closed_waiters);
+    }
+    sub_release(s);
+    free(r);
+}
+
+psrpc_status psrpc_sub_close(psrpc_sub *sub, psrpc_closed_cb closed_cb, void *user_data) {
+    CHECK_SUB(sub);
+    atomic_store(&sub->closing, true);
+    sub_close_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    r->sub = sub;
+    r->cb = closed_cb;
+    r->user_data = user_data;
+    atomic_fetch_add(&sub->refs, 1);
+    int rc = psrpc__bus_post(sub->client->bus, sub_close_task, r);
+    if (rc != PSRPC_OK) {
+        sub_release(sub);
+        free(r);
+        if (!closed_cb)
+            return PSRPC_OK;
+    }
+    return rc;
+}
+
+void psrpc_sub_free(psrpc_sub *sub) {
+    if (!sub || sub->magic != SUB_MAGIC)
+        return;
+    if (atomic_exchange(&sub->freed, true))
+        return;
+    if (!atomic_load(&sub->closing))
+        psrpc_sub_close(sub, NULL, NULL);
+    sub_release(sub);
+}
+
+/* ---------------------------------------------------------------- close/free */
+
+psrpc_status psrpc_client_close(psrpc_client *client, psrpc_closed_cb closed_cb,
+                                void *user_data) {
+    CHECK_CLIENT(client);
+    atomic_store(&client->closing, true);
+    close_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    r->client = client;
+    r->cb = closed_cb;
+    r->user_data = user_data;
+    client_retain(client);
+    int rc = psrpc__bus_post(client->bus, close_task, r);
+    if (rc != PSRPC_OK) {
+        client_release(client);
+        free(r);
+        if (!closed_cb)
+            return PSRPC_OK;
+    }
+    return rc;
+}
+
+void psrpc_client_free(psrpc_client *client) {
+    if (!client || client->magic != CLIENT_MAGIC)
+        return;
+    if (atomic_exchange(&client->freed, true))
+        return;
+    if (!atomic_load(&client->closing))
+        psrpc_client_close(client, NULL, NULL);
+    client_release(client);
+}

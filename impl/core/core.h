@@ -1,0 +1,39 @@
+/* Pieces shared by the client and the server. Loop thread unless noted. */
+#ifndef PSRPC_IMPL_CORE_H
+#define PSRPC_IMPL_CORE_H
+
+#include "bus.h"
+#include "wire.h"
+
+/* A copy of a psrpc_method. */
+typedef struct psrpc__method {
+    char *name;
+    char *output_type; /* may be NULL */
+    uint32_t routing;
+    uint32_t flags;
+} psrpc__method;
+
+/* Validates and copies m (any thread); sets psrpc__error on failure. */
+int psrpc__method_copy(psrpc__method *dst, const psrpc_method *m);
+void psrpc__method_clear(psrpc__method *m);
+/* require_claim of wire-protocol.md 7.2. */
+bool psrpc__method_require_claim(const psrpc__method *m);
+
+/* Validates a topic array (any thread). */
+int psrpc__check_topics(const char *const *topics, size_t count);
+/* Validates a service name or id string: non-empty UTF-8 (any thread). */
+int psrpc__check_name(const char *what, const char *s);
+
+/* Decodes transport bytes as the control message desc; counts and drops
+ * (returns NULL) anything else. */
+ProtobufCMessage *psrpc__decode_control(psrpc_bus *bus, const uint8_t *data, size_t len,
+                                        const ProtobufCMessageDescriptor *desc);
+
+/* Wraps and publishes a control message; returns 0 or a status. */
+int psrpc__publish_control(psrpc_bus *bus, const psrpc__channel *ch,
+                           const ProtobufCMessage *message);
+
+/* Builds an error from a Response (code, error, error_details). */
+psrpc__err *psrpc__err_from_response(const Internal__Response *r);
+
+#endif

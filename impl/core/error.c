@@ -1,0 +1,165 @@
+/* Status tables, the per-thread last error, and error objects for callbacks. */
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "common.h"
+
+typedef struct {
+    int status;
+    const char *name;
+    const char *code;
+    const char *desc;
+} status_entry;
+
+static const status_entry status_table[] = {
+#define XX(name, value, code, desc) {value, "PSRPC_" #name, code, desc},
+    PSRPC_STATUS_MAP(XX)
+#undef XX
+};
+
+static const status_entry *find_status(int status) {
+    for (size_t i = 0; i < PSRPC__ARRAY_SIZE(status_table); i++)
+        if (status_table[i].status == status)
+            return &status_table[i];
+    return NULL;
+}
+
+const char *psrpc_status_name(int status) {
+    const status_entry *e = find_status(status);
+    return e ? e->name : "PSRPC_UNKNOWN";
+}
+
+const char *psrpc_status_str(int status) {
+    const status_entry *e = find_status(status);
+    return e ? e->desc : "unknown error";
+}
+
+const char *psrpc_status_code(int status) {
+    const status_entry *e = find_status(status);
+    if (!e)
+        return "unknown";
+    return e->code ? e->code : "internal";
+}
+
+int psrpc_status_from_code(const char *code) {
+    if (!code || !*code)
+        return PSRPC_OK;
+    for (size_t i = 0; i < PSRPC__ARRAY_SIZE(status_table); i++)
+        if (status_table[i].code && strcmp(status_table[i].code, code) == 0)
+            return status_table[i].status;
+    return PSRPC_UNKNOWN;
+}
+
+/* ---- per-thread last error ---- */
+
+#define LAST_ERROR_MAX 512
+static _Thread_local char last_error_msg[LAST_ERROR_MAX];
+static _Thread_local int last_error_status;
+
+const char *psrpc_last_error(void) { return last_error_msg; }
+
+int psrpc_last_error_status(void) { return last_error_status; }
+
+void psrpc_clear_error(void) {
+    last_error_msg[0] = '\0';
+    last_error_status = PSRPC_OK;
+}
+
+int psrpc__error(int status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error_msg, sizeof last_error_msg, fmt, ap);
+    va_end(ap);
+    last_error_status = status;
+    return status;
+}
+
+/* ---- error objects ---- */
+
+static psrpc__err *err_alloc(const char *code, char *message) {
+    psrpc__err *e = calloc(1, sizeof *e);
+    if (!e) {
+        free(message);
+        return NULL;
+    }
+    e->status = psrpc_status_from_code(code);
+    if (e->status == PSRPC_OK)
+        e->status = PSRPC_UNKNOWN;
+    e->code = psrpc__strdup(code && *code ? code : "unknown");
+    e->message = message ? message : psrpc__strdup("");
+    if (!e->code || !e->message) {
+        psrpc__err_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+psrpc__err *psrpc__err_new(int status, const char *fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    psrpc__err *e = err_alloc(psrpc_status_code(status), psrpc__strdup(buf));
+    if (e)
+        e->status = status;
+    return e;
+}
+
+psrpc__err *psrpc__err_from_code(const char *code, const char *message) {
+    return err_alloc(code, psrpc__strdup(message ? message : ""));
+}
+
+psrpc__err *psrpc__err_copy(const psrpc__err *src) {
+    if (!src)
+        return NULL;
+    psrpc__err *e = err_alloc(src->code, psrpc__strdup(src->message));
+    if (!e)
+        return NULL;
+    e->status = src->status;
+    if (src->details_count) {
+        e->details = calloc(src->details_count, sizeof *e->details);
+        if (!e->details) {
+            psrpc__err_free(e);
+            return NULL;
+        }
+        for (size_t i = 0; i < src->details_count; i++) {
+            const psrpc_error_detail *d = &src->details[i];
+            uint8_t *v = malloc(d->value_len ? d->value_len : 1);
+            char *t = psrpc__strdup(d->type_url ? d->type_url : "");
+            if (!v || !t) {
+                free(v);
+                free(t);
+                psrpc__err_free(e);
+                return NULL;
+            }
+            if (d->value_len)
+                memcpy(v, d->value, d->value_len);
+            e->details[i] = (psrpc_error_detail){t, v, d->value_len};
+            e->details_count = i + 1;
+        }
+    }
+    return e;
+}
+
+void psrpc__err_free(psrpc__err *e) {
+    if (!e)
+        return;
+    for (size_t i = 0; i < e->details_count; i++) {
+        free((char *)e->details[i].type_url);
+        free((uint8_t *)e->details[i].value);
+    }
+    free(e->details);
+    free(e->code);
+    free(e->message);
+    free(e);
+}
+
+void psrpc__err_view(const psrpc__err *e, psrpc_error *view) {
+    memset(view, 0, sizeof *view);
+    view->status = e->status;
+    view->code = e->code;
+    view->message = e->message;
+    view->details = e->details;
+    view->details_count = e->details_count;
+}

@@ -1,0 +1,1152 @@
+/* psrpc_server: method registry, request dispatch, claims, answers from any
+ * thread, graceful and forced close (wire-protocol.md 8.2, 9, 10). */
+#include <pthread.h>
+#include <stdio.h>
+
+#include "core.h"
+#include "map.h"
+
+#define SERVER_MAGIC 0x50535256u  /* "PSRV" */
+#define REQUEST_MAGIC 0x50524551u /* "PREQ" */
+#define EXPIRY_CLAMP_NS (5LL * 60 * 1000000000LL)
+
+typedef struct reg reg;
+
+struct psrpc_server {
+    uint32_t magic;
+    atomic_int refs;
+    atomic_bool closing; /* close requested */
+    atomic_bool killed;  /* answers are discarded from now on */
+    atomic_bool freed;
+    psrpc_bus *bus;
+    char *service;
+    char *id;
+    int64_t timeout_ms;
+    psrpc__child child;
+
+    /* Any thread, under mu: registered keys and readiness. */
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    psrpc__map keys; /* legacy RPC channel name → (void *)1 */
+    int ready_pending;
+    int ready_error;
+    char ready_message[256];
+
+    /* Loop thread. */
+    int state; /* PSRPC__OPEN, CLOSING, CLOSED */
+    bool started;
+    bool forced;
+    reg *regs;
+    psrpc__map claims; /* request_id → psrpc_request waiting for a ClaimResponse */
+    int inflight;      /* requests in the handler stage */
+    int64_t latest_expiry_ns;
+    uv_timer_t drain_timer;
+    bool drain_timer_on;
+    psrpc__closed_waiter *closed_waiters;
+    void (*child_done)(psrpc__child *);
+};
+
+struct reg {
+    atomic_int refs;
+    psrpc_server *server;
+    psrpc__method method;
+    char **topics;
+    size_t topic_count;
+    bool require_claim;
+    psrpc__channel req_ch, rclaim_ch;
+    psrpc__bus_sub *req_sub, *rclaim_sub;
+    psrpc_handler_cb handler;
+    psrpc_affinity_cb affinity;
+    psrpc_done_cb on_ready;
+    void *user_data;
+    psrpc_release_cb release;
+    bool active;
+    bool released;
+    int ready_pending;
+    bool ready_reported;
+    reg *next;
+};
+
+enum { STAGE_AFFINITY = 1, STAGE_CLAIMING, STAGE_HANDLER, STAGE_DONE };
+
+struct psrpc_request {
+    uint32_t magic;
+    atomic_int refs;
+    atomic_int stage;
+    psrpc_server *server; /* holds a reference */
+    reg *reg;             /* holds a reference */
+    char *request_id;
+    char *client_id;
+    char *method;
+    char **topics;
+    size_t topic_count;
+    char **meta_keys;
+    char **meta_values;
+    size_t meta_count;
+    int64_t sent_at;
+    int64_t expiry;
+    psrpc_msg *payload;
+    float affinity;
+    /* Claim wait (loop thread). */
+    uv_timer_t claim_timer;
+    bool claim_timer_on;
+    bool in_claims;
+};
+
+static void server_release(psrpc_server *s);
+
+/* ---------------------------------------------------------------- helpers */
+
+static void server_retain(psrpc_server *s) { atomic_fetch_add(&s->refs, 1); }
+
+static void server_destroy(psrpc_server *s) {
+    psrpc__map_clear(&s->keys);
+    psrpc__map_clear(&s->claims);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cond);
+    free(s->service);
+    free(s->id);
+    psrpc_bus *bus = s->bus;
+    s->magic = 0;
+    free(s);
+    psrpc__bus_release(bus);
+}
+
+static void server_release(psrpc_server *s) {
+    if (atomic_fetch_sub(&s->refs, 1) == 1)
+        server_destroy(s);
+}
+
+static void reg_release(reg *r) {
+    if (atomic_fetch_sub(&r->refs, 1) != 1)
+        return;
+    psrpc__method_clear(&r->method);
+    psrpc__strv_free(r->topics, r->topic_count);
+    psrpc__channel_clear(&r->req_ch);
+    psrpc__channel_clear(&r->rclaim_ch);
+    server_release(r->server);
+    free(r);
+}
+
+static void request_free(psrpc_request *q) {
+    q->magic = 0;
+    free(q->request_id);
+    free(q->client_id);
+    free(q->method);
+    psrpc__strv_free(q->topics, q->topic_count);
+    psrpc__strv_free(q->meta_keys, q->meta_count);
+    psrpc__strv_free(q->meta_values, q->meta_count);
+    psrpc_msg_release(q->payload);
+    reg_release(q->reg);
+    server_release(q->server);
+    free(q);
+}
+
+static void request_release(psrpc_request *q) {
+    if (atomic_fetch_sub(&q->refs, 1) == 1)
+        request_free(q);
+}
+
+static void claim_timer_closed(uv_handle_t *h) {
+    psrpc_request *q = h->data;
+    request_release(q);
+}
+
+/* Drops the loop's hold on a request waiting for its claim (loop thread). */
+static void claim_forget(psrpc_request *q) {
+    if (q->in_claims) {
+        psrpc__map_del(&q->server->claims, q->request_id);
+        q->in_claims = false;
+    }
+    if (q->claim_timer_on) {
+        q->claim_timer_on = false;
+        uv_timer_stop(&q->claim_timer);
+        uv_close((uv_handle_t *)&q->claim_timer, claim_timer_closed);
+    } else {
+        request_release(q);
+    }
+}
+
+static void report_ready(psrpc_server *s, reg *r, int status, const char *message) {
+    if (r->ready_reported)
+        return;
+    r->ready_reported = true;
+    if (r->on_ready) {
+        if (status == PSRPC_OK) {
+            r->on_ready(NULL, r->user_data);
+        } else {
+            psrpc__err *e = psrpc__err_new(status, "%s", message ? message : "subscribe failed");
+            psrpc_error view;
+            if (e) {
+                psrpc__err_view(e, &view);
+                r->on_ready(&view, r->user_data);
+                psrpc__err_free(e);
+            }
+        }
+    }
+    pthread_mutex_lock(&s->mu);
+    if (status != PSRPC_OK && s->ready_error == PSRPC_OK) {
+        s->ready_error = status;
+        snprintf(s->ready_message, sizeof s->ready_message, "%s",
+                 message ? message : "subscribe failed");
+    }
+    s->ready_pending--;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Runs the registration's release once, after its last callback. */
+static void reg_finish(reg *r) {
+    if (r->released)
+        return;
+    r->released = true;
+    r->active = false;
+    report_ready(r->server, r, PSRPC_CANCELED, "server is closed");
+    if (r->release)
+        r->release(r->user_data);
+}
+
+static void reg_unsubscribe(reg *r) {
+    psrpc_bus *bus = r->server->bus;
+    r->active = false;
+    psrpc__bus_unsubscribe(bus, r->req_sub);
+    psrpc__bus_unsubscribe(bus, r->rclaim_sub);
+    r->req_sub = r->rclaim_sub = NULL;
+}
+
+/* ---------------------------------------------------------------- close */
+
+static void run_closed_waiters(psrpc_server *s) {
+    psrpc__closed_waiter *w = s->closed_waiters;
+    s->closed_waiters = NULL;
+    while (w) {
+        psrpc__closed_waiter *next = w->next;
+        if (w->cb)
+            w->cb(w->user_data);
+        free(w);
+        w = next;
+    }
+}
+
+static void drain_timer_closed(uv_handle_t *h) {
+    psrpc_server *s = h->data;
+    server_release(s);
+}
+
+static void server_finish(psrpc_server *s) {
+    if (s->state == PSRPC__CLOSED)
+        return;
+    s->state = PSRPC__CLOSED;
+    atomic_store(&s->killed, true);
+    if (s->drain_timer_on) {
+        s->drain_timer_on = false;
+        uv_timer_stop(&s->drain_timer);
+        uv_close((uv_handle_t *)&s->drain_timer, drain_timer_closed);
+    }
+    reg *r = s->regs;
+    s->regs = NULL;
+    while (r) {
+        reg *next = r->next;
+        reg_finish(r);
+        reg_release(r);
+        r = next;
+    }
+    if (s->started)
+        psrpc__bus_remove_child(s->bus, &s->child);
+    run_closed_waiters(s);
+    void (*done)(psrpc__child *) = s->child_done;
+    s->child_done = NULL;
+    if (done)
+        done(&s->child);
+    if (s->started) {
+        s->started = false;
+        server_release(s); /* the loop's reference */
+    }
+}
+
+static void maybe_finish(psrpc_server *s) {
+    if (s->state == PSRPC__CLOSING && (s->forced || s->inflight == 0))
+        server_finish(s);
+}
+
+static void drain_timeout(uv_timer_t *t) {
+    psrpc_server *s = t->data;
+    s->forced = true;
+    maybe_finish(s);
+}
+
+static void server_begin_close(psrpc_server *s, bool force) {
+    if (force) {
+        s->forced = true;
+        atomic_store(&s->killed, true);
+    }
+    if (s->state == PSRPC__CLOSED)
+        return;
+    if (s->state == PSRPC__OPEN) {
+        s->state = PSRPC__CLOSING;
+        for (reg *r = s->regs; r; r = r->next)
+            reg_unsubscribe(r);
+        /* Requests waiting for a claim response were never seen by a handler. */
+        psrpc_request **pending = NULL;
+        size_t n = s->claims.count, i = 0;
+        if (n && (pending = calloc(n, sizeof *pending))) {
+            psrpc__map_iter it;
+            psrpc__map_iter_init(&it, &s->claims);
+            for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));)
+                pending[i++] = e->value;
+            for (i = 0; i < n; i++)
+                claim_forget(pending[i]);
+            free(pending);
+        }
+        if (!s->forced && s->inflight > 0) {
+            /* Wait for in-flight handlers, at most until the last expiry. */
+            int64_t wait_ms = (s->latest_expiry_ns - psrpc__now_ns()) / 1000000 + 100;
+            if (wait_ms < 100)
+                wait_ms = 100;
+            uv_timer_init(psrpc__loop_uv(s->bus->loop), &s->drain_timer);
+            s->drain_timer.data = s;
+            server_retain(s);
+            s->drain_timer_on = true;
+            uv_timer_start(&s->drain_timer, drain_timeout, (uint64_t)wait_ms, 0);
+        }
+    }
+    maybe_finish(s);
+}
+
+typedef struct close_req {
+    psrpc_server *server;
+    bool force;
+    psrpc_closed_cb cb;
+    void *user_data;
+} close_req;
+
+static void close_task(void *arg) {
+    close_req *c = arg;
+    psrpc_server *s = c->server;
+    psrpc__closed_waiter *w = calloc(1, sizeof *w);
+    if (w) {
+        w->cb = c->cb;
+        w->user_data = c->user_data;
+        w->next = s->closed_waiters;
+        s->closed_waiters = w;
+    }
+    server_begin_close(s, c->force);
+    if (s->state == PSRPC__CLOSED)
+        run_closed_waiters(s);
+    server_release(s);
+    free(c);
+}
+
+static void child_close(psrpc__child *child, void (*done)(psrpc__child *)) {
+    psrpc_server *s = PSRPC__CONTAINER_OF(child, psrpc_server, child);
+    s->child_done = done;
+    server_retain(s);
+    server_begin_close(s, true);
+    server_release(s);
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+static void respond_error(psrpc_server *s, const char *service, const char *client_id,
+                          const char *request_id, const char *code, const char *message) {
+    Internal__Response resp = INTERNAL__RESPONSE__INIT;
+    resp.request_id = (char *)request_id;
+    resp.server_id = s->id;
+    resp.sent_at = psrpc__now_ns();
+    resp.code = (char *)code;
+    resp.error = (char *)message;
+    psrpc__channel ch;
+    if (psrpc__channel_client_response(&ch, service, client_id) != PSRPC_OK)
+        return;
+    psrpc__publish_control(s->bus, &ch, &resp.base);
+    psrpc__channel_clear(&ch);
+}
+
+static void call_handler(psrpc_request *q) {
+    psrpc_server *s = q->server;
+    reg *r = q->reg;
+    atomic_store(&q->stage, STAGE_HANDLER);
+    s->inflight++;
+    if (q->expiry > s->latest_expiry_ns)
+        s->latest_expiry_ns = q->expiry;
+    r->handler(q, r->user_data);
+}
+
+static void claim_timeout(uv_timer_t *t) {
+    psrpc_request *q = t->data;
+    claim_forget(q); /* not chosen in time: drop silently */
+}
+
+/* Publishes the claim and waits for the ClaimResponse (loop thread). Takes
+ * over the caller's reference to q. */
+static void send_claim(psrpc_request *q) {
+    psrpc_server *s = q->server;
+    reg *r = q->reg;
+    if (s->state != PSRPC__OPEN || !r->active || q->affinity < 0) {
+        request_release(q);
+        return;
+    }
+    int64_t now = psrpc__now_ns();
+    if (now >= q->expiry) {
+        PSRPC__STAT_ADD(s->bus, dropped_expired, 1);
+        request_release(q);
+        return;
+    }
+    if (psrpc__map_put(&s->claims, q->request_id, q) != PSRPC_OK) {
+        request_release(q);
+        return;
+    }
+    q->in_claims = true;
+    uv_timer_init(psrpc__loop_uv(s->bus->loop), &q->claim_timer);
+    q->claim_timer.data = q;
+    q->claim_timer_on = true;
+    int64_t wait_ns = q->expiry - now;
+    uv_timer_start(&q->claim_timer, claim_timeout, (uint64_t)(wait_ns / 1000000 + 1), 0);
+
+    Internal__ClaimRequest cr = INTERNAL__CLAIM_REQUEST__INIT;
+    cr.request_id = q->request_id;
+    cr.server_id = s->id;
+    cr.affinity = q->affinity;
+    psrpc__channel ch;
+    if (psrpc__channel_client_claim(&ch, s->service, q->client_id) != PSRPC_OK) {
+        claim_forget(q);
+        return;
+    }
+    if (psrpc__publish_control(s->bus, &ch, &cr.base) != PSRPC_OK)
+        claim_forget(q);
+    psrpc__channel_clear(&ch);
+}
+
+static psrpc_request *request_new(reg *r, const Internal__Request *in) {
+    psrpc_request *q = calloc(1, sizeof *q);
+    if (!q)
+        return NULL;
+    q->magic = REQUEST_MAGIC;
+    atomic_init(&q->refs, 1);
+    q->server = r->server;
+    server_retain(r->server);
+    q->reg = r;
+    atomic_fetch_add(&r->refs, 1);
+    q->request_id = psrpc__strdup(in->request_id);
+    q->client_id = psrpc__strdup(in->client_id);
+    q->method = psrpc__strdup(r->method.name);
+    q->sent_at = in->sent_at;
+    q->expiry = in->expiry;
+    int64_t clamp = psrpc__now_ns() + EXPIRY_CLAMP_NS;
+    if (q->expiry > clamp)
+        q->expiry = clamp;
+    bool ok = q->request_id && q->client_id && q->method;
+    ok = ok && psrpc__strv_dup(&q->topics, (const char *const *)r->topics, r->topic_count) ==
+                   PSRPC_OK;
+    if (ok)
+        q->topic_count = r->topic_count;
+    if (ok && in->n_metadata) {
+        q->meta_keys = calloc(in->n_metadata, sizeof(char *));
+        q->meta_values = calloc(in->n_metadata, sizeof(char *));
+        ok = q->meta_keys && q->meta_values;
+        for (size_t i = 0; ok && i < in->n_metadata; i++) {
+            const Internal__Request__MetadataEntry *e = in->metadata[i];
+            q->meta_keys[i] = psrpc__strdup(e->key ? e->key : "");
+            q->meta_values[i] = psrpc__strdup(e->value ? e->value : "");
+            q->meta_count = i + 1;
+            ok = q->meta_keys[i] && q->meta_values[i];
+        }
+        if (!ok && !q->meta_count) {
+            free(q->meta_keys);
+            free(q->meta_values);
+            q->meta_keys = q->meta_values = NULL;
+        }
+    }
+    if (ok)
+        ok = psrpc_msg_new(&q->payload, in->raw_request.data, in->raw_request.len) == PSRPC_OK;
+    if (!ok) {
+        request_free(q);
+        return NULL;
+    }
+    return q;
+}
+
+static void on_request(void *ctx, const uint8_t *data, size_t len) {
+    reg *r = ctx;
+    psrpc_server *s = r->server;
+    if (!r->active || s->state != PSRPC__OPEN)
+        return;
+    Internal__Request *in = (Internal__Request *)psrpc__decode_control(
+        s->bus, data, len, &internal__request__descriptor);
+    if (!in)
+        return;
+    if (psrpc__now_ns() >= in->expiry) {
+        PSRPC__STAT_ADD(s->bus, dropped_expired, 1);
+        protobuf_c_message_free_unpacked(&in->base, NULL);
+        return;
+    }
+    psrpc_request *q = request_new(r, in);
+    if (!q) {
+        respond_error(s, s->service, in->client_id, in->request_id, "resource_exhausted",
+                      "server out of memory");
+        protobuf_c_message_free_unpacked(&in->base, NULL);
+        return;
+    }
+    protobuf_c_message_free_unpacked(&in->base, NULL);
+    if (!r->require_claim) {
+        call_handler(q);
+    } else if (r->affinity) {
+        atomic_store(&q->stage, STAGE_AFFINITY);
+        r->affinity(q, r->user_data);
+    } else {
+        q->affinity = 1.0f;
+        atomic_store(&q->stage, STAGE_CLAIMING);
+        send_claim(q);
+    }
+}
+
+static void on_claim_response(void *ctx, const uint8_t *data, size_t len) {
+    reg *r = ctx;
+    psrpc_server *s = r->server;
+    Internal__ClaimResponse *cr = (Internal__ClaimResponse *)psrpc__decode_control(
+        s->bus, data, len, &internal__claim_response__descriptor);
+    if (!cr)
+        return;
+    psrpc_request *q = psrpc__map_get(&s->claims, cr->request_id);
+    bool mine = q && q->reg == r && strcmp(cr->server_id, s->id) == 0;
+    protobuf_c_message_free_unpacked(&cr->base, NULL);
+    if (!q || q->reg != r)
+        return;
+    if (!mine || !r->active || s->state != PSRPC__OPEN) {
+        claim_forget(q);
+        return;
+    }
+    /* Hand the loop's reference to the user for the handler stage. */
+    psrpc__map_del(&s->claims, q->request_id);
+    q->in_claims = false;
+    atomic_fetch_add(&q->refs, 1);
+    claim_forget(q);
+    call_handler(q);
+}
+
+static void reg_ready(void *ctx, int status, const char *message) {
+    reg *r = ctx;
+    if (status != PSRPC_OK) {
+        report_ready(r->server, r, status, message);
+        return;
+    }
+    if (--r->ready_pending == 0)
+        report_ready(r->server, r, PSRPC_OK, NULL);
+}
+
+/* ---------------------------------------------------------------- register */
+
+typedef struct start_task_arg {
+    psrpc_server *server;
+} start_task_arg;
+
+static void server_start(psrpc_server *s) {
+    if (s->started || s->state != PSRPC__OPEN)
+        return;
+    if (atomic_load(&s->bus->state) != PSRPC__OPEN) {
+        s->state = PSRPC__CLOSED;
+        return;
+    }
+    s->started = true;
+    server_retain(s); /* the loop's reference, dropped in server_finish */
+    psrpc__bus_add_child(s->bus, &s->child);
+}
+
+static void register_task(void *arg) {
+    reg *r = arg;
+    psrpc_server *s = r->server;
+    server_start(s);
+    if (s->state != PSRPC__OPEN) {
+        report_ready(s, r, PSRPC_CANCELED, "server is closed");
+        reg_finish(r);
+        reg_release(r);
+        return;
+    }
+    r->next = s->regs;
+    s->regs = r;
+    r->active = true;
+    r->ready_pending = r->require_claim ? 2 : 1;
+    bool queue = r->method.routing == PSRPC_ROUTING_QUEUE;
+    r->req_sub = psrpc__bus_subscribe(s->bus, &r->req_ch, queue, on_request, reg_ready, r);
+    if (r->req_sub && r->require_claim)
+        r->rclaim_sub = psrpc__bus_subscribe(s->bus, &r->rclaim_ch, false, on_claim_response,
+                                             reg_ready, r);
+    if (!r->req_sub || (r->require_claim && !r->rclaim_sub)) {
+        report_ready(s, r, psrpc_last_error_status() ? psrpc_last_error_status()
+                                                     : PSRPC_UNAVAILABLE,
+                     psrpc_last_error());
+        reg_unsubscribe(r);
+    }
+}
+
+#define CHECK_SERVER(s)                                                                  \
+    do {                                                                                 \
+        PSRPC__CHECK_ARG(s, "server is NULL");                                           \
+        PSRPC__CHECK_ARG((s)->magic == SERVER_MAGIC, "handle is not a psrpc_server");    \
+    } while (0)
+
+psrpc_status psrpc_server_options_init(psrpc_server_options *opts, size_t struct_size) {
+    PSRPC__CHECK_ARG(opts, "opts is NULL");
+    PSRPC__CHECK_ARG(struct_size >= 2 * sizeof(uint32_t), "struct_size is too small");
+    psrpc_server_options d = PSRPC_SERVER_OPTIONS_INIT;
+    memset(opts, 0, struct_size);
+    memcpy(opts, &d, struct_size < sizeof d ? struct_size : sizeof d);
+    opts->struct_size = (uint32_t)struct_size;
+    return PSRPC_OK;
+}
+
+psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char *service,
+                                 const psrpc_server_options *opts) {
+    PSRPC__CHECK_ARG(out, "out is NULL");
+    *out = NULL;
+    PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
+    int rc = psrpc__check_name("service", service);
+    if (rc != PSRPC_OK)
+        return rc;
+    psrpc_server_options o = PSRPC_SERVER_OPTIONS_INIT;
+    if ((rc = psrpc__options_load(&o, sizeof o, opts, "psrpc_server_options")) != PSRPC_OK)
+        return rc;
+    PSRPC__CHECK_ARG(o.timeout_ms >= 0, "timeout_ms is negative");
+    if (o.server_id && (rc = psrpc__check_name("server_id", o.server_id)) != PSRPC_OK)
+        return rc;
+    if (atomic_load(&bus->state) != PSRPC__OPEN || atomic_load(&bus->freed))
+        return psrpc__error(PSRPC_CANCELED, "bus is closed");
+
+    psrpc_server *s = calloc(1, sizeof *s);
+    if (!s)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    s->magic = SERVER_MAGIC;
+    atomic_init(&s->refs, 1);
+    s->service = psrpc__strdup(service);
+    if (o.server_id) {
+        s->id = psrpc__strdup(o.server_id);
+    } else if ((s->id = malloc(4 + PSRPC__ID_RANDOM_LEN + 1))) {
+        psrpc__new_id(s->id, "SRV_");
+    }
+    if (!s->service || !s->id) {
+        free(s->service);
+        free(s->id);
+        free(s);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    s->timeout_ms = o.timeout_ms ? o.timeout_ms : 3000;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    psrpc__map_init(&s->keys);
+    psrpc__map_init(&s->claims);
+    s->child.close = child_close;
+    s->state = PSRPC__OPEN;
+    s->bus = bus;
+    psrpc__bus_retain(bus);
+    *out = s;
+    return PSRPC_OK;
+}
+
+const char *psrpc_server_id(const psrpc_server *server) {
+    if (!server || server->magic != SERVER_MAGIC) {
+        psrpc__error(PSRPC_INVALID_ARGUMENT, "server is NULL or not a psrpc_server");
+        return NULL;
+    }
+    return server->id;
+}
+
+psrpc_status psrpc_server_register(psrpc_server *server, const psrpc_method *method,
+                                   const char *const *topics, size_t topic_count,
+                                   psrpc_handler_cb handler, psrpc_affinity_cb affinity,
+                                   psrpc_done_cb on_ready, void *user_data,
+                                   psrpc_release_cb release) {
+    CHECK_SERVER(server);
+    PSRPC__CHECK_ARG(handler, "handler is NULL");
+    int rc = psrpc__check_topics(topics, topic_count);
+    if (rc != PSRPC_OK)
+        return rc;
+    if (atomic_load(&server->closing))
+        return psrpc__error(PSRPC_CANCELED, "server is closed");
+    reg *r = calloc(1, sizeof *r);
+    if (!r)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    if ((rc = psrpc__method_copy(&r->method, method)) != PSRPC_OK) {
+        free(r);
+        return rc;
+    }
+    if (r->method.flags & (PSRPC_METHOD_SUBSCRIPTION)) {
+        psrpc__method_clear(&r->method);
+        free(r);
+        return psrpc__error(PSRPC_INVALID_ARGUMENT,
+                            "subscription methods are published, not registered");
+    }
+    if (r->method.flags & PSRPC_METHOD_STREAM) {
+        psrpc__method_clear(&r->method);
+        free(r);
+        return psrpc__error(PSRPC_UNIMPLEMENTED, "stream methods are not supported yet");
+    }
+    atomic_init(&r->refs, 1);
+    r->server = server;
+    r->require_claim = psrpc__method_require_claim(&r->method);
+    r->handler = handler;
+    r->affinity = affinity;
+    r->on_ready = on_ready;
+    r->user_data = user_data;
+    r->release = release;
+    bool queue = r->method.routing == PSRPC_ROUTING_QUEUE;
+    if (psrpc__strv_dup(&r->topics, topics, topic_count) != PSRPC_OK ||
+        psrpc__channel_rpc(&r->req_ch, server->service, r->method.name, topics, topic_count,
+                           queue) != PSRPC_OK ||
+        psrpc__channel_claim_response(&r->rclaim_ch, server->service, r->method.name, topics,
+                                      topic_count) != PSRPC_OK) {
+        psrpc__strv_free(r->topics, topic_count);
+        psrpc__channel_clear(&r->req_ch);
+        psrpc__channel_clear(&r->rclaim_ch);
+        psrpc__method_clear(&r->method);
+        free(r);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    r->topic_count = topic_count;
+
+    pthread_mutex_lock(&server->mu);
+    if (psrpc__map_get(&server->keys, r->req_ch.legacy)) {
+        pthread_mutex_unlock(&server->mu);
+        rc = psrpc__error(PSRPC_ALREADY_EXISTS, "method %s is already registered for these topics",
+                          r->method.name);
+        r->release = NULL;
+        server_retain(server);
+        reg_release(r);
+        return rc;
+    }
+    if (psrpc__map_put(&server->keys, r->req_ch.legacy, (void *)1) != PSRPC_OK) {
+        pthread_mutex_unlock(&server->mu);
+        server_retain(server);
+        r->release = NULL;
+        reg_release(r);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    server->ready_pending++;
+    pthread_mutex_unlock(&server->mu);
+
+    server_retain(server); /* held by the registration */
+    rc = psrpc__bus_post(server->bus, register_task, r);
+    if (rc != PSRPC_OK) {
+        pthread_mutex_lock(&server->mu);
+        psrpc__map_del(&server->keys, r->req_ch.legacy);
+        server->ready_pending--;
+        pthread_mutex_unlock(&server->mu);
+        r->release = NULL;
+        reg_release(r);
+        return rc;
+    }
+    return PSRPC_OK;
+}
+
+typedef struct dereg_task_arg {
+    psrpc_server *server;
+    char *key;
+} dereg_task_arg;
+
+static void deregister_task(void *arg) {
+    dereg_task_arg *d = arg;
+    psrpc_server *s = d->server;
+    for (reg **p = &s->regs; *p; p = &(*p)->next) {
+        reg *r = *p;
+        if (strcmp(r->req_ch.legacy, d->key) == 0) {
+            *p = r->next;
+            reg_unsubscribe(r);
+            reg_finish(r);
+            reg_release(r);
+            break;
+        }
+    }
+    server_release(s);
+    free(d->key);
+    free(d);
+}
+
+psrpc_status psrpc_server_deregister(psrpc_server *server, const char *method,
+                                     const char *const *topics, size_t topic_count) {
+    CHECK_SERVER(server);
+    int rc = psrpc__check_name("method", method);
+    if (rc != PSRPC_OK || (rc = psrpc__check_topics(topics, topic_count)) != PSRPC_OK)
+        return rc;
+    /* The key does not depend on the queue flag (it is the legacy name). */
+    psrpc__channel ch;
+    if (psrpc__channel_rpc(&ch, server->service, method, topics, topic_count, false) != PSRPC_OK)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    dereg_task_arg *d = calloc(1, sizeof *d);
+    if (!d) {
+        psrpc__channel_clear(&ch);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    d->server = server;
+    d->key = ch.legacy;
+    ch.legacy = NULL;
+    psrpc__channel_clear(&ch);
+    pthread_mutex_lock(&server->mu);
+    bool found = psrpc__map_del(&server->keys, d->key) != NULL;
+    pthread_mutex_unlock(&server->mu);
+    if (!found) {
+        free(d->key);
+        free(d);
+        return psrpc__error(PSRPC_NOT_FOUND, "method %s is not registered for these topics",
+                            method);
+    }
+    server_retain(server);
+    rc = psrpc__bus_post(server->bus, deregister_task, d);
+    if (rc != PSRPC_OK) {
+        server_release(server);
+        free(d->key);
+        free(d);
+    }
+    return rc;
+}
+
+psrpc_status psrpc_server_wait_ready(psrpc_server *server, int64_t timeout_ms) {
+    CHECK_SERVER(server);
+    if (psrpc__on_any_loop_thread())
+        return psrpc__error(PSRPC_WOULD_DEADLOCK,
+                            "psrpc_server_wait_ready called on a loop thread would deadlock");
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    int64_t ns = until.tv_nsec + (timeout_ms % 1000) * 1000000;
+    until.tv_sec += timeout_ms / 1000 + ns / 1000000000;
+    until.tv_nsec = ns % 1000000000;
+    pthread_mutex_lock(&server->mu);
+    int rc = 0;
+    while (server->ready_pending > 0 && rc == 0)
+        rc = pthread_cond_timedwait(&server->cond, &server->mu, &until);
+    int status = server->ready_error;
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", server->ready_message);
+    bool pending = server->ready_pending > 0;
+    pthread_mutex_unlock(&server->mu);
+    if (pending)
+        return psrpc__error(PSRPC_DEADLINE_EXCEEDED, "registrations not confirmed within %lld ms",
+                            (long long)timeout_ms);
+    if (status != PSRPC_OK)
+        return psrpc__error(status, "%s", msg);
+    return PSRPC_OK;
+}
+
+/* ---------------------------------------------------------------- publish */
+
+typedef struct publish_task_arg {
+    psrpc_server *server;
+    psrpc__channel ch;
+    psrpc_msg *bytes;
+} publish_task_arg;
+
+static void publish_task(void *arg) {
+    publish_task_arg *p = arg;
+    psrpc__bus_publish(p->server->bus, &p->ch, p->bytes);
+    psrpc_msg_release(p->bytes);
+    psrpc__channel_clear(&p->ch);
+    server_release(p->server);
+    free(p);
+}
+
+psrpc_status psrpc_server_publish(psrpc_server *server, const psrpc_method *method,
+                                  const char *const *topics, size_t topic_count,
+                                  const void *data, size_t len) {
+    CHECK_SERVER(server);
+    PSRPC__CHECK_ARG(data || len == 0, "data is NULL with a non-zero length");
+    int rc = psrpc__check_topics(topics, topic_count);
+    if (rc != PSRPC_OK)
+        return rc;
+    psrpc__method m;
+    if ((rc = psrpc__method_copy(&m, method)) != PSRPC_OK)
+        return rc;
+    if (!(m.flags & PSRPC_METHOD_SUBSCRIPTION) || !m.output_type) {
+        psrpc__method_clear(&m);
+        return psrpc__error(PSRPC_INVALID_ARGUMENT,
+                            "publishing needs a subscription method with output_type set");
+    }
+    if (atomic_load(&server->closing)) {
+        psrpc__method_clear(&m);
+        return psrpc__error(PSRPC_CANCELED, "server is closed");
+    }
+    publish_task_arg *p = calloc(1, sizeof *p);
+    if (!p) {
+        psrpc__method_clear(&m);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    rc = psrpc__channel_rpc(&p->ch, server->service, m.name, topics, topic_count,
+                            m.routing == PSRPC_ROUTING_QUEUE);
+    if (rc == PSRPC_OK)
+        rc = psrpc__wire_wrap(&p->bytes, m.output_type, data, len, p->ch.local, 0);
+    psrpc__method_clear(&m);
+    if (rc != PSRPC_OK) {
+        psrpc__channel_clear(&p->ch);
+        free(p);
+        return rc < 0 ? psrpc__error(rc, "cannot build the message") : rc;
+    }
+    if ((int64_t)p->bytes->len > server->bus->opts.max_message_size) {
+        size_t n = p->bytes->len;
+        psrpc_msg_release(p->bytes);
+        psrpc__channel_clear(&p->ch);
+        free(p);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED,
+                            "message of %zu bytes exceeds the maximum of %lld bytes", n,
+                            (long long)server->bus->opts.max_message_size);
+    }
+    p->server = server;
+    server_retain(server);
+    rc = psrpc__bus_post(server->bus, publish_task, p);
+    if (rc != PSRPC_OK) {
+        server_release(server);
+        psrpc_msg_release(p->bytes);
+        psrpc__channel_clear(&p->ch);
+        free(p);
+    }
+    return rc;
+}
+
+/* ---------------------------------------------------------------- close/free */
+
+psrpc_status psrpc_server_close(psrpc_server *server, uint32_t flags, psrpc_closed_cb closed_cb,
+                                void *user_data) {
+    CHECK_SERVER(server);
+    PSRPC__CHECK_ARG((flags & ~PSRPC_CLOSE_FORCE) == 0, "unknown close flags 0x%x",
+                     (unsigned)flags);
+    atomic_store(&server->closing, true);
+    if (flags & PSRPC_CLOSE_FORCE)
+        atomic_store(&server->killed, true);
+    close_req *c = calloc(1, sizeof *c);
+    if (!c)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    c->server = server;
+    c->force = flags & PSRPC_CLOSE_FORCE;
+    c->cb = closed_cb;
+    c->user_data = user_data;
+    server_retain(server);
+    int rc = psrpc__bus_post(server->bus, close_task, c);
+    if (rc != PSRPC_OK) {
+        server_release(server);
+        free(c);
+        if (!closed_cb)
+            return PSRPC_OK; /* the bus closed everything already */
+    }
+    return rc;
+}
+
+void psrpc_server_free(psrpc_server *server) {
+    if (!server || server->magic != SERVER_MAGIC)
+        return;
+    if (atomic_exchange(&server->freed, true))
+        return;
+    if (!atomic_load(&server->closing))
+        psrpc_server_close(server, 0, NULL, NULL);
+    server_release(server);
+}
+
+/* ---------------------------------------------------------------- requests */
+
+#define CHECK_REQ(q)                                                                     \
+    do {                                                                                 \
+        PSRPC__CHECK_ARG(q, "request is NULL");                                          \
+        PSRPC__CHECK_ARG((q)->magic == REQUEST_MAGIC, "handle is not a psrpc_request");  \
+    } while (0)
+
+const psrpc_msg *psrpc_request_payload(const psrpc_request *q) {
+    return q && q->magic == REQUEST_MAGIC ? q->payload : NULL;
+}
+const char *psrpc_request_id(const psrpc_request *q) {
+    return q && q->magic == REQUEST_MAGIC ? q->request_id : NULL;
+}
+const char *psrpc_request_client_id(const psrpc_request *q) {
+    return q && q->magic == REQUEST_MAGIC ? q->client_id : NULL;
+}
+const char *psrpc_request_method(const psrpc_request *q) {
+    return q && q->magic == REQUEST_MAGIC ? q->method : NULL;
+}
+size_t psrpc_request_topic_count(const psrpc_request *q) {
+    return q && q->magic == REQUEST_MAGIC ? q->topic_count : 0;
+}
+const char *psrpc_request_topic(const psrpc_request *q, size_t index) {
+    return q && q->magic == REQUEST_MAGIC && index < q->topic_count ? q->topics[index] : NULL;
+}
+size_t psrpc_request_metadata_count(const psrpc_request *q) {
+    return q && q->magic == REQUEST_MAGIC ? q->meta_count : 0;
+}
+psrpc_status psrpc_request_metadata_at(const psrpc_request *q, size_t index, const char **key,
+                                       const char **value) {
+    CHECK_REQ(q);
+    PSRPC__CHECK_ARG(key && value, "key or value is NULL");
+    if (index >= q->meta_count)
+        return psrpc__error(PSRPC_OUT_OF_RANGE, "metadata index %zu past %zu entries", index,
+                            q->meta_count);
+    *key = q->meta_keys[index];
+    *value = q->meta_values[index];
+    return PSRPC_OK;
+}
+const char *psrpc_request_metadata_get(const psrpc_request *q, const char *key) {
+    if (!q || q->magic != REQUEST_MAGIC || !key)
+        return NULL;
+    for (size_t i = 0; i < q->meta_count; i++)
+        if (strcmp(q->meta_keys[i], key) == 0)
+            return q->meta_values[i];
+    return NULL;
+}
+int64_t psrpc_request_sent_at_ns(const psrpc_request *q) {
+    return q && q->magic == REQUEST_MAGIC ? q->sent_at : 0;
+}
+int64_t psrpc_request_expiry_ns(const psrpc_request *q) {
+    return q && q->magic == REQUEST_MAGIC ? q->expiry : 0;
+}
+int64_t psrpc_request_remaining_ms(const psrpc_request *q) {
+    if (!q || q->magic != REQUEST_MAGIC)
+        return 0;
+    return (q->expiry - psrpc__now_ns()) / 1000000;
+}
+
+typedef struct answer_task_arg {
+    psrpc_request *req;
+    psrpc_msg *bytes;
+    psrpc__channel ch;
+} answer_task_arg;
+
+static void answer_task(void *arg) {
+    answer_task_arg *a = arg;
+    psrpc_server *s = a->req->server;
+    if (!atomic_load(&s->killed) && s->state != PSRPC__CLOSED)
+        psrpc__bus_publish(s->bus, &a->ch, a->bytes);
+    s->inflight--;
+    maybe_finish(s);
+    psrpc_msg_release(a->bytes);
+    psrpc__channel_clear(&a->ch);
+    request_release(a->req);
+    free(a);
+}
+
+/* Consumes q's handler stage with a packed Response. */
+static int answer(psrpc_request *q, Internal__Response *resp) {
+    psrpc_server *s = q->server;
+    int expected = STAGE_HANDLER;
+    if (!atomic_compare_exchange_strong(&q->stage, &expected, STAGE_DONE))
+        return psrpc__error(PSRPC_INVALID_ARGUMENT,
+                            "request is not waiting for an answer (already answered, or in "
+                            "its affinity stage)");
+    answer_task_arg *a = calloc(1, sizeof *a);
+    int rc = a ? PSRPC_OK : PSRPC_RESOURCE_EXHAUSTED;
+    resp->request_id = q->request_id;
+    resp->server_id = s->id;
+    resp->sent_at = psrpc__now_ns();
+    if (rc == PSRPC_OK)
+        rc = psrpc__channel_client_response(&a->ch, s->service, q->client_id);
+    if (rc == PSRPC_OK) {
+        rc = psrpc__wire_wrap_message(&a->bytes, &resp->base, NULL, 0);
+        if (rc == PSRPC_OK && (int64_t)a->bytes->len > s->bus->opts.max_message_size) {
+            /* Too large to send: tell the caller instead of timing it out. */
+            psrpc_msg_release(a->bytes);
+            a->bytes = NULL;
+            Internal__Response err = INTERNAL__RESPONSE__INIT;
+            err.request_id = q->request_id;
+            err.server_id = s->id;
+            err.sent_at = resp->sent_at;
+            err.code = "resource_exhausted";
+            err.error = "response exceeds the maximum message size";
+            rc = psrpc__wire_wrap_message(&a->bytes, &err.base, NULL, 0);
+            if (rc == PSRPC_OK)
+                rc = PSRPC_RESOURCE_EXHAUSTED;
+        }
+    }
+    int result = rc;
+    bool killed = atomic_load(&s->killed);
+    if (a && a->bytes) {
+        a->req = q;
+        if (psrpc__bus_post(s->bus, answer_task, a) == PSRPC_OK) {
+            if (killed)
+                return psrpc__error(PSRPC_CANCELED, "server is closed; answer discarded");
+            if (result != PSRPC_OK)
+                return psrpc__error(result, "response exceeds the maximum message size");
+            return PSRPC_OK;
+        }
+        result = PSRPC_CANCELED;
+    }
+    /* Could not hand it to the loop: the bus is gone. */
+    if (a) {
+        psrpc_msg_release(a->bytes);
+        psrpc__channel_clear(&a->ch);
+        free(a);
+    }
+    request_release(q);
+    if (result == PSRPC_CANCELED || killed)
+        return psrpc__error(PSRPC_CANCELED, "server is closed; answer discarded");
+    return psrpc__error(result, "cannot send the answer");
+}
+
+psrpc_status psrpc_request_respond(psrpc_request *request, const void *data, size_t len) {
+    CHECK_REQ(request);
+    PSRPC__CHECK_ARG(data || len == 0, "data is NULL with a non-zero length");
+    Internal__Response resp = INTERNAL__RESPONSE__INIT;
+    resp.raw_response.data = (uint8_t *)data;
+    resp.raw_response.len = len;
+    return answer(request, &resp);
+}
+
+psrpc_status psrpc_request_fail(psrpc_request *request, int status, const char *message) {
+    CHECK_REQ(request);
+    PSRPC__CHECK_ARG(status < 0, "status %d is not an error", status);
+    return psrpc_request_fail_details(request, psrpc_status_code(status), message, NULL, 0);
+}
+
+psrpc_status psrpc_request_fail_details(psrpc_request *request, const char *code,
+                                        const char *message, const psrpc_error_detail *details,
+                                        size_t details_count) {
+    CHECK_REQ(request);
+    PSRPC__CHECK_ARG(details || details_count == 0, "details is NULL with a non-zero count");
+    if (!code || !*code)
+        code = "unknown";
+    PSRPC__CHECK_ARG(psrpc__utf8_valid(code, strlen(code)), "code is not valid UTF-8");
+    if (!message || !*message)
+        message = psrpc_status_str(psrpc_status_from_code(code));
+    PSRPC__CHECK_ARG(psrpc__utf8_valid(message, strlen(message)), "message is not valid UTF-8");
+    for (size_t i = 0; i < details_count; i++) {
+        PSRPC__CHECK_ARG(details[i].type_url &&
+                             psrpc__utf8_valid(details[i].type_url, strlen(details[i].type_url)),
+                         "detail %zu has no valid type_url", i);
+        PSRPC__CHECK_ARG(details[i].value || details[i].value_len == 0,
+                         "detail %zu has NULL value with a non-zero length", i);
+    }
+    Internal__Any *anys = details_count ? calloc(details_count, sizeof *anys) : NULL;
+    Internal__Any **ptrs = details_count ? calloc(details_count, sizeof *ptrs) : NULL;
+    if (details_count && (!anys || !ptrs)) {
+        free(anys);
+        free(ptrs);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    for (size_t i = 0; i < details_count; i++) {
+        internal__any__init(&anys[i]);
+        anys[i].type_url = (char *)details[i].type_url;
+        anys[i].value.data = (uint8_t *)details[i].value;
+        anys[i].value.len = details[i].value_len;
+        ptrs[i] = &anys[i];
+    }
+    Internal__Response resp = INTERNAL__RESPONSE__INIT;
+    resp.code = (char *)code;
+    resp.error = (char *)message;
+    resp.n_error_details = details_count;
+    resp.error_details = ptrs;
+    int rc = answer(request, &resp);
+    free(anys);
+    free(ptrs);
+    return rc;
+}
+
+static void claim_answer_task(void *arg) {
+    psrpc_request *q = arg;
+    send_claim(q);
+}
+
+psrpc_status psrpc_request_claim(psrpc_request *request, float affinity) {
+    CHECK_REQ(request);
+    int expected = STAGE_AFFINITY;
+    if (!atomic_compare_exchange_strong(&request->stage, &expected, STAGE_CLAIMING))
+        return psrpc__error(PSRPC_INVALID_ARGUMENT, "request is not waiting for an affinity");
+    request->affinity = affinity;
+    if (affinity != affinity) /* NaN declines */
+        request->affinity = -1.0f;
+    int rc = psrpc__bus_post(request->server->bus, claim_answer_task, request);
+    if (rc != PSRPC_OK) {
+        request_release(request);
+        return rc;
+    }
+    return PSRPC_OK;
+}

@@ -1,0 +1,171 @@
+/* The loop thread: a libuv loop woken through uv_async_t to drain a mutex
+ * protected FIFO of tasks posted from any thread. */
+#include "loop.h"
+
+#include <pthread.h>
+
+#include "common.h"
+
+typedef struct task {
+    struct task *next;
+    psrpc__task_fn fn;
+    void *arg;
+} task;
+
+struct psrpc__loop {
+    uv_loop_t uv;
+    uv_async_t async;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    task *head, *tail;
+    bool stopping;  /* under mu: no more posts */
+    bool finished;  /* under mu: the thread left uv_run */
+    bool self_free; /* under mu: the thread frees the loop on exit */
+};
+
+static _Thread_local const psrpc__loop *current_loop;
+
+static void drain(uv_async_t *async) {
+    psrpc__loop *loop = async->data;
+    for (;;) {
+        pthread_mutex_lock(&loop->mu);
+        task *t = loop->head;
+        loop->head = loop->tail = NULL;
+        bool stopping = loop->stopping;
+        pthread_mutex_unlock(&loop->mu);
+        if (!t) {
+            if (stopping && !uv_is_closing((uv_handle_t *)&loop->async))
+                uv_close((uv_handle_t *)&loop->async, NULL);
+            return;
+        }
+        while (t) {
+            task *next = t->next;
+            t->fn(t->arg);
+            free(t);
+            t = next;
+        }
+    }
+}
+
+static void close_stray(uv_handle_t *h, void *arg) {
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void *thread_main(void *arg) {
+    psrpc__loop *loop = arg;
+    current_loop = loop;
+    uv_run(&loop->uv, UV_RUN_DEFAULT);
+    /* Anything still open is a bug elsewhere; close it so the loop can end. */
+    uv_walk(&loop->uv, close_stray, NULL);
+    uv_run(&loop->uv, UV_RUN_DEFAULT);
+    uv_loop_close(&loop->uv);
+    current_loop = NULL;
+    pthread_mutex_lock(&loop->mu);
+    loop->finished = true;
+    bool self_free = loop->self_free;
+    pthread_cond_broadcast(&loop->cond);
+    pthread_mutex_unlock(&loop->mu);
+    if (self_free) {
+        pthread_mutex_destroy(&loop->mu);
+        pthread_cond_destroy(&loop->cond);
+        free(loop);
+    }
+    return NULL;
+}
+
+int psrpc__loop_start(psrpc__loop **out) {
+    *out = NULL;
+    psrpc__loop *loop = calloc(1, sizeof *loop);
+    if (!loop)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    if (uv_loop_init(&loop->uv) != 0) {
+        free(loop);
+        return psrpc__error(PSRPC_INTERNAL, "uv_loop_init failed");
+    }
+    uv_async_init(&loop->uv, &loop->async, drain);
+    loop->async.data = loop;
+    pthread_mutex_init(&loop->mu, NULL);
+    pthread_cond_init(&loop->cond, NULL);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&loop->thread, &attr, thread_main, loop);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        uv_close((uv_handle_t *)&loop->async, NULL);
+        uv_run(&loop->uv, UV_RUN_DEFAULT);
+        uv_loop_close(&loop->uv);
+        pthread_mutex_destroy(&loop->mu);
+        pthread_cond_destroy(&loop->cond);
+        free(loop);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "cannot start the loop thread");
+    }
+    *out = loop;
+    return PSRPC_OK;
+}
+
+int psrpc__loop_post(psrpc__loop *loop, psrpc__task_fn fn, void *arg) {
+    task *t = malloc(sizeof *t);
+    if (!t)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    t->next = NULL;
+    t->fn = fn;
+    t->arg = arg;
+    pthread_mutex_lock(&loop->mu);
+    if (loop->stopping) {
+        pthread_mutex_unlock(&loop->mu);
+        free(t);
+        return psrpc__error(PSRPC_CANCELED, "bus is closed");
+    }
+    if (loop->tail)
+        loop->tail->next = t;
+    else
+        loop->head = t;
+    loop->tail = t;
+    uv_async_send(&loop->async);
+    pthread_mutex_unlock(&loop->mu);
+    return PSRPC_OK;
+}
+
+void psrpc__loop_stop(psrpc__loop *loop) {
+    pthread_mutex_lock(&loop->mu);
+    if (!loop->stopping) {
+        loop->stopping = true;
+        uv_async_send(&loop->async);
+    }
+    pthread_mutex_unlock(&loop->mu);
+}
+
+void psrpc__loop_wait(psrpc__loop *loop) {
+    pthread_mutex_lock(&loop->mu);
+    while (!loop->finished)
+        pthread_cond_wait(&loop->cond, &loop->mu);
+    pthread_mutex_unlock(&loop->mu);
+}
+
+void psrpc__loop_free(psrpc__loop *loop) {
+    if (!loop)
+        return;
+    psrpc__loop_stop(loop);
+    pthread_mutex_lock(&loop->mu);
+    if (psrpc__loop_on_thread(loop)) {
+        loop->self_free = true;
+        pthread_mutex_unlock(&loop->mu);
+        return;
+    }
+    while (!loop->finished)
+        pthread_cond_wait(&loop->cond, &loop->mu);
+    pthread_mutex_unlock(&loop->mu);
+    pthread_mutex_destroy(&loop->mu);
+    pthread_cond_destroy(&loop->cond);
+    free(loop);
+}
+
+uv_loop_t *psrpc__loop_uv(psrpc__loop *loop) { return &loop->uv; }
+
+bool psrpc__loop_on_thread(const psrpc__loop *loop) { return current_loop == loop; }
+
+bool psrpc__on_any_loop_thread(void) { return current_loop != NULL; }

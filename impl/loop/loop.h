@@ -1,0 +1,38 @@
+/* One libuv loop on one thread, with a thread-safe task queue. The only place
+ * that creates threads. */
+#ifndef PSRPC_IMPL_LOOP_H
+#define PSRPC_IMPL_LOOP_H
+
+#include <stdbool.h>
+#include <uv.h>
+
+typedef struct psrpc__loop psrpc__loop;
+typedef void (*psrpc__task_fn)(void *arg);
+
+/* Starts the thread. Returns 0 or a psrpc_status. */
+int psrpc__loop_start(psrpc__loop **out);
+
+/* Runs fn(arg) on the loop thread, in posting order. Any thread. Returns 0, or
+ * PSRPC_CANCELED once the loop is stopping (fn will not run; the caller still
+ * owns arg). */
+int psrpc__loop_post(psrpc__loop *loop, psrpc__task_fn fn, void *arg);
+
+/* Asks the loop to stop: tasks already queued still run, then the loop closes
+ * its handles and the thread exits. No task can be posted after this call.
+ * Any thread. Every other handle on the loop must have been closed by then. */
+void psrpc__loop_stop(psrpc__loop *loop);
+
+/* Waits until the loop thread has exited (after psrpc__loop_stop). Must not be
+ * called on the loop thread. */
+void psrpc__loop_wait(psrpc__loop *loop);
+
+/* Frees the loop. Off the loop thread: waits for the thread to exit. On the
+ * loop thread: the thread frees the loop itself when it exits. */
+void psrpc__loop_free(psrpc__loop *loop);
+
+uv_loop_t *psrpc__loop_uv(psrpc__loop *loop);
+bool psrpc__loop_on_thread(const psrpc__loop *loop);
+/* True on any libpsrpc loop thread. */
+bool psrpc__on_any_loop_thread(void);
+
+#endif
