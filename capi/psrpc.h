@@ -506,9 +506,15 @@ PSRPC_API void psrpc_client_free(psrpc_client *client);
 typedef struct psrpc_server psrpc_server;
 typedef struct psrpc_request psrpc_request;
 
+/* Server flags. */
+/* Answer queue requests that allow it (every v0.8 client's do) with an
+ * announcement instead of a claim: the handler runs at once, saving the claim
+ * round trip (livekit/psrpc's WithServerSkipClaim). */
+#define PSRPC_SERVER_SKIP_CLAIM 0x1u
+
 typedef struct psrpc_server_options {
     uint32_t struct_size; /* sizeof(psrpc_server_options) */
-    uint32_t flags;       /* reserved, 0 */
+    uint32_t flags;       /* PSRPC_SERVER_* */
     int64_t timeout_ms;   /* server stream timeout; 0 = 3000 */
     const char *server_id; /* NULL = "SRV_" + 12 random alphanumerics */
 } psrpc_server_options;

@@ -316,7 +316,13 @@ static void selection_result(call *k) {
     call_fail(k, PSRPC_UNAVAILABLE, "no response from servers");
 }
 
-static void on_claim(call *k, const char *server_id, float affinity) {
+static void on_claim(call *k, const char *server_id, float affinity, bool handling) {
+    if (handling) {
+        /* Announced, not bid (v0.8): the server already runs the request. */
+        uv_timer_stop(&k->select_timer);
+        k->state = CALL_WAIT_RESPONSE;
+        return;
+    }
     k->claim_count++;
     const psrpc_selection_options *o = &k->sel;
     bool eligible = o->minimum_affinity <= 0 || affinity >= o->minimum_affinity;
@@ -400,6 +406,7 @@ static void call_send(call *k) {
     req.sent_at = now;
     req.expiry = now + left_ms * 1000000;
     req.multi = k->multi;
+    req.skip_claim = k->method.routing == PSRPC_ROUTING_QUEUE;
     req.raw_request.data = k->payload->data;
     req.raw_request.len = k->payload->len;
     Internal__Request__MetadataEntry *entries = NULL, **eptrs = NULL;
@@ -468,6 +475,12 @@ static void on_response(void *ctx, const uint8_t *data, size_t len) {
         return;
     }
     bool failed = r->error && r->error[0];
+    /* v0.8: on a queue method the sole responder's answer is final, even during
+     * selection; on a broadcast an early error may yet be outbid. */
+    if (k->state == CALL_SELECTING && k->method.routing == PSRPC_ROUTING_QUEUE) {
+        uv_timer_stop(&k->select_timer);
+        k->state = CALL_WAIT_RESPONSE;
+    }
     if (k->state == CALL_SELECTING || k->state == CALL_SELECT_CB) {
         if (failed) {
             psrpc__err *e = psrpc__err_from_response(r);
@@ -509,7 +522,7 @@ static void on_claim_request(void *ctx, const uint8_t *data, size_t len) {
         return;
     call *k = psrpc__map_get(&c->by_request, cr->request_id);
     if (k && k->state == CALL_SELECTING)
-        on_claim(k, cr->server_id, cr->affinity);
+        on_claim(k, cr->server_id, cr->affinity, cr->handling);
     else
         PSRPC__STAT_ADD(c->bus, dropped_unknown, 1);
     protobuf_c_message_free_unpacked(&cr->base, NULL);

@@ -22,6 +22,7 @@ struct psrpc_server {
     char *service;
     char *id;
     int64_t timeout_ms;
+    uint32_t flags;
     psrpc__child child;
 
     /* Any thread, under mu: registered keys and readiness. */
@@ -87,6 +88,7 @@ struct psrpc_request {
     int64_t expiry;
     psrpc_msg *payload;
     float affinity;
+    bool skip_claim; /* the caller allows an announcement instead of a claim */
     /* Claim wait (loop thread). */
     uv_timer_t claim_timer;
     bool claim_timer_on;
@@ -392,6 +394,27 @@ static void send_claim(psrpc_request *q) {
         request_release(q);
         return;
     }
+    if (q->skip_claim && (s->flags & PSRPC_SERVER_SKIP_CLAIM) &&
+        r->method.routing == PSRPC_ROUTING_QUEUE) {
+        /* Announce and handle at once (v0.8 "handling" claim). */
+        Internal__ClaimRequest an = INTERNAL__CLAIM_REQUEST__INIT;
+        an.request_id = q->request_id;
+        an.server_id = s->id;
+        an.affinity = q->affinity;
+        an.handling = true;
+        psrpc__channel ch;
+        int rc = psrpc__channel_client_claim(&ch, s->service, q->client_id);
+        if (rc == PSRPC_OK) {
+            rc = psrpc__publish_control(s->bus, &ch, &an.base);
+            psrpc__channel_clear(&ch);
+        }
+        if (rc != PSRPC_OK) {
+            request_release(q); /* as Go: fail rather than run a request the caller retries */
+            return;
+        }
+        call_handler(q);
+        return;
+    }
     if (psrpc__map_put(&s->claims, q->request_id, q) != PSRPC_OK) {
         request_release(q);
         return;
@@ -432,6 +455,7 @@ static psrpc_request *request_new(reg *r, const Internal__Request *in) {
     q->method = psrpc__strdup(r->method.name);
     q->sent_at = in->sent_at;
     q->expiry = in->expiry;
+    q->skip_claim = in->skip_claim;
     int64_t clamp = psrpc__now_ns() + EXPIRY_CLAMP_NS;
     if (q->expiry > clamp)
         q->expiry = clamp;
@@ -607,6 +631,8 @@ psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char 
     if ((rc = psrpc__options_load(&o, sizeof o, opts, "psrpc_server_options")) != PSRPC_OK)
         return rc;
     PSRPC__CHECK_ARG(o.timeout_ms >= 0, "timeout_ms is negative");
+    PSRPC__CHECK_ARG((o.flags & ~PSRPC_SERVER_SKIP_CLAIM) == 0, "unknown server flags 0x%x",
+                     (unsigned)o.flags);
     if (o.server_id && (rc = psrpc__check_name("server_id", o.server_id)) != PSRPC_OK)
         return rc;
     if (atomic_load(&bus->state) != PSRPC__OPEN || atomic_load(&bus->freed))
@@ -630,6 +656,7 @@ psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char 
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     }
     s->timeout_ms = o.timeout_ms ? o.timeout_ms : 3000;
+    s->flags = o.flags;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cond, NULL);
     psrpc__map_init(&s->keys);
