@@ -1170,7 +1170,9 @@ static void sub_finish(sub_t *s) {
 
 static void sub_deliver(void *ctx, const uint8_t *data, size_t len) {
     sub_t *s = ctx;
-    if (!s->active)
+    /* closing: no delivery once psrpc_sub_close returned, also for messages
+     * already queued (e.g. close called inside on_message). */
+    if (!s->active || atomic_load(&s->closing))
         return;
     psrpc_bus *bus = s->client->bus;
     psrpc__envelope env;

@@ -28,7 +28,7 @@ struct psrpc_server {
     /* Any thread, under mu: registered keys and readiness. */
     pthread_mutex_t mu;
     pthread_cond_t cond;
-    psrpc__map keys; /* legacy RPC channel name → (void *)1 */
+    psrpc__map keys; /* legacy RPC channel name → reg (until deregistered or closed) */
     int ready_pending;
     int ready_error;
     char ready_message[256];
@@ -62,6 +62,7 @@ struct reg {
     void *user_data;
     psrpc_release_cb release;
     bool active;
+    atomic_bool deregistered; /* set by psrpc_server_deregister, any thread */
     bool released;
     int ready_pending;
     bool ready_reported;
@@ -245,6 +246,9 @@ static void server_finish(psrpc_server *s) {
         uv_timer_stop(&s->drain_timer);
         uv_close((uv_handle_t *)&s->drain_timer, drain_timer_closed);
     }
+    pthread_mutex_lock(&s->mu);
+    psrpc__map_clear(&s->keys); /* the regs below are released */
+    pthread_mutex_unlock(&s->mu);
     reg *r = s->regs;
     s->regs = NULL;
     while (r) {
@@ -493,7 +497,9 @@ static psrpc_request *request_new(reg *r, const Internal__Request *in) {
 static void on_request(void *ctx, const uint8_t *data, size_t len) {
     reg *r = ctx;
     psrpc_server *s = r->server;
-    if (!r->active || s->state != PSRPC__OPEN)
+    /* Nothing reaches a handler once deregister or close returned. */
+    if (!r->active || s->state != PSRPC__OPEN || atomic_load(&r->deregistered) ||
+        atomic_load(&s->closing))
         return;
     Internal__Request *in = (Internal__Request *)psrpc__decode_control(
         s->bus, data, len, &internal__request__descriptor);
@@ -536,7 +542,8 @@ static void on_claim_response(void *ctx, const uint8_t *data, size_t len) {
     protobuf_c_message_free_unpacked(&cr->base, NULL);
     if (!q || q->reg != r)
         return;
-    if (!mine || !r->active || s->state != PSRPC__OPEN) {
+    if (!mine || !r->active || s->state != PSRPC__OPEN || atomic_load(&r->deregistered) ||
+        atomic_load(&s->closing)) {
         claim_forget(q);
         return;
     }
@@ -581,6 +588,10 @@ static void register_task(void *arg) {
     psrpc_server *s = r->server;
     server_start(s);
     if (s->state != PSRPC__OPEN) {
+        pthread_mutex_lock(&s->mu);
+        if (psrpc__map_get(&s->keys, r->req_ch.legacy) == r)
+            psrpc__map_del(&s->keys, r->req_ch.legacy);
+        pthread_mutex_unlock(&s->mu);
         report_ready(s, r, PSRPC_CANCELED, "server is closed");
         reg_finish(r);
         reg_release(r);
@@ -740,7 +751,7 @@ psrpc_status psrpc_server_register(psrpc_server *server, const psrpc_method *met
         reg_release(r);
         return rc;
     }
-    if (psrpc__map_put(&server->keys, r->req_ch.legacy, (void *)1) != PSRPC_OK) {
+    if (psrpc__map_put(&server->keys, r->req_ch.legacy, r) != PSRPC_OK) {
         pthread_mutex_unlock(&server->mu);
         server_retain(server);
         r->release = NULL;
@@ -807,7 +818,10 @@ psrpc_status psrpc_server_deregister(psrpc_server *server, const char *method,
     ch.legacy = NULL;
     psrpc__channel_clear(&ch);
     pthread_mutex_lock(&server->mu);
-    bool found = psrpc__map_del(&server->keys, d->key) != NULL;
+    reg *r = psrpc__map_del(&server->keys, d->key);
+    if (r)
+        atomic_store(&r->deregistered, true);
+    bool found = r != NULL;
     pthread_mutex_unlock(&server->mu);
     if (!found) {
         free(d->key);
