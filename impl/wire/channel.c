@@ -22,8 +22,7 @@
 /* Decodes one code point from s (len > 0). Returns the bytes consumed: an
  * invalid, truncated, overlong or surrogate sequence yields U+FFFD and
  * consumes one byte, like utf8.DecodeRuneInString. */
-static size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *rune)
-{
+static size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *rune) {
     unsigned char c = s[0];
     if (c < 0x80) {
         *rune = c;
@@ -69,8 +68,7 @@ static size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *rune)
     return need;
 }
 
-bool psrpc__utf8_valid(const char *s, size_t len)
-{
+bool psrpc__utf8_valid(const char *s, size_t len) {
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;
     while (i < len) {
@@ -96,8 +94,7 @@ typedef struct sbuf {
     bool oom;
 } sbuf;
 
-static void sb_reserve(sbuf *b, size_t extra)
-{
+static void sb_reserve(sbuf *b, size_t extra) {
     if (b->oom)
         return;
     if (extra > SIZE_MAX / 2 - b->len) {
@@ -119,8 +116,7 @@ static void sb_reserve(sbuf *b, size_t extra)
     b->cap = cap;
 }
 
-static void sb_putn(sbuf *b, const char *s, size_t n)
-{
+static void sb_putn(sbuf *b, const char *s, size_t n) {
     sb_reserve(b, n);
     if (b->oom)
         return;
@@ -129,19 +125,12 @@ static void sb_putn(sbuf *b, const char *s, size_t n)
     b->p[b->len] = '\0';
 }
 
-static void sb_puts(sbuf *b, const char *s)
-{
-    sb_putn(b, s, strlen(s));
-}
+static void sb_puts(sbuf *b, const char *s) { sb_putn(b, s, strlen(s)); }
 
-static void sb_putc(sbuf *b, char c)
-{
-    sb_putn(b, &c, 1);
-}
+static void sb_putc(sbuf *b, char c) { sb_putn(b, &c, 1); }
 
 /* Returns the finished string (never NULL unless out of memory). */
-static char *sb_finish(sbuf *b)
-{
+static char *sb_finish(sbuf *b) {
     if (!b->oom && !b->p)
         sb_reserve(b, 0);
     if (b->oom) {
@@ -156,14 +145,11 @@ static char *sb_finish(sbuf *b)
 
 /* ---- sanitizing (section 5.3) --------------------------------------------- */
 
-static bool is_channel_char(uint32_t r)
-{
-    return (r >= '0' && r <= '9') || (r >= 'A' && r <= 'Z') || (r >= 'a' && r <= 'z') ||
-           r == '_';
+static bool is_channel_char(uint32_t r) {
+    return (r >= '0' && r <= '9') || (r >= 'A' && r <= 'Z') || (r >= 'a' && r <= 'z') || r == '_';
 }
 
-static void sb_sanitized(sbuf *b, const char *s, size_t len)
-{
+static void sb_sanitized(sbuf *b, const char *s, size_t len) {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;
@@ -186,8 +172,7 @@ static void sb_sanitized(sbuf *b, const char *s, size_t len)
     }
 }
 
-char *psrpc__sanitize(const char *s, size_t len)
-{
+char *psrpc__sanitize(const char *s, size_t len) {
     sbuf b = {0};
     sb_sanitized(&b, s, len);
     return sb_finish(&b);
@@ -197,8 +182,7 @@ char *psrpc__sanitize(const char *s, size_t len)
 
 /* One string part: the delimiter goes before it when the previous part wrote
  * something; need then records whether this part wrote anything. */
-static void join_part(sbuf *b, bool *need, const char *s)
-{
+static void join_part(sbuf *b, bool *need, const char *s) {
     if (*need)
         sb_putc(b, '|');
     size_t mark = b->len;
@@ -208,8 +192,7 @@ static void join_part(sbuf *b, bool *need, const char *s)
 
 /* A nested list part (the topics): joined on its own with a fresh need flag,
  * so a trailing empty topic leaves its delimiter behind (quirk Q7). */
-static void join_list(sbuf *b, bool *need, const char *const *v, size_t n)
-{
+static void join_list(sbuf *b, bool *need, const char *const *v, size_t n) {
     if (*need)
         sb_putc(b, '|');
     size_t mark = b->len;
@@ -220,8 +203,7 @@ static void join_list(sbuf *b, bool *need, const char *const *v, size_t n)
 }
 
 static char *legacy_method(const char *service, const char *method, const char *const *topics,
-                           size_t topic_count, const char *suffix)
-{
+                           size_t topic_count, const char *suffix) {
     sbuf b = {0};
     bool need = false;
     join_part(&b, &need, service);
@@ -231,8 +213,7 @@ static char *legacy_method(const char *service, const char *method, const char *
     return sb_finish(&b);
 }
 
-static char *legacy_client(const char *service, const char *id, const char *suffix)
-{
+static char *legacy_client(const char *service, const char *id, const char *suffix) {
     sbuf b = {0};
     bool need = false;
     join_part(&b, &need, service);
@@ -243,8 +224,7 @@ static char *legacy_client(const char *service, const char *id, const char *suff
 
 /* "SRV." S, then "." sanitized(t) for each non-empty topic, then ".Q". */
 static char *server_subject(const char *service, const char *const *topics, size_t topic_count,
-                            bool queue)
-{
+                            bool queue) {
     sbuf b = {0};
     sb_puts(&b, "SRV.");
     sb_puts(&b, service);
@@ -260,8 +240,7 @@ static char *server_subject(const char *service, const char *const *topics, size
 }
 
 /* "CLI." S "." id "." suffix, nothing sanitized. */
-static char *client_subject(const char *service, const char *id, const char *suffix)
-{
+static char *client_subject(const char *service, const char *id, const char *suffix) {
     sbuf b = {0};
     sb_puts(&b, "CLI.");
     sb_puts(&b, service);
@@ -273,8 +252,7 @@ static char *client_subject(const char *service, const char *id, const char *suf
 }
 
 /* M "." suffix, unsanitized. */
-static char *local_key(const char *method, const char *suffix)
-{
+static char *local_key(const char *method, const char *suffix) {
     sbuf b = {0};
     sb_puts(&b, method);
     sb_putc(&b, '.');
@@ -283,8 +261,7 @@ static char *local_key(const char *method, const char *suffix)
 }
 
 static int channel_set(psrpc__channel *out, char *legacy, char *server, char *local,
-                       bool want_local)
-{
+                       bool want_local) {
     if (!legacy || !server || (want_local && !local)) {
         free(legacy);
         free(server);
@@ -299,56 +276,47 @@ static int channel_set(psrpc__channel *out, char *legacy, char *server, char *lo
 
 static int method_channel(psrpc__channel *out, const char *service, const char *method,
                           const char *const *topics, size_t topic_count, bool queue,
-                          const char *suffix)
-{
+                          const char *suffix) {
     return channel_set(out, legacy_method(service, method, topics, topic_count, suffix),
                        server_subject(service, topics, topic_count, queue),
                        local_key(method, suffix), true);
 }
 
 static int client_channel(psrpc__channel *out, const char *service, const char *id,
-                          const char *suffix)
-{
-    return channel_set(out, legacy_client(service, id, suffix),
-                       client_subject(service, id, suffix), NULL, false);
+                          const char *suffix) {
+    return channel_set(out, legacy_client(service, id, suffix), client_subject(service, id, suffix),
+                       NULL, false);
 }
 
 int psrpc__channel_rpc(psrpc__channel *out, const char *service, const char *method,
-                       const char *const *topics, size_t topic_count, bool queue)
-{
+                       const char *const *topics, size_t topic_count, bool queue) {
     return method_channel(out, service, method, topics, topic_count, queue, "REQ");
 }
 
 int psrpc__channel_claim_response(psrpc__channel *out, const char *service, const char *method,
-                                  const char *const *topics, size_t topic_count)
-{
+                                  const char *const *topics, size_t topic_count) {
     return method_channel(out, service, method, topics, topic_count, false, "RCLAIM");
 }
 
 int psrpc__channel_stream_server(psrpc__channel *out, const char *service, const char *method,
-                                 const char *const *topics, size_t topic_count)
-{
+                                 const char *const *topics, size_t topic_count) {
     return method_channel(out, service, method, topics, topic_count, false, "STR");
 }
 
 int psrpc__channel_client_response(psrpc__channel *out, const char *service,
-                                   const char *client_id)
-{
+                                   const char *client_id) {
     return client_channel(out, service, client_id, "RES");
 }
 
-int psrpc__channel_client_claim(psrpc__channel *out, const char *service, const char *client_id)
-{
+int psrpc__channel_client_claim(psrpc__channel *out, const char *service, const char *client_id) {
     return client_channel(out, service, client_id, "CLAIM");
 }
 
-int psrpc__channel_client_stream(psrpc__channel *out, const char *service, const char *node_id)
-{
+int psrpc__channel_client_stream(psrpc__channel *out, const char *service, const char *node_id) {
     return client_channel(out, service, node_id, "STR");
 }
 
-void psrpc__channel_clear(psrpc__channel *ch)
-{
+void psrpc__channel_clear(psrpc__channel *ch) {
     if (!ch)
         return;
     free(ch->legacy);
@@ -357,8 +325,7 @@ void psrpc__channel_clear(psrpc__channel *ch)
     ch->legacy = ch->server = ch->local = NULL;
 }
 
-static char *dup_or_null(const char *s, bool *failed)
-{
+static char *dup_or_null(const char *s, bool *failed) {
     if (!s)
         return NULL;
     size_t n = strlen(s) + 1;
@@ -370,8 +337,7 @@ static char *dup_or_null(const char *s, bool *failed)
     return d;
 }
 
-int psrpc__channel_copy(psrpc__channel *dst, const psrpc__channel *src)
-{
+int psrpc__channel_copy(psrpc__channel *dst, const psrpc__channel *src) {
     bool failed = false;
     psrpc__channel c = {
         .legacy = dup_or_null(src->legacy, &failed),
@@ -388,18 +354,11 @@ int psrpc__channel_copy(psrpc__channel *dst, const psrpc__channel *src)
 
 /* ---- CamelCase (section 4.1, protoc-gen-psrpc stringutils.CamelCase) ------ */
 
-static bool is_lower(char c)
-{
-    return c >= 'a' && c <= 'z';
-}
+static bool is_lower(char c) { return c >= 'a' && c <= 'z'; }
 
-static bool is_digit(char c)
-{
-    return c >= '0' && c <= '9';
-}
+static bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
-char *psrpc__camel_case(const char *s)
-{
+char *psrpc__camel_case(const char *s) {
     size_t n = strlen(s);
     char *t = malloc(n + 2); /* at most one byte longer ('_' -> "X") */
     if (!t)
@@ -429,8 +388,7 @@ char *psrpc__camel_case(const char *s)
 
 /* ---- ids (section 4.2) ---------------------------------------------------- */
 
-static void fill_random(unsigned char *buf, size_t len)
-{
+static void fill_random(unsigned char *buf, size_t len) {
     size_t got = 0;
     while (got < len) {
         ssize_t r = getrandom(buf + got, len - got, 0);
@@ -461,10 +419,8 @@ static void fill_random(unsigned char *buf, size_t len)
     }
 }
 
-void psrpc__new_id(char *out, const char *prefix)
-{
-    static const char alphabet[] =
-        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+void psrpc__new_id(char *out, const char *prefix) {
+    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     size_t pl = strlen(prefix);
     memmove(out, prefix, pl);
     size_t n = 0;
@@ -483,13 +439,11 @@ void psrpc__new_id(char *out, const char *prefix)
 
 /* ---- Redis queue lock key (section 6.1) ----------------------------------- */
 
-void psrpc__redis_lock_key(char out[PSRPC__LOCK_KEY_LEN + 1], const uint8_t *payload, size_t len)
-{
+void psrpc__redis_lock_key(char out[PSRPC__LOCK_KEY_LEN + 1], const uint8_t *payload, size_t len) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
     static const uint8_t empty[1];
-    if (!EVP_Digest(len ? payload : empty, len, md, &md_len, EVP_sha256(), NULL) ||
-        md_len != 32) {
+    if (!EVP_Digest(len ? payload : empty, len, md, &md_len, EVP_sha256(), NULL) || md_len != 32) {
         /* Only an unusable libcrypto (out of memory) gets here. The function
          * cannot fail, so hand back a key that is well-formed for Redis. */
         memset(out, '-', PSRPC__LOCK_KEY_LEN);

@@ -190,8 +190,8 @@ static int gunzip(uint8_t **out, size_t *out_len, const uint8_t *src, size_t len
         else if (zr == Z_BUF_ERROR)
             rc = psrpc__error(PSRPC_MALFORMED_REQUEST, "gzip: unexpected end of data");
         else
-            rc = psrpc__error(PSRPC_MALFORMED_REQUEST, "gzip: %s",
-                              zs.msg ? zs.msg : "invalid data");
+            rc =
+                psrpc__error(PSRPC_MALFORMED_REQUEST, "gzip: %s", zs.msg ? zs.msg : "invalid data");
         break;
     }
     inflateEnd(&zs);
@@ -443,9 +443,7 @@ int psrpc__wire_wrap(psrpc_msg **out, const char *type_name, const uint8_t *payl
 
 /* ---- control messages --------------------------------------------------- */
 
-static bool string_ok(const char *s) {
-    return !s || psrpc__utf8_valid(s, strlen(s));
-}
+static bool string_ok(const char *s) { return !s || psrpc__utf8_valid(s, strlen(s)); }
 
 /* Every string of a generated message (nested messages and map entries
  * included) must be UTF-8, or Go drops the whole message. */
@@ -473,17 +471,16 @@ static bool message_strings_ok(const ProtobufCMessage *m, unsigned depth) {
             memcpy(&n, base + f->quantifier_offset, sizeof n);
             memcpy(&arr, member, sizeof arr);
             for (size_t k = 0; k < n; k++) {
-                bool ok = f->type == PROTOBUF_C_TYPE_STRING
-                              ? string_ok(arr[k])
-                              : message_strings_ok(arr[k], depth + 1);
+                bool ok = f->type == PROTOBUF_C_TYPE_STRING ? string_ok(arr[k])
+                                                            : message_strings_ok(arr[k], depth + 1);
                 if (!ok)
                     return false;
             }
         } else {
             const void *v;
             memcpy(&v, member, sizeof v);
-            bool ok = f->type == PROTOBUF_C_TYPE_STRING ? string_ok(v)
-                                                        : message_strings_ok(v, depth + 1);
+            bool ok =
+                f->type == PROTOBUF_C_TYPE_STRING ? string_ok(v) : message_strings_ok(v, depth + 1);
             if (!ok)
                 return false;
         }
