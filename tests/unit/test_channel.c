@@ -358,7 +358,7 @@ TEST(ids_format_and_uniqueness) {
     }
 
     enum { N = 100000 };
-    char(*ids)[16] = calloc(N, sizeof *ids);
+    char(*ids)[17] = calloc(N, sizeof *ids); /* "REQ_" + 12 + NUL */
     REQUIRE(ids);
     unsigned long counts[128] = {0};
     for (int i = 0; i < N; i++) {
