@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# scripts/test.sh — the one test command (README.md).
+#
+#   1. installs the Debian packages (scripts/setup-deps.sh)
+#   2. starts redis-server and nats-server on loopback unless they answer
+#      already (scripts/brokers.sh; stopped again at exit if started here)
+#   3. configures and builds three trees:
+#        build       plain (gcc)
+#        build-asan  ASan + UBSan (-DPSRPC_SANITIZE=address, clang)
+#        build-tsan  TSan (-DPSRPC_SANITIZE=thread, clang)
+#   4. runs every ctest test in build, every test in build-asan
+#      (PSRPC_TEST_TIME_FACTOR=3), the "local" label in build-tsan (any TSan
+#      report fails), and valgrind memcheck over the unit and local test
+#      executables and the add_value example (PSRPC_TEST_TIME_FACTOR=10)
+#   5. prints a summary; exits non-zero if any step failed.
+#
+# Environment: PSRPC_TEST_JOBS (parallel ctest jobs, default 2),
+# PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (passed through to the tests),
+# PSRPC_SAN_CC / PSRPC_SAN_CXX (sanitizer compilers, default clang/clang++).
+set -uo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root" || exit 1
+
+jobs=${PSRPC_TEST_JOBS:-2}
+build_jobs=$(nproc 2>/dev/null || echo 2)
+san_cc=${PSRPC_SAN_CC:-clang}
+san_cxx=${PSRPC_SAN_CXX:-clang++}
+logs="$root/build/test-logs"
+t_start=$(date +%s)
+
+steps=()
+results=()
+durations=()
+failed=0
+
+# step NAME COMMAND...: runs COMMAND, output to the terminal and to
+# build/test-logs/NAME.log, and records PASS/FAIL with the time taken.
+step() {
+    local name=$1 t0 rc
+    shift
+    echo
+    echo "=== $name: $*"
+    mkdir -p "$logs"
+    t0=$(date +%s)
+    "$@" 2>&1 | tee "$logs/$name.log"
+    rc=${PIPESTATUS[0]}
+    steps+=("$name")
+    durations+=("$(($(date +%s) - t0))")
+    if [ "$rc" -eq 0 ]; then
+        results+=("PASS")
+    else
+        results+=("FAIL (exit $rc, log build/test-logs/$name.log)")
+        failed=1
+    fi
+    return "$rc"
+}
+
+# skip NAME WHY: a step that could not run counts as failed.
+skip() {
+    steps+=("$1")
+    durations+=(0)
+    results+=("FAIL (not run: $2)")
+    failed=1
+}
+
+summary() {
+    local i total=$(($(date +%s) - t_start))
+    echo
+    echo "=== summary ($((total / 60))m$((total % 60))s)"
+    for i in "${!steps[@]}"; do
+        printf '  %-22s %5ss  %s\n' "${steps[$i]}" "${durations[$i]}" "${results[$i]}"
+    done
+    if [ "$failed" -eq 0 ]; then
+        echo "ALL PASSED"
+    else
+        echo "FAILED"
+    fi
+}
+
+# --- dependencies and brokers ------------------------------------------------
+
+if ! "$root/scripts/setup-deps.sh"; then
+    echo "test.sh: scripts/setup-deps.sh failed" >&2
+    exit 1
+fi
+
+stop_brokers=0
+if ! "$root/scripts/brokers.sh" status >/dev/null 2>&1; then
+    if ! "$root/scripts/brokers.sh" start; then
+        echo "test.sh: the brokers did not start; the redis and nats tests would fail" >&2
+        exit 1
+    fi
+    stop_brokers=1
+fi
+on_exit() {
+    if [ "$stop_brokers" -eq 1 ]; then
+        "$root/scripts/brokers.sh" stop || true
+    fi
+}
+trap on_exit EXIT
+
+# --- builds --------------------------------------------------------------------
+
+# configure_build DIR CC CXX CMAKE_ARGS...
+configure_build() {
+    local dir=$1 cc=$2 cxx=$3
+    shift 3
+    cmake -S "$root" -B "$root/$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" "$@" &&
+        cmake --build "$root/$dir" -j "$build_jobs"
+}
+
+plain_ok=0 asan_ok=0 tsan_ok=0
+step build-plain configure_build build "${CC:-cc}" "${CXX:-c++}" -DPSRPC_SANITIZE= && plain_ok=1
+step build-asan configure_build build-asan "$san_cc" "$san_cxx" -DPSRPC_SANITIZE=address &&
+    asan_ok=1
+step build-tsan configure_build build-tsan "$san_cc" "$san_cxx" -DPSRPC_SANITIZE=thread &&
+    tsan_ok=1
+
+# --- test runs -----------------------------------------------------------------
+
+if [ "$plain_ok" -eq 1 ]; then
+    step ctest-plain ctest --test-dir "$root/build" --output-on-failure --no-tests=error -j "$jobs"
+else
+    skip ctest-plain "build-plain failed"
+fi
+
+if [ "$asan_ok" -eq 1 ]; then
+    step ctest-asan env PSRPC_TEST_TIME_FACTOR=3 \
+        ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:halt_on_error=1:strict_string_checks=1}" \
+        UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
+        ctest --test-dir "$root/build-asan" --output-on-failure --no-tests=error -j "$jobs"
+else
+    skip ctest-asan "build-asan failed"
+fi
+
+if [ "$tsan_ok" -eq 1 ]; then
+    tsan_options="halt_on_error=1:exitcode=66:second_deadlock_stack=1"
+    if [ -f "$root/tests/tsan.supp" ]; then
+        tsan_options="$tsan_options:suppressions=$root/tests/tsan.supp"
+    fi
+    step ctest-tsan-local env PSRPC_TEST_TIME_FACTOR=3 TSAN_OPTIONS="${TSAN_OPTIONS:-$tsan_options}" \
+        ctest --test-dir "$root/build-tsan" --output-on-failure --no-tests=error -j "$jobs" -L '^local$'
+else
+    skip ctest-tsan-local "build-tsan failed"
+fi
+
+# valgrind over the unit and local test executables of the plain tree: the
+# commands, working directories and environments ctest would use, each under
+# memcheck.
+valgrind_tests() {
+    local list name wd envs cmd n=0 bad=0
+    list=$(ctest --test-dir "$root/build" -N -V -L '^(unit|local)$' | awk '
+        /^[0-9]+: Test command: / { sub(/^[0-9]+: Test command: /, ""); cmd = $0; inenv = 0; next }
+        /^[0-9]+: Working Directory: / { sub(/^[0-9]+: Working Directory: /, ""); wd = $0; next }
+        /^[0-9]+: Environment variables:/ { inenv = 1; next }
+        inenv && /^[0-9]+:  [A-Za-z_][A-Za-z0-9_]*=/ {
+            sub(/^[0-9]+:  /, ""); envs = envs (envs == "" ? "" : " ") $0; next
+        }
+        /^ *Test +#[0-9]+: / {
+            sub(/^ *Test +#[0-9]+: /, "")
+            if (cmd != "") print $1 "\037" wd "\037" envs "\037" cmd
+            cmd = wd = envs = ""; inenv = 0
+        }
+    ')
+    if [ -z "$list" ]; then
+        echo "valgrind: ctest lists no unit or local tests" >&2
+        return 1
+    fi
+    while IFS=$'\037' read -r name wd envs cmd; do
+        local -a argv=() envv=()
+        eval "argv=($cmd)"
+        [ -n "$envs" ] && read -r -a envv <<<"$envs"
+        # Only programs built in this tree are test executables; a test run
+        # through sh or a compiler (the example wrapper) is not, and the
+        # example itself is checked by the next step.
+        case ${argv[0]} in
+        "$root/build/"*) ;;
+        *)
+            echo "--- $name: runs ${argv[0]##*/}, not a test executable of this tree"
+            continue
+            ;;
+        esac
+        n=$((n + 1))
+        echo "--- valgrind $name"
+        if ! (cd "${wd:-$(dirname "${argv[0]}")}" &&
+            env "${envv[@]}" PSRPC_TEST_TIME_FACTOR=10 valgrind -q --error-exitcode=99 \
+                --leak-check=full --errors-for-leak-kinds=definite,indirect \
+                --show-leak-kinds=definite,indirect "${argv[@]}"); then
+            echo "--- valgrind $name: FAILED"
+            bad=$((bad + 1))
+        fi
+    done <<<"$list"
+    echo "valgrind: $n executables, $bad failed"
+    [ "$n" -gt 0 ] && [ "$bad" -eq 0 ]
+}
+
+valgrind_example() {
+    local out
+    out=$(PSRPC_TEST_TIME_FACTOR=10 valgrind -q --error-exitcode=99 --leak-check=full \
+        --errors-for-leak-kinds=definite,indirect "$root/build/examples/add_value") || return 1
+    printf '%s\n' "$out"
+    printf '%s\n' "$out" | grep -qx 'AddValue(increment=3) -> value=6'
+}
+
+if [ "$plain_ok" -eq 1 ]; then
+    step valgrind-tests valgrind_tests
+    step valgrind-example valgrind_example
+else
+    skip valgrind-tests "build-plain failed"
+    skip valgrind-example "build-plain failed"
+fi
+
+summary
+exit "$failed"
