@@ -37,7 +37,9 @@ typedef struct psrpc__envelope {
     void *priv_;         /* owned decode state */
 } psrpc__envelope;
 
-/* Decodes transport bytes. max_value_size bounds the (decompressed) payload.
+/* Decodes transport bytes. max_value_size bounds the payload, compressed or
+ * not (a gzip value is never inflated beyond it); 0 means no bound, like Go's
+ * MaxDecompressedSize.
  * Returns 0, PSRPC_MALFORMED_REQUEST for bytes that are not a valid Msg
  * (including invalid UTF-8 in its strings), or PSRPC_RESOURCE_EXHAUSTED when
  * the payload exceeds max_value_size. On failure env needs no clearing. */
