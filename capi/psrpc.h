@@ -249,17 +249,36 @@ typedef struct psrpc_method {
 
 typedef struct psrpc_bus psrpc_bus;
 
+/* Bus flags. */
+#define PSRPC_BUS_TLS 0x1u /* use TLS even if the URL scheme does not say so */
+
 typedef struct psrpc_bus_options {
     uint32_t struct_size;     /* sizeof(psrpc_bus_options) */
-    uint32_t flags;           /* reserved, 0 */
+    uint32_t flags;           /* PSRPC_BUS_* */
     int64_t max_message_size; /* bytes; 0 = 1 MiB. Larger messages are refused
                                  (resource_exhausted) and inbound ones dropped */
     int64_t queue_capacity;   /* per-subscription inbound queue; 0 = 1000. Overflow
                                  is dropped and counted as slow_consumer */
+    int64_t connect_timeout_ms;     /* per connection attempt; 0 = 5000 */
+    int64_t ping_interval_ms;       /* health check interval; 0 = 3000 (Redis), 10000 (NATS) */
+    int64_t reconnect_wait_ms;      /* first reconnect delay; 0 = 100, doubling */
+    int64_t reconnect_wait_max_ms;  /* backoff cap; 0 = 1000 (Redis), 2000 (NATS) */
+    int64_t compress_threshold;     /* gzip outbound payloads at least this large; 0 = never */
+    int64_t reconnect_buffer_size;  /* NATS: bytes buffered while reconnecting; 0 = 8 MiB */
+    const char *tls_ca_file;        /* PEM CA bundle to verify the server; NULL = system */
+    const char *tls_cert_file;      /* PEM client certificate (mutual TLS) */
+    const char *tls_key_file;       /* PEM client key */
+    const char *tls_server_name;    /* SNI / verification name; NULL = the URL's host */
+    const char *nats_creds_file;    /* NATS: JWT + NKey seed credentials file */
+    const char *nats_nkey_seed_file;/* NATS: NKey seed file */
+    const char *channel_prefix;     /* Redis: prepended to every channel name; NULL = none
+                                       (Go peers use none) */
 } psrpc_bus_options;
 
-#define PSRPC_BUS_OPTIONS_INIT {sizeof(psrpc_bus_options), 0, 0, 0}
-#define PSRPC_BUS_OPTIONS_SIZE_V1 24
+#define PSRPC_BUS_OPTIONS_INIT                                                            \
+    {sizeof(psrpc_bus_options), 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL,  \
+     NULL, NULL}
+#define PSRPC_BUS_OPTIONS_SIZE_V1 128
 
 /** Fills opts with defaults for a caller compiled with struct_size. */
 PSRPC_API psrpc_status psrpc_bus_options_init(psrpc_bus_options *opts, size_t struct_size);
@@ -291,6 +310,30 @@ PSRPC_API psrpc_status psrpc_bus_close(psrpc_bus *bus, psrpc_closed_cb closed_cb
  * callback) the thread is detached and exits by itself.
  */
 PSRPC_API void psrpc_bus_free(psrpc_bus *bus);
+
+/* Bus states reported to a state callback. */
+#define PSRPC_BUS_CONNECTED 1    /* the transport is connected and subscribed */
+#define PSRPC_BUS_DISCONNECTED 2 /* lost; reconnecting (error says why) */
+#define PSRPC_BUS_CLOSED 3       /* closed; the last state reported */
+
+/** A bus state change; error is NULL for CONNECTED and CLOSED. */
+typedef void (*psrpc_bus_state_cb)(int state, const psrpc_error *error, void *user_data);
+
+/**
+ * Watches the bus's connection state. The callback runs on the loop thread
+ * for every change, first with the current state. A second call replaces the
+ * first watcher (whose release runs). release(user_data) runs once after the
+ * last invocation (replacement or bus close).
+ */
+PSRPC_API psrpc_status psrpc_bus_watch(psrpc_bus *bus, psrpc_bus_state_cb cb, void *user_data,
+                                       psrpc_release_cb release);
+
+/**
+ * Blocks until the bus is connected (local: at once). PSRPC_DEADLINE_EXCEEDED
+ * after timeout_ms, PSRPC_UNAUTHENTICATED / PERMISSION_DENIED when the broker
+ * refuses us, PSRPC_WOULD_DEADLOCK on a loop thread.
+ */
+PSRPC_API psrpc_status psrpc_bus_wait_ready(psrpc_bus *bus, int64_t timeout_ms);
 
 /** Counters of a bus. Caller sets struct_size; fields it does not know are left out. */
 typedef struct psrpc_bus_stats {

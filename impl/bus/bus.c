@@ -3,6 +3,7 @@
 #include "bus.h"
 
 #include <stdio.h>
+#include <time.h>
 
 typedef struct sub_wrap {
     psrpc_bus *bus;
@@ -18,6 +19,8 @@ static void bus_destroy(psrpc_bus *bus) {
         bus->transport->destroy(bus);
     psrpc__loop *loop = bus->loop;
     bus->magic = 0;
+    pthread_mutex_destroy(&bus->state_mu);
+    pthread_cond_destroy(&bus->state_cond);
     free(bus->url_safe);
     free(bus);
     psrpc__loop_free(loop);
@@ -51,14 +54,78 @@ void psrpc__bus_remove_child(psrpc_bus *bus, psrpc__child *child) {
 
 /* ---- transport wrappers ---- */
 
+/* ---- connection state ---- */
+
+void psrpc__bus_set_state(psrpc_bus *bus, int state, int status, const char *reason) {
+    int old = atomic_load(&bus->conn_state);
+    pthread_mutex_lock(&bus->state_mu);
+    if (state == PSRPC_BUS_DISCONNECTED) {
+        if (old != PSRPC_BUS_DISCONNECTED)
+            bus->down_since_ns = psrpc__now_ns();
+        bus->down_status = status ? status : PSRPC_UNAVAILABLE;
+        snprintf(bus->down_reason, sizeof bus->down_reason, "%s", reason ? reason : "");
+    }
+    atomic_store(&bus->conn_state, state);
+    pthread_cond_broadcast(&bus->state_cond);
+    pthread_mutex_unlock(&bus->state_mu);
+    if (state == old && state == PSRPC_BUS_CONNECTED)
+        return;
+    if (state == PSRPC_BUS_CONNECTED)
+        PSRPC__STAT_ADD(bus, connects, 1);
+    else if (old == PSRPC_BUS_CONNECTED)
+        PSRPC__STAT_ADD(bus, disconnects, 1);
+    if (bus->watch_cb && state != old) {
+        if (state == PSRPC_BUS_DISCONNECTED) {
+            psrpc__err *e = psrpc__err_new(bus->down_status, "%s", bus->down_reason);
+            psrpc_error view;
+            if (e) {
+                psrpc__err_view(e, &view);
+                bus->watch_cb(state, &view, bus->watch_user_data);
+                psrpc__err_free(e);
+            }
+        } else {
+            bus->watch_cb(state, NULL, bus->watch_user_data);
+        }
+    }
+    if (state == PSRPC_BUS_CONNECTED) {
+        for (psrpc__child *c = bus->children.next; c != &bus->children;) {
+            psrpc__child *next = c->next;
+            if (c->connected)
+                c->connected(c);
+            c = next;
+        }
+    }
+}
+
+int psrpc__bus_check_connected(psrpc_bus *bus) {
+    if (atomic_load(&bus->conn_state) != PSRPC_BUS_DISCONNECTED)
+        return PSRPC_OK;
+    pthread_mutex_lock(&bus->state_mu);
+    int status = bus->down_status ? bus->down_status : PSRPC_UNAVAILABLE;
+    char reason[256];
+    snprintf(reason, sizeof reason, "%s", bus->down_reason);
+    int64_t since = bus->down_since_ns;
+    pthread_mutex_unlock(&bus->state_mu);
+    time_t secs = (time_t)(since / 1000000000);
+    struct tm tm;
+    char when[32];
+    gmtime_r(&secs, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return psrpc__error(status, "%s unreachable since %s (%.1f s): %s", bus->transport->scheme,
+                        when, (double)(psrpc__now_ns() - since) / 1e9, reason);
+}
+
 int psrpc__bus_publish(psrpc_bus *bus, const psrpc__channel *ch, psrpc_msg *bytes) {
+    int rc = psrpc__bus_check_connected(bus);
+    if (rc != PSRPC_OK)
+        return rc;
     if ((int64_t)bytes->len > bus->opts.max_message_size)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED,
                             "message of %zu bytes exceeds the maximum of %lld bytes", bytes->len,
                             (long long)bus->opts.max_message_size);
     if (atomic_load(&bus->state) == PSRPC__CLOSED)
         return psrpc__error(PSRPC_CANCELED, "bus is closed");
-    int rc = bus->transport->publish(bus, ch, bytes);
+    rc = bus->transport->publish(bus, ch, bytes);
     if (rc == PSRPC_OK)
         PSRPC__STAT_ADD(bus, published, 1);
     return rc;
@@ -166,6 +233,13 @@ psrpc_status psrpc_bus_options_init(psrpc_bus_options *opts, size_t struct_size)
     return PSRPC_OK;
 }
 
+static void start_task(void *arg) {
+    psrpc_bus *bus = arg;
+    if (atomic_load(&bus->state) == PSRPC__OPEN)
+        bus->transport->start(bus);
+    psrpc__bus_release(bus);
+}
+
 static char *mask_url(const char *url) {
     /* scheme://user:secret@host → scheme://user:***@host */
     const char *scheme_end = strstr(url, "://");
@@ -206,6 +280,8 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
     atomic_init(&bus->refs, 1);
     bus->opts = o;
     bus->children.next = bus->children.prev = &bus->children;
+    pthread_mutex_init(&bus->state_mu, NULL);
+    pthread_cond_init(&bus->state_cond, NULL);
     bus->url_safe = mask_url(url);
     if (!bus->url_safe) {
         free(bus);
@@ -214,12 +290,22 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
 
     if (strncmp(url, "local://", 8) == 0) {
         rc = psrpc__local_open(bus, url + 8);
+#ifdef PSRPC_WITH_REDIS
+    } else if (strncmp(url, "redis://", 8) == 0 || strncmp(url, "rediss://", 9) == 0) {
+        rc = psrpc__redis_open(bus, url);
+#endif
+#ifdef PSRPC_WITH_NATS
+    } else if (strncmp(url, "nats://", 7) == 0 || strncmp(url, "tls://", 6) == 0) {
+        rc = psrpc__nats_open(bus, url);
+#endif
     } else {
         const char *sep = strstr(url, "://");
         rc = psrpc__error(PSRPC_INVALID_ARGUMENT, "unsupported bus URL scheme in \"%.*s\"",
                           sep ? (int)(sep - url) : 16, url);
     }
     if (rc != PSRPC_OK) {
+        pthread_mutex_destroy(&bus->state_mu);
+        pthread_cond_destroy(&bus->state_cond);
         free(bus->url_safe);
         free(bus);
         return rc;
@@ -227,12 +313,123 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
     rc = psrpc__loop_start(&bus->loop);
     if (rc != PSRPC_OK) {
         bus->transport->destroy(bus);
+        pthread_mutex_destroy(&bus->state_mu);
+        pthread_cond_destroy(&bus->state_cond);
         free(bus->url_safe);
         free(bus);
         return rc;
     }
+    if (bus->transport->start) {
+        psrpc__bus_retain(bus);
+        if (psrpc__bus_post(bus, start_task, bus) != PSRPC_OK)
+            psrpc__bus_release(bus);
+    }
     *out = bus;
     return PSRPC_OK;
+}
+
+/* ---- state watching ---- */
+
+typedef struct watch_req {
+    psrpc_bus *bus;
+    psrpc_bus_state_cb cb;
+    void *user_data;
+    psrpc_release_cb release;
+} watch_req;
+
+static void drop_watcher(psrpc_bus *bus) {
+    psrpc_release_cb release = bus->watch_release;
+    void *ud = bus->watch_user_data;
+    bus->watch_cb = NULL;
+    bus->watch_release = NULL;
+    bus->watch_user_data = NULL;
+    if (release)
+        release(ud);
+}
+
+static void watch_task(void *arg) {
+    watch_req *w = arg;
+    psrpc_bus *bus = w->bus;
+    drop_watcher(bus);
+    if (atomic_load(&bus->state) == PSRPC__CLOSED) {
+        w->cb(PSRPC_BUS_CLOSED, NULL, w->user_data);
+        if (w->release)
+            w->release(w->user_data);
+    } else {
+        bus->watch_cb = w->cb;
+        bus->watch_user_data = w->user_data;
+        bus->watch_release = w->release;
+        int st = atomic_load(&bus->conn_state);
+        if (st == PSRPC_BUS_CONNECTED) {
+            w->cb(st, NULL, w->user_data);
+        } else if (st == PSRPC_BUS_DISCONNECTED) {
+            psrpc__err *e = psrpc__err_new(bus->down_status, "%s", bus->down_reason);
+            if (e) {
+                psrpc_error view;
+                psrpc__err_view(e, &view);
+                w->cb(st, &view, w->user_data);
+                psrpc__err_free(e);
+            }
+        }
+    }
+    psrpc__bus_release(bus);
+    free(w);
+}
+
+psrpc_status psrpc_bus_watch(psrpc_bus *bus, psrpc_bus_state_cb cb, void *user_data,
+                             psrpc_release_cb release) {
+    PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
+    PSRPC__CHECK_ARG(cb, "cb is NULL");
+    watch_req *w = calloc(1, sizeof *w);
+    if (!w)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    *w = (watch_req){bus, cb, user_data, release};
+    psrpc__bus_retain(bus);
+    int rc = psrpc__bus_post(bus, watch_task, w);
+    if (rc != PSRPC_OK) {
+        psrpc__bus_release(bus);
+        free(w);
+    }
+    return rc;
+}
+
+psrpc_status psrpc_bus_wait_ready(psrpc_bus *bus, int64_t timeout_ms) {
+    PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
+    PSRPC__CHECK_ARG(timeout_ms >= 0, "timeout_ms is negative");
+    if (psrpc__on_any_loop_thread())
+        return psrpc__error(PSRPC_WOULD_DEADLOCK,
+                            "psrpc_bus_wait_ready called on a loop thread would deadlock");
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    int64_t ns = until.tv_nsec + (timeout_ms % 1000) * 1000000;
+    until.tv_sec += timeout_ms / 1000 + ns / 1000000000;
+    until.tv_nsec = ns % 1000000000;
+    pthread_mutex_lock(&bus->state_mu);
+    int rc = 0;
+    /* Wait through the first attempt; then an auth refusal is final. */
+    while (rc == 0 && atomic_load(&bus->conn_state) != PSRPC_BUS_CONNECTED &&
+           !(atomic_load(&bus->conn_state) == PSRPC_BUS_DISCONNECTED &&
+             (bus->down_status == PSRPC_UNAUTHENTICATED ||
+              bus->down_status == PSRPC_PERMISSION_DENIED)) &&
+           atomic_load(&bus->state) == PSRPC__OPEN)
+        rc = pthread_cond_timedwait(&bus->state_cond, &bus->state_mu, &until);
+    int st = atomic_load(&bus->conn_state);
+    int down = bus->down_status;
+    pthread_mutex_unlock(&bus->state_mu);
+    if (st == PSRPC_BUS_CONNECTED)
+        return PSRPC_OK;
+    if (atomic_load(&bus->state) != PSRPC__OPEN)
+        return psrpc__error(PSRPC_CANCELED, "bus is closed");
+    if (st == PSRPC_BUS_DISCONNECTED && (down == PSRPC_UNAUTHENTICATED ||
+                                         down == PSRPC_PERMISSION_DENIED))
+        return psrpc__bus_check_connected(bus);
+    if (st == PSRPC_BUS_DISCONNECTED) {
+        psrpc__bus_check_connected(bus);
+        return psrpc__error(PSRPC_DEADLINE_EXCEEDED, "bus not connected within %lld ms: %s",
+                            (long long)timeout_ms, psrpc_last_error());
+    }
+    return psrpc__error(PSRPC_DEADLINE_EXCEEDED, "bus not connected within %lld ms",
+                        (long long)timeout_ms);
 }
 
 typedef struct close_req {
@@ -257,7 +454,13 @@ static void run_closed_waiters(psrpc_bus *bus) {
 static bool stop_when_closed(psrpc_bus *bus) { return atomic_load(&bus->freed); }
 
 static void transport_closed(psrpc_bus *bus) {
+    pthread_mutex_lock(&bus->state_mu);
     atomic_store(&bus->state, PSRPC__CLOSED);
+    pthread_cond_broadcast(&bus->state_cond);
+    pthread_mutex_unlock(&bus->state_mu);
+    if (bus->watch_cb)
+        bus->watch_cb(PSRPC_BUS_CLOSED, NULL, bus->watch_user_data);
+    drop_watcher(bus);
     run_closed_waiters(bus);
     if (stop_when_closed(bus))
         psrpc__loop_stop(bus->loop);

@@ -5,6 +5,7 @@
 #ifndef PSRPC_IMPL_BUS_H
 #define PSRPC_IMPL_BUS_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 
@@ -22,6 +23,9 @@ typedef void (*psrpc__ready_fn)(void *ctx, int status, const char *message);
 
 typedef struct psrpc__transport {
     const char *scheme; /* "local", "redis", "nats" */
+    /* Optional: starts connecting; runs on the loop thread right after the
+     * loop started. Reports progress with psrpc__bus_set_state. */
+    void (*start)(psrpc_bus *bus);
     /* Publishes bytes (a whole internal.Msg) on ch. Returns 0 or a status
      * (unavailable, resource_exhausted) with psrpc__error set. */
     int (*publish)(psrpc_bus *bus, const psrpc__channel *ch, psrpc_msg *bytes);
@@ -43,6 +47,8 @@ typedef struct psrpc__child {
     psrpc_bus *bus;
     /* Forced close on bus close; calls done(child) when finished. */
     void (*close)(struct psrpc__child *child, void (*done)(struct psrpc__child *));
+    /* Optional: the bus (re)connected (loop thread). */
+    void (*connected)(struct psrpc__child *child);
 } psrpc__child;
 
 typedef struct psrpc__stats {
@@ -79,9 +85,19 @@ struct psrpc_bus {
     psrpc__child children;  /* sentinel of a circular list */
     int children_closing;
     psrpc__closed_waiter *closed_waiters;
-    /* True while the transport is known to be disconnected (atomic: read by
-     * callers of public functions). */
-    atomic_bool disconnected;
+    /* Connection state (PSRPC_BUS_CONNECTED / DISCONNECTED, 0 = connecting
+     * for the first time), written on the loop thread, read anywhere. */
+    atomic_int conn_state;
+    /* Why and since when it is disconnected; under state_mu. */
+    pthread_mutex_t state_mu;
+    pthread_cond_t state_cond;
+    int down_status;          /* unavailable, unauthenticated, permission_denied */
+    char down_reason[256];    /* secrets never appear here */
+    int64_t down_since_ns;
+    /* State watcher (loop thread). */
+    psrpc_bus_state_cb watch_cb;
+    void *watch_user_data;
+    psrpc_release_cb watch_release;
 };
 
 #define PSRPC__BUS_MAGIC 0x50425553u /* "PBUS" */
@@ -104,12 +120,28 @@ psrpc__bus_sub *psrpc__bus_subscribe(psrpc_bus *bus, const psrpc__channel *ch, b
                                      void *ctx);
 void psrpc__bus_unsubscribe(psrpc_bus *bus, psrpc__bus_sub *sub);
 
+/* Transports report their connection state (loop thread). state is
+ * PSRPC_BUS_CONNECTED or PSRPC_BUS_DISCONNECTED; for DISCONNECTED, status is
+ * unavailable, unauthenticated or permission_denied and reason says why (no
+ * secrets). Updates the counters, wakes psrpc_bus_wait_ready, tells the
+ * watcher and the children (calls waiting for the bus). */
+void psrpc__bus_set_state(psrpc_bus *bus, int state, int status, const char *reason);
+
+/* If the bus is known to be disconnected, sets psrpc__error to "<scheme>
+ * unreachable since <time>: <reason>" and returns its status; else 0. Any
+ * thread. */
+int psrpc__bus_check_connected(psrpc_bus *bus);
+
 /* TEST HOOK: publishes raw transport bytes on ch as if a peer had sent them.
  * Any thread; the bytes are copied. Returns 0 or a status. */
 int psrpc__bus_inject(psrpc_bus *bus, const psrpc__channel *ch, const void *data, size_t len);
 
-/* Transports. */
+/* Transports. Each *_open parses its URL (and bus->opts), sets
+ * bus->transport and bus->transport_state, and returns 0 or a status with
+ * psrpc__error set; it runs on the caller's thread before the loop starts. */
 extern const psrpc__transport psrpc__transport_local;
 int psrpc__local_open(psrpc_bus *bus, const char *name);
+int psrpc__redis_open(psrpc_bus *bus, const char *url); /* redis:// rediss:// */
+int psrpc__nats_open(psrpc_bus *bus, const char *url);  /* nats:// tls:// */
 
 #endif

@@ -90,6 +90,7 @@ int psrpc__local_open(psrpc_bus *bus, const char *name) {
     bus->transport = &psrpc__transport_local;
     bus->transport_state = h;
     atomic_fetch_add(&bus->stats.connects, 1);
+    atomic_store(&bus->conn_state, PSRPC_BUS_CONNECTED);
     return PSRPC_OK;
 }
 
