@@ -69,6 +69,7 @@ struct call {
     psrpc_msg *payload;
     bool multi;
     bool require_claim;
+    bool wait_for_ready;
     psrpc_call_cb cb;
     psrpc_call_cb on_done;
     void *user_data;
@@ -385,9 +386,22 @@ static void deadline_fired(uv_timer_t *t) {
     call_fail(k, PSRPC_DEADLINE_EXCEEDED, "request timed out");
 }
 
+static void call_wait(call *k) {
+    psrpc_client *c = k->client;
+    k->state = CALL_WAIT_READY;
+    k->in_waiting = true;
+    k->next_waiting = c->waiting;
+    c->waiting = k;
+}
+
 /* Publishes the Request (loop thread, client ready). */
 static void call_send(call *k) {
     psrpc_client *c = k->client;
+    if (k->wait_for_ready &&
+        atomic_load(&c->bus->conn_state) == PSRPC_BUS_DISCONNECTED) {
+        call_wait(k); /* sent when the bus reconnects, within the deadline */
+        return;
+    }
     psrpc__new_id(k->request_id, "REQ_");
     if (psrpc__map_put(&c->by_request, k->request_id, k) != PSRPC_OK) {
         k->request_id[0] = 0;
@@ -641,6 +655,12 @@ static void client_do_close(psrpc_client *c) {
     }
 }
 
+static void child_connected(psrpc__child *child) {
+    psrpc_client *c = PSRPC__CONTAINER_OF(child, psrpc_client, child);
+    if (c->state == PSRPC__OPEN && c->ready)
+        flush_waiting(c);
+}
+
 static void child_close(psrpc__child *child, void (*done)(psrpc__child *)) {
     psrpc_client *c = PSRPC__CONTAINER_OF(child, psrpc_client, child);
     c->child_done = done;
@@ -743,6 +763,7 @@ psrpc_status psrpc_client_create(psrpc_client **out, psrpc_bus *bus, const char 
     psrpc__map_init(&c->by_request);
     psrpc__map_init(&c->by_id);
     c->child.close = child_close;
+    c->child.connected = child_connected;
     c->bus = bus;
     psrpc__bus_retain(bus);
     if (!c->service || !c->id ||
@@ -785,14 +806,10 @@ static void call_task(void *arg) {
     k->deadline_timer.data = k->select_timer.data = k;
     k->timers_on = true;
     uv_timer_start(&k->deadline_timer, deadline_fired, (uint64_t)k->timeout_ms, 0);
-    if (c->ready) {
+    if (c->ready)
         call_send(k);
-    } else {
-        k->state = CALL_WAIT_READY;
-        k->in_waiting = true;
-        k->next_waiting = c->waiting;
-        c->waiting = k;
-    }
+    else
+        call_wait(k);
 }
 
 static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_method *method,
@@ -866,6 +883,7 @@ static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_metho
     }
     k->client = client;
     k->multi = multi;
+    k->wait_for_ready = o.flags & PSRPC_CALL_WAIT_FOR_READY;
     k->require_claim = !multi && psrpc__method_require_claim(&k->method);
     k->cb = cb;
     k->on_done = on_done;
