@@ -50,16 +50,20 @@ static bool ends_with_hex(const psrpc_msg *m, const char *hex) {
 
 /* A tiny protobuf writer for hand-made (Go-style or hostile) inputs. */
 typedef struct pb {
-    uint8_t d[1 << 16];
+    uint8_t d[1 << 17];
     size_t n;
 } pb;
 
 static void pb_raw(pb *b, const void *d, size_t n) {
+    if (n > sizeof b->d - b->n)
+        abort(); /* a test bug */
     memcpy(b->d + b->n, d, n);
     b->n += n;
 }
 
 static void pb_uvarint(pb *b, uint64_t v) {
+    if (sizeof b->d - b->n < 10)
+        abort();
     while (v >= 0x80) {
         b->d[b->n++] = (uint8_t)(v | 0x80);
         v >>= 7;
@@ -957,6 +961,61 @@ TEST(malformed_framing) {
     CHECK_EQ_INT(psrpc__wire_peek_channel(&k, (const uint8_t *)"\x18\x05\x1a\x01q", 5), 0);
     CHECK_EQ_STR(k, "q"); /* field 3 as a varint is an unknown field, skipped */
     free(k);
+}
+
+/* The allocation budget of unpacking must not refuse legitimate dense input:
+ * tens of thousands of empty map entries or unknown fields. */
+TEST(unpack_budget_allows_dense_inputs) {
+    static pb in;
+    in.n = 0;
+    for (int i = 0; i < 30000; i++)
+        pb_raw(&in, "\x3a\x00", 2);
+    psrpc__envelope env = {"internal.Request", in.d, in.n, "", NULL};
+    ProtobufCMessage *m = NULL;
+    CHECK_EQ_INT(psrpc__wire_unpack(&m, &env, &internal__request__descriptor), 0);
+    CHECK(m && ((Internal__Request *)m)->n_metadata == 30000);
+    if (m)
+        protobuf_c_message_free_unpacked(m, NULL);
+
+    in.n = 0;
+    for (int i = 0; i < 30000; i++)
+        pb_raw(&in, "\x78\x00", 2); /* unknown field 15 */
+    env.value_len = in.n;
+    CHECK_EQ_INT(psrpc__wire_unpack(&m, &env, &internal__request__descriptor), 0);
+    if (m)
+        protobuf_c_message_free_unpacked(m, NULL);
+
+    /* A singular message field and oneof bodies repeated: merged / replaced. */
+    in.n = 0;
+    for (int i = 0; i < 30000; i++)
+        pb_raw(&in, "\x22\x00", 2);
+    env.type_name = "internal.Response";
+    env.value_len = in.n;
+    CHECK_EQ_INT(psrpc__wire_unpack(&m, &env, &internal__response__descriptor), 0);
+    if (m)
+        protobuf_c_message_free_unpacked(m, NULL);
+    in.n = 0;
+    for (int i = 0; i < 20000; i++)
+        pb_raw(&in, "\x42\x00\x4a\x00", 4);
+    env.type_name = "internal.Stream";
+    env.value_len = in.n;
+    CHECK_EQ_INT(psrpc__wire_unpack(&m, &env, &internal__stream__descriptor), 0);
+    CHECK(m && ((Internal__Stream *)m)->body_case == INTERNAL__STREAM__BODY_CLOSE);
+    if (m)
+        protobuf_c_message_free_unpacked(m, NULL);
+
+    in.n = 0;
+    pb_str(&in, 1, "s");
+    pb_tag(&in, 6, 2); /* Stream.open with 10000 metadata entries */
+    pb_uvarint(&in, 20000);
+    for (int i = 0; i < 10000; i++)
+        pb_raw(&in, "\x3a\x00", 2);
+    env.type_name = "internal.Stream";
+    env.value_len = in.n;
+    CHECK_EQ_INT(psrpc__wire_unpack(&m, &env, &internal__stream__descriptor), 0);
+    CHECK(m && ((Internal__Stream *)m)->open->n_metadata == 10000);
+    if (m)
+        protobuf_c_message_free_unpacked(m, NULL);
 }
 
 /* ---- fuzz-ish ---------------------------------------------------------------- */
