@@ -489,9 +489,11 @@ static void on_response(void *ctx, const uint8_t *data, size_t len) {
         return;
     }
     bool failed = r->error && r->error[0];
-    /* v0.8: on a queue method the sole responder's answer is final, even during
-     * selection; on a broadcast an early error may yet be outbid. */
-    if (k->state == CALL_SELECTING && k->method.routing == PSRPC_ROUTING_QUEUE) {
+    /* v0.8: a response during selection is final if it is a success, or on a
+     * queue method (the sole responder); on a broadcast an early error may yet
+     * be outbid, so it is held back. */
+    if (k->state == CALL_SELECTING &&
+        (!failed || k->method.routing == PSRPC_ROUTING_QUEUE)) {
         uv_timer_stop(&k->select_timer);
         k->state = CALL_WAIT_RESPONSE;
     }
