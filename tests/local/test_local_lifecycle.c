@@ -756,4 +756,66 @@ TEST(create_use_free_cycles) {
     }
 }
 
+/* psrpc_bus_watch: the current state first (CONNECTED, error NULL); a second
+ * watcher replaces the first (whose release runs once); closing the bus
+ * reports CLOSED last, then the release. */
+typedef struct watch_rec {
+    atomic_int calls;
+    atomic_int released;
+    atomic_int after_release;
+    int states[16];
+    int errors_non_null;
+} watch_rec;
+
+static void watch_cb(int state, const psrpc_error *e, void *ud) {
+    watch_rec *w = (watch_rec *)ud;
+    tu_note_cb_thread();
+    if (atomic_load(&w->released))
+        atomic_fetch_add(&w->after_release, 1);
+    int i = atomic_load(&w->calls);
+    if (i < 16)
+        w->states[i] = state;
+    if (e && state != PSRPC_BUS_DISCONNECTED)
+        w->errors_non_null++;
+    atomic_fetch_add(&w->calls, 1);
+}
+
+static void watch_release(void *ud) {
+    watch_rec *w = (watch_rec *)ud;
+    tu_note_cb_thread();
+    atomic_fetch_add(&w->released, 1);
+}
+
+TEST(bus_watch_states) {
+    psrpc_bus *v[1];
+    REQUIRE(open_bus_group(v, 1) == 0);
+    CHECK_EQ_INT(psrpc_bus_wait_ready(v[0], tu_ms(5000)), PSRPC_OK);
+    watch_rec *w = (watch_rec *)calloc(2, sizeof *w);
+    CHECK_EQ_INT(psrpc_bus_watch(v[0], watch_cb, &w[0], watch_release), PSRPC_OK);
+    CHECK(WAIT_UNTIL(atomic_load(&w[0].calls) >= 1, 3000));
+    CHECK_EQ_INT(w[0].states[0], PSRPC_BUS_CONNECTED);
+    CHECK_EQ_INT(psrpc_bus_watch(v[0], watch_cb, &w[1], watch_release), PSRPC_OK);
+    CHECK(WAIT_UNTIL(atomic_load(&w[0].released) == 1, 3000));
+    CHECK(WAIT_UNTIL(atomic_load(&w[1].calls) >= 1, 3000));
+    CHECK_EQ_INT(w[1].states[0], PSRPC_BUS_CONNECTED);
+    atomic_int *closed = (atomic_int *)calloc(1, sizeof *closed);
+    CHECK_EQ_INT(psrpc_bus_close(v[0], tu_count_cb, closed), PSRPC_OK);
+    CHECK(WAIT_UNTIL(atomic_load(closed) == 1, 3000));
+    CHECK(WAIT_UNTIL(atomic_load(&w[1].released) == 1, 3000));
+    int n1 = atomic_load(&w[1].calls);
+    CHECK(n1 >= 2);
+    if (n1 >= 2 && n1 <= 16)
+        CHECK_EQ_INT(w[1].states[n1 - 1], PSRPC_BUS_CLOSED);
+    psrpc_bus_free(v[0]);
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ_INT(atomic_load(&w[i].released), 1);
+        CHECK_EQ_INT(atomic_load(&w[i].after_release), 0);
+        CHECK_EQ_INT(w[i].errors_non_null, 0);
+    }
+    /* on a closed bus: refused, never called */
+    free(closed);
+    free(w);
+    TU_CHECK_THREADS();
+}
+
 TEST_MAIN()

@@ -170,7 +170,7 @@ typedef struct dl {
     tfx *f;
     psrpc_client *other_cl; /* a client on another bus */
     psrpc_sub *sub;
-    int sync_rc, sync_other_rc, wait_rc, sub_wait_rc, async_rc;
+    int sync_rc, sync_other_rc, wait_rc, sub_wait_rc, bus_wait_rc, async_rc;
     long long sync_ms;
     char msg[256];
     bool out_null;
@@ -192,6 +192,7 @@ static void deadlock_hook(tu_call *c, void *arg) {
     d->sync_other_rc = psrpc_client_call_sync(&out, d->other_cl, &m, "x", 1, NULL);
     d->wait_rc = psrpc_server_wait_ready(d->f->s[0]->server, 1000);
     d->sub_wait_rc = psrpc_sub_wait_ready(d->sub, 1000);
+    d->bus_wait_rc = psrpc_bus_wait_ready(d->f->bus[0], 1000);
     snprintf(d->nested.expect, sizeof d->nested.expect, "nested");
     d->async_rc = psrpc_client_call(NULL, d->f->cl, &m, "nested", 6, NULL, mini_cb, &d->nested);
     atomic_fetch_add(&d->ran, 1);
@@ -230,6 +231,7 @@ TEST(sync_call_on_loop_thread_would_deadlock) {
     CHECK_EQ_INT(d->sync_other_rc, PSRPC_WOULD_DEADLOCK);
     CHECK_EQ_INT(d->wait_rc, PSRPC_WOULD_DEADLOCK);
     CHECK_EQ_INT(d->sub_wait_rc, PSRPC_WOULD_DEADLOCK);
+    CHECK_EQ_INT(d->bus_wait_rc, PSRPC_WOULD_DEADLOCK);
     CHECK_EQ_INT(d->async_rc, PSRPC_OK);
     CHECK(tu_wait_count(&d->nested.count, 1, 5000));
     CHECK_EQ_INT(atomic_load(&d->nested.ok), 1);

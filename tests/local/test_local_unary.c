@@ -945,4 +945,112 @@ TEST(unary_same_bus) {
     tu_srv_destroy(s);
 }
 
+/* PSRPC_SERVER_SKIP_CLAIM servers answer queue requests without the claim
+ * round trip: results, errors and exactly-once handling as before, also mixed
+ * with claiming servers. */
+static tu_srv *skip_claim_srv(psrpc_bus *bus, const char *svc, int mode) {
+    tu_srv *s = (tu_srv *)calloc(1, sizeof *s);
+    pthread_mutex_init(&s->mu, NULL);
+    s->mode = mode;
+    psrpc_server_options o = PSRPC_SERVER_OPTIONS_INIT;
+    o.flags = PSRPC_SERVER_SKIP_CLAIM;
+    if (psrpc_server_create(&s->server, bus, svc, &o) != PSRPC_OK) {
+        fprintf(stderr, "  psrpc_server_create(SKIP_CLAIM): %s\n", psrpc_last_error());
+        return s;
+    }
+    snprintf(s->id, sizeof s->id, "%s", psrpc_server_id(s->server));
+    return s;
+}
+
+TEST(unary_skip_claim_server) {
+    psrpc_bus *b[4];
+    REQUIRE(open_bus_group(b, 4) == 0);
+    char svc[64];
+    tu_service(svc, sizeof svc);
+    tu_srv *s[3];
+    for (int i = 0; i < 3; i++) {
+        s[i] = i < 2 ? skip_claim_srv(b[i], svc, TU_ECHO_ID) : tu_srv_new(b[i], svc, NULL, TU_ECHO_ID);
+        REQUIRE(s[i]->server);
+        REQUIRE(tu_srv_register(s[i], echo_method(), NULL, 0) == PSRPC_OK);
+    }
+    psrpc_client *cl = tu_client(b[3], svc, 5000, 0);
+    REQUIRE(cl);
+    enum { N = 60 };
+    tu_call *c = tu_calls_new(N + 1);
+    for (int i = 0; i < N; i++)
+        REQUIRE(tu_call_async(cl, echo_method(), "s", NULL, &c[i]) == PSRPC_OK);
+    int per[3] = {0, 0, 0};
+    for (int i = 0; i < N; i++) {
+        REQUIRE(tu_wait_count(&c[i].count, 1, 5000));
+        CHECK_EQ_INT(c[i].status, PSRPC_OK);
+        for (int k = 0; k < 3; k++)
+            per[k] += strcmp(c[i].response, s[k]->id) == 0;
+    }
+    th_sleep_ms(100);
+    int total = 0;
+    for (int k = 0; k < 3; k++) {
+        CHECK_EQ_INT(atomic_load(&s[k]->handled), per[k]);
+        total += atomic_load(&s[k]->handled);
+    }
+    CHECK_EQ_INT(total, N);
+    /* errors travel the same way */
+    for (int k = 0; k < 3; k++) {
+        s[k]->fail_status = PSRPC_FAILED_PRECONDITION;
+        s[k]->fail_message = "skip says no";
+        s[k]->mode = TU_FAIL;
+    }
+    REQUIRE(tu_call_wait(cl, echo_method(), "f", NULL, &c[N], 5000));
+    CHECK_EQ_INT(c[N].status, PSRPC_FAILED_PRECONDITION);
+    CHECK_EQ_STR(c[N].message, "skip says no");
+    psrpc_client_free(cl);
+    for (int k = 0; k < 3; k++)
+        psrpc_server_free(s[k]->server);
+    for (int i = 0; i < 4; i++)
+        psrpc_bus_free(b[i]);
+    for (int i = 0; i <= N; i++)
+        CHECK_EQ_INT(atomic_load(&c[i].count), 1);
+    free(c);
+    for (int k = 0; k < 3; k++)
+        tu_srv_destroy(s[k]);
+}
+
+/* A SKIP_CLAIM server whose handler never answers: the caller still gets one
+ * DEADLINE_EXCEEDED; a cancel gives one CANCELED. */
+TEST(unary_skip_claim_timeout_and_cancel) {
+    psrpc_bus *sb, *cb;
+    REQUIRE(open_bus_pair(&sb, &cb) == 0);
+    char svc[64];
+    tu_service(svc, sizeof svc);
+    tu_srv *s = skip_claim_srv(sb, svc, TU_HOLD);
+    REQUIRE(s->server);
+    REQUIRE(tu_srv_register(s, echo_method(), NULL, 0) == PSRPC_OK);
+    psrpc_client *cl = tu_client(cb, svc, 5000, 0);
+    REQUIRE(cl);
+    tu_call *c = tu_calls_new(2);
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.timeout_ms = 300;
+    REQUIRE(tu_call_wait(cl, echo_method(), "t", &o, &c[0], 3000));
+    CHECK_EQ_INT(c[0].status, PSRPC_DEADLINE_EXCEEDED);
+    CHECK_EQ_STR(c[0].message, "request timed out");
+    REQUIRE(tu_call_async(cl, echo_method(), "c", NULL, &c[1]) == PSRPC_OK);
+    REQUIRE(WAIT_UNTIL(tu_srv_nheld(s) == 2, 3000));
+    CHECK_EQ_INT(psrpc_client_cancel(cl, c[1].call_id), PSRPC_OK);
+    REQUIRE(tu_wait_count(&c[1].count, 1, 3000));
+    CHECK_EQ_INT(c[1].status, PSRPC_CANCELED);
+    CHECK_EQ_STR(c[1].message, "request canceled");
+    int mism = 0;
+    CHECK_EQ_INT(tu_answer_all_from_thread(s, PSRPC_OK, &mism), 2);
+    CHECK_EQ_INT(mism, 0);
+    th_sleep_ms(100);
+    psrpc_client_free(cl);
+    psrpc_server_free(s->server);
+    psrpc_bus_free(cb);
+    psrpc_bus_free(sb);
+    CHECK_EQ_INT(atomic_load(&c[0].count), 1);
+    CHECK_EQ_INT(atomic_load(&c[1].count), 1);
+    CHECK_EQ_INT(atomic_load(&s->released), 1);
+    free(c);
+    tu_srv_destroy(s);
+}
+
 TEST_MAIN()

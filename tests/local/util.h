@@ -188,7 +188,7 @@ static inline void tu_copy_error(tu_call *c, const psrpc_error *e) {
 }
 
 /* The completion callback for unary calls (and multi results/done). */
-static void tu_call_cb(uint64_t call_id, const psrpc_msg *response, const psrpc_error *error,
+__attribute__((unused)) static void tu_call_cb(uint64_t call_id, const psrpc_msg *response, const psrpc_error *error,
                        const char *server_id, void *user_data) {
     tu_call *c = (tu_call *)user_data;
     tu_note_cb_thread();
@@ -251,7 +251,7 @@ typedef struct tu_done {
     char message[512];
 } tu_done;
 
-static void tu_done_cb(const psrpc_error *error, void *user_data) {
+__attribute__((unused)) static void tu_done_cb(const psrpc_error *error, void *user_data) {
     tu_done *d = (tu_done *)user_data;
     tu_note_cb_thread();
     d->status = error ? error->status : PSRPC_OK;
@@ -260,7 +260,7 @@ static void tu_done_cb(const psrpc_error *error, void *user_data) {
     atomic_fetch_add(&d->count, 1);
 }
 
-static void tu_count_cb(void *user_data) {
+__attribute__((unused)) static void tu_count_cb(void *user_data) {
     tu_note_cb_thread();
     atomic_fetch_add((atomic_int *)user_data, 1);
 }
@@ -335,7 +335,7 @@ static inline int64_t tu_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static void tu_srv_handler(psrpc_request *req, void *user_data) {
+__attribute__((unused)) static void tu_srv_handler(psrpc_request *req, void *user_data) {
     tu_srv *s = (tu_srv *)user_data;
     tu_note_cb_thread();
     pthread_mutex_lock(&s->mu);
@@ -387,7 +387,7 @@ typedef struct tu_claim_job {
     tu_srv *srv;
 } tu_claim_job;
 
-static void *tu_claim_thread(void *arg) {
+__attribute__((unused)) static void *tu_claim_thread(void *arg) {
     tu_claim_job *j = (tu_claim_job *)arg;
     if (j->srv->affinity_delay_ms > 0)
         th_sleep_ms(j->srv->affinity_delay_ms);
@@ -399,7 +399,7 @@ static void *tu_claim_thread(void *arg) {
     return NULL;
 }
 
-static void tu_srv_affinity(psrpc_request *req, void *user_data) {
+__attribute__((unused)) static void tu_srv_affinity(psrpc_request *req, void *user_data) {
     tu_srv *s = (tu_srv *)user_data;
     tu_note_cb_thread();
     atomic_fetch_add(&s->affinity_calls, 1);
@@ -424,7 +424,7 @@ static void tu_srv_affinity(psrpc_request *req, void *user_data) {
         atomic_fetch_add(&s->answer_errors, 1);
 }
 
-static void tu_srv_release(void *user_data) {
+__attribute__((unused)) static void tu_srv_release(void *user_data) {
     tu_srv *s = (tu_srv *)user_data;
     tu_note_cb_thread();
     atomic_fetch_add(&s->released, 1);
@@ -505,7 +505,7 @@ typedef struct tu_answer_job {
     atomic_int answered;
 } tu_answer_job;
 
-static void *tu_answer_thread(void *arg) {
+__attribute__((unused)) static void *tu_answer_thread(void *arg) {
     tu_answer_job *j = (tu_answer_job *)arg;
     psrpc_request *r;
     while ((r = tu_srv_pop(j->srv)) != NULL) {
