@@ -873,6 +873,10 @@ static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_metho
         kind_error = "psrpc_client_call_multi needs a MULTI method";
     else if (!multi && k->method.routing == PSRPC_ROUTING_MULTI)
         kind_error = "MULTI methods are called with psrpc_client_call_multi";
+    /* As v0.8.2: a queue method has one bidder, so there is nothing to select on. */
+    if (!kind_error && o.selection && k->method.routing == PSRPC_ROUTING_QUEUE &&
+        (sel.select || sel.minimum_affinity > 0 || sel.maximum_affinity > 0))
+        kind_error = "affinity selection is not valid on a queue method";
     if (kind_error) {
         psrpc__method_clear(&k->method);
         free(k);

@@ -718,6 +718,13 @@ psrpc_status psrpc_server_register(psrpc_server *server, const psrpc_method *met
         free(r);
         return psrpc__error(PSRPC_UNIMPLEMENTED, "stream methods are not supported yet");
     }
+    if (affinity && r->method.routing == PSRPC_ROUTING_QUEUE) {
+        /* As v0.8.2: nothing to arbitrate once the queue has chosen. */
+        psrpc__method_clear(&r->method);
+        free(r);
+        return psrpc__error(PSRPC_INVALID_ARGUMENT,
+                            "an affinity callback is not valid on a queue method");
+    }
     atomic_init(&r->refs, 1);
     r->server = server;
     r->require_claim = psrpc__method_require_claim(&r->method);
