@@ -410,7 +410,9 @@ PSRPC_API psrpc_status psrpc_selection_fail(psrpc_selection *selection, int stat
 
 /**
  * Server selection options (livekit/psrpc's SelectionOpts). Passing them
- * replaces all defaults, as in Go: fields left zero mean "off".
+ * replaces all defaults, as in Go: fields left zero mean "off". On QUEUE
+ * methods select, minimum_affinity and maximum_affinity are refused
+ * (PSRPC_INVALID_ARGUMENT): one server bids, there is nothing to select.
  */
 typedef struct psrpc_selection_options {
     uint32_t struct_size;              /* sizeof(psrpc_selection_options) */
@@ -588,7 +590,9 @@ typedef void (*psrpc_affinity_cb)(psrpc_request *request, void *user_data);
 
 /**
  * Registers a handler for method under topics (topic_count 0 for none).
- * affinity may be NULL (every claim says 1.0). on_ready (may be NULL) runs once
+ * affinity may be NULL (every claim says 1.0); it must be NULL for QUEUE
+ * methods (PSRPC_INVALID_ARGUMENT, as in livekit/psrpc v0.8: the queue already
+ * chose the server). on_ready (may be NULL) runs once
  * when the broker confirmed the subscriptions, or registration failed.
  * release(user_data) runs once after the handler and affinity callbacks can
  * no longer be called (deregistration, server close). Registering the same
