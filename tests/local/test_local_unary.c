@@ -945,6 +945,22 @@ TEST(unary_same_bus) {
     tu_srv_destroy(s);
 }
 
+/* "The client's reply subscriptions are set up in the background": creating a
+ * client subscribes its reply channels without waiting for a first call. */
+TEST(unary_client_subscribes_in_background) {
+    psrpc_bus *v[1];
+    REQUIRE(open_bus_group(v, 1) == 0);
+    char svc[64];
+    tu_service(svc, sizeof svc);
+    uint64_t s0 = tu_stats(v[0]).subscriptions;
+    psrpc_client *cl = tu_client(v[0], svc, 0, 0);
+    REQUIRE(cl);
+    CHECK(WAIT_UNTIL(tu_stats(v[0]).subscriptions >= s0 + 2, 2000)); /* RES and CLAIM */
+    psrpc_client_free(cl);
+    CHECK(WAIT_UNTIL(tu_stats(v[0]).subscriptions == s0, 2000));
+    psrpc_bus_free(v[0]);
+}
+
 /* PSRPC_SERVER_SKIP_CLAIM servers answer queue requests without the claim
  * round trip: results, errors and exactly-once handling as before, also mixed
  * with claiming servers. */
