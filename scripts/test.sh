@@ -16,7 +16,8 @@
 #
 # Environment: PSRPC_TEST_JOBS (parallel ctest jobs, default 2),
 # PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (passed through to the tests),
-# PSRPC_SAN_CC / PSRPC_SAN_CXX (sanitizer compilers, default clang/clang++).
+# PSRPC_SAN_CC / PSRPC_SAN_CXX (sanitizer compilers, default clang/clang++),
+# PSRPC_CMAKE_ARGS (extra configure arguments for all three trees).
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,6 +27,7 @@ jobs=${PSRPC_TEST_JOBS:-2}
 build_jobs=$(nproc 2>/dev/null || echo 2)
 san_cc=${PSRPC_SAN_CC:-clang}
 san_cxx=${PSRPC_SAN_CXX:-clang++}
+read -r -a extra_cmake_args <<<"${PSRPC_CMAKE_ARGS:-}"
 logs="$root/build/test-logs"
 t_start=$(date +%s)
 
@@ -107,7 +109,7 @@ configure_build() {
     local dir=$1 cc=$2 cxx=$3
     shift 3
     cmake -S "$root" -B "$root/$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" "$@" &&
+        -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" "$@" "${extra_cmake_args[@]}" &&
         cmake --build "$root/$dir" -j "$build_jobs"
 }
 
