@@ -36,14 +36,14 @@ _Static_assert(offsetof(psrpc_server_options, struct_size) == 0, "struct_size fi
 
 static int failures;
 
-#define EXPECT_OK(call)                                                                   \
-    do {                                                                                  \
-        int st_ = (call);                                                                 \
-        if (st_ != PSRPC_OK) {                                                            \
-            fprintf(stderr, "%s:%d: %s = %s (%s)\n", __FILE__, __LINE__, #call,           \
-                    psrpc_status_name(st_), psrpc_last_error());                          \
-            failures++;                                                                   \
-        }                                                                                 \
+#define EXPECT_OK(call)                                                         \
+    do {                                                                        \
+        int st_ = (call);                                                       \
+        if (st_ != PSRPC_OK) {                                                  \
+            fprintf(stderr, "%s:%d: %s = %s (%s)\n", __FILE__, __LINE__, #call, \
+                    psrpc_status_name(st_), psrpc_last_error());                \
+            failures++;                                                         \
+        }                                                                       \
     } while (0)
 
 int main(void) {

@@ -11,8 +11,7 @@ int main(void) {
     psrpc_bus *bus = NULL;
 
     if (strcmp(psrpc_version_string(), PSRPC_VERSION_STRING) != 0) {
-        fprintf(stderr, "header %s but library %s\n", PSRPC_VERSION_STRING,
-                psrpc_version_string());
+        fprintf(stderr, "header %s but library %s\n", PSRPC_VERSION_STRING, psrpc_version_string());
         return 1;
     }
     if (psrpc_bus_open(&bus, "local://", NULL) != PSRPC_OK) {

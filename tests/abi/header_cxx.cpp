@@ -9,13 +9,12 @@
 
 static int failures;
 
-#define EXPECT(cond)                                                                  \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            std::fprintf(stderr, "%s:%d: EXPECT(%s) failed\n", __FILE__, __LINE__,    \
-                         #cond);                                                      \
-            failures++;                                                               \
-        }                                                                             \
+#define EXPECT(cond)                                                                       \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            std::fprintf(stderr, "%s:%d: EXPECT(%s) failed\n", __FILE__, __LINE__, #cond); \
+            failures++;                                                                    \
+        }                                                                                  \
     } while (0)
 
 // Not called: a callback with C linkage, as the function pointer types ask.
@@ -25,7 +24,9 @@ static void on_call(uint64_t, const psrpc_msg *, const psrpc_error *, const char
 
 namespace {
 
-bool same(const char *a, const char *b) { return a != nullptr && b != nullptr && std::string(a) == b; }
+bool same(const char *a, const char *b) {
+    return a != nullptr && b != nullptr && std::string(a) == b;
+}
 
 } // namespace
 
