@@ -118,7 +118,7 @@ static void multi_noop(uint64_t id, const psrpc_msg *r, const psrpc_error *e, co
 TEST(server_close_graceful_in_flight) {
     lfx *f = lfx_new(TU_HOLD, 300);
     REQUIRE(lfx_ok(f));
-    enum { N = 5 };
+    enum { N = 100 };
     tu_call *c = tu_calls_new(N + 1);
     REQUIRE(start_held(f, c, N, 5000));
     closed_rec *cr = (closed_rec *)calloc(1, sizeof *cr);
@@ -159,7 +159,7 @@ TEST(server_close_graceful_in_flight) {
 TEST(server_close_forced_in_flight) {
     lfx *f = lfx_new(TU_HOLD, 0);
     REQUIRE(lfx_ok(f));
-    enum { N = 5 };
+    enum { N = 100 };
     tu_call *c = tu_calls_new(N);
     REQUIRE(start_held(f, c, N, 800));
     closed_rec *cr = (closed_rec *)calloc(1, sizeof *cr);

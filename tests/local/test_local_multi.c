@@ -130,7 +130,8 @@ TEST(multi_three_servers_one_error) {
     REQUIRE(multi_start(f->cl, &m, "fan", &o, r, &id) == PSRPC_OK);
     CHECK(id != 0);
     CHECK(WAIT_UNTIL(atomic_load(&r->results) == 3, 3000));
-    CHECK_EQ_INT(atomic_load(&r->done), 0); /* not before the timeout */
+    /* not before the timeout */
+    CHECK(atomic_load(&r->done) == 0 || th_now_ms() - t0 >= 550);
     REQUIRE(WAIT_UNTIL(atomic_load(&r->done) == 1, 4000));
     CHECK(r->fin.at_ms - t0 >= 550);
     CHECK_EQ_INT(r->fin.status, PSRPC_OK); /* error NULL */
