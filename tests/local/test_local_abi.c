@@ -304,10 +304,16 @@ TEST(abi_null_client) {
     c = (psrpc_client *)0x1;
     EXPECT_ERR(psrpc_client_create(&c, l->bus, NULL, NULL), PSRPC_INVALID_ARGUMENT);
     CHECK(c == NULL);
-    EXPECT_ERR(psrpc_client_create(&c, l->bus, "", NULL), PSRPC_INVALID_ARGUMENT);
-    EXPECT_ERR(psrpc_client_create(&c, l->bus, "bad name", NULL), PSRPC_INVALID_ARGUMENT);
-    EXPECT_ERR(psrpc_client_create(&c, l->bus, "a.b", NULL), PSRPC_INVALID_ARGUMENT);
-    EXPECT_ERR(psrpc_client_create(&c, l->bus, "1abc", NULL), PSRPC_INVALID_ARGUMENT);
+    /* service names outside [A-Za-z_][A-Za-z0-9_]* (test plan F6) */
+    const char *bad_svc[] = {"", "bad name", "a.b", "1abc", "a|b", "a*", "a>"};
+    for (size_t i = 0; i < sizeof bad_svc / sizeof bad_svc[0]; i++) {
+        c = NULL;
+        EXPECT_ERR(psrpc_client_create(&c, l->bus, bad_svc[i], NULL), PSRPC_INVALID_ARGUMENT);
+        if (c) {
+            fprintf(stderr, "    (service \"%s\" accepted)\n", bad_svc[i]);
+            psrpc_client_free(c);
+        }
+    }
     psrpc_client_options co = PSRPC_CLIENT_OPTIONS_INIT;
     co.timeout_ms = -1;
     EXPECT_ERR(psrpc_client_create(&c, l->bus, "Svc", &co), PSRPC_INVALID_ARGUMENT);
@@ -418,12 +424,20 @@ TEST(abi_null_server) {
     EXPECT_ERR(psrpc_server_create(&s, NULL, "Svc", NULL), PSRPC_INVALID_ARGUMENT);
     CHECK(s == NULL);
     EXPECT_ERR(psrpc_server_create(&s, l->bus, NULL, NULL), PSRPC_INVALID_ARGUMENT);
+    s = NULL;
     EXPECT_ERR(psrpc_server_create(&s, l->bus, "bad name", NULL), PSRPC_INVALID_ARGUMENT);
+    psrpc_server_free(s);
     psrpc_server_options so = PSRPC_SERVER_OPTIONS_INIT;
-    so.server_id = "bad id!";
-    EXPECT_ERR(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_INVALID_ARGUMENT);
-    so.server_id = "";
-    EXPECT_ERR(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_INVALID_ARGUMENT);
+    const char *bad_ids[] = {"bad id!", "", "SRV_a.b", "SRV_a|b", "SRV_*"};
+    for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++) {
+        so.server_id = bad_ids[i];
+        s = NULL;
+        EXPECT_ERR(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_INVALID_ARGUMENT);
+        if (s) {
+            fprintf(stderr, "    (server id \"%s\" accepted)\n", bad_ids[i]);
+            psrpc_server_free(s);
+        }
+    }
     so = (psrpc_server_options)PSRPC_SERVER_OPTIONS_INIT;
     so.timeout_ms = -1;
     EXPECT_ERR(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_INVALID_ARGUMENT);
