@@ -1,0 +1,63 @@
+/* One Redis connection of the Redis bus: a libuv TCP socket on the bus's loop
+ * thread, optionally wrapped in TLS (OpenSSL through memory BIOs), batched
+ * writes, and inbound RESP parsed by the hiredis redisReader behind a framing
+ * filter that bounds what the reader may buffer. It knows nothing of pub/sub:
+ * bus_redis.c sends formatted commands and gets replies in order. Everything
+ * here runs on the loop thread. */
+#ifndef PSRPC_IMPL_REDIS_CONN_H
+#define PSRPC_IMPL_REDIS_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <hiredis/hiredis.h>
+#include <openssl/ssl.h>
+#include <uv.h>
+
+typedef struct psrpc__rconn psrpc__rconn;
+
+typedef struct psrpc__rconn_config {
+    uv_loop_t *loop;
+    const char *host; /* a name, an IPv4 or an IPv6 literal (no brackets); copied */
+    int port;
+    SSL_CTX *ssl_ctx;        /* NULL = plain TCP; borrowed, must outlive the connection */
+    const char *server_name; /* TLS: SNI and the name verified (NULL = host); copied */
+    size_t max_bulk;         /* inbound bulk strings longer than this reach the
+                                reader as nil, and are never buffered */
+    void *owner;
+    /* The transport (and TLS) is established; commands may be sent. */
+    void (*on_connected)(psrpc__rconn *c);
+    /* One reply, in order. Borrowed: freed when the callback returns. */
+    void (*on_reply)(psrpc__rconn *c, redisReply *reply);
+    /* The connection failed (reason has no secrets). Called at most once, never
+     * from inside psrpc__rconn_* calls; after it, nothing else arrives and the
+     * owner must call psrpc__rconn_close. */
+    void (*on_error)(psrpc__rconn *c, const char *reason);
+    /* After psrpc__rconn_close: every handle is closed; c is freed on return. */
+    void (*on_closed)(psrpc__rconn *c);
+} psrpc__rconn_config;
+
+/* Starts connecting (resolving the host first if it is a name). Returns 0, or
+ * a psrpc status with *reason set (then nothing was started and no callback
+ * will come). */
+int psrpc__rconn_open(psrpc__rconn **out, const psrpc__rconn_config *cfg, const char **reason);
+
+void *psrpc__rconn_owner(const psrpc__rconn *c);
+
+/* Queues bytes (a formatted command) for writing; written as soon as no other
+ * write is in flight, everything queued meanwhile in one batch. Only after
+ * on_connected. secret: the bytes hold a credential; the plaintext buffers
+ * that held them are wiped after use. Returns 0 or PSRPC_RESOURCE_EXHAUSTED /
+ * PSRPC_UNAVAILABLE (the connection is failing: on_error follows or came). */
+int psrpc__rconn_send(psrpc__rconn *c, const char *data, size_t len, bool secret);
+
+/* Bytes queued and not yet handed to the socket (excluding the write in
+ * flight). */
+size_t psrpc__rconn_queued(const psrpc__rconn *c);
+
+/* Closes (idempotent): no on_connected, on_reply or on_error afterwards, also
+ * when called from inside one of them; on_closed comes later. */
+void psrpc__rconn_close(psrpc__rconn *c);
+
+#endif
