@@ -145,7 +145,7 @@ TEST(multi_three_servers_one_error) {
     for (int i = 0; i < 3 && i < atomic_load(&r->results); i++) {
         tu_call *c = &r->res[i];
         CHECK_EQ_INT(atomic_load(&c->bad), 0);
-        CHECK_EQ_INT(c->call_id, id);
+        CHECK_EQ_INT(c->cb_call_id, id);
         if (c->status == PSRPC_OK) {
             ok++;
             CHECK_EQ_STR(c->server_id, c->response);

@@ -84,7 +84,7 @@ TEST(unary_empty_payload) {
     CHECK_EQ_INT(c->status, PSRPC_OK);
     CHECK(c->has_response);
     CHECK_EQ_INT(c->response_len, 0);
-    CHECK_EQ_INT(c->call_id, id);
+    CHECK_EQ_INT(c->cb_call_id, id);
     fx_free(f);
     CHECK_EQ_INT(atomic_load(&c->count), 1);
     free(c);
@@ -349,7 +349,9 @@ TEST(unary_client_default_timeout) {
     CHECK(c->at_ms - t0 >= 380);
     CHECK(c->at_ms - t0 < tu_ms(2500)); /* not the 3 s library default */
     /* the handler saw a deadline of about 400 ms */
+    pthread_mutex_lock(&f->srv->mu);
     int64_t span_ms = (f->srv->last_expiry_ns - f->srv->last_sent_at_ns) / 1000000;
+    pthread_mutex_unlock(&f->srv->mu);
     CHECK(span_ms >= 300 && span_ms <= 500);
     fx_free(f);
     CHECK_EQ_INT(atomic_load(&c->count), 1);
@@ -490,8 +492,10 @@ TEST(unary_tiny_timeout) {
               c[i].status == PSRPC_OK);
     }
     th_sleep_ms(200);
+    pthread_mutex_lock(&f->srv->mu);
     if (atomic_load(&f->srv->handled) > 0)
         CHECK(f->srv->last_remaining_ms <= 1);
+    pthread_mutex_unlock(&f->srv->mu);
     fx_free(f);
     for (int i = 0; i < N; i++)
         CHECK_EQ_INT(atomic_load(&c[i].count), 1);

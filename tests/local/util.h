@@ -148,7 +148,8 @@ static inline void tu_note_cb_thread(void) {
 typedef struct tu_call {
     atomic_int count;   /* completions (must end at exactly 1) */
     atomic_int bad;     /* contract violations seen in the callback */
-    uint64_t call_id;   /* id reported by the callback */
+    uint64_t call_id;   /* id from psrpc_client_call (test thread) */
+    uint64_t cb_call_id; /* id reported by the callback (loop thread) */
     int status;         /* PSRPC_OK or the error's status */
     char code[128];
     char message[512];
@@ -192,7 +193,7 @@ __attribute__((unused)) static void tu_call_cb(uint64_t call_id, const psrpc_msg
                        const char *server_id, void *user_data) {
     tu_call *c = (tu_call *)user_data;
     tu_note_cb_thread();
-    c->call_id = call_id;
+    c->cb_call_id = call_id;
     if ((response == NULL) == (error == NULL))
         atomic_fetch_add(&c->bad, 1); /* exactly one of them must be set */
     if (error) {
@@ -223,11 +224,10 @@ static inline bool tu_wait_count(atomic_int *v, int n, long ms) {
 /* Calls method and returns the psrpc_client_call status; on OK, *c completes. */
 static inline int tu_call_async(psrpc_client *cl, const psrpc_method *m, const char *payload,
                                 const psrpc_call_options *o, tu_call *c) {
-    uint64_t id = 0;
-    int rc = psrpc_client_call(&id, cl, m, payload, payload ? strlen(payload) : 0, o, tu_call_cb, c);
+    int rc = psrpc_client_call(&c->call_id, cl, m, payload, payload ? strlen(payload) : 0, o,
+                               tu_call_cb, c);
     if (rc != PSRPC_OK)
         fprintf(stderr, "  psrpc_client_call failed: %d %s\n", rc, psrpc_last_error());
-    c->call_id = id;
     return rc;
 }
 
