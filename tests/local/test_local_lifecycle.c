@@ -756,6 +756,78 @@ TEST(create_use_free_cycles) {
     }
 }
 
+/* G5: work in flight from 4 threads (calls to a holding server and
+ * subscriptions), then psrpc_bus_free from the main thread: every call
+ * completes exactly once before free returns, every subscription's release
+ * runs once, nothing runs afterwards. */
+typedef struct g5_arg {
+    lfx *f;
+    tu_call *calls;
+    int base;
+    int started;
+} g5_arg;
+
+static void *g5_thread(void *a) {
+    g5_arg *g = (g5_arg *)a;
+    psrpc_method m = echo();
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.timeout_ms = 10000;
+    for (int i = 0; i < 250; i++)
+        if (tu_call_async(g->f->cl, &m, "g5", &o, &g->calls[g->base + i]) == PSRPC_OK)
+            g->started++;
+    return NULL;
+}
+
+static void g5_msg(psrpc_sub *s, const psrpc_msg *m, void *u) { (void)s, (void)m, (void)u; }
+
+TEST(free_with_work_from_threads) {
+    lfx *f = lfx_new(TU_HOLD, 0);
+    REQUIRE(lfx_ok(f));
+    enum { T = 4, N = T * 250, S = 10 };
+    tu_call *c = tu_calls_new(N);
+    pthread_t th[T];
+    g5_arg ga[T];
+    for (int i = 0; i < T; i++) {
+        ga[i] = (g5_arg){f, c, i * 250, 0};
+        pthread_create(&th[i], NULL, g5_thread, &ga[i]);
+    }
+    psrpc_method sm = tu_method("Updates", PSRPC_ROUTING_MULTI, PSRPC_METHOD_SUBSCRIPTION);
+    sm.output_type = "test.Update";
+    atomic_int *rel = (atomic_int *)calloc(S, sizeof *rel);
+    psrpc_sub *subs[S];
+    for (int i = 0; i < S; i++)
+        REQUIRE(psrpc_client_subscribe(&subs[i], f->cl, &sm, NULL, 0, g5_msg, NULL, &rel[i],
+                                       tu_count_cb) == PSRPC_OK);
+    int started = 0;
+    for (int i = 0; i < T; i++) {
+        pthread_join(th[i], NULL);
+        started += ga[i].started;
+    }
+    CHECK_EQ_INT(started, N);
+    if (!WAIT_UNTIL(tu_srv_nheld(f->srv) == N, 5000))
+        fprintf(stderr, "  only %d of %d requests reached the handler (slow consumer drops %llu)\n",
+                tu_srv_nheld(f->srv), N, (unsigned long long)tu_stats(f->sbus).dropped_slow_consumer);
+    long long t0 = th_now_ms();
+    psrpc_bus_free(f->cbus);
+    f->cbus_freed = true;
+    CHECK(th_now_ms() - t0 < tu_ms(1000));
+    CHECK_EQ_INT(count_done(c, N), N);
+    for (int i = 0; i < S; i++)
+        CHECK_EQ_INT(atomic_load(&rel[i]), 1);
+    for (int i = 0; i < S; i++)
+        psrpc_sub_free(subs[i]);
+    th_sleep_ms(50);
+    check_all_once(c, N);
+    int mism = 0;
+    tu_answer_all_from_thread(f->srv, PSRPC_OK, &mism);
+    lfx_free(f);
+    check_all_once(c, N);
+    for (int i = 0; i < S; i++)
+        CHECK_EQ_INT(atomic_load(&rel[i]), 1);
+    free(rel);
+    free(c);
+}
+
 /* psrpc_bus_watch: the current state first (CONNECTED, error NULL); a second
  * watcher replaces the first (whose release runs once); closing the bus
  * reports CLOSED last, then the release. */

@@ -432,6 +432,92 @@ TEST(calls_race_client_close) {
     free(recs);
 }
 
+/* H2/G8: a thread registers and deregisters a method over and over while
+ * other threads call it: every call completes exactly once (OK, or
+ * UNAVAILABLE when no registration was live), a register right after a
+ * deregister never reports ALREADY_EXISTS, and every registration's release
+ * runs exactly once. */
+typedef struct rr_arg {
+    tfx *f;
+    atomic_int *stop;
+    int registered, reg_errors;
+} rr_arg;
+
+static void rr_handler(psrpc_request *req, void *ud) {
+    (void)ud;
+    const psrpc_msg *p = psrpc_request_payload(req);
+    psrpc_request_respond(req, psrpc_msg_data(p), psrpc_msg_size(p));
+}
+
+static atomic_int rr_released;
+static void rr_release(void *ud) {
+    (void)ud;
+    atomic_fetch_add(&rr_released, 1);
+}
+
+static void *rr_thread(void *a) {
+    rr_arg *r = (rr_arg *)a;
+    psrpc_method m = tu_method("Flip", PSRPC_ROUTING_QUEUE, 0);
+    for (int i = 0; i < 200; i++) {
+        int rc = psrpc_server_register(r->f->s[0]->server, &m, NULL, 0, rr_handler, NULL, NULL,
+                                       NULL, rr_release);
+        if (rc != PSRPC_OK) {
+            fprintf(stderr, "  register #%d: %d %s\n", i, rc, psrpc_last_error());
+            r->reg_errors++;
+            continue;
+        }
+        r->registered++;
+        if (i % 2)
+            th_sleep_ms(1);
+        rc = psrpc_server_deregister(r->f->s[0]->server, "Flip", NULL, 0);
+        if (rc != PSRPC_OK) {
+            fprintf(stderr, "  deregister #%d: %d %s\n", i, rc, psrpc_last_error());
+            r->reg_errors++;
+        }
+    }
+    atomic_store(r->stop, 1);
+    return NULL;
+}
+
+TEST(register_deregister_race) {
+    tfx *f = tfx_new(5000);
+    REQUIRE(tfx_ok(f));
+    atomic_store(&rr_released, 0);
+    enum { MAXC = 4000 };
+    mini *recs = (mini *)calloc(MAXC, sizeof *recs);
+    atomic_int *stop = (atomic_int *)calloc(1, sizeof *stop);
+    rr_arg ra = {f, stop, 0, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, rr_thread, &ra);
+    psrpc_method m = tu_method("Flip", PSRPC_ROUTING_QUEUE, 0);
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.timeout_ms = 2000;
+    int n = 0;
+    while (!atomic_load(stop) && n < MAXC) {
+        snprintf(recs[n].expect, sizeof recs[n].expect, "f%d", n);
+        if (psrpc_client_call(NULL, f->cl, &m, recs[n].expect, strlen(recs[n].expect), &o,
+                              mini_cb, &recs[n]) == PSRPC_OK)
+            n++;
+        if (n % 20 == 0)
+            th_sleep_ms(1);
+    }
+    pthread_join(t, NULL);
+    CHECK_EQ_INT(ra.reg_errors, 0);
+    CHECK(WAIT_UNTIL(minis_done(recs, n) == n, 10000));
+    th_sleep_ms(100);
+    tfx_free(f);
+    int once = 0, ok = 0;
+    for (int i = 0; i < n; i++) {
+        once += atomic_load(&recs[i].count) == 1;
+        ok += atomic_load(&recs[i].ok);
+    }
+    CHECK_EQ_INT(once, n);
+    CHECK_EQ_INT(atomic_load(&rr_released), ra.registered);
+    fprintf(stderr, "  (%d registrations, %d calls, %d answered)\n", ra.registered, n, ok);
+    free(stop);
+    free(recs);
+}
+
 /* ------------------------------------------------------------------------ */
 
 /* psrpc_msg: retain/release from many threads; the bytes stay intact. */

@@ -294,7 +294,7 @@ enum {
     TU_ECHO_ID = 3,    /* respond with the server id */
 };
 
-#define TU_MAX_HELD 512
+#define TU_MAX_HELD 4096
 
 typedef struct tu_srv {
     psrpc_server *server;
