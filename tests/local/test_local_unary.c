@@ -848,6 +848,51 @@ TEST(unary_register_twice) {
     tu_srv_destroy(s);
 }
 
+/* on_ready runs once, with NULL error, when the registration is confirmed;
+ * a call made right after it is served. */
+TEST(unary_register_on_ready) {
+    psrpc_bus *sb, *cb;
+    REQUIRE(open_bus_pair(&sb, &cb) == 0);
+    char svc[64];
+    tu_service(svc, sizeof svc);
+    tu_srv *s = tu_srv_new(sb, svc, NULL, TU_ECHO);
+    REQUIRE(s->server);
+    tu_done *d = (tu_done *)calloc(2, sizeof *d);
+    const char *t[] = {"x"};
+    psrpc_method mt = tu_method("Echo", PSRPC_ROUTING_QUEUE, PSRPC_METHOD_TOPICS);
+    REQUIRE(psrpc_server_register(s->server, echo_method(), NULL, 0, tu_srv_handler, NULL,
+                                  tu_done_cb, &d[0], tu_srv_release) == PSRPC_OK);
+    REQUIRE(psrpc_server_register(s->server, &mt, t, 1, tu_srv_handler, NULL, tu_done_cb, &d[1],
+                                  tu_srv_release) == PSRPC_OK);
+    CHECK(WAIT_UNTIL(atomic_load(&d[0].count) == 1 && atomic_load(&d[1].count) == 1, 5000));
+    CHECK_EQ_INT(d[0].status, PSRPC_OK);
+    CHECK_EQ_INT(d[1].status, PSRPC_OK);
+    CHECK_EQ_INT(psrpc_server_wait_ready(s->server, tu_ms(1000)), PSRPC_OK);
+    psrpc_client *cl = tu_client(cb, svc, 0, 0);
+    REQUIRE(cl);
+    tu_call *c = tu_calls_new(2);
+    REQUIRE(tu_call_wait(cl, echo_method(), "r", NULL, &c[0], 5000));
+    CHECK_EQ_INT(c[0].status, PSRPC_OK);
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.topics = t;
+    o.topic_count = 1;
+    REQUIRE(tu_call_wait(cl, &mt, "t", &o, &c[1], 5000));
+    CHECK_EQ_INT(c[1].status, PSRPC_OK);
+    th_sleep_ms(50);
+    psrpc_client_free(cl);
+    psrpc_server_free(s->server);
+    psrpc_bus_free(cb);
+    psrpc_bus_free(sb);
+    CHECK_EQ_INT(atomic_load(&d[0].count), 1);
+    CHECK_EQ_INT(atomic_load(&d[1].count), 1);
+    CHECK_EQ_INT(atomic_load(&s->released), 2);
+    CHECK_EQ_INT(atomic_load(&c[0].count), 1);
+    CHECK_EQ_INT(atomic_load(&c[1].count), 1);
+    free(c);
+    free(d);
+    tu_srv_destroy(s);
+}
+
 /* Deregistration stops delivery; re-registering brings it back. */
 TEST(unary_deregister_reregister) {
     fx *f = fx_new(TU_ECHO, 5000, 300);
