@@ -8,7 +8,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup-deps.sh"
-cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPSRPC_BUILD_EXAMPLES=ON
 cmake --build "$root/build" -j "$(nproc 2>/dev/null || echo 2)" --target add_value
 echo
 echo "=== build/examples/add_value $*"

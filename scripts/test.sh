@@ -109,7 +109,9 @@ configure_build() {
     local dir=$1 cc=$2 cxx=$3
     shift 3
     cmake -S "$root" -B "$root/$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" "$@" "${extra_cmake_args[@]}" &&
+        -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" \
+        -DPSRPC_BUILD_TESTS=ON -DPSRPC_BUILD_EXAMPLES=ON -DPSRPC_WITH_REDIS=ON -DPSRPC_WITH_NATS=ON \
+        "$@" "${extra_cmake_args[@]}" &&
         cmake --build "$root/$dir" -j "$build_jobs"
 }
 
