@@ -815,23 +815,37 @@ TEST(unary_topics_isolate_and_deregister) {
     tu_srv_destroy(sbb);
 }
 
+/* A registration record for on_ready tests: on_ready, handler and release
+ * share one user_data. */
+typedef struct ready_rec {
+    tu_done ready; /* first: tu_done_cb takes the whole struct */
+    atomic_int handled;
+    atomic_int released;
+} ready_rec;
+
+static void ready_handler(psrpc_request *req, void *ud) {
+    ready_rec *r = (ready_rec *)ud;
+    const psrpc_msg *p = psrpc_request_payload(req);
+    psrpc_request_respond(req, psrpc_msg_data(p), psrpc_msg_size(p));
+    atomic_fetch_add(&r->handled, 1);
+}
+
+static void ready_release(void *ud) { atomic_fetch_add(&((ready_rec *)ud)->released, 1); }
+
 /* Registering the same method and topics twice fails with ALREADY_EXISTS; a
  * failed registration never takes the user data (no release, no on_ready). */
 TEST(unary_register_twice) {
-    psrpc_bus *sb;
     psrpc_bus *v[1];
     REQUIRE(open_bus_group(v, 1) == 0);
-    sb = v[0];
     char svc[64];
     tu_service(svc, sizeof svc);
-    tu_srv *s = tu_srv_new(sb, svc, NULL, TU_ECHO);
+    tu_srv *s = tu_srv_new(v[0], svc, NULL, TU_ECHO);
     REQUIRE(s->server);
     REQUIRE(tu_srv_register(s, echo_method(), NULL, 0) == PSRPC_OK);
-    /* on_ready and release both count into d->count */
-    tu_done *d = (tu_done *)calloc(1, sizeof *d);
+    ready_rec *d = (ready_rec *)calloc(1, sizeof *d);
     psrpc_clear_error();
-    int rc = psrpc_server_register(s->server, echo_method(), NULL, 0, tu_srv_handler, NULL,
-                                   tu_done_cb, d, tu_count_cb);
+    int rc = psrpc_server_register(s->server, echo_method(), NULL, 0, ready_handler, NULL,
+                                   tu_done_cb, d, ready_release);
     CHECK_EQ_INT(rc, PSRPC_ALREADY_EXISTS);
     CHECK(psrpc_last_error()[0] != 0);
     /* same method, other topics: allowed */
@@ -841,8 +855,9 @@ TEST(unary_register_twice) {
                                        tu_srv_release),
                  PSRPC_OK);
     psrpc_server_free(s->server);
-    psrpc_bus_free(sb);
-    CHECK_EQ_INT(atomic_load(&d->count), 0);
+    psrpc_bus_free(v[0]);
+    CHECK_EQ_INT(atomic_load(&d->ready.count), 0);
+    CHECK_EQ_INT(atomic_load(&d->released), 0);
     CHECK_EQ_INT(atomic_load(&s->released), 2);
     free(d);
     tu_srv_destroy(s);
@@ -855,19 +870,20 @@ TEST(unary_register_on_ready) {
     REQUIRE(open_bus_pair(&sb, &cb) == 0);
     char svc[64];
     tu_service(svc, sizeof svc);
-    tu_srv *s = tu_srv_new(sb, svc, NULL, TU_ECHO);
-    REQUIRE(s->server);
-    tu_done *d = (tu_done *)calloc(2, sizeof *d);
+    psrpc_server *srv = NULL;
+    REQUIRE(psrpc_server_create(&srv, sb, svc, NULL) == PSRPC_OK);
+    ready_rec *d = (ready_rec *)calloc(2, sizeof *d);
     const char *t[] = {"x"};
     psrpc_method mt = tu_method("Echo", PSRPC_ROUTING_QUEUE, PSRPC_METHOD_TOPICS);
-    REQUIRE(psrpc_server_register(s->server, echo_method(), NULL, 0, tu_srv_handler, NULL,
-                                  tu_done_cb, &d[0], tu_srv_release) == PSRPC_OK);
-    REQUIRE(psrpc_server_register(s->server, &mt, t, 1, tu_srv_handler, NULL, tu_done_cb, &d[1],
-                                  tu_srv_release) == PSRPC_OK);
-    CHECK(WAIT_UNTIL(atomic_load(&d[0].count) == 1 && atomic_load(&d[1].count) == 1, 5000));
-    CHECK_EQ_INT(d[0].status, PSRPC_OK);
-    CHECK_EQ_INT(d[1].status, PSRPC_OK);
-    CHECK_EQ_INT(psrpc_server_wait_ready(s->server, tu_ms(1000)), PSRPC_OK);
+    REQUIRE(psrpc_server_register(srv, echo_method(), NULL, 0, ready_handler, NULL, tu_done_cb,
+                                  &d[0], ready_release) == PSRPC_OK);
+    REQUIRE(psrpc_server_register(srv, &mt, t, 1, ready_handler, NULL, tu_done_cb, &d[1],
+                                  ready_release) == PSRPC_OK);
+    CHECK(WAIT_UNTIL(atomic_load(&d[0].ready.count) == 1 && atomic_load(&d[1].ready.count) == 1,
+                     5000));
+    CHECK_EQ_INT(d[0].ready.status, PSRPC_OK);
+    CHECK_EQ_INT(d[1].ready.status, PSRPC_OK);
+    CHECK_EQ_INT(psrpc_server_wait_ready(srv, tu_ms(1000)), PSRPC_OK);
     psrpc_client *cl = tu_client(cb, svc, 0, 0);
     REQUIRE(cl);
     tu_call *c = tu_calls_new(2);
@@ -878,19 +894,20 @@ TEST(unary_register_on_ready) {
     o.topic_count = 1;
     REQUIRE(tu_call_wait(cl, &mt, "t", &o, &c[1], 5000));
     CHECK_EQ_INT(c[1].status, PSRPC_OK);
+    CHECK_EQ_INT(atomic_load(&d[0].handled), 1);
+    CHECK_EQ_INT(atomic_load(&d[1].handled), 1);
     th_sleep_ms(50);
     psrpc_client_free(cl);
-    psrpc_server_free(s->server);
+    psrpc_server_free(srv);
     psrpc_bus_free(cb);
     psrpc_bus_free(sb);
-    CHECK_EQ_INT(atomic_load(&d[0].count), 1);
-    CHECK_EQ_INT(atomic_load(&d[1].count), 1);
-    CHECK_EQ_INT(atomic_load(&s->released), 2);
-    CHECK_EQ_INT(atomic_load(&c[0].count), 1);
-    CHECK_EQ_INT(atomic_load(&c[1].count), 1);
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ_INT(atomic_load(&d[i].ready.count), 1);
+        CHECK_EQ_INT(atomic_load(&d[i].released), 1);
+        CHECK_EQ_INT(atomic_load(&c[i].count), 1);
+    }
     free(c);
     free(d);
-    tu_srv_destroy(s);
 }
 
 /* Deregistration stops delivery; re-registering brings it back. */
