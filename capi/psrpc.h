@@ -463,6 +463,9 @@ typedef void (*psrpc_call_cb)(uint64_t call_id, const psrpc_msg *response,
  * bus. The client's reply subscriptions are set up in the background; calls
  * made before they are confirmed wait for them (within their deadline).
  */
+/* Names: service, method and server ids must match [A-Za-z_][A-Za-z0-9_]*,
+ * client ids [A-Za-z0-9_.-]+ (they go into NATS subjects unescaped);
+ * anything else is PSRPC_INVALID_ARGUMENT. Topics may be any UTF-8. */
 PSRPC_API psrpc_status psrpc_client_create(psrpc_client **out, psrpc_bus *bus,
                                            const char *service,
                                            const psrpc_client_options *opts);
@@ -670,8 +673,9 @@ PSRPC_API psrpc_status psrpc_request_respond(psrpc_request *request, const void 
 PSRPC_API psrpc_status psrpc_request_fail(psrpc_request *request, int status,
                                           const char *message);
 /**
- * Fails the request with any code string (carried unchanged), a message and
- * details (google.protobuf.Any values). Consumes the request.
+ * Fails the request with any code string (carried unchanged; "" means
+ * "unknown"; NULL is refused), a message and details (google.protobuf.Any
+ * values). Consumes the request, unless it returns PSRPC_INVALID_ARGUMENT.
  */
 PSRPC_API psrpc_status psrpc_request_fail_details(psrpc_request *request, const char *code,
                                                   const char *message,

@@ -7,9 +7,8 @@ int psrpc__method_copy(psrpc__method *dst, const psrpc_method *m) {
     int rc = psrpc__options_load(&mm, sizeof mm, m, "psrpc_method");
     if (rc != PSRPC_OK)
         return rc;
-    PSRPC__CHECK_ARG(mm.name && *mm.name, "method name is NULL or empty");
-    PSRPC__CHECK_ARG(psrpc__utf8_valid(mm.name, strlen(mm.name)),
-                     "method name is not valid UTF-8");
+    if ((rc = psrpc__check_name("method name", mm.name)) != PSRPC_OK)
+        return rc;
     PSRPC__CHECK_ARG(mm.routing <= PSRPC_ROUTING_MULTI, "unknown routing %u",
                      (unsigned)mm.routing);
     PSRPC__CHECK_ARG((mm.flags & ~0xfu) == 0, "unknown method flags 0x%x", (unsigned)mm.flags);
@@ -48,7 +47,25 @@ int psrpc__check_topics(const char *const *topics, size_t count) {
 
 int psrpc__check_name(const char *what, const char *s) {
     PSRPC__CHECK_ARG(s && *s, "%s is NULL or empty", what);
-    PSRPC__CHECK_ARG(psrpc__utf8_valid(s, strlen(s)), "%s is not valid UTF-8", what);
+    bool ok = (s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z') || s[0] == '_';
+    for (const char *p = s; ok && *p; p++)
+        ok = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+             *p == '_';
+    PSRPC__CHECK_ARG(ok, "%s \"%.64s\" is not an identifier ([A-Za-z_][A-Za-z0-9_]*): it is "
+                         "put into channel names and NATS subjects unescaped",
+                     what, s);
+    return PSRPC_OK;
+}
+
+int psrpc__check_client_id(const char *s) {
+    PSRPC__CHECK_ARG(s && *s, "client_id is NULL or empty");
+    bool ok = true;
+    for (const char *p = s; ok && *p; p++)
+        ok = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+             *p == '_' || *p == '-' || *p == '.';
+    PSRPC__CHECK_ARG(ok, "client_id \"%.64s\" may only hold [A-Za-z0-9_.-]: it is put into "
+                         "NATS subjects unescaped",
+                     s);
     return PSRPC_OK;
 }
 

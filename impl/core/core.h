@@ -21,8 +21,12 @@ bool psrpc__method_require_claim(const psrpc__method *m);
 
 /* Validates a topic array (any thread). */
 int psrpc__check_topics(const char *const *topics, size_t count);
-/* Validates a service name or id string: non-empty UTF-8 (any thread). */
+/* Validates a service name, method name or server id: [A-Za-z_][A-Za-z0-9_]*
+ * (test plan F6: Go puts them into subjects unescaped). Any thread. */
 int psrpc__check_name(const char *what, const char *s);
+/* Validates a custom client id: [A-Za-z0-9_.-]+ (a dot adds a NATS subject
+ * token on both sides, as with Go; wildcards and spaces are refused). */
+int psrpc__check_client_id(const char *s);
 
 /* Decodes transport bytes as the control message desc; counts and drops
  * (returns NULL) anything else. */

@@ -1139,8 +1139,9 @@ psrpc_status psrpc_request_fail_details(psrpc_request *request, const char *code
                                         const char *message, const psrpc_error_detail *details,
                                         size_t details_count) {
     CHECK_REQ(request);
+    PSRPC__CHECK_ARG(code, "code is NULL (use \"unknown\" or a psrpc code string)");
     PSRPC__CHECK_ARG(details || details_count == 0, "details is NULL with a non-zero count");
-    if (!code || !*code)
+    if (!*code)
         code = "unknown";
     PSRPC__CHECK_ARG(psrpc__utf8_valid(code, strlen(code)), "code is not valid UTF-8");
     if (!message || !*message)
