@@ -1235,6 +1235,8 @@ int psrpc__redis_open(psrpc_bus *bus, const char *url) {
     r->sub = (side){.r = r, .what = "subscriber"};
     r->pub = (side){.r = r, .what = "publisher"};
     int rc = parse_url(r, bus, url);
+    if (o->flags & PSRPC_BUS_TLS)
+        r->tls = true;
     if (rc == PSRPC_OK)
         rc = get_ms(o->connect_timeout_ms, 5000, "connect_timeout_ms", &r->connect_timeout_ms);
     if (rc == PSRPC_OK)
@@ -1248,7 +1250,8 @@ int psrpc__redis_open(psrpc_bus *bus, const char *url) {
     if (rc == PSRPC_OK && !r->tls &&
         (o->tls_ca_file || o->tls_cert_file || o->tls_key_file || o->tls_server_name))
         rc = psrpc__error(PSRPC_INVALID_ARGUMENT,
-                          "redis: TLS options are set but the URL is redis:// (use rediss://)");
+                          "redis: TLS options are set but TLS is off (use rediss:// or "
+                          "PSRPC_BUS_TLS)");
     if (rc == PSRPC_OK && r->tls)
         rc = tls_setup(r, o);
     if (rc == PSRPC_OK && o->tls_server_name && !(r->server_name = psrpc__strdup(o->tls_server_name)))
