@@ -177,14 +177,21 @@ static uint32_t seed_now(void) { return (uint32_t)getpid() * 2654435761u ^ (uint
 
 static int64_t now_ns(void) { return tu_now_ns(); }
 
-static psrpc_msg *wrap(const ProtobufCMessage *m) {
+/* key: the NATS router key to write into Msg.channel, as the core does for
+ * SRV channels (NULL: none; such a message cannot be routed on NATS). */
+static psrpc_msg *wrap_key(const ProtobufCMessage *m, const char *key) {
     psrpc_msg *out = NULL;
-    if (psrpc__wire_wrap_message(&out, m, NULL, 0) != 0)
+    if (psrpc__wire_wrap_message(&out, m, key, 0) != 0)
         return NULL;
     return out;
 }
 
-static psrpc_msg *golden(mfx *f, int kind, const char *rid) {
+/* A valid envelope of the channel's own type. routed: with the channel's
+ * router key, exactly as a peer would publish it; otherwise without (only
+ * type URL and value, so that every truncation is invalid). */
+static psrpc_msg *golden_r(mfx *f, int kind, const char *rid, bool routed) {
+    const char *key = routed ? f->ch[kind].local : NULL;
+#define wrap(m) wrap_key((m), key)
     switch (kind) {
     case K_REQ: {
         Internal__Request r = INTERNAL__REQUEST__INIT;
@@ -220,12 +227,15 @@ static psrpc_msg *golden(mfx *f, int kind, const char *rid) {
     }
     default: {
         psrpc_msg *out = NULL;
-        if (psrpc__wire_wrap(&out, "test.Update", (const uint8_t *)"golden update", 13, NULL, 0))
+        if (psrpc__wire_wrap(&out, "test.Update", (const uint8_t *)"golden update", 13, key, 0))
             return NULL;
         return out;
     }
     }
+#undef wrap
 }
+
+static psrpc_msg *golden(mfx *f, int kind, const char *rid) { return golden_r(f, kind, rid, true); }
 
 /* Encodes internal.Msg{type_url = raw bytes (not checked), value} by hand. */
 static size_t put_varint(uint8_t *o, size_t v) {
@@ -369,7 +379,7 @@ TEST(malformed_truncated_envelopes) {
     for (int k = 0; k < K_COUNT; k++) {
         char rid[64];
         tu_unique(rid, sizeof rid, "REQ_trunc");
-        psrpc_msg *g = golden(f, k, rid);
+        psrpc_msg *g = golden_r(f, k, rid, false);
         REQUIRE(g);
         size_t boundary = type_url_field_len(g);
         CHECK(boundary > 0 && boundary < psrpc_msg_size(g));
@@ -644,7 +654,7 @@ TEST(malformed_expired_request_injected) {
         r.expiry = now_ns() - 1000000000LL * (i + 1);
         r.raw_request.data = (uint8_t *)"old";
         r.raw_request.len = 3;
-        psrpc_msg *m = wrap(&r.base);
+        psrpc_msg *m = wrap_key(&r.base, f->ch[K_REQ].local);
         REQUIRE(m);
         inject(f, K_REQ, psrpc_msg_data(m), psrpc_msg_size(m));
         psrpc_msg_release(m);
@@ -679,13 +689,20 @@ TEST(malformed_oversize_inbound) {
     r.expiry = now_ns() + 5000000000LL;
     r.raw_request.data = pad;
     r.raw_request.len = sizeof pad;
-    psrpc_msg *m = wrap(&r.base);
+    psrpc_msg *m = wrap_key(&r.base, f->ch[K_REQ].local);
     REQUIRE(m);
     inject(f, K_REQ, psrpc_msg_data(m), psrpc_msg_size(m));
     psrpc_msg_release(m);
     CHECK(grew_by(f->bus[0], OFF(dropped_oversize), over0, 1));
     CHECK_EQ_INT(tu_stats(f->bus[0]).dropped_malformed, mal0);
     CHECK_EQ_INT(atomic_load(&f->srv->handled), 0);
+    /* undecodable and oversize: the size check comes before any decoding
+     * (R7), so it counts as oversize */
+    static uint8_t junk[8192];
+    memset(junk, 0xff, sizeof junk);
+    inject(f, K_REQ, junk, sizeof junk);
+    CHECK(grew_by(f->bus[0], OFF(dropped_oversize), over0, 2));
+    CHECK_EQ_INT(tu_stats(f->bus[0]).dropped_malformed, mal0);
 
     /* outgoing: a request above the client's own limit is refused locally */
     psrpc_bus_options cbo = PSRPC_BUS_OPTIONS_INIT;
