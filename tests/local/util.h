@@ -302,6 +302,7 @@ typedef struct tu_srv {
     int mode;
     int fail_status;
     const char *fail_message;
+    int handler_sleep_ms; /* > 0: the handler blocks its loop this long (load) */
     /* affinity: when use_affinity, the affinity callback claims with
      * `affinity` (after affinity_delay_ms on another thread when > 0, or from
      * another thread at once when affinity_async) */
@@ -357,6 +358,8 @@ __attribute__((unused)) static void tu_srv_handler(psrpc_request *req, void *use
     s->last_expiry_ns = psrpc_request_expiry_ns(req);
     s->last_sent_at_ns = psrpc_request_sent_at_ns(req);
     s->last_seen_now_ns = tu_now_ns();
+    if (s->handler_sleep_ms > 0)
+        th_sleep_ms(s->handler_sleep_ms);
     int rc = PSRPC_OK;
     switch (s->mode) {
     case TU_HOLD:
