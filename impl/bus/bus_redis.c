@@ -1227,6 +1227,13 @@ static int get_ms(int64_t v, int64_t dflt, const char *name, int64_t *out) {
 
 int psrpc__redis_open(psrpc_bus *bus, const char *url) {
     const psrpc_bus_options *o = &bus->opts;
+    /* OpenSSL initializes itself lazily (configuration, error tables, per
+     * thread state) on first use. Do it here, on the caller's thread, rather
+     * than on the loop thread in the middle of the first queue lock. */
+    if (OPENSSL_init_ssl(0, NULL) != 1) {
+        ERR_clear_error();
+        return psrpc__error(PSRPC_INTERNAL, "redis: OpenSSL failed to initialize");
+    }
     redis_t *r = calloc(1, sizeof *r);
     if (!r)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");

@@ -29,7 +29,6 @@ typedef struct rt_watch {
     int ev_state[RT_MAX_EVENTS];
     int ev_status[RT_MAX_EVENTS];
     long long ev_ms[RT_MAX_EVENTS];
-    atomic_int released;
 } rt_watch;
 
 static void rt_watch_cb(int state, const psrpc_error *e, void *ud) {
@@ -47,9 +46,13 @@ static void rt_watch_cb(int state, const psrpc_error *e, void *ud) {
     pthread_mutex_unlock(&w->mu);
 }
 
-static void rt_watch_release(void *ud) { atomic_fetch_add(&((rt_watch *)ud)->released, 1); }
+/* The watcher goes with its bus: do not use it after psrpc_bus_free. */
+static void rt_watch_release(void *ud) {
+    rt_watch *w = (rt_watch *)ud;
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}
 
-/* Never freed by the helpers (the callback may outlive a failed test). */
 static inline rt_watch *rt_watch_new(psrpc_bus *bus) {
     rt_watch *w = (rt_watch *)calloc(1, sizeof *w);
     pthread_mutex_init(&w->mu, NULL);

@@ -290,6 +290,8 @@ TEST(acl_least_privilege_and_missing_permissions) {
     tu_srv_destroy(srv);
     free(c);
     free(mc);
+    free(rr);
+    free(rc2);
     rs_stop(&rs);
 }
 
