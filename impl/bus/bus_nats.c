@@ -98,6 +98,8 @@ struct nats_state {
     psrpc__loop *worker;
     natsConnection *nc; /* the connection the loop uses, or NULL */
     bool closing, final, connect_inflight, holds_bus, timer_init;
+    int final_status; /* why we stopped connecting */
+    char final_reason[256];
     psrpc__map routers; /* subject -> router nsub */
     nsub *nsubs;        /* every attached nsub */
     uint64_t sub_seq, epoch;
@@ -145,7 +147,17 @@ static int gate_post(nats_state *st, psrpc__task_fn fn, void *arg) {
     return rc;
 }
 
-static char *dup_text(const char *s) { return psrpc__strdup(s ? s : ""); }
+/* nats.c's error texts start with "(file.c:line): "; keep the rest. */
+static const char *clean_text(const char *s) {
+    if (s && s[0] == '(') {
+        const char *e = strstr(s, "): ");
+        if (e)
+            return e + 3;
+    }
+    return s ? s : "";
+}
+
+static char *dup_text(const char *s) { return psrpc__strdup(clean_text(s)); }
 
 /* ---- events (loop thread) ---- */
 
@@ -490,18 +502,28 @@ static void confirm_upto(nats_state *st, uint64_t upto) {
     ready_list(list, n, PSRPC_OK, NULL);
 }
 
-static void deny(nats_state *st, nsub *ns, int status, const char *text) {
-    (void)st;
+/* The subscription can never be confirmed: its waiting subscriptions (and
+ * any later one) fail with status and msg. */
+static void deny(nsub *ns, int status, const char *msg) {
     if (ns->denied)
         return;
     ns->denied = status;
-    ns->denied_msg = psrpc__strdup(text);
+    ns->denied_msg = psrpc__strdup(msg);
     struct psrpc__bus_sub **list = NULL;
     size_t n = 0, cap = 0;
     collect_unready(ns, &list, &n, &cap);
-    char msg[512];
-    snprintf(msg, sizeof msg, "NATS refused the subscription to %s: %s", ns->subject, text);
     ready_list(list, n, status, msg);
+}
+
+/* We stopped connecting for good (repeated refusals): nothing waiting for
+ * confirmation will get it. */
+static void give_up(nats_state *st, int status, const char *reason) {
+    st->final = true;
+    st->final_status = status;
+    snprintf(st->final_reason, sizeof st->final_reason, "%s", reason);
+    for (nsub *ns = st->nsubs; ns; ns = ns->next)
+        if (!ns->confirmed)
+            deny(ns, status, reason);
 }
 
 /* "Permissions Violation for Subscription to "SUBJECT"[ using queue "bus"]" */
@@ -520,7 +542,9 @@ static void apply_permission_error(nats_state *st, const char *text, bool only_u
             continue;
         if (only_unconfirmed && (ns->confirmed || !ns->sub || ns->seq > upto))
             continue;
-        deny(st, ns, PSRPC_PERMISSION_DENIED, text);
+        char msg[512];
+        snprintf(msg, sizeof msg, "NATS refused the subscription to %s: %s", ns->subject, text);
+        deny(ns, PSRPC_PERMISSION_DENIED, msg);
     }
 }
 
@@ -717,6 +741,8 @@ static void set_down(nats_state *st, int status, const char *fmt, const char *te
     char reason[256];
     snprintf(reason, sizeof reason, fmt, st->bus->url_safe, text && *text ? text : "-");
     psrpc__bus_set_state(st->bus, PSRPC_BUS_DISCONNECTED, status, reason);
+    if (st->final)
+        give_up(st, status, reason);
 }
 
 static void on_connect_result(nats_state *st, nats_event *ev) {
@@ -737,7 +763,7 @@ static void on_connect_result(nats_state *st, nats_event *ev) {
     int status = classify(ev->status, ev->text);
     st->auth_failures = status == PSRPC_UNAUTHENTICATED ? st->auth_failures + 1 : 0;
     if (st->auth_failures >= MAX_AUTH_FAILURES) {
-        st->final = true;
+        st->final = true; /* set_down fails what waits */
         set_down(st, status, "cannot connect to %s: %s (not retrying after repeated refusals)",
                  ev->text);
         return;
@@ -781,7 +807,7 @@ static void on_closed_event(nats_state *st, nats_event *ev) {
     drop_all_nats_subs(st);
     int status = classify(ev->status, ev->text);
     if (status == PSRPC_UNAUTHENTICATED) {
-        st->final = true;
+        st->final = true; /* set_down fails what waits */
         set_down(st, status, "connection to %s closed: %s (not retrying after repeated refusals)",
                  ev->text);
         return;
@@ -843,9 +869,9 @@ static void nats_start(psrpc_bus *bus) {
     }
     if (psrpc__loop_start(&st->worker) != PSRPC_OK) {
         st->worker = NULL;
-        st->final = true;
         psrpc__bus_set_state(bus, PSRPC_BUS_DISCONNECTED, PSRPC_UNAVAILABLE,
                              "cannot start the NATS worker thread");
+        give_up(st, PSRPC_UNAVAILABLE, "cannot start the NATS worker thread");
         return;
     }
     start_connect(st);
@@ -869,18 +895,18 @@ static int nats_publish(psrpc_bus *bus, const psrpc__channel *ch, psrpc_msg *byt
     natsStatus s = natsConnection_Publish(st->nc, ch->server, bytes->data, (int)bytes->len);
     if (s == NATS_OK)
         return PSRPC_OK;
-    const char *txt = nats_GetLastError(NULL);
+    const char *txt = clean_text(nats_GetLastError(NULL));
     int rc;
     if (s == NATS_MAX_PAYLOAD)
         rc = psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "nats: publish to %s refused: %s",
-                          ch->server, txt ? txt : natsStatus_GetText(s));
+                          ch->server, *txt ? txt : natsStatus_GetText(s));
     else if (s == NATS_INSUFFICIENT_BUFFER)
         rc = psrpc__error(PSRPC_UNAVAILABLE,
                           "nats: reconnecting to %s and the reconnect buffer (%lld bytes) is full",
                           bus->url_safe, (long long)st->set.reconnect_buffer_size);
     else
         rc = psrpc__error(PSRPC_UNAVAILABLE, "nats: publish to %s failed: %s", ch->server,
-                          txt ? txt : natsStatus_GetText(s));
+                          *txt ? txt : natsStatus_GetText(s));
     return rc;
 }
 
@@ -990,7 +1016,11 @@ static psrpc__bus_sub *nats_subscribe(psrpc_bus *bus, const psrpc__channel *ch, 
     } else {
         ns->plain = b;
     }
-    if (fresh)
+    if (fresh && st->final) {
+        ns->denied = st->final_status;
+        ns->denied_msg = psrpc__strdup(st->final_reason);
+    }
+    if (fresh && !ns->denied)
         nsub_subscribe_nats(st, ns);
     else if (ns->denied)
         post_ready(st, b, ns->denied, ns->denied_msg);

@@ -421,6 +421,8 @@ int psrpc__nkey_seed_from_file(char out[PSRPC__NKEY_SEED_LEN + 1], const char *p
 
 static int nats_opt_fail(natsStatus s, const char *what) {
     const char *txt = nats_GetLastError(NULL);
+    if (txt && txt[0] == '(' && strstr(txt, "): "))
+        txt = strstr(txt, "): ") + 3;
     return psrpc__error(s == NATS_NO_MEMORY ? PSRPC_RESOURCE_EXHAUSTED : PSRPC_INVALID_ARGUMENT,
                         "NATS option %s: %s", what,
                         txt && *txt ? txt : natsStatus_GetText(s));
@@ -474,7 +476,7 @@ int psrpc__nats_options_new(natsOptions **out, const char *url, const psrpc_bus_
     else if (u.token)
         SET(natsOptions_SetToken(no, u.token), "token");
 
-    bool secure = u.secure || o->tls_ca_file || o->tls_cert_file;
+    bool secure = u.secure || (o->flags & PSRPC_BUS_TLS) || o->tls_ca_file || o->tls_cert_file;
     if (secure) {
         SET(natsOptions_SetSecure(no, true), "TLS");
         if (o->tls_ca_file) {
