@@ -314,6 +314,46 @@ static void ready_task(void *arg) {
     psrpc__bus_release(bus);
 }
 
+/* Refuses a subscription on the next loop turn (the bus gave up: two
+ * authentication failures in a row). */
+typedef struct refuse_task {
+    struct psrpc__bus_sub *sub;
+    int status;
+    char message[300];
+} refuse_task;
+
+static void refuse_run(void *arg) {
+    refuse_task *t = arg;
+    struct psrpc__bus_sub *s = t->sub;
+    psrpc_bus *bus = s->r->bus;
+    if (s->active && !s->ready_done && !s->r->closing) {
+        s->ready_done = true;
+        if (s->ready)
+            s->ready(s->ctx, t->status, t->message);
+    }
+    sub_release(s);
+    free(t);
+    psrpc__bus_release(bus);
+}
+
+static void post_refusal(redis_t *r, struct psrpc__bus_sub *s) {
+    refuse_task *t = calloc(1, sizeof *t);
+    if (!t)
+        return;
+    t->sub = s;
+    pthread_mutex_lock(&r->bus->state_mu);
+    t->status = r->bus->down_status ? r->bus->down_status : PSRPC_UNAVAILABLE;
+    snprintf(t->message, sizeof t->message, "%s", r->bus->down_reason);
+    pthread_mutex_unlock(&r->bus->state_mu);
+    s->refs++;
+    psrpc__bus_retain(r->bus);
+    if (psrpc__bus_post(r->bus, refuse_run, t) != PSRPC_OK) {
+        s->refs--;
+        psrpc__bus_release(r->bus);
+        free(t);
+    }
+}
+
 static psrpc__bus_sub *redis_subscribe(psrpc_bus *bus, const psrpc__channel *chd, bool queue,
                                        psrpc__deliver_fn deliver, psrpc__ready_fn ready,
                                        void *ctx) {
@@ -364,7 +404,9 @@ static psrpc__bus_sub *redis_subscribe(psrpc_bus *bus, const psrpc__channel *chd
     if (queue)
         ch->nqueue++;
 
-    if (ch->sent_sub && ch->acked && ch->inflight == 0) {
+    if (r->stopped) {
+        post_refusal(r, s);
+    } else if (ch->sent_sub && ch->acked && ch->inflight == 0) {
         /* Already subscribed: ready on the next loop turn. */
         s->refs++;
         psrpc__bus_retain(bus);
@@ -895,6 +937,19 @@ static void attempt_start(redis_t *r) {
     uv_timer_start(&r->attempt_timer, attempt_timeout, (uint64_t)r->connect_timeout_ms, 0);
 }
 
+/* The bus gave up: every subscription still waiting for its SUBSCRIBE
+ * acknowledgement is refused with the bus's status (on the next loop turn). */
+static void refuse_waiting(redis_t *r) {
+    psrpc__map_iter it;
+    psrpc__map_iter_init(&it, &r->chans);
+    for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));) {
+        rchan *ch = e->value;
+        for (struct psrpc__bus_sub *s = ch->subs; s; s = s->next)
+            if (s->active && !s->ready_done)
+                post_refusal(r, s);
+    }
+}
+
 /* Tears both connections down, reports DISCONNECTED and schedules the next
  * attempt (unless authentication failed twice in a row). */
 static void conn_lost(redis_t *r, int status, const char *reason, bool auth) {
@@ -936,6 +991,8 @@ static void conn_lost(redis_t *r, int status, const char *reason, bool auth) {
              r->stopped ? " (not retrying after 2 authentication failures)" : "");
     scrub(r, msg);
     psrpc__bus_set_state(r->bus, PSRPC_BUS_DISCONNECTED, status, msg);
+    if (r->stopped)
+        refuse_waiting(r);
 }
 
 /* ---- transport entry points ---------------------------------------------- */

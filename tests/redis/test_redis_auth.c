@@ -83,6 +83,17 @@ TEST(password_wrong_missing_right_and_reauth) {
         CHECK_EQ_INT(c->status, PSRPC_DEADLINE_EXCEEDED);
     }
     CHECK(no_secret(c->message));
+    /* registering on it fails at once with the same code */
+    tu_srv *bs = tu_srv_new(bad, svc, NULL, TU_ECHO);
+    tu_done *bd = (tu_done *)calloc(1, sizeof *bd);
+    REQUIRE(bs->server && psrpc_server_register(bs->server, &m, NULL, 0, tu_srv_handler, NULL,
+                                                tu_done_cb, bd, NULL) == PSRPC_OK);
+    CHECK(tu_wait_count(&bd->count, 1, 1000));
+    CHECK_EQ_INT(bd->status, PSRPC_UNAUTHENTICATED);
+    CHECK(no_secret(bd->message));
+    psrpc_server_free(bs->server);
+    tu_srv_destroy(bs);
+    free(bd);
     psrpc_client_free(bc);
     psrpc_bus_free(bad);
 

@@ -4,6 +4,7 @@
  * queue-lock keys (B10), oversize inbound messages, the channel prefix.
  * White box only for channel names and raw injection. Every wait is bounded
  * and scaled by PSRPC_TEST_TIME_FACTOR. */
+#include <dirent.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
@@ -148,6 +149,101 @@ TEST(kill9_restart_under_load) {
     tu_srv_destroy(srv);
     free(l->calls);
     free(l);
+    rs_stop(&rs);
+}
+
+/* ------------------------------------------------------------------------ */
+/* A5-style burst: 1,000 requests issued back to back, pipelined             */
+/* ------------------------------------------------------------------------ */
+
+TEST(burst_of_requests_pipelined) {
+    rs_server rs = {0};
+    REQUIRE(rs_start(&rs));
+    psrpc_bus_options o = rt_opts(1000);
+    psrpc_bus *sb = rt_bus_ready(rs.url, &o), *cb = rt_bus_ready(rs.url, &o);
+    REQUIRE(sb && cb);
+    char svc[64];
+    tu_service(svc, sizeof svc);
+    psrpc_method m = echo_method();
+    tu_srv *srv = tu_srv_new(sb, svc, NULL, TU_ECHO);
+    REQUIRE(srv->server && tu_srv_register(srv, &m, NULL, 0) == PSRPC_OK);
+    psrpc_client *cl = tu_client(cb, svc, 10000, 500);
+    REQUIRE(rt_call(cl, &m, "warmup", NULL, 0, 2000) == PSRPC_OK);
+    const int n = 1000;
+    tu_call *c = tu_calls_new((size_t)n);
+    long long t0 = th_now_ms();
+    for (int i = 0; i < n; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "b%d", i);
+        REQUIRE(tu_call_async(cl, &m, p, NULL, &c[i]) == PSRPC_OK);
+    }
+    int done = 0, ok = 0;
+    for (int i = 0; i < n; i++) {
+        if (tu_wait_count(&c[i].count, 1, 10000))
+            done++;
+        char p[32];
+        snprintf(p, sizeof p, "b%d", i);
+        ok += c[i].status == PSRPC_OK && strcmp(c[i].response, p) == 0;
+    }
+    long long took = th_now_ms() - t0;
+    fprintf(stderr, "  %d requests answered in %lld ms\n", ok, took);
+    CHECK_EQ_INT(done, n);
+    CHECK_EQ_INT(ok, n);
+    CHECK_EQ_INT(atomic_load(&srv->handled), n + 1);
+    psrpc_client_free(cl);
+    psrpc_server_free(srv->server);
+    psrpc_bus_free(cb);
+    psrpc_bus_free(sb);
+    tu_srv_destroy(srv);
+    free(c);
+    rs_stop(&rs);
+}
+
+/* ------------------------------------------------------------------------ */
+/* B2: repeated kill -9 / restart cycles: no fd or handle leaks               */
+/* ------------------------------------------------------------------------ */
+
+static int count_fds(void) {
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+TEST(restart_cycles_leave_no_fds) {
+    rs_server rs = {0};
+    REQUIRE(rs_start(&rs));
+    psrpc_bus_options o = rt_opts(500);
+    psrpc_bus *sb = rt_bus_ready(rs.url, &o), *cb = rt_bus_ready(rs.url, &o);
+    REQUIRE(sb && cb);
+    char svc[64];
+    tu_service(svc, sizeof svc);
+    psrpc_method m = echo_method();
+    tu_srv *srv = tu_srv_new(sb, svc, NULL, TU_ECHO);
+    REQUIRE(srv->server && tu_srv_register(srv, &m, NULL, 0) == PSRPC_OK);
+    psrpc_client *cl = tu_client(cb, svc, 1000, 500);
+    REQUIRE(rt_call(cl, &m, "base", NULL, 0, 2000) == PSRPC_OK);
+    int fds0 = count_fds();
+    const int cycles = 10;
+    int recovered = 0;
+    for (int i = 0; i < cycles; i++) {
+        REQUIRE(rs_restart(&rs));
+        if (WAIT_UNTIL(rt_call(cl, &m, "cycle", NULL, 0, 500) == PSRPC_OK, 3000))
+            recovered++;
+    }
+    CHECK_EQ_INT(recovered, cycles);
+    int fds1 = count_fds();
+    fprintf(stderr, "  fds before %d, after %d restarts %d\n", fds0, cycles, fds1);
+    CHECK(fds1 <= fds0 + 2 && fds1 >= fds0 - 2);
+    psrpc_client_free(cl);
+    psrpc_server_free(srv->server);
+    psrpc_bus_free(cb);
+    psrpc_bus_free(sb);
+    tu_srv_destroy(srv);
     rs_stop(&rs);
 }
 
