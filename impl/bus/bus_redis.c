@@ -111,8 +111,8 @@ typedef struct rchan {
     char *name; /* prefix + legacy name; the map key */
     struct psrpc__bus_sub *subs;
     size_t nsubs, nqueue, rr;
-    int inflight; /* SUBSCRIBE / UNSUBSCRIBE sent, reply not yet seen */
-    int busy;     /* callbacks running for this channel: do not free */
+    int inflight;  /* SUBSCRIBE / UNSUBSCRIBE sent, reply not yet seen */
+    int busy;      /* callbacks running for this channel: do not free */
     bool sent_sub; /* the last command sent for it was SUBSCRIBE */
     bool acked;    /* ... and Redis acknowledged it */
 } rchan;
@@ -201,14 +201,14 @@ static int error_status(const char *msg) {
 
 static const char *reply_text(const redisReply *rep) {
     return (rep->type == REDIS_REPLY_ERROR || rep->type == REDIS_REPLY_STATUS ||
-            rep->type == REDIS_REPLY_STRING) && rep->str
+            rep->type == REDIS_REPLY_STRING) &&
+                   rep->str
                ? rep->str
                : "";
 }
 
 /* Formats argv and queues it on s with expectation e. */
-static int send_cmd(side *s, int argc, const char **argv, const size_t *lens, rexp e,
-                    bool secret) {
+static int send_cmd(side *s, int argc, const char **argv, const size_t *lens, rexp e, bool secret) {
     if (!s->conn)
         return PSRPC_UNAVAILABLE;
     char *cmd = NULL;
@@ -482,8 +482,8 @@ static int redis_publish(psrpc_bus *bus, const psrpc__channel *chd, psrpc_msg *b
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "message too large for Redis");
     size_t llen = strlen(chd->legacy);
     char stackname[256];
-    char *name = r->prefix_len + llen < sizeof stackname ? stackname
-                                                         : malloc(r->prefix_len + llen + 1);
+    char *name =
+        r->prefix_len + llen < sizeof stackname ? stackname : malloc(r->prefix_len + llen + 1);
     if (!name)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     memcpy(name, r->prefix, r->prefix_len);
@@ -796,8 +796,7 @@ static void on_reply(psrpc__rconn *c, redisReply *rep) {
     rexp e;
     if (!rq_pop(&s->q, &e)) {
         char reason[400];
-        snprintf(reason, sizeof reason, "%s (%s): unexpected reply from redis", r->where,
-                 s->what);
+        snprintf(reason, sizeof reason, "%s (%s): unexpected reply from redis", r->where, s->what);
         conn_lost(r, PSRPC_UNAVAILABLE, reason, false);
         return;
     }
@@ -825,8 +824,7 @@ static void on_reply(psrpc__rconn *c, redisReply *rep) {
         if (rep->type == REDIS_REPLY_STATUS && strcmp(reply_text(rep), "OK") == 0) {
             if (sub->active && !r->closing)
                 sub->deliver(sub->ctx, msg->data, msg->len);
-        } else if (rep->type == REDIS_REPLY_ERROR &&
-                   strncmp(reply_text(rep), "NOPERM", 6) == 0) {
+        } else if (rep->type == REDIS_REPLY_ERROR && strncmp(reply_text(rep), "NOPERM", 6) == 0) {
             deny(r, "SET (queue lock)", reply_text(rep));
         }
         psrpc_msg_release(msg);
@@ -1170,8 +1168,8 @@ static int parse_url(redis_t *r, psrpc_bus *bus, const char *url) {
             free_str_secret(r->pass);
             r->pass = NULL;
             if (r->user)
-                return psrpc__error(PSRPC_INVALID_ARGUMENT,
-                                    "redis URL %s: a user needs a password", safe);
+                return psrpc__error(PSRPC_INVALID_ARGUMENT, "redis URL %s: a user needs a password",
+                                    safe);
         }
         hp = at + 1;
         goto userinfo_done;
@@ -1318,7 +1316,8 @@ int psrpc__redis_open(psrpc_bus *bus, const char *url) {
                           "PSRPC_BUS_TLS)");
     if (rc == PSRPC_OK && r->tls)
         rc = tls_setup(r, o);
-    if (rc == PSRPC_OK && o->tls_server_name && !(r->server_name = psrpc__strdup(o->tls_server_name)))
+    if (rc == PSRPC_OK && o->tls_server_name &&
+        !(r->server_name = psrpc__strdup(o->tls_server_name)))
         rc = psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     if (rc == PSRPC_OK && o->channel_prefix && *o->channel_prefix) {
         r->prefix = psrpc__strdup(o->channel_prefix);

@@ -574,8 +574,7 @@ static void connect_cb(uv_connect_t *req, int status) {
         return;
     }
     if (status < 0) {
-        snprintf(c->last_connect_error, sizeof c->last_connect_error, "%s",
-                 uv_strerror(status));
+        snprintf(c->last_connect_error, sizeof c->last_connect_error, "%s", uv_strerror(status));
         try_next(c);
         return;
     }

@@ -36,8 +36,9 @@ int main(int argc, char **argv) {
     if (rc == PSRPC_OK)
         rc = psrpc_bus_wait_ready(bus, (int64_t)(5000 * factor));
     if (rc != PSRPC_OK) {
-        fprintf(stderr, "FAIL: the Redis server at %s is not usable (%s: %s); start one, e.g. "
-                        "scripts/brokers.sh start, or set PSRPC_TEST_REDIS_URL\n",
+        fprintf(stderr,
+                "FAIL: the Redis server at %s is not usable (%s: %s); start one, e.g. "
+                "scripts/brokers.sh start, or set PSRPC_TEST_REDIS_URL\n",
                 shown(url), psrpc_status_name(rc), psrpc_last_error());
         psrpc_bus_free(bus);
         return 1;

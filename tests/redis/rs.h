@@ -141,7 +141,8 @@ static inline bool rs_spawn(rs_server *s) {
 }
 
 /* Starts a server (tls: also on a TLS port, which the URL names; the plain
- * port stays for raw commands; the TLS file arguments are the caller's). Returns false (and prints why) if it does not come up. */
+ * port stays for raw commands; the TLS file arguments are the caller's). Returns false (and prints
+ * why) if it does not come up. */
 static inline bool rs_start_opts(rs_server *s, bool tls) {
     snprintf(s->dir, sizeof s->dir, "%s/psrpc-redis-XXXXXX",
              getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");

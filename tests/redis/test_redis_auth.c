@@ -174,8 +174,9 @@ TEST(acl_least_privilege_and_missing_permissions) {
     REQUIRE(acl(&rs, "nosub", "np-pw", "&* -@all +publish +unsubscribe +ping +set"));
     REQUIRE(acl(&rs, "noset", "np-pw", "&* -@all +publish +subscribe +unsubscribe +ping"));
     REQUIRE(acl(&rs, "noping", "np-pw", "&* -@all +publish +subscribe +unsubscribe +set"));
-    REQUIRE(acl(&rs, "nochan", "np-pw", "resetchannels -@all +publish +subscribe +unsubscribe "
-                                        "+ping +set"));
+    REQUIRE(acl(&rs, "nochan", "np-pw",
+                "resetchannels -@all +publish +subscribe +unsubscribe "
+                "+ping +set"));
     psrpc_bus_options o = rt_opts(500);
     char url[400], msg[1024];
     long long took = 0;
@@ -455,9 +456,9 @@ TEST(url_forms) {
     CHECK(b != NULL);
     psrpc_bus_free(b);
     /* refused at open */
-    const char *bad_urls[] = {"redis://", "redis://:6379", "redis://h:0", "redis://h:70000",
-                              "redis://h:63x9", "redis://h/db", "redis://h?x=1",
-                              "redis://[::1", "redis://u:%zz@h", "redis://u:@h"};
+    const char *bad_urls[] = {
+        "redis://",     "redis://:6379", "redis://h:0",  "redis://h:70000", "redis://h:63x9",
+        "redis://h/db", "redis://h?x=1", "redis://[::1", "redis://u:%zz@h", "redis://u:@h"};
     for (size_t i = 0; i < sizeof bad_urls / sizeof bad_urls[0]; i++) {
         psrpc_bus *x = NULL;
         int rc = psrpc_bus_open(&x, bad_urls[i], NULL);
@@ -468,8 +469,7 @@ TEST(url_forms) {
     }
     /* a password in the URL never shows in errors */
     psrpc_bus *x = NULL;
-    CHECK_EQ_INT(psrpc_bus_open(&x, "redis://user:" GOOD_PW "@h:0", NULL),
-                 PSRPC_INVALID_ARGUMENT);
+    CHECK_EQ_INT(psrpc_bus_open(&x, "redis://user:" GOOD_PW "@h:0", NULL), PSRPC_INVALID_ARGUMENT);
     CHECK(no_secret(psrpc_last_error()));
     rs_stop(&rs);
 }

@@ -37,7 +37,8 @@ static void load_issue(load *l, psrpc_client *cl, const psrpc_method *m) {
     o.timeout_ms = 1000;
     l->issued_ms[i] = th_now_ms();
     uint64_t id = 0;
-    l->rc[i] = psrpc_client_call(&id, cl, m, payload, strlen(payload), &o, tu_call_cb, &l->calls[i]);
+    l->rc[i] =
+        psrpc_client_call(&id, cl, m, payload, strlen(payload), &o, tu_call_cb, &l->calls[i]);
 }
 
 /* Issues one call every period_ms for ms. */
@@ -124,8 +125,9 @@ TEST(kill9_restart_under_load) {
             "%d before kill, %d during outage\n",
             total, ok, unavailable, fast_unavail, deadline, other, before_kill,
             before_restart - before_kill);
-    fprintf(stderr, "  outage noticed after %lld ms; bus back %lld ms after restart; first "
-                    "success %lld ms after restart\n",
+    fprintf(stderr,
+            "  outage noticed after %lld ms; bus back %lld ms after restart; first "
+            "success %lld ms after restart\n",
             down_ms - kill_ms, up_ms - restart_ms, first_ok_after_restart - restart_ms);
     fprintf(stderr, "  fail-fast message: %s\n", sample);
     CHECK_EQ_INT(not_once, 0);
@@ -387,9 +389,8 @@ TEST(resubscribe_exact_after_client_kill_and_restart) {
     long long kill_ms = th_now_ms();
     CHECK(rt_wait_event(ws, ev0, PSRPC_BUS_DISCONNECTED, 2000) > 0);
     CHECK(rt_wait_event(ws, ev0, PSRPC_BUS_CONNECTED, 2000) > 0);
-    bool same = WAIT_UNTIL((pubsub_channels(&rs, pattern, after, sizeof after),
-                            strcmp(before, after) == 0),
-                           1000);
+    bool same = WAIT_UNTIL(
+        (pubsub_channels(&rs, pattern, after, sizeof after), strcmp(before, after) == 0), 1000);
     fprintf(stderr, "  resubscribed %lld ms after CLIENT KILL\n", th_now_ms() - kill_ms);
     if (!same)
         fprintf(stderr, "  before:\n%s  after:\n%s", before, after);
@@ -402,9 +403,8 @@ TEST(resubscribe_exact_after_client_kill_and_restart) {
     /* restart: the same set within 3 s of redis accepting connections */
     REQUIRE(rs_restart(&rs));
     long long restart_ms = th_now_ms();
-    same = WAIT_UNTIL((pubsub_channels(&rs, pattern, after, sizeof after),
-                       strcmp(before, after) == 0),
-                      3000);
+    same = WAIT_UNTIL(
+        (pubsub_channels(&rs, pattern, after, sizeof after), strcmp(before, after) == 0), 3000);
     fprintf(stderr, "  resubscribed %lld ms after restart\n", th_now_ms() - restart_ms);
     CHECK(same);
     CHECK(WAIT_UNTIL(rt_call(cl, &m, "back", t0, 1, 1000) == PSRPC_OK, 3000));
@@ -424,9 +424,8 @@ TEST(resubscribe_exact_after_client_kill_and_restart) {
         p = nl + 1;
     }
     CHECK_EQ_INT(count_lines(expect), count_lines(before) - 2);
-    bool gone = WAIT_UNTIL((pubsub_channels(&rs, pattern, after, sizeof after),
-                            strcmp(after, expect) == 0),
-                           1000);
+    bool gone = WAIT_UNTIL(
+        (pubsub_channels(&rs, pattern, after, sizeof after), strcmp(after, expect) == 0), 1000);
     if (!gone)
         fprintf(stderr, "  after deregistering t0, expected:\n%s  got:\n%s", expect, after);
     CHECK(gone);
@@ -540,8 +539,8 @@ TEST(publish_right_after_ready_is_never_lost) {
     REQUIRE(pb && sbus);
     char svc[64];
     tu_service(svc, sizeof svc);
-    psrpc_method m = tu_method("Updates", PSRPC_ROUTING_MULTI,
-                               PSRPC_METHOD_SUBSCRIPTION | PSRPC_METHOD_TOPICS);
+    psrpc_method m =
+        tu_method("Updates", PSRPC_ROUTING_MULTI, PSRPC_METHOD_SUBSCRIPTION | PSRPC_METHOD_TOPICS);
     m.output_type = "test.Update";
     psrpc_server *pub = NULL;
     REQUIRE(psrpc_server_create(&pub, pb, svc, NULL) == PSRPC_OK);
@@ -555,8 +554,7 @@ TEST(publish_right_after_ready_is_never_lost) {
         snprintf(topic, sizeof topic, "r%d", i);
         const char *tp[1] = {topic};
         psrpc_sub *sub = NULL;
-        REQUIRE(psrpc_client_subscribe(&sub, cl, &m, tp, 1, got_cb, NULL, &g[i], NULL) ==
-                PSRPC_OK);
+        REQUIRE(psrpc_client_subscribe(&sub, cl, &m, tp, 1, got_cb, NULL, &g[i], NULL) == PSRPC_OK);
         REQUIRE(psrpc_sub_wait_ready(sub, tu_ms(2000)) == PSRPC_OK);
         REQUIRE(psrpc_server_publish(pub, &m, tp, 1, "u", 1) == PSRPC_OK);
         if (!WAIT_UNTIL(atomic_load(&g[i].n) == 1, 2000))
@@ -617,8 +615,8 @@ TEST(queue_lock_keys_and_one_consumer) {
     memset(g, 0, sizeof g);
     for (int i = 0; i < NQUEUE; i++) {
         REQUIRE((cl[i] = tu_client(qb[i], svc, 1000, 500)) != NULL);
-        REQUIRE(psrpc_client_subscribe(&sub[i], cl[i], &m, NULL, 0, got_cb, noop_ready,
-                                       &g[i], NULL) == PSRPC_OK);
+        REQUIRE(psrpc_client_subscribe(&sub[i], cl[i], &m, NULL, 0, got_cb, noop_ready, &g[i],
+                                       NULL) == PSRPC_OK);
         REQUIRE(psrpc_sub_wait_ready(sub[i], tu_ms(2000)) == PSRPC_OK);
     }
     /* MONITOR shows the exact lock command */
@@ -636,7 +634,8 @@ TEST(queue_lock_keys_and_one_consumer) {
     size_t lens[NPAYLOADS];
     uint64_t malformed0 = sum_malformed(qb, NQUEUE);
     for (int i = 0; i < NPAYLOADS; i++) {
-        lens[i] = (size_t)snprintf(payloads[i], sizeof payloads[i], "psrpc queue-lock vector %d", i);
+        lens[i] =
+            (size_t)snprintf(payloads[i], sizeof payloads[i], "psrpc queue-lock vector %d", i);
         REQUIRE(psrpc__bus_inject(pb, &ch, payloads[i], lens[i]) == PSRPC_OK);
     }
     /* every message consumed by exactly one of the three processes */
