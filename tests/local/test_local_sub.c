@@ -423,4 +423,42 @@ TEST(sub_many_on_one_client) {
     free(r);
 }
 
+/* Publishing on a bus that is still connecting: each publish either fails
+ * (UNAVAILABLE, with a message) or its message is delivered; never accepted
+ * and silently lost (R3). */
+TEST(sub_publish_right_after_bus_open) {
+    psrpc_method m = sub_method(PSRPC_ROUTING_MULTI, 0, "test.Update");
+    sfx *f = sfx_new(1, &m, NULL);
+    REQUIRE(sfx_ok(f));
+    int accepted = 0, refused = 0, wrong = 0;
+    /* a local bus is connected at once: nothing to race there */
+    for (int round = 0; round < 5 && !tu_is_local(); round++) {
+        psrpc_bus *pb = NULL;
+        REQUIRE(psrpc_bus_open(&pb, tu_bus_url(), NULL) == PSRPC_OK);
+        psrpc_server *ps = NULL;
+        REQUIRE(psrpc_server_create(&ps, pb, f->service, NULL) == PSRPC_OK);
+        for (int k = 0; k < 3; k++) {
+            char p[32];
+            snprintf(p, sizeof p, "early-%d-%d", round, k);
+            psrpc_clear_error();
+            int rc = psrpc_server_publish(ps, &m, NULL, 0, p, strlen(p));
+            if (rc == PSRPC_OK)
+                accepted++;
+            else if (rc == PSRPC_UNAVAILABLE && psrpc_last_error()[0])
+                refused++;
+            else
+                wrong++;
+        }
+        th_sleep_ms(300);
+        psrpc_server_free(ps);
+        psrpc_bus_free(pb);
+    }
+    CHECK(WAIT_UNTIL(atomic_load(&f->rec[0]->msgs) >= accepted, 3000));
+    th_sleep_ms(100);
+    CHECK_EQ_INT(atomic_load(&f->rec[0]->msgs), accepted);
+    CHECK_EQ_INT(wrong, 0);
+    fprintf(stderr, "  (%d accepted, %d refused)\n", accepted, refused);
+    sfx_free(f, false);
+}
+
 TEST_MAIN()

@@ -74,6 +74,18 @@ static inline int open_bus_group_opts(psrpc_bus **out, int n, const psrpc_bus_op
             return -1;
         }
     }
+    /* connected before use: the tests are about RPC, not connection setup */
+    for (int i = 0; i < n; i++) {
+        int rc = psrpc_bus_wait_ready(out[i], (int64_t)(5000 * th_time_factor()));
+        if (rc != PSRPC_OK) {
+            fprintf(stderr, "  psrpc_bus_wait_ready(%s): %d %s\n", url, rc, psrpc_last_error());
+            for (int j = 0; j < n; j++) {
+                psrpc_bus_free(out[j]);
+                out[j] = NULL;
+            }
+            return -1;
+        }
+    }
     return 0;
 }
 
