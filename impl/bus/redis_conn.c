@@ -50,6 +50,7 @@ struct psrpc__rconn {
     bool closing, failed, connected, established;
 
     uv_getaddrinfo_t gai;
+    bool resolving;
     struct addrinfo *ai_list, *ai_next;
     struct sockaddr_storage addr; /* numeric host */
     bool numeric;
@@ -304,6 +305,8 @@ void psrpc__rconn_close(psrpc__rconn *c) {
     if (!c || c->closing)
         return;
     c->closing = true;
+    if (c->resolving)
+        uv_cancel((uv_req_t *)&c->gai); /* gai_cb still comes (UV_ECANCELED) */
     if (c->tcp) {
         uv_close((uv_handle_t *)c->tcp, tcp_closed);
         c->tcp = NULL;
@@ -650,6 +653,7 @@ static void try_next(psrpc__rconn *c) {
 static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
     psrpc__rconn *c = req->data;
     c->pending--;
+    c->resolving = false;
     if (c->closing) {
         if (res)
             uv_freeaddrinfo(res);
@@ -723,8 +727,10 @@ int psrpc__rconn_open(psrpc__rconn **out, const psrpc__rconn_config *cfg, const 
         hints.ai_socktype = SOCK_STREAM;
         c->gai.data = c;
         uvrc = uv_getaddrinfo(c->loop, &c->gai, gai_cb, c->host, port, &hints);
-        if (uvrc == 0)
+        if (uvrc == 0) {
             c->pending++;
+            c->resolving = true;
+        }
     }
     if (uvrc < 0) {
         /* The handle is open: close it the libuv way; the struct goes in
