@@ -297,6 +297,13 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
             atomic_compare_exchange_strong(&ns->dropped_seen, &seen, (long long)dropped))
             PSRPC__STAT_ADD(bus, dropped_slow_consumer, (uint_fast64_t)(dropped - seen));
     }
+    /* Size first, before anything looks inside (R7). */
+    if (len > bus->opts.max_message_size) {
+        PSRPC__STAT_ADD(bus, dropped_oversize, 1);
+        pthread_mutex_unlock(&st->cb_mu);
+        natsMsg_Destroy(msg);
+        return;
+    }
     delivery *d = NULL;
     if (atomic_fetch_add(&ns->queued, 1) >= st->set.queue_capacity ||
         atomic_fetch_add(&ns->queued_bytes, len) + len > HOP_MAX_BYTES ||
@@ -360,6 +367,7 @@ static void deliver_task(void *arg) {
              * spec 6.2): bytes without one are not a NATS psrpc message. */
             if (psrpc__wire_peek_channel(&key, data, len) != PSRPC_OK || !key[0]) {
                 PSRPC__STAT_ADD(bus, dropped_malformed, 1);
+                free(key);
             } else {
                 struct psrpc__bus_sub *head = psrpc__map_get(&ns->routes, key);
                 if (!head) {
