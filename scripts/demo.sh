@@ -11,5 +11,5 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPSRPC_BUILD_EXAMPLES=ON
 cmake --build "$root/build" -j "$(nproc 2>/dev/null || echo 2)" --target add_value
 echo
-echo "=== build/examples/add_value $*"
+echo "=== build/examples/add_value${*:+ $*}"
 exec "$root/build/examples/add_value" "$@"
