@@ -287,7 +287,10 @@ static void fire_ready(redis_t *r, rchan *ch, int status, const char *message) {
         free(v);
 }
 
-static void send_subscribe(redis_t *r, rchan *ch, bool resub) {
+/* Returns 0, PSRPC_UNAVAILABLE (the connection is failing: its error report
+ * follows, and the next connection subscribes the channel) or
+ * PSRPC_RESOURCE_EXHAUSTED. */
+static int send_subscribe(redis_t *r, rchan *ch, bool resub) {
     rexp e = {.kind = X_SUB, .resub = resub, .a = ch};
     int rc = send1(&r->sub, "SUBSCRIBE", ch->name, e);
     if (rc == PSRPC_OK) {
@@ -296,9 +299,8 @@ static void send_subscribe(redis_t *r, rchan *ch, bool resub) {
         ch->inflight++;
         if (resub)
             r->resub_outstanding++;
-    } else if (r->sub.conn) {
-        conn_lost(r, PSRPC_UNAVAILABLE, "out of memory while subscribing", false);
     }
+    return rc;
 }
 
 static void ready_task(void *arg) {
@@ -414,8 +416,23 @@ static psrpc__bus_sub *redis_subscribe(psrpc_bus *bus, const psrpc__channel *chd
             s->refs--;
             psrpc__bus_release(bus);
         }
-    } else if (!ch->sent_sub && r->sub.state == S_READY && r->pub.state == S_READY) {
-        send_subscribe(r, ch, false);
+    } else if (!ch->sent_sub && r->sub.state == S_READY && r->pub.state == S_READY &&
+               send_subscribe(r, ch, false) == PSRPC_RESOURCE_EXHAUSTED) {
+        /* Undo; no callback from inside subscribe(). */
+        s->active = false;
+        for (struct psrpc__bus_sub **p = &ch->subs; *p; p = &(*p)->next) {
+            if (*p == s) {
+                *p = s->next;
+                break;
+            }
+        }
+        ch->nsubs--;
+        if (queue)
+            ch->nqueue--;
+        chan_maybe_free(r, ch);
+        free(s);
+        psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
     }
     /* Otherwise the pending SUBSCRIBE, or the next connect, covers it. */
     return s;
@@ -674,11 +691,14 @@ static void begin_resubscribe(redis_t *r) {
     psrpc__map_iter_init(&it, &r->chans);
     for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));)
         v[i++] = e->value;
-    for (i = 0; i < n && gen == r->gen; i++)
+    int rc = PSRPC_OK;
+    for (i = 0; i < n && rc == PSRPC_OK; i++)
         if (v[i]->nsubs && !v[i]->sent_sub)
-            send_subscribe(r, v[i], true);
+            rc = send_subscribe(r, v[i], true);
     free(v);
-    if (gen != r->gen)
+    if (rc == PSRPC_RESOURCE_EXHAUSTED)
+        conn_lost(r, PSRPC_UNAVAILABLE, "out of memory while resubscribing", false);
+    if (rc != PSRPC_OK || gen != r->gen)
         return;
     r->last_tick_ms = 0;
     uv_timer_start(&r->ping_timer, ping_tick, (uint64_t)r->ping_ms, (uint64_t)r->ping_ms);
