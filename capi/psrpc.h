@@ -257,7 +257,7 @@ typedef struct psrpc_bus_options {
     uint32_t flags;           /* PSRPC_BUS_* */
     int64_t max_message_size; /* bytes; 0 = 1 MiB. Larger messages are refused
                                  (resource_exhausted) and inbound ones dropped */
-    int64_t queue_capacity;   /* per-subscription inbound queue; 0 = 1000. Overflow
+    int64_t queue_capacity;   /* per-subscription inbound queue; 0 = 10000. Overflow
                                  is dropped and counted as slow_consumer */
     int64_t connect_timeout_ms;     /* per connection attempt; 0 = 5000 */
     int64_t ping_interval_ms;       /* health check interval; 0 = 3000 (Redis), 10000 (NATS) */
@@ -686,6 +686,114 @@ PSRPC_API psrpc_status psrpc_request_fail_details(psrpc_request *request, const 
  * the request: if the server is chosen, the handler receives it again.
  */
 PSRPC_API psrpc_status psrpc_request_claim(psrpc_request *request, float affinity);
+
+/* ------------------------------------------------------------------------ */
+/* Bidirectional streams (methods with PSRPC_METHOD_STREAM)                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct psrpc_stream psrpc_stream;
+
+/**
+ * A message received on a stream; msg is borrowed for the callback. Return 0
+ * to accept it (the peer's send completes); return non-zero when you cannot
+ * take it now: it is not acknowledged, the peer's send fails with
+ * deadline_exceeded and the stream stays open (livekit/psrpc's slow consumer;
+ * counted as dropped_slow_consumer).
+ */
+typedef int (*psrpc_stream_message_cb)(psrpc_stream *stream, const psrpc_msg *msg,
+                                       void *user_data);
+
+/**
+ * The stream ended; cause is never NULL: a clean close reads as PSRPC_CANCELED
+ * "stream closed", a server going away as PSRPC_UNAVAILABLE "EOF". Runs exactly
+ * once per stream whose open returned PSRPC_OK (also when the open failed),
+ * after which no message callback runs; then release(user_data) runs.
+ */
+typedef void (*psrpc_stream_close_cb)(psrpc_stream *stream, const psrpc_error *cause,
+                                      void *user_data);
+
+/**
+ * Opens a stream to one server of a stream method (topics, metadata, timeout
+ * and selection from opts, as for calls; the timeout is also the stream's
+ * message timeout). on_open (may be NULL) runs once: error NULL when a server
+ * acknowledged the open, else why it failed (then on_close follows with the
+ * same cause). Sends made before the open completes wait for it. *out is the
+ * caller's reference, released with psrpc_stream_free.
+ */
+PSRPC_API psrpc_status psrpc_client_open_stream(psrpc_stream **out, psrpc_client *client,
+                                                const psrpc_method *method,
+                                                const psrpc_call_options *opts,
+                                                psrpc_done_cb on_open,
+                                                psrpc_stream_message_cb on_message,
+                                                psrpc_stream_close_cb on_close, void *user_data,
+                                                psrpc_release_cb release);
+
+/**
+ * A new stream accepted by a server (the open was claimed and acknowledged).
+ * The server's reference is passed to the handler: keep it and release it with
+ * psrpc_stream_free. Set the stream's callbacks with
+ * psrpc_stream_set_callbacks; messages that arrive before are held (up to 100,
+ * then they are not acknowledged).
+ */
+typedef void (*psrpc_stream_handler_cb)(psrpc_stream *stream, void *user_data);
+
+/**
+ * Registers a stream method (PSRPC_METHOD_STREAM) under topics. affinity (may
+ * be NULL: 1.0) is asked per open with a request whose payload is empty and
+ * whose metadata and client id are the opener's; answer with
+ * psrpc_request_claim. Deregistering or closing the server closes its open
+ * streams with PSRPC_UNAVAILABLE "EOF".
+ */
+PSRPC_API psrpc_status psrpc_server_register_stream(psrpc_server *server,
+                                                    const psrpc_method *method,
+                                                    const char *const *topics, size_t topic_count,
+                                                    psrpc_stream_handler_cb handler,
+                                                    psrpc_affinity_cb affinity,
+                                                    psrpc_done_cb on_ready, void *user_data,
+                                                    psrpc_release_cb release);
+
+/**
+ * Sets a server-side stream's callbacks (once; PSRPC_ALREADY_EXISTS after).
+ * Any thread. release(user_data) runs once after on_close.
+ */
+PSRPC_API psrpc_status psrpc_stream_set_callbacks(psrpc_stream *stream,
+                                                  psrpc_stream_message_cb on_message,
+                                                  psrpc_stream_close_cb on_close,
+                                                  void *user_data, psrpc_release_cb release);
+
+/**
+ * Sends a message; on_done (may be NULL) runs once: error NULL when the peer
+ * acknowledged it, PSRPC_DEADLINE_EXCEEDED "request timed out" after
+ * timeout_ms (0 = the stream's timeout; the stream stays open), or the close
+ * cause if the stream closes first. data is copied. Several sends may be in
+ * flight at once, from any threads.
+ */
+PSRPC_API psrpc_status psrpc_stream_send(psrpc_stream *stream, const void *data, size_t len,
+                                         int64_t timeout_ms, psrpc_done_cb on_done,
+                                         void *user_data);
+
+/**
+ * Closes the stream: status 0 closes cleanly (the peer sees PSRPC_CANCELED
+ * "stream closed"), a negative status with message closes with that error.
+ * The local on_close runs with the same cause. Idempotent: once closed (by
+ * either side) nothing more is sent.
+ */
+PSRPC_API psrpc_status psrpc_stream_close(psrpc_stream *stream, int status,
+                                          const char *message);
+
+/** Closes cleanly if still open and drops the caller's reference. NULL is a no-op. */
+PSRPC_API void psrpc_stream_free(psrpc_stream *stream);
+
+/* Stream accessors: valid while the caller holds its reference. */
+PSRPC_API const char *psrpc_stream_id(const psrpc_stream *stream);
+/** The opener's client id (server side) or the client's own id (client side). */
+PSRPC_API const char *psrpc_stream_node_id(const psrpc_stream *stream);
+PSRPC_API const char *psrpc_stream_method(const psrpc_stream *stream);
+/** Server side: the opener's metadata (client side: what it sent). */
+PSRPC_API size_t psrpc_stream_metadata_count(const psrpc_stream *stream);
+PSRPC_API psrpc_status psrpc_stream_metadata_at(const psrpc_stream *stream, size_t index,
+                                                const char **key, const char **value);
+PSRPC_API const char *psrpc_stream_metadata_get(const psrpc_stream *stream, const char *key);
 
 #ifdef __cplusplus
 }

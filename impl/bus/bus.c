@@ -271,7 +271,7 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
     if (o.max_message_size == 0)
         o.max_message_size = 1 << 20;
     if (o.queue_capacity == 0)
-        o.queue_capacity = 1000;
+        o.queue_capacity = 10000;
 
     psrpc_bus *bus = calloc(1, sizeof *bus);
     if (!bus)

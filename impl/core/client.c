@@ -6,6 +6,7 @@
 
 #include "core.h"
 #include "map.h"
+#include "stream.h"
 
 #define CLIENT_MAGIC 0x50434c49u    /* "PCLI" */
 #define SUB_MAGIC 0x50535542u       /* "PSUB" */
@@ -36,6 +37,10 @@ struct psrpc_client {
     psrpc__bus_sub *res_sub, *claim_sub;
     psrpc__map by_request; /* request_id → call */
     psrpc__map by_id;      /* decimal call id → call */
+    psrpc__map streams;    /* stream_id → psrpc_stream (opening or open) */
+    psrpc__channel str_ch; /* the client stream channel, once a stream was opened */
+    psrpc__bus_sub *str_sub;
+    bool str_ready;
     call *waiting;         /* calls queued until the reply channels are confirmed */
     sub_t *subs;
     psrpc__closed_waiter *closed_waiters;
@@ -70,6 +75,7 @@ struct call {
     bool multi;
     bool require_claim;
     bool wait_for_ready;
+    psrpc_stream *stream; /* a stream open (holds a reference) */
     psrpc_call_cb cb;
     psrpc_call_cb on_done;
     void *user_data;
@@ -139,6 +145,8 @@ static void client_release(psrpc_client *c) {
         return;
     psrpc__map_clear(&c->by_request);
     psrpc__map_clear(&c->by_id);
+    psrpc__map_clear(&c->streams);
+    psrpc__channel_clear(&c->str_ch);
     psrpc__channel_clear(&c->res_ch);
     psrpc__channel_clear(&c->claim_ch);
     free(c->service);
@@ -163,6 +171,8 @@ static void call_free(call *k) {
     free(k->eligible);
     psrpc__err_free(k->last_err);
     psrpc__channel_clear(&k->rclaim_ch);
+    if (k->stream)
+        psrpc__stream_release(k->stream);
     psrpc_client *c = k->client;
     free(k);
     client_release(c);
@@ -420,7 +430,7 @@ static void call_send(call *k) {
     req.sent_at = now;
     req.expiry = now + left_ms * 1000000;
     req.multi = k->multi;
-    req.skip_claim = k->method.routing == PSRPC_ROUTING_QUEUE;
+    req.skip_claim = !k->stream && k->method.routing == PSRPC_ROUTING_QUEUE;
     req.raw_request.data = k->payload->data;
     req.raw_request.len = k->payload->len;
     Internal__Request__MetadataEntry *entries = NULL, **eptrs = NULL;
@@ -443,13 +453,58 @@ static void call_send(call *k) {
         req.metadata = eptrs;
     }
     psrpc__channel ch;
-    int rc = psrpc__channel_rpc(&ch, c->service, k->method.name, (const char *const *)k->topics,
-                                k->topic_count, k->method.routing == PSRPC_ROUTING_QUEUE);
-    if (rc == PSRPC_OK) {
-        rc = psrpc__publish_control(c->bus, &ch, &req.base);
-        psrpc__channel_clear(&ch);
+    int rc;
+    if (k->stream) {
+        /* A stream open: Stream{open} on the stream server channel (11.3). */
+        Internal__StreamOpen open = INTERNAL__STREAM_OPEN__INIT;
+        open.node_id = c->id;
+        Internal__StreamOpen__MetadataEntry *se = NULL, **sp = NULL;
+        if (k->meta_count) {
+            se = calloc(k->meta_count, sizeof *se);
+            sp = calloc(k->meta_count, sizeof *sp);
+            if (!se || !sp) {
+                free(se);
+                free(sp);
+                free(entries);
+                free(eptrs);
+                call_fail(k, PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+                return;
+            }
+            for (size_t i = 0; i < k->meta_count; i++) {
+                internal__stream_open__metadata_entry__init(&se[i]);
+                se[i].key = k->meta_keys[i];
+                se[i].value = k->meta_values[i];
+                sp[i] = &se[i];
+            }
+        }
+        open.n_metadata = k->meta_count;
+        open.metadata = sp;
+        Internal__Stream is = INTERNAL__STREAM__INIT;
+        is.stream_id = (char *)psrpc__stream_id(k->stream);
+        is.request_id = k->request_id;
+        is.sent_at = req.sent_at;
+        is.expiry = req.expiry;
+        is.body_case = INTERNAL__STREAM__BODY_OPEN;
+        is.open = &open;
+        rc = psrpc__channel_stream_server(&ch, c->service, k->method.name,
+                                          (const char *const *)k->topics, k->topic_count);
+        if (rc == PSRPC_OK) {
+            rc = psrpc__publish_control(c->bus, &ch, &is.base);
+            psrpc__channel_clear(&ch);
+        } else {
+            psrpc__error(rc, "out of memory");
+        }
+        free(se);
+        free(sp);
     } else {
-        psrpc__error(rc, "out of memory");
+        rc = psrpc__channel_rpc(&ch, c->service, k->method.name, (const char *const *)k->topics,
+                                k->topic_count, k->method.routing == PSRPC_ROUTING_QUEUE);
+        if (rc == PSRPC_OK) {
+            rc = psrpc__publish_control(c->bus, &ch, &req.base);
+            psrpc__channel_clear(&ch);
+        } else {
+            psrpc__error(rc, "out of memory");
+        }
     }
     free(entries);
     free(eptrs);
@@ -544,6 +599,96 @@ static void on_claim_request(void *ctx, const uint8_t *data, size_t len) {
     protobuf_c_message_free_unpacked(&cr->base, NULL);
 }
 
+/* ---------------------------------------------------------------- streams */
+
+static void flush_waiting(psrpc_client *c);
+
+static void on_stream_message(void *ctx, const uint8_t *data, size_t len) {
+    psrpc_client *c = ctx;
+    if (c->state != PSRPC__OPEN)
+        return;
+    Internal__Stream *is = (Internal__Stream *)psrpc__decode_control(
+        c->bus, data, len, &internal__stream__descriptor);
+    if (!is)
+        return;
+    if (psrpc__now_ns() >= is->expiry) {
+        PSRPC__STAT_ADD(c->bus, dropped_expired, 1);
+    } else if (is->body_case == INTERNAL__STREAM__BODY_ACK &&
+               psrpc__map_get(&c->by_request, is->request_id)) {
+        /* The ack of an open: the open call succeeds. */
+        call *k = psrpc__map_get(&c->by_request, is->request_id);
+        if (k->stream && k->state == CALL_WAIT_RESPONSE && is->stream_id &&
+            strcmp(is->stream_id, psrpc__stream_id(k->stream)) == 0)
+            call_complete(k, NULL, NULL, NULL);
+        else
+            PSRPC__STAT_ADD(c->bus, dropped_unknown, 1);
+    } else if (is->body_case == INTERNAL__STREAM__BODY_OPEN) {
+        PSRPC__STAT_ADD(c->bus, dropped_malformed, 1); /* opens never go to clients */
+    } else {
+        psrpc_stream *st = psrpc__map_get(&c->streams, is->stream_id);
+        if (st)
+            psrpc__stream_handle(st, is);
+        else
+            PSRPC__STAT_ADD(c->bus, dropped_unknown, 1);
+    }
+    protobuf_c_message_free_unpacked(&is->base, NULL);
+}
+
+static void str_ready(void *ctx, int status, const char *message) {
+    psrpc_client *c = ctx;
+    if (c->state != PSRPC__OPEN)
+        return;
+    if (status != PSRPC_OK) {
+        /* Fail the stream opens that wait for the channel. */
+        call *k = c->waiting, *next;
+        for (; k; k = next) {
+            next = k->next_waiting;
+            if (k->stream)
+                call_fail(k, status, message ? message : "cannot subscribe to streams");
+        }
+        return;
+    }
+    c->str_ready = true;
+    if (c->ready)
+        flush_waiting(c);
+}
+
+/* The open call completed (loop thread): success opens the stream. */
+static void stream_open_done(uint64_t id, const psrpc_msg *response, const psrpc_error *error,
+                             const char *server_id, void *user_data) {
+    (void)id;
+    (void)response;
+    (void)server_id;
+    psrpc_stream *st = user_data;
+    if (psrpc__stream_state(st) != PSRPC__STREAM_OPENING)
+        return;
+    if (!error) {
+        psrpc__stream_opened(st);
+        return;
+    }
+    psrpc__err *e = psrpc__err_from_code(error->code, error->message);
+    if (e)
+        e->status = error->status;
+    psrpc__err fallback = {error->status, (char *)error->code, (char *)error->message, NULL, 0};
+    psrpc__stream_end(st, e ? e : &fallback, true);
+    psrpc__err_free(e);
+}
+
+static void owner_retain(void *o) { client_retain(o); }
+static void owner_release(void *o) { client_release(o); }
+static void owner_detach(void *o, psrpc_stream *st) {
+    psrpc_client *c = o;
+    if (psrpc__map_get(&c->streams, psrpc__stream_id(st)) == st)
+        psrpc__map_del(&c->streams, psrpc__stream_id(st));
+}
+
+/* Subscribes the client stream channel once (loop thread). */
+static void ensure_stream_channel(psrpc_client *c) {
+    if (c->str_sub || c->state != PSRPC__OPEN)
+        return;
+    c->str_sub = psrpc__bus_subscribe(c->bus, &c->str_ch, false, on_stream_message, str_ready, c);
+}
+
 /* ---------------------------------------------------------------- lifecycle */
 
 static void flush_waiting(psrpc_client *c) {
@@ -562,8 +707,12 @@ static void flush_waiting(psrpc_client *c) {
     while (rev) {
         call *next = rev->next_waiting;
         rev->next_waiting = NULL;
-        if (rev->state == CALL_WAIT_READY)
-            call_send(rev);
+        if (rev->state == CALL_WAIT_READY) {
+            if (rev->stream && !c->str_ready)
+                call_wait(rev); /* still waiting for the client stream channel */
+            else
+                call_send(rev);
+        }
         rev = next;
     }
 }
@@ -637,6 +786,21 @@ static void client_do_close(psrpc_client *c) {
                 call_fail(calls[i], PSRPC_CANCELED, "client is closed");
         free(calls);
     }
+    /* Open streams end cleanly, as a closing Go client does ("stream closed"). */
+    n = c->streams.count;
+    psrpc_stream **streams = n ? calloc(n, sizeof *streams) : NULL;
+    if (streams) {
+        i = 0;
+        psrpc__map_iter it;
+        psrpc__map_iter_init(&it, &c->streams);
+        for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));)
+            streams[i++] = e->value;
+        for (i = 0; i < n; i++)
+            psrpc__stream_end(streams[i], NULL, true);
+        free(streams);
+    }
+    psrpc__bus_unsubscribe(c->bus, c->str_sub);
+    c->str_sub = NULL;
     while (c->subs) {
         sub_t *s = c->subs;
         c->subs = s->next;
@@ -693,6 +857,12 @@ static void close_task(void *arg) {
         run_closed_waiters(&c->closed_waiters);
     client_release(c);
     free(r);
+}
+
+static void start_task(void *arg) {
+    psrpc_client *c = arg;
+    client_start(c);
+    client_release(c);
 }
 
 #define CHECK_CLIENT(c)                                                                  \
@@ -764,16 +934,22 @@ psrpc_status psrpc_client_create(psrpc_client **out, psrpc_bus *bus, const char 
     c->selection_timeout_ms = o.selection_timeout_ms ? o.selection_timeout_ms : 1000;
     psrpc__map_init(&c->by_request);
     psrpc__map_init(&c->by_id);
+    psrpc__map_init(&c->streams);
     c->child.close = child_close;
     c->child.connected = child_connected;
     c->bus = bus;
     psrpc__bus_retain(bus);
     if (!c->service || !c->id ||
         psrpc__channel_client_response(&c->res_ch, service, c->id) != PSRPC_OK ||
-        psrpc__channel_client_claim(&c->claim_ch, service, c->id) != PSRPC_OK) {
+        psrpc__channel_client_claim(&c->claim_ch, service, c->id) != PSRPC_OK ||
+        psrpc__channel_client_stream(&c->str_ch, service, c->id) != PSRPC_OK) {
         client_release(c);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     }
+    /* Subscribe the reply channels now, so the first call finds them ready. */
+    client_retain(c);
+    if (psrpc__bus_post(bus, start_task, c) != PSRPC_OK)
+        client_release(c);
     *out = c;
     return PSRPC_OK;
 }
@@ -808,20 +984,45 @@ static void call_task(void *arg) {
     k->deadline_timer.data = k->select_timer.data = k;
     k->timers_on = true;
     uv_timer_start(&k->deadline_timer, deadline_fired, (uint64_t)k->timeout_ms, 0);
-    if (c->ready)
+    if (k->stream) {
+        if (psrpc__map_put(&c->streams, psrpc__stream_id(k->stream), k->stream) != PSRPC_OK) {
+            call_fail(k, PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+            return;
+        }
+        ensure_stream_channel(c);
+    }
+    if (c->ready && (!k->stream || c->str_ready))
         call_send(k);
     else
         call_wait(k);
 }
 
+typedef struct stream_args {
+    psrpc_stream **out;
+    psrpc_done_cb on_open;
+    psrpc_stream_message_cb on_message;
+    psrpc_stream_close_cb on_close;
+    void *user_data;
+    psrpc_release_cb release;
+} stream_args;
+
+static void stream_owner_init(psrpc__stream_owner *o, psrpc_client *c) {
+    o->owner = c;
+    o->retain = owner_retain;
+    o->release = owner_release;
+    o->detach = owner_detach;
+    o->abort_open = NULL; /* the open call runs out by itself; its result is ignored */
+}
+
 static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_method *method,
                   const void *data, size_t len, const psrpc_call_options *opts, bool multi,
-                  psrpc_call_cb cb, psrpc_call_cb on_done, void *user_data) {
+                  psrpc_call_cb cb, psrpc_call_cb on_done, void *user_data,
+                  const stream_args *sa) {
     if (call_id_out)
         *call_id_out = 0;
     CHECK_CLIENT(client);
     PSRPC__CHECK_ARG(data || len == 0, "data is NULL with a non-zero length");
-    PSRPC__CHECK_ARG(cb, "callback is NULL");
+    PSRPC__CHECK_ARG(cb || sa, "callback is NULL");
     PSRPC__CHECK_ARG(!multi || on_done, "on_done is NULL");
     psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
     int rc = psrpc__options_load(&o, sizeof o, opts, "psrpc_call_options");
@@ -867,8 +1068,10 @@ static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_metho
     const char *kind_error = NULL;
     if (k->method.flags & PSRPC_METHOD_SUBSCRIPTION)
         kind_error = "subscription methods are subscribed to, not called";
-    else if (k->method.flags & PSRPC_METHOD_STREAM)
-        kind_error = "stream methods are opened as streams, not called";
+    else if (!sa && (k->method.flags & PSRPC_METHOD_STREAM))
+        kind_error = "stream methods are opened with psrpc_client_open_stream, not called";
+    else if (sa && !(k->method.flags & PSRPC_METHOD_STREAM))
+        kind_error = "psrpc_client_open_stream needs a stream method (PSRPC_METHOD_STREAM)";
     else if (multi && k->method.routing != PSRPC_ROUTING_MULTI)
         kind_error = "psrpc_client_call_multi needs a MULTI method";
     else if (!multi && k->method.routing == PSRPC_ROUTING_MULTI)
@@ -932,23 +1135,76 @@ static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_metho
         call_free(k);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     }
+    psrpc_stream *st = NULL;
+    if (sa) {
+        char sid[4 + PSRPC__ID_RANDOM_LEN + 1];
+        psrpc__new_id(sid, "STR_");
+        psrpc__channel peer;
+        char **mk = NULL, **mv = NULL;
+        if (psrpc__channel_stream_server(&peer, client->service, k->method.name, o.topics,
+                                         o.topic_count) != PSRPC_OK ||
+            psrpc__strv_dup(&mk, (const char *const *)k->meta_keys, k->meta_count) != PSRPC_OK ||
+            psrpc__strv_dup(&mv, (const char *const *)k->meta_values, k->meta_count) !=
+                PSRPC_OK) {
+            psrpc__channel_clear(&peer);
+            psrpc__strv_free(mk, k->meta_count);
+            call_free(k);
+            return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        }
+        psrpc__stream_params p = {client->bus, false, sid, client->id, k->method.name, &peer,
+                                  k->timeout_ms, mk, mv, k->meta_count, {0}};
+        stream_owner_init(&p.owner, client);
+        st = psrpc__stream_new(&p);
+        psrpc__channel_clear(&peer);
+        if (!st) {
+            call_free(k);
+            return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        }
+        psrpc__stream_set_client_callbacks(st, sa->on_open, sa->on_message, sa->on_close,
+                                           sa->user_data, sa->release);
+        psrpc__stream_retain(st); /* the open call's reference */
+        k->stream = st;
+        k->cb = stream_open_done;
+        k->user_data = st;
+    }
     k->id = atomic_fetch_add(&client->next_call_id, 1);
     uint64_t id = k->id;
     rc = psrpc__bus_post(client->bus, call_task, k);
     if (rc != PSRPC_OK) {
+        if (st) {
+            /* Never started: no callback may run; drop the table's and the user's refs. */
+            psrpc__stream_set_client_callbacks(st, NULL, NULL, NULL, NULL, NULL);
+            psrpc__stream_release(st);
+            psrpc__stream_release(st);
+            client_release(client); /* the owner reference taken by psrpc__stream_new */
+        }
         call_free(k);
         return rc;
     }
     if (call_id_out)
         *call_id_out = id;
+    if (sa)
+        *sa->out = st;
     return PSRPC_OK;
+}
+
+psrpc_status psrpc_client_open_stream(psrpc_stream **out, psrpc_client *client,
+                                      const psrpc_method *method, const psrpc_call_options *opts,
+                                      psrpc_done_cb on_open, psrpc_stream_message_cb on_message,
+                                      psrpc_stream_close_cb on_close, void *user_data,
+                                      psrpc_release_cb release) {
+    PSRPC__CHECK_ARG(out, "out is NULL");
+    *out = NULL;
+    stream_args sa = {out, on_open, on_message, on_close, user_data, release};
+    return submit(NULL, client, method, NULL, 0, opts, false, NULL, NULL, NULL, &sa);
 }
 
 psrpc_status psrpc_client_call(uint64_t *call_id_out, psrpc_client *client,
                                const psrpc_method *method, const void *data, size_t len,
                                const psrpc_call_options *opts, psrpc_call_cb cb,
                                void *user_data) {
-    return submit(call_id_out, client, method, data, len, opts, false, cb, NULL, user_data);
+    return submit(call_id_out, client, method, data, len, opts, false, cb, NULL, user_data,
+                  NULL);
 }
 
 psrpc_status psrpc_client_call_multi(uint64_t *call_id_out, psrpc_client *client,
@@ -956,7 +1212,7 @@ psrpc_status psrpc_client_call_multi(uint64_t *call_id_out, psrpc_client *client
                                      const psrpc_call_options *opts, psrpc_call_cb on_result,
                                      psrpc_call_cb on_done, void *user_data) {
     return submit(call_id_out, client, method, data, len, opts, true, on_result, on_done,
-                  user_data);
+                  user_data, NULL);
 }
 
 typedef struct cancel_arg {

@@ -5,6 +5,7 @@
 
 #include "core.h"
 #include "map.h"
+#include "stream.h"
 
 #define SERVER_MAGIC 0x50535256u  /* "PSRV" */
 #define REQUEST_MAGIC 0x50524551u /* "PREQ" */
@@ -39,6 +40,7 @@ struct psrpc_server {
     bool forced;
     reg *regs;
     psrpc__map claims; /* request_id → psrpc_request waiting for a ClaimResponse */
+    psrpc__map streams; /* stream_id → srv_stream (accepted, not yet ended) */
     int inflight;      /* requests in the handler stage */
     int64_t latest_expiry_ns;
     uv_timer_t drain_timer;
@@ -55,8 +57,11 @@ struct reg {
     size_t topic_count;
     bool require_claim;
     psrpc__channel req_ch, rclaim_ch;
-    psrpc__bus_sub *req_sub, *rclaim_sub;
+    psrpc__bus_sub *req_sub, *rclaim_sub, *str_sub;
+    bool is_stream;
     psrpc_handler_cb handler;
+    psrpc_stream_handler_cb stream_handler; /* set for stream methods */
+    psrpc__channel str_ch;
     psrpc_affinity_cb affinity;
     psrpc_done_cb on_ready;
     void *user_data;
@@ -90,6 +95,7 @@ struct psrpc_request {
     psrpc_msg *payload;
     float affinity;
     bool skip_claim; /* the caller allows an announcement instead of a claim */
+    char *stream_id; /* a stream open (payload empty) */
     /* Claim wait (loop thread). */
     uv_timer_t claim_timer;
     bool claim_timer_on;
@@ -105,6 +111,7 @@ static void server_retain(psrpc_server *s) { atomic_fetch_add(&s->refs, 1); }
 static void server_destroy(psrpc_server *s) {
     psrpc__map_clear(&s->keys);
     psrpc__map_clear(&s->claims);
+    psrpc__map_clear(&s->streams);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cond);
     free(s->service);
@@ -127,12 +134,14 @@ static void reg_release(reg *r) {
     psrpc__strv_free(r->topics, r->topic_count);
     psrpc__channel_clear(&r->req_ch);
     psrpc__channel_clear(&r->rclaim_ch);
+    psrpc__channel_clear(&r->str_ch);
     server_release(r->server);
     free(r);
 }
 
 static void request_free(psrpc_request *q) {
     q->magic = 0;
+    free(q->stream_id);
     free(q->request_id);
     free(q->client_id);
     free(q->method);
@@ -214,7 +223,110 @@ static void reg_unsubscribe(reg *r) {
     r->active = false;
     psrpc__bus_unsubscribe(bus, r->req_sub);
     psrpc__bus_unsubscribe(bus, r->rclaim_sub);
-    r->req_sub = r->rclaim_sub = NULL;
+    psrpc__bus_unsubscribe(bus, r->str_sub);
+    r->req_sub = r->rclaim_sub = r->str_sub = NULL;
+}
+
+/* ---------------------------------------------------------------- streams */
+
+typedef struct srv_stream {
+    psrpc_stream *stream;
+    reg *reg;
+} srv_stream;
+
+static void owner_retain(void *o) { server_retain(o); }
+static void owner_release(void *o) { server_release(o); }
+static void owner_detach(void *o, psrpc_stream *st) {
+    psrpc_server *s = o;
+    srv_stream *ss = psrpc__map_get(&s->streams, psrpc__stream_id(st));
+    if (ss && ss->stream == st) {
+        psrpc__map_del(&s->streams, psrpc__stream_id(st));
+        free(ss);
+    }
+}
+
+/* Ends the open streams of r (all of them when r is NULL) with "EOF"
+ * unavailable, as a Go server does when a handler goes away. */
+static void end_streams(psrpc_server *s, reg *r) {
+    size_t n = s->streams.count, i = 0;
+    if (!n)
+        return;
+    psrpc_stream **list = calloc(n, sizeof *list);
+    if (!list)
+        return;
+    psrpc__map_iter it;
+    psrpc__map_iter_init(&it, &s->streams);
+    for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));) {
+        srv_stream *ss = e->value;
+        if (!r || ss->reg == r)
+            list[i++] = ss->stream;
+    }
+    psrpc__err *eof = psrpc__err_new(PSRPC_UNAVAILABLE, "EOF");
+    psrpc__err fallback = {PSRPC_UNAVAILABLE, "unavailable", "EOF", NULL, 0};
+    for (size_t j = 0; j < i; j++)
+        psrpc__stream_end(list[j], eof ? eof : &fallback, true);
+    psrpc__err_free(eof);
+    free(list);
+}
+
+/* The open was claimed (or needed no claim): create the stream, ack the open,
+ * hand the stream to the handler. Consumes the caller's reference to q. */
+static void accept_stream(psrpc_request *q) {
+    psrpc_server *s = q->server;
+    reg *r = q->reg;
+    psrpc__channel peer;
+    if (psrpc__channel_client_stream(&peer, s->service, q->client_id) != PSRPC_OK) {
+        request_release(q);
+        return;
+    }
+    psrpc__stream_params p = {s->bus, true, q->stream_id, q->client_id, q->method, &peer,
+                              s->timeout_ms, q->meta_keys, q->meta_values, q->meta_count, {0}};
+    p.owner.owner = s;
+    p.owner.retain = owner_retain;
+    p.owner.release = owner_release;
+    p.owner.detach = owner_detach;
+    q->meta_keys = q->meta_values = NULL; /* taken over by the stream */
+    q->meta_count = 0;
+    psrpc_stream *st = psrpc__stream_new(&p);
+    psrpc__channel_clear(&peer);
+    srv_stream *ss = st ? calloc(1, sizeof *ss) : NULL;
+    if (!ss || psrpc__map_put(&s->streams, q->stream_id, ss) != PSRPC_OK) {
+        free(ss);
+        if (st) {
+            psrpc__stream_end(st, NULL, true);
+            psrpc__stream_release(st); /* the user's reference, never handed out */
+        }
+        request_release(q);
+        return;
+    }
+    ss->stream = st;
+    ss->reg = r;
+    /* Ack the open, echoing its ids and times (11.3 step 4). */
+    Internal__StreamAck ack = INTERNAL__STREAM_ACK__INIT;
+    Internal__Stream is = INTERNAL__STREAM__INIT;
+    is.stream_id = q->stream_id;
+    is.request_id = q->request_id;
+    is.sent_at = q->sent_at;
+    is.expiry = q->expiry;
+    is.body_case = INTERNAL__STREAM__BODY_ACK;
+    is.ack = &ack;
+    psrpc__channel ack_ch;
+    int rc = psrpc__channel_client_stream(&ack_ch, s->service, q->client_id);
+    if (rc == PSRPC_OK) {
+        rc = psrpc__publish_control(s->bus, &ack_ch, &is.base);
+        psrpc__channel_clear(&ack_ch);
+    }
+    request_release(q);
+    if (rc != PSRPC_OK) {
+        psrpc__err *e = psrpc__err_new(PSRPC_INTERNAL, "cannot acknowledge the open");
+        psrpc__err fallback = {PSRPC_INTERNAL, "internal", "cannot acknowledge the open", NULL,
+                               0};
+        psrpc__stream_end(st, e ? e : &fallback, true);
+        psrpc__err_free(e);
+        psrpc__stream_release(st);
+        return;
+    }
+    r->stream_handler(st, r->user_data);
 }
 
 /* ---------------------------------------------------------------- close */
@@ -292,6 +404,7 @@ static void server_begin_close(psrpc_server *s, bool force) {
         s->state = PSRPC__CLOSING;
         for (reg *r = s->regs; r; r = r->next)
             reg_unsubscribe(r);
+        end_streams(s, NULL);
         /* Requests waiting for a claim response were never seen by a handler. */
         psrpc_request **pending = NULL;
         size_t n = s->claims.count, i = 0;
@@ -444,7 +557,22 @@ static void send_claim(psrpc_request *q) {
     psrpc__channel_clear(&ch);
 }
 
-static psrpc_request *request_new(reg *r, const Internal__Request *in) {
+/* What a request (or a stream open) brings from the wire. */
+typedef struct request_fields {
+    const char *request_id;
+    const char *client_id;
+    int64_t sent_at;
+    int64_t expiry;
+    bool skip_claim;
+    const char **meta_keys; /* borrowed */
+    const char **meta_values;
+    size_t meta_count;
+    const uint8_t *payload;
+    size_t payload_len;
+    const char *stream_id; /* stream opens only */
+} request_fields;
+
+static psrpc_request *request_new(reg *r, const request_fields *f) {
     psrpc_request *q = calloc(1, sizeof *q);
     if (!q)
         return NULL;
@@ -454,44 +582,57 @@ static psrpc_request *request_new(reg *r, const Internal__Request *in) {
     server_retain(r->server);
     q->reg = r;
     atomic_fetch_add(&r->refs, 1);
-    q->request_id = psrpc__strdup(in->request_id);
-    q->client_id = psrpc__strdup(in->client_id);
+    q->request_id = psrpc__strdup(f->request_id);
+    q->client_id = psrpc__strdup(f->client_id);
     q->method = psrpc__strdup(r->method.name);
-    q->sent_at = in->sent_at;
-    q->expiry = in->expiry;
-    q->skip_claim = in->skip_claim;
+    q->sent_at = f->sent_at;
+    q->expiry = f->expiry;
+    q->skip_claim = f->skip_claim;
     int64_t clamp = psrpc__now_ns() + EXPIRY_CLAMP_NS;
     if (q->expiry > clamp)
         q->expiry = clamp;
     bool ok = q->request_id && q->client_id && q->method;
+    if (ok && f->stream_id)
+        ok = (q->stream_id = psrpc__strdup(f->stream_id)) != NULL;
     ok = ok && psrpc__strv_dup(&q->topics, (const char *const *)r->topics, r->topic_count) ==
                    PSRPC_OK;
     if (ok)
         q->topic_count = r->topic_count;
-    if (ok && in->n_metadata) {
-        q->meta_keys = calloc(in->n_metadata, sizeof(char *));
-        q->meta_values = calloc(in->n_metadata, sizeof(char *));
-        ok = q->meta_keys && q->meta_values;
-        for (size_t i = 0; ok && i < in->n_metadata; i++) {
-            const Internal__Request__MetadataEntry *e = in->metadata[i];
-            q->meta_keys[i] = psrpc__strdup(e->key ? e->key : "");
-            q->meta_values[i] = psrpc__strdup(e->value ? e->value : "");
-            q->meta_count = i + 1;
-            ok = q->meta_keys[i] && q->meta_values[i];
+    if (ok && f->meta_count) {
+        ok = psrpc__strv_dup(&q->meta_keys, f->meta_keys, f->meta_count) == PSRPC_OK;
+        if (ok && psrpc__strv_dup(&q->meta_values, f->meta_values, f->meta_count) != PSRPC_OK) {
+            psrpc__strv_free(q->meta_keys, f->meta_count);
+            q->meta_keys = NULL;
+            ok = false;
         }
-        if (!ok && !q->meta_count) {
-            free(q->meta_keys);
-            free(q->meta_values);
-            q->meta_keys = q->meta_values = NULL;
-        }
+        if (ok)
+            q->meta_count = f->meta_count;
     }
     if (ok)
-        ok = psrpc_msg_new(&q->payload, in->raw_request.data, in->raw_request.len) == PSRPC_OK;
+        ok = psrpc_msg_new(&q->payload, f->payload, f->payload_len) == PSRPC_OK;
     if (!ok) {
         request_free(q);
         return NULL;
     }
     return q;
+}
+
+/* Starts the claim stage of a new request or stream open (or hands it on
+ * directly when the method needs no claim). Takes over q. */
+static void dispatch(reg *r, psrpc_request *q) {
+    if (!r->require_claim) {
+        if (q->stream_id)
+            accept_stream(q);
+        else
+            call_handler(q);
+    } else if (r->affinity) {
+        atomic_store(&q->stage, STAGE_AFFINITY);
+        r->affinity(q, r->user_data);
+    } else {
+        q->affinity = 1.0f;
+        atomic_store(&q->stage, STAGE_CLAIMING);
+        send_claim(q);
+    }
 }
 
 static void on_request(void *ctx, const uint8_t *data, size_t len) {
@@ -510,24 +651,71 @@ static void on_request(void *ctx, const uint8_t *data, size_t len) {
         protobuf_c_message_free_unpacked(&in->base, NULL);
         return;
     }
-    psrpc_request *q = request_new(r, in);
-    if (!q) {
+    const char **keys = in->n_metadata ? calloc(in->n_metadata, sizeof *keys) : NULL;
+    const char **values = in->n_metadata ? calloc(in->n_metadata, sizeof *values) : NULL;
+    psrpc_request *q = NULL;
+    if (!in->n_metadata || (keys && values)) {
+        for (size_t i = 0; i < in->n_metadata; i++) {
+            keys[i] = in->metadata[i]->key ? in->metadata[i]->key : "";
+            values[i] = in->metadata[i]->value ? in->metadata[i]->value : "";
+        }
+        request_fields f = {in->request_id, in->client_id, in->sent_at, in->expiry,
+                            in->skip_claim, keys, values, in->n_metadata, in->raw_request.data,
+                            in->raw_request.len, NULL};
+        q = request_new(r, &f);
+    }
+    free(keys);
+    free(values);
+    if (!q)
         respond_error(s, s->service, in->client_id, in->request_id, "resource_exhausted",
                       "server out of memory");
-        protobuf_c_message_free_unpacked(&in->base, NULL);
-        return;
-    }
     protobuf_c_message_free_unpacked(&in->base, NULL);
-    if (!r->require_claim) {
-        call_handler(q);
-    } else if (r->affinity) {
-        atomic_store(&q->stage, STAGE_AFFINITY);
-        r->affinity(q, r->user_data);
+    if (q)
+        dispatch(r, q);
+}
+
+/* Inbound traffic on a stream method's server channel (11.3, 11.4). */
+static void on_stream_inbound(void *ctx, const uint8_t *data, size_t len) {
+    reg *r = ctx;
+    psrpc_server *s = r->server;
+    if (!r->active || s->state != PSRPC__OPEN)
+        return;
+    Internal__Stream *is = (Internal__Stream *)psrpc__decode_control(
+        s->bus, data, len, &internal__stream__descriptor);
+    if (!is)
+        return;
+    if (psrpc__now_ns() >= is->expiry) {
+        PSRPC__STAT_ADD(s->bus, dropped_expired, 1);
+    } else if (is->body_case == INTERNAL__STREAM__BODY_OPEN) {
+        /* A draining handler ignores opens. */
+        if (!atomic_load(&r->deregistered) && !atomic_load(&s->closing)) {
+            const Internal__StreamOpen *open = is->open;
+            const char **keys = open->n_metadata ? calloc(open->n_metadata, sizeof *keys) : NULL;
+            const char **values =
+                open->n_metadata ? calloc(open->n_metadata, sizeof *values) : NULL;
+            psrpc_request *q = NULL;
+            if (!open->n_metadata || (keys && values)) {
+                for (size_t i = 0; i < open->n_metadata; i++) {
+                    keys[i] = open->metadata[i]->key ? open->metadata[i]->key : "";
+                    values[i] = open->metadata[i]->value ? open->metadata[i]->value : "";
+                }
+                request_fields f = {is->request_id, open->node_id, is->sent_at, is->expiry,
+                                    false, keys, values, open->n_metadata, NULL, 0,
+                                    is->stream_id};
+                q = request_new(r, &f);
+            }
+            free(keys);
+            free(values);
+            if (q)
+                dispatch(r, q);
+        }
     } else {
-        q->affinity = 1.0f;
-        atomic_store(&q->stage, STAGE_CLAIMING);
-        send_claim(q);
+        srv_stream *ss = psrpc__map_get(&s->streams, is->stream_id);
+        if (ss)
+            psrpc__stream_handle(ss->stream, is);
+        /* Other servers' streams travel on the same channel: not ours, not counted. */
     }
+    protobuf_c_message_free_unpacked(&is->base, NULL);
 }
 
 static void on_claim_response(void *ctx, const uint8_t *data, size_t len) {
@@ -552,7 +740,10 @@ static void on_claim_response(void *ctx, const uint8_t *data, size_t len) {
     q->in_claims = false;
     atomic_fetch_add(&q->refs, 1);
     claim_forget(q);
-    call_handler(q);
+    if (q->stream_id)
+        accept_stream(q);
+    else
+        call_handler(q);
 }
 
 static void reg_ready(void *ctx, int status, const char *message) {
@@ -602,7 +793,11 @@ static void register_task(void *arg) {
     r->active = true;
     r->ready_pending = r->require_claim ? 2 : 1;
     bool queue = r->method.routing == PSRPC_ROUTING_QUEUE;
-    r->req_sub = psrpc__bus_subscribe(s->bus, &r->req_ch, queue, on_request, reg_ready, r);
+    if (r->is_stream) /* opens go to every server: a plain subscription (11.1) */
+        r->req_sub =
+            psrpc__bus_subscribe(s->bus, &r->str_ch, false, on_stream_inbound, reg_ready, r);
+    else
+        r->req_sub = psrpc__bus_subscribe(s->bus, &r->req_ch, queue, on_request, reg_ready, r);
     if (r->req_sub && r->require_claim)
         r->rclaim_sub = psrpc__bus_subscribe(s->bus, &r->rclaim_ch, false, on_claim_response,
                                              reg_ready, r);
@@ -672,6 +867,7 @@ psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char 
     pthread_cond_init(&s->cond, NULL);
     psrpc__map_init(&s->keys);
     psrpc__map_init(&s->claims);
+    psrpc__map_init(&s->streams);
     s->child.close = child_close;
     s->state = PSRPC__OPEN;
     s->bus = bus;
@@ -688,13 +884,12 @@ const char *psrpc_server_id(const psrpc_server *server) {
     return server->id;
 }
 
-psrpc_status psrpc_server_register(psrpc_server *server, const psrpc_method *method,
-                                   const char *const *topics, size_t topic_count,
-                                   psrpc_handler_cb handler, psrpc_affinity_cb affinity,
-                                   psrpc_done_cb on_ready, void *user_data,
-                                   psrpc_release_cb release) {
+static int do_register(psrpc_server *server, const psrpc_method *method,
+                       const char *const *topics, size_t topic_count, psrpc_handler_cb handler,
+                       psrpc_stream_handler_cb stream_handler, psrpc_affinity_cb affinity,
+                       psrpc_done_cb on_ready, void *user_data, psrpc_release_cb release) {
     CHECK_SERVER(server);
-    PSRPC__CHECK_ARG(handler, "handler is NULL");
+    PSRPC__CHECK_ARG(handler || stream_handler, "handler is NULL");
     int rc = psrpc__check_topics(topics, topic_count);
     if (rc != PSRPC_OK)
         return rc;
@@ -713,12 +908,17 @@ psrpc_status psrpc_server_register(psrpc_server *server, const psrpc_method *met
         return psrpc__error(PSRPC_INVALID_ARGUMENT,
                             "subscription methods are published, not registered");
     }
-    if (r->method.flags & PSRPC_METHOD_STREAM) {
+    bool is_stream = (r->method.flags & PSRPC_METHOD_STREAM) != 0;
+    if (is_stream != (stream_handler != NULL)) {
         psrpc__method_clear(&r->method);
         free(r);
-        return psrpc__error(PSRPC_UNIMPLEMENTED, "stream methods are not supported yet");
+        return psrpc__error(PSRPC_INVALID_ARGUMENT,
+                            is_stream ? "stream methods are registered with "
+                                        "psrpc_server_register_stream"
+                                      : "psrpc_server_register_stream needs a stream method "
+                                        "(PSRPC_METHOD_STREAM)");
     }
-    if (affinity && r->method.routing == PSRPC_ROUTING_QUEUE) {
+    if (!is_stream && affinity && r->method.routing == PSRPC_ROUTING_QUEUE) {
         /* As v0.8.2: nothing to arbitrate once the queue has chosen. */
         psrpc__method_clear(&r->method);
         free(r);
@@ -729,6 +929,8 @@ psrpc_status psrpc_server_register(psrpc_server *server, const psrpc_method *met
     r->server = server;
     r->require_claim = psrpc__method_require_claim(&r->method);
     r->handler = handler;
+    r->stream_handler = stream_handler;
+    r->is_stream = is_stream;
     r->affinity = affinity;
     r->on_ready = on_ready;
     r->user_data = user_data;
@@ -738,10 +940,13 @@ psrpc_status psrpc_server_register(psrpc_server *server, const psrpc_method *met
         psrpc__channel_rpc(&r->req_ch, server->service, r->method.name, topics, topic_count,
                            queue) != PSRPC_OK ||
         psrpc__channel_claim_response(&r->rclaim_ch, server->service, r->method.name, topics,
-                                      topic_count) != PSRPC_OK) {
+                                      topic_count) != PSRPC_OK ||
+        (is_stream && psrpc__channel_stream_server(&r->str_ch, server->service, r->method.name,
+                                                   topics, topic_count) != PSRPC_OK)) {
         psrpc__strv_free(r->topics, topic_count);
         psrpc__channel_clear(&r->req_ch);
         psrpc__channel_clear(&r->rclaim_ch);
+        psrpc__channel_clear(&r->str_ch);
         psrpc__method_clear(&r->method);
         free(r);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
@@ -782,6 +987,26 @@ psrpc_status psrpc_server_register(psrpc_server *server, const psrpc_method *met
     return PSRPC_OK;
 }
 
+psrpc_status psrpc_server_register(psrpc_server *server, const psrpc_method *method,
+                                   const char *const *topics, size_t topic_count,
+                                   psrpc_handler_cb handler, psrpc_affinity_cb affinity,
+                                   psrpc_done_cb on_ready, void *user_data,
+                                   psrpc_release_cb release) {
+    return do_register(server, method, topics, topic_count, handler, NULL, affinity, on_ready,
+                       user_data, release);
+}
+
+psrpc_status psrpc_server_register_stream(psrpc_server *server, const psrpc_method *method,
+                                          const char *const *topics, size_t topic_count,
+                                          psrpc_stream_handler_cb handler,
+                                          psrpc_affinity_cb affinity, psrpc_done_cb on_ready,
+                                          void *user_data, psrpc_release_cb release) {
+    CHECK_SERVER(server);
+    PSRPC__CHECK_ARG(handler, "handler is NULL");
+    return do_register(server, method, topics, topic_count, NULL, handler, affinity, on_ready,
+                       user_data, release);
+}
+
 typedef struct dereg_task_arg {
     psrpc_server *server;
     char *key;
@@ -795,6 +1020,7 @@ static void deregister_task(void *arg) {
         if (strcmp(r->req_ch.legacy, d->key) == 0) {
             *p = r->next;
             reg_unsubscribe(r);
+            end_streams(s, r);
             reg_finish(r);
             reg_release(r);
             break;
