@@ -30,7 +30,10 @@ static const char *const covered[] = {
     "psrpc_request_metadata_count", "psrpc_request_metadata_at", "psrpc_request_metadata_get",
     "psrpc_request_sent_at_ns", "psrpc_request_expiry_ns", "psrpc_request_remaining_ms",
     "psrpc_request_respond", "psrpc_request_fail", "psrpc_request_fail_details",
-    "psrpc_request_claim",
+    "psrpc_request_claim", "psrpc_client_open_stream", "psrpc_server_register_stream",
+    "psrpc_stream_set_callbacks", "psrpc_stream_send", "psrpc_stream_close",
+    "psrpc_stream_free", "psrpc_stream_id", "psrpc_stream_node_id", "psrpc_stream_method",
+    "psrpc_stream_metadata_count", "psrpc_stream_metadata_at", "psrpc_stream_metadata_get",
 };
 
 /* The call returns `code`, sets a non-empty last error and its status. */
@@ -495,6 +498,103 @@ TEST(abi_null_server) {
     EXPECT_ERR(psrpc_server_publish(l->srv, &sm, NULL, 0, NULL, 1), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_server_publish(l->srv, &sm, NULL, 1, "x", 1), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_server_close(NULL, 0, NULL, NULL), PSRPC_INVALID_ARGUMENT);
+    live_free(l);
+}
+
+static int nop_smsg(psrpc_stream *st, const psrpc_msg *m, void *u) {
+    (void)st, (void)m, (void)u;
+    return 0;
+}
+static void nop_sclose(psrpc_stream *st, const psrpc_error *e, void *u) { (void)st, (void)e, (void)u; }
+static void nop_shandler(psrpc_stream *st, void *u) {
+    (void)u;
+    psrpc_stream_free(st);
+}
+static void nop_done(const psrpc_error *e, void *u) { (void)e, (void)u; }
+
+TEST(abi_null_stream) {
+    live *l = live_new();
+    REQUIRE(live_ok(l));
+    psrpc_method sm = tu_method("Chat", PSRPC_ROUTING_QUEUE, PSRPC_METHOD_STREAM);
+    psrpc_method um = tu_method("Echo", PSRPC_ROUTING_QUEUE, 0);
+    psrpc_stream *st = (psrpc_stream *)0x1;
+    EXPECT_ERR(psrpc_client_open_stream(NULL, l->cl, &sm, NULL, NULL, nop_smsg, nop_sclose, NULL,
+                                        nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_client_open_stream(&st, NULL, &sm, NULL, NULL, nop_smsg, nop_sclose, NULL,
+                                        nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    CHECK(st == NULL);
+    EXPECT_ERR(psrpc_client_open_stream(&st, l->cl, NULL, NULL, NULL, nop_smsg, nop_sclose, NULL,
+                                        nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    /* on_message and on_close are not optional (only on_open "may be NULL") */
+    st = NULL;
+    EXPECT_ERR(psrpc_client_open_stream(&st, l->cl, &sm, NULL, NULL, NULL, nop_sclose, NULL,
+                                        nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    psrpc_stream_free(st);
+    st = NULL;
+    EXPECT_ERR(psrpc_client_open_stream(&st, l->cl, &sm, NULL, NULL, nop_smsg, NULL, NULL,
+                                        nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    psrpc_stream_free(st);
+    st = NULL;
+    /* not a stream method */
+    EXPECT_ERR(psrpc_client_open_stream(&st, l->cl, &um, NULL, NULL, nop_smsg, nop_sclose, NULL,
+                                        nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    CHECK(st == NULL);
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.topic_count = 1;
+    EXPECT_ERR(psrpc_client_open_stream(&st, l->cl, &sm, &o, NULL, nop_smsg, nop_sclose, NULL,
+                                        nop_release),
+               PSRPC_INVALID_ARGUMENT);
+
+    EXPECT_ERR(psrpc_server_register_stream(NULL, &sm, NULL, 0, nop_shandler, NULL, NULL, NULL,
+                                            nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_server_register_stream(l->srv, NULL, NULL, 0, nop_shandler, NULL, NULL, NULL,
+                                            nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_server_register_stream(l->srv, &sm, NULL, 0, NULL, NULL, NULL, NULL,
+                                            nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_server_register_stream(l->srv, &sm, NULL, 1, nop_shandler, NULL, NULL, NULL,
+                                            nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_server_register_stream(l->srv, &um, NULL, 0, nop_shandler, NULL, NULL, NULL,
+                                            nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    /* the unary entry points refuse stream methods */
+    EXPECT_ERR(psrpc_server_register(l->srv, &sm, NULL, 0, nop_handler, NULL, NULL, NULL,
+                                     nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    uint64_t id;
+    EXPECT_ERR(psrpc_client_call(&id, l->cl, &sm, "x", 1, NULL, nop_call, NULL),
+               PSRPC_INVALID_ARGUMENT);
+
+    EXPECT_ERR(psrpc_stream_set_callbacks(NULL, nop_smsg, nop_sclose, NULL, nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_stream_send(NULL, "x", 1, 0, nop_done, NULL), PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_stream_close(NULL, 0, NULL), PSRPC_INVALID_ARGUMENT);
+    psrpc_stream_free(NULL);
+    CHECK(psrpc_stream_id(NULL) == NULL);
+    CHECK(psrpc_stream_node_id(NULL) == NULL);
+    CHECK(psrpc_stream_method(NULL) == NULL);
+    CHECK_EQ_INT(psrpc_stream_metadata_count(NULL), 0);
+    const char *k = NULL, *v = NULL;
+    EXPECT_ERR(psrpc_stream_metadata_at(NULL, 0, &k, &v), PSRPC_INVALID_ARGUMENT);
+    CHECK(psrpc_stream_metadata_get(NULL, "k") == NULL);
+
+    /* handles of another kind */
+    EXPECT_ERR(psrpc_stream_send((psrpc_stream *)l->cl, "x", 1, 0, nop_done, NULL),
+               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_stream_close((psrpc_stream *)l->srv, 0, NULL), PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_stream_set_callbacks((psrpc_stream *)l->sub, nop_smsg, nop_sclose, NULL,
+                                          nop_release),
+               PSRPC_INVALID_ARGUMENT);
+    CHECK(psrpc_stream_id((psrpc_stream *)l->bus) == NULL);
     live_free(l);
 }
 
