@@ -1,0 +1,76 @@
+// Package confsvc holds what the Go conformance server and the interop tests
+// share: bus connections, the method table derived from conformance.proto at
+// run time, and the service implementation.
+package confsvc
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/livekit/psrpc"
+	"github.com/livekit/psrpc/pkg/bus/natsbus"
+	"github.com/livekit/psrpc/pkg/bus/redisbus"
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+)
+
+// Bus is a psrpc message bus with the connection it borrows.
+type Bus struct {
+	psrpc.MessageBus
+	close func()
+}
+
+// Close closes the broker connection (psrpc buses borrow it).
+func (b *Bus) Close() { b.close() }
+
+// Compression, when Threshold > 0, makes the bus gzip (level 6) every
+// payload of at least Threshold bytes (psrpc.WithBusCompression).
+type Compression struct {
+	Threshold int
+}
+
+// Connect opens a bus on a redis:// or nats:// URL.
+func Connect(rawURL string, c Compression) (*Bus, error) {
+	var opts []psrpc.BusOption
+	if c.Threshold > 0 {
+		opts = append(opts, psrpc.WithBusCompression(psrpc.CompressionOpts{
+			Quality:   6,
+			Threshold: c.Threshold,
+		}))
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "redis", "rediss":
+		o, err := redis.ParseURL(rawURL)
+		if err != nil {
+			return nil, err
+		}
+		rc := redis.NewUniversalClient(&redis.UniversalOptions{
+			Addrs:     []string{o.Addr},
+			Username:  o.Username,
+			Password:  o.Password,
+			DB:        o.DB,
+			TLSConfig: o.TLSConfig,
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := rc.Ping(ctx).Err(); err != nil {
+			_ = rc.Close()
+			return nil, fmt.Errorf("redis %s: %w", rawURL, err)
+		}
+		return &Bus{MessageBus: redisbus.New(rc, opts...), close: func() { _ = rc.Close() }}, nil
+	case "nats", "tls":
+		nc, err := nats.Connect(rawURL, nats.Timeout(5*time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("nats %s: %w", rawURL, err)
+		}
+		return &Bus{MessageBus: natsbus.New(nc, opts...), close: nc.Close}, nil
+	}
+	return nil, fmt.Errorf("unsupported bus URL %q (redis:// or nats://)", rawURL)
+}
