@@ -481,6 +481,16 @@ static void psrpc_py_tr_release(void *ud) {
     PSRPC_TR_LEAVE();
 }
 
+/* release of registrations and subscriptions: cb(KIND_RELEASED, None), then drops it */
+#define PSRPC_PY_KIND_RELEASED 3
+static void psrpc_py_tr_release_notify(void *ud) {
+    PSRPC_TR_ENTER();
+    PyObject *cb = ud;
+    psrpc_py_invoke(cb, Py_BuildValue("(iO)", PSRPC_PY_KIND_RELEASED, Py_None));
+    Py_DECREF(cb);
+    PSRPC_TR_LEAVE();
+}
+
 /* unary call completion, one-shot: cb(call_id, response, error, server_id) */
 static void psrpc_py_tr_call(uint64_t call_id, const psrpc_msg *response,
                              const psrpc_error *error, const char *server_id, void *ud) {
@@ -554,7 +564,8 @@ static void psrpc_py_tr_state(int state, const psrpc_error *error, void *ud) {
     PSRPC_TR_LEAVE();
 }
 
-/* subscription: cb(0, bytes) per message, cb(1, error) once when ready */
+/* subscription: cb(0, bytes) per message, cb(2, error) once when ready,
+ * cb(3, None) once when released */
 static void psrpc_py_tr_sub_message(psrpc_sub *sub, const psrpc_msg *msg, void *ud) {
     (void)sub;
     PSRPC_TR_ENTER();
@@ -571,7 +582,8 @@ static void psrpc_py_tr_ready(const psrpc_error *error, void *ud) {
     PSRPC_TR_LEAVE();
 }
 
-/* registration: cb(0, Request) for a request, cb(1, Request) for an affinity question */
+/* registration: cb(0, Request) for a request, cb(1, Request) for an affinity
+ * question, cb(2, error) once when ready, cb(3, None) once when released */
 static void psrpc_py_tr_request(psrpc_request *request, int stage, void *ud) {
     if (PSRPC_PY_FINALIZING())
         return;
@@ -1134,7 +1146,7 @@ PSRPC_HELD_CALLABLE(%arg((psrpc_bus_state_cb cb, void *user_data, psrpc_release_
 PSRPC_HELD_CALLABLE(%arg((psrpc_message_cb on_message, psrpc_done_cb on_ready, void *user_data,
                           psrpc_release_cb release)), 0,
     %arg($1 = psrpc_py_tr_sub_message; $2 = psrpc_py_tr_ready; $3 = held;
-         $4 = psrpc_py_tr_release;))
+         $4 = psrpc_py_tr_release_notify;))
 
 /* Registration: (callable, with_affinity). */
 %typemap(in) (psrpc_handler_cb handler, psrpc_affinity_cb affinity, psrpc_done_cb on_ready,
@@ -1153,7 +1165,7 @@ PSRPC_HELD_CALLABLE(%arg((psrpc_message_cb on_message, psrpc_done_cb on_ready, v
     $2 = with_affinity ? psrpc_py_tr_affinity : NULL;
     $3 = psrpc_py_tr_ready;
     $4 = held;
-    $5 = psrpc_py_tr_release;
+    $5 = psrpc_py_tr_release_notify;
 }
 %typemap(argout) (psrpc_handler_cb handler, psrpc_affinity_cb affinity, psrpc_done_cb on_ready,
                   void *user_data, psrpc_release_cb release) {

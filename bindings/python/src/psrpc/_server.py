@@ -1,0 +1,296 @@
+"""The blocking server: handlers run on a thread pool."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+import weakref
+from typing import (Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar,
+                    Union)
+
+from . import _core
+from ._client import KIND_READY, KIND_RELEASED, Topics, _Handle, _ms
+from ._errors import (Canceled, DeadlineExceeded, InvalidArgument, PsrpcError, Status,
+                      from_wire, to_failure)
+from ._method import Method, ServiceLike, as_service, resolve, topic_list
+
+__all__ = ["Server", "Context"]
+
+log = logging.getLogger("psrpc")
+
+KIND_REQUEST = 0
+KIND_AFFINITY = 1
+
+F = TypeVar("F", bound=Callable[..., Any])
+Handler = Callable[[Any, "Context"], Any]
+AffinityFunc = Callable[[Any, "Context"], Optional[float]]
+
+
+class Context:
+    """What a handler knows about the request it serves."""
+
+    __slots__ = ("_req", "method", "server_id")
+
+    def __init__(self, req: Any, method: Method, server_id: str) -> None:
+        self._req = req
+        self.method = method
+        self.server_id = server_id
+
+    @property
+    def request_id(self) -> str:
+        return self._req.id
+
+    @property
+    def client_id(self) -> str:
+        """The caller's client id."""
+        return self._req.client_id
+
+    @property
+    def topics(self) -> Tuple[str, ...]:
+        return self._req.topics
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return self._req.metadata
+
+    @property
+    def sent_at(self) -> float:
+        """Unix time (seconds) when the caller sent the request."""
+        return self._req.sent_at_ns / 1e9
+
+    @property
+    def deadline(self) -> float:
+        """Unix time (seconds) of the request's deadline."""
+        return self._req.expiry_ns / 1e9
+
+    def remaining(self) -> float:
+        """Seconds left until the deadline (negative once past)."""
+        return (self._req.expiry_ns - time.time_ns()) / 1e9
+
+    def __repr__(self) -> str:
+        return (f"Context(method={self.method.name!r}, client_id={self.client_id!r}, "
+                f"topics={self.topics!r})")
+
+
+def answer(req: Any, method: Method, fn: Callable[[], Any]) -> None:
+    """Runs fn (which returns the response message) and answers req."""
+    try:
+        data = method.encode_response(fn())
+    except BaseException as e:  # noqa: B902 - every failure must answer the request
+        fail(req, e)
+        if not isinstance(e, Exception):
+            raise
+        return
+    try:
+        req.respond(data)
+    except PsrpcError:
+        pass  # server force-closed meanwhile: the answer is discarded
+
+
+def fail(req: Any, exc: BaseException) -> None:
+    code, message, details = to_failure(exc)
+    if not isinstance(exc, PsrpcError):
+        log.debug("psrpc handler raised", exc_info=exc)
+    try:
+        req.fail_details(code, message, details)
+    except PsrpcError:
+        pass
+
+
+class _Registration:
+    """The callable a C registration holds (it never references the Server,
+    so a dropped server can be collected and closes)."""
+
+    def __init__(self, method: Method, handler: Handler, affinity: Optional[AffinityFunc],
+                 topics: Optional[Tuple[str, ...]], server_id: str,
+                 submit: Callable[..., Any]) -> None:
+        self.method = method
+        self.handler = handler
+        self.affinity = affinity
+        self.topics = topics
+        self.server_id = server_id
+        self.submit = submit
+        self.ready = threading.Event()
+        self.released = threading.Event()
+        self.error: Optional[PsrpcError] = None
+
+    def __call__(self, kind: int, arg: Any) -> None:
+        if kind == KIND_REQUEST:
+            try:
+                self.submit(self.run, arg)
+            except RuntimeError:  # executor shut down
+                arg.fail(Status.UNAVAILABLE, "server is shutting down")
+        elif kind == KIND_AFFINITY:
+            self.claim(arg)
+        elif kind == KIND_READY:
+            if arg is not None:
+                self.error = from_wire(arg)
+            self.ready.set()
+        elif kind == KIND_RELEASED:
+            self.ready.set()
+            self.released.set()
+
+    def run(self, req: Any) -> None:
+        m = self.method
+        ctx = Context(req, m, self.server_id)
+        answer(req, m, lambda: self.handler(m.decode_request(req.payload), ctx))
+
+    def claim(self, req: Any) -> None:
+        # Runs on the loop thread: affinity functions must be quick.
+        try:
+            a = self.affinity(self.method.decode_request(req.payload),  # type: ignore[misc]
+                              Context(req, self.method, self.server_id))
+        except Exception:
+            log.exception("psrpc affinity function raised; declining")
+            a = None
+        req.claim(-1.0 if a is None else float(a))
+
+
+class Server(_Handle):
+    """A server of a service on a bus. Handlers ``handler(request, context)``
+    return the response message (or raise: a ``psrpc.PsrpcError`` travels
+    with its code and details, ``NotImplementedError`` as unimplemented, any
+    other exception as unknown with its text). They run on a thread pool
+    (``max_workers`` threads, or your ``executor``).
+
+    ``server.register("Method", handler)`` or, as a decorator,
+    ``@server.handler("Method")``.
+    """
+
+    _free = staticmethod(_core.psrpc_server_free)
+
+    def __init__(self, bus: Any, service: ServiceLike, *, server_id: Optional[str] = None,
+                 skip_claim: bool = False, stream_timeout: Optional[float] = None,
+                 executor: Optional[concurrent.futures.Executor] = None,
+                 max_workers: Optional[int] = None, methods: Iterable[Method] = ()) -> None:
+        self._service, self._strict = as_service(service, methods)
+        opts = None
+        if server_id is not None or skip_claim or stream_timeout is not None:
+            opts = (_core.PSRPC_SERVER_SKIP_CLAIM if skip_claim else 0, _ms(stream_timeout),
+                    server_id)
+        self._own_executor = executor is None
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="psrpc-handler")
+        self._ptr = bus._with(_core.psrpc_server_create, self._service.name, opts)
+        self._closed = False
+        self._bus = bus
+        bus._adopt(self)
+        self.id: str = _core.psrpc_server_id(self._ptr)
+        self._regs: Dict[Tuple[str, Tuple[str, ...]], _Registration] = {}
+        self._lock = threading.Lock()
+        weakref.finalize(self, _shutdown_executor, self._executor, self._own_executor)
+
+    @property
+    def service(self) -> Any:
+        return self._service
+
+    def method(self, name: Union[str, Method]) -> Method:
+        return resolve(self._service, self._strict, name)
+
+    def _check(self) -> Any:
+        if self._closed:
+            raise Canceled("server is closed")
+        return self._ptr
+
+    def register(self, method: Union[str, Method], handler: Handler, *, topics: Topics = None,
+                 affinity: Optional[AffinityFunc] = None, wait: bool = True,
+                 timeout: float = 5.0) -> None:
+        """Serves ``method`` (under ``topics`` for topic methods) with
+        ``handler(request, context)``. ``affinity(request, context)`` answers
+        claims of affinity methods (a float; None or negative declines); it
+        runs on the bus's loop thread and must not block. Waits until the
+        broker confirmed the registration unless ``wait=False``."""
+        m = self.method(method)
+        if m.stream:
+            return self._register_stream(m, handler, topics=topics, affinity=affinity,
+                                         wait=wait, timeout=timeout)
+        t = topic_list(topics)
+        reg = _Registration(m, handler, affinity, t, self.id, self._executor.submit)
+        _core.psrpc_server_register(self._check(), m._c, t, (reg, affinity is not None))
+        with self._lock:
+            self._regs[(m.name, t or ())] = reg
+        if wait:
+            self._wait_reg(reg, timeout)
+
+    def _register_stream(self, m: Method, handler: Any, **kw: Any) -> None:
+        from ._stream import register_stream
+
+        register_stream(self, m, handler, **kw)
+
+    def _wait_reg(self, reg: Any, timeout: float) -> None:
+        if _core.on_loop_thread():
+            return
+        if not reg.ready.wait(timeout):
+            raise DeadlineExceeded(f"registration of {reg.method.name} was not confirmed in time")
+        if reg.error is not None:
+            raise reg.error
+
+    def handler(self, method: Union[str, Method], *, topics: Topics = None,
+                affinity: Optional[AffinityFunc] = None) -> Callable[[F], F]:
+        """Decorator form of ``register``."""
+
+        def deco(fn: F) -> F:
+            self.register(method, fn, topics=topics, affinity=affinity)
+            return fn
+
+        return deco
+
+    def deregister(self, method: Union[str, Method], topics: Topics = None) -> None:
+        m = self.method(method)
+        t = topic_list(topics)
+        _core.psrpc_server_deregister(self._check(), m.name, t)
+        with self._lock:
+            self._regs.pop((m.name, t or ()), None)
+
+    def wait_ready(self, timeout: float = 5.0) -> None:
+        """Blocks until every registration made so far is confirmed."""
+        _core.psrpc_server_wait_ready(self._check(), int(timeout * 1000))
+
+    def publish(self, method: Union[str, Method], message: Any, topics: Topics = None) -> None:
+        """Publishes a message on a subscription method (fire and forget)."""
+        m = self.method(method)
+        _core.psrpc_server_publish(self._check(), m._c, topic_list(topics),
+                                   m.encode_response(message))
+
+    def close(self, *, force: bool = False, timeout: Optional[float] = None) -> None:
+        """Stops serving. Unless ``force``, waits (up to ``timeout``) until
+        every request handed to a handler was answered. Idempotent; a forced
+        close hurries an ongoing graceful one."""
+        first = not self._closed
+        self._closed = True
+        ptr = self._ptr
+        if ptr is not None:
+            done = threading.Event()
+            try:
+                _core.psrpc_server_close(ptr, _core.PSRPC_CLOSE_FORCE if force else 0, done.set)
+            except PsrpcError:
+                done.set()
+            if not _core.on_loop_thread():
+                done.wait(timeout)
+        if first and self._own_executor:
+            self._executor.shutdown(wait=False)
+
+    def _bus_closed(self) -> None:
+        self._closed = True
+        if self._own_executor:
+            self._executor.shutdown(wait=False)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Server({self._service.name!r}, id={getattr(self, 'id', None)!r})"
+
+
+def _shutdown_executor(executor: concurrent.futures.Executor, own: bool) -> None:
+    if own:
+        executor.shutdown(wait=False)
