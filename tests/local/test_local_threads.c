@@ -9,6 +9,7 @@ static psrpc_method echo(void) { return tu_method("Echo", PSRPC_ROUTING_QUEUE, 0
 typedef struct mini {
     atomic_int count;
     atomic_int ok;
+    atomic_int status;
     char expect[24];
 } mini;
 
@@ -18,6 +19,7 @@ static void mini_cb(uint64_t id, const psrpc_msg *resp, const psrpc_error *err,
     (void)server_id;
     mini *m = (mini *)ud;
     tu_note_cb_thread();
+    atomic_store(&m->status, err ? err->status : 0);
     if (!err && resp && psrpc_msg_size(resp) == strlen(m->expect) &&
         memcmp(psrpc_msg_data(resp), m->expect, psrpc_msg_size(resp)) == 0)
         atomic_store(&m->ok, 1);
@@ -51,7 +53,8 @@ static tfx *tfx_new(int64_t queue_capacity) {
         if (!f->s[i]->server || tu_srv_register(f->s[i], &m, NULL, 0) != PSRPC_OK)
             return f;
     }
-    f->cl = tu_client(f->bus[2], f->service, 20000, 0);
+    /* generous timeouts: these are load tests, and sanitizers slow them */
+    f->cl = tu_client(f->bus[2], f->service, tu_ms(20000), tu_ms(5000));
     return f;
 }
 
@@ -150,6 +153,15 @@ TEST(threads_many_callers) {
     }
     CHECK_EQ_INT(once, n);
     CHECK_EQ_INT(ok, n);
+    if (ok != n) {
+        int by[128] = {0};
+        for (int i = 0; i < n; i++)
+            if (!atomic_load(&recs[i].ok))
+                by[-atomic_load(&recs[i].status) & 127]++;
+        for (int k = 0; k < 128; k++)
+            if (by[k])
+                fprintf(stderr, "  %d calls failed with %s\n", by[k], psrpc_status_name(-k));
+    }
     int handled = atomic_load(&f->s[0]->handled) + atomic_load(&f->s[1]->handled);
     CHECK_EQ_INT(handled, n + NSYNC_T * PER_SYNC);
     tfx_free(f);
