@@ -586,6 +586,98 @@ TEST(unary_handler_deadline) {
     free(c);
 }
 
+/* M5: a handler calls another service with the time it has left: the nested
+ * request's expiry is not later than its parent's. */
+typedef struct nest {
+    psrpc_client *inner_cl; /* on the outer server's bus */
+    tu_srv *inner;
+    int64_t outer_expiry_ns;
+    int64_t outer_remaining_ms;
+    atomic_int outer_handled;
+    int nested_rc;
+} nest;
+
+typedef struct nest_call {
+    psrpc_request *outer_req;
+    nest *n;
+} nest_call;
+
+static void nested_done(uint64_t id, const psrpc_msg *resp, const psrpc_error *err,
+                        const char *sid, void *ud) {
+    (void)id, (void)sid;
+    nest_call *nc = (nest_call *)ud;
+    if (err)
+        psrpc_request_fail(nc->outer_req, err->status, err->message);
+    else
+        psrpc_request_respond(nc->outer_req, psrpc_msg_data(resp), psrpc_msg_size(resp));
+    free(nc);
+}
+
+static void outer_handler(psrpc_request *req, void *ud) {
+    nest *n = (nest *)ud;
+    n->outer_expiry_ns = psrpc_request_expiry_ns(req);
+    n->outer_remaining_ms = psrpc_request_remaining_ms(req);
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.timeout_ms = n->outer_remaining_ms > 0 ? n->outer_remaining_ms : 1;
+    nest_call *nc = (nest_call *)calloc(1, sizeof *nc);
+    nc->outer_req = req;
+    nc->n = n;
+    n->nested_rc = psrpc_client_call(NULL, n->inner_cl, echo_method(), "inner", 5, &o, nested_done,
+                                     nc);
+    if (n->nested_rc != PSRPC_OK) {
+        psrpc_request_fail(req, PSRPC_INTERNAL, "nested call refused");
+        free(nc);
+    }
+    atomic_fetch_add(&n->outer_handled, 1);
+}
+
+static void nest_release(void *ud) { (void)ud; }
+
+TEST(unary_nested_call_deadline) {
+    psrpc_bus *b[3];
+    REQUIRE(open_bus_group(b, 3) == 0);
+    char outer_svc[64], inner_svc[64];
+    tu_service(outer_svc, sizeof outer_svc);
+    tu_service(inner_svc, sizeof inner_svc);
+    nest *n = (nest *)calloc(1, sizeof *n);
+    n->inner = tu_srv_new(b[1], inner_svc, NULL, TU_ECHO);
+    REQUIRE(n->inner->server);
+    REQUIRE(tu_srv_register(n->inner, echo_method(), NULL, 0) == PSRPC_OK);
+    n->inner_cl = tu_client(b[0], inner_svc, 0, 0);
+    REQUIRE(n->inner_cl);
+    psrpc_server *outer = NULL;
+    REQUIRE(psrpc_server_create(&outer, b[0], outer_svc, NULL) == PSRPC_OK);
+    REQUIRE(psrpc_server_register(outer, echo_method(), NULL, 0, outer_handler, NULL, NULL, n,
+                                  nest_release) == PSRPC_OK);
+    REQUIRE(psrpc_server_wait_ready(outer, tu_ms(5000)) == PSRPC_OK);
+    psrpc_client *cl = tu_client(b[2], outer_svc, 0, 0);
+    REQUIRE(cl);
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.timeout_ms = 1500;
+    tu_call *c = tu_calls_new(1);
+    REQUIRE(tu_call_wait(cl, echo_method(), "outer", &o, c, 5000));
+    CHECK_EQ_INT(c->status, PSRPC_OK);
+    CHECK_EQ_STR(c->response, "inner");
+    CHECK_EQ_INT(n->nested_rc, PSRPC_OK);
+    CHECK(n->outer_remaining_ms > 0 && n->outer_remaining_ms <= 1500);
+    pthread_mutex_lock(&n->inner->mu);
+    int64_t inner_expiry = n->inner->last_expiry_ns;
+    pthread_mutex_unlock(&n->inner->mu);
+    CHECK(inner_expiry > 0);
+    CHECK(inner_expiry <= n->outer_expiry_ns);
+    CHECK(n->outer_expiry_ns - inner_expiry < 1000 * 1000000LL); /* and not much earlier */
+    psrpc_client_free(cl);
+    psrpc_client_free(n->inner_cl);
+    psrpc_server_free(outer);
+    psrpc_server_free(n->inner->server);
+    for (int i = 0; i < 3; i++)
+        psrpc_bus_free(b[i]);
+    CHECK_EQ_INT(atomic_load(&c->count), 1);
+    tu_srv_destroy(n->inner);
+    free(n);
+    free(c);
+}
+
 /* Metadata: 100 UTF-8 entries round-trip to the handler. */
 typedef struct md_seen {
     atomic_int handled;
