@@ -35,6 +35,7 @@ from ._method import Method, Service
 from ._options import (ROUTING_AFFINITY, ROUTING_MULTI, ROUTING_QUEUE, PsrpcOptions, TopicParams,
                        camel_case, proto_include)
 from ._server import Context, Server
+from ._stream import Stream
 
 __version__ = "0.1.0"
 
@@ -45,7 +46,7 @@ WIRE_VERSION: str = _core.PSRPC_WIRE_VERSION_STRING
 
 __all__ = [
     "Bus", "BusState", "Client", "Server", "Context", "Method", "Service", "SelectionOptions",
-    "Claim", "MultiResult", "MultiCall", "Subscription", "CallFuture", "PsrpcOptions",
+    "Claim", "MultiResult", "MultiCall", "Subscription", "Stream", "CallFuture", "PsrpcOptions",
     "TopicParams", "camel_case", "proto_include", "ROUTING_QUEUE", "ROUTING_AFFINITY",
     "ROUTING_MULTI", "Status", "PsrpcError", "Canceled", "Unknown", "InvalidArgument",
     "MalformedRequest", "DeadlineExceeded", "NotFound", "AlreadyExists", "PermissionDenied",

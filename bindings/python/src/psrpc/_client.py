@@ -244,6 +244,20 @@ class Client(_Handle):
         m = self.method(method)
         return Subscription(self, m, topic_list(topics), timeout, max_queue)
 
+    # ---- streams ----
+    def open_stream(self, method: Union[str, Method], *, timeout: Optional[float] = None,
+                    topics: Topics = None, metadata: Optional[Mapping[str, str]] = None,
+                    selection: Optional[SelectionOptions] = None, wait_for_ready: bool = False,
+                    max_queue: int = 100) -> Any:
+        """Opens a bidirectional stream to one server of a stream method and
+        waits until a server accepted it. ``timeout`` is also the stream's
+        per-message timeout. Returns a ``psrpc.Stream``."""
+        from ._stream import open_stream
+
+        return open_stream(self, self.method(method), timeout=timeout, topics=topics,
+                           metadata=metadata, selection=selection,
+                           wait_for_ready=wait_for_ready, max_queue=max_queue)
+
     def close(self) -> None:
         """Closes the client (idempotent): calls in flight complete with
         ``Canceled``, its subscriptions end."""

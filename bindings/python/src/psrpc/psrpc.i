@@ -463,6 +463,253 @@ static PyTypeObject PsrpcPySelection_Type = {
     .tp_methods = psrpc_py_selection_methods,
 };
 
+
+/* ---- Stream: a reference to a psrpc_stream, released when collected ---- */
+
+#define PSRPC_PY_KIND_OPEN 4
+#define PSRPC_PY_KIND_CLOSE 5
+
+typedef struct {
+    PyObject_HEAD
+    psrpc_stream *s;
+} PsrpcPyStream;
+
+static PyTypeObject PsrpcPyStream_Type;
+
+/* Takes ownership of the reference s. */
+static PyObject *psrpc_py_stream_new(psrpc_stream *s) {
+    PsrpcPyStream *self = PyObject_New(PsrpcPyStream, &PsrpcPyStream_Type);
+    if (!self) {
+        psrpc_stream_free(s);
+        return NULL;
+    }
+    self->s = s;
+    return (PyObject *)self;
+}
+
+static void psrpc_py_stream_dealloc(PsrpcPyStream *self) {
+    psrpc_stream *s = self->s;
+    self->s = NULL;
+    if (s)
+        psrpc_stream_free(s); /* closes cleanly if still open */
+    PyObject_Free(self);
+}
+
+/* stream message: cb(0, bytes) -> truthy to refuse (not acknowledged) */
+static int psrpc_py_tr_stream_message(psrpc_stream *stream, const psrpc_msg *msg, void *ud) {
+    (void)stream;
+    if (PSRPC_PY_FINALIZING())
+        return 1;
+    psrpc_py_loop_thread = 1;
+    PyGILState_STATE gil_ = PyGILState_Ensure();
+    int refuse = 0;
+    PyObject *args = Py_BuildValue("(iN)", 0, psrpc_py_msg(msg));
+    PyObject *r = args ? PyObject_CallObject((PyObject *)ud, args) : NULL;
+    Py_XDECREF(args);
+    if (!r) {
+        PyErr_WriteUnraisable((PyObject *)ud);
+        refuse = 1;
+    } else {
+        refuse = r == Py_None ? 0 : PyObject_IsTrue(r);
+        if (refuse < 0) {
+            PyErr_Clear();
+            refuse = 1;
+        }
+        Py_DECREF(r);
+    }
+    PyGILState_Release(gil_);
+    return refuse;
+}
+
+/* stream close: cb(5, error) */
+static void psrpc_py_tr_stream_close(psrpc_stream *stream, const psrpc_error *cause, void *ud) {
+    (void)stream;
+    PSRPC_TR_ENTER();
+    psrpc_py_invoke((PyObject *)ud,
+                    Py_BuildValue("(iN)", PSRPC_PY_KIND_CLOSE, psrpc_py_error(cause)));
+    PSRPC_TR_LEAVE();
+}
+
+/* stream open outcome: cb(4, error) */
+static void psrpc_py_tr_stream_open(const psrpc_error *error, void *ud) {
+    PSRPC_TR_ENTER();
+    psrpc_py_invoke((PyObject *)ud,
+                    Py_BuildValue("(iN)", PSRPC_PY_KIND_OPEN, psrpc_py_error(error)));
+    PSRPC_TR_LEAVE();
+}
+
+/* one-shot done (stream send): cb(error), then dropped */
+static void psrpc_py_tr_done(const psrpc_error *error, void *ud) {
+    PSRPC_TR_ENTER();
+    PyObject *cb = ud;
+    psrpc_py_invoke(cb, Py_BuildValue("(N)", psrpc_py_error(error)));
+    Py_DECREF(cb);
+    PSRPC_TR_LEAVE();
+}
+
+/* stream registration: cb(0, Stream) for an accepted stream */
+static void psrpc_py_tr_stream_handler(psrpc_stream *stream, void *ud) {
+    if (PSRPC_PY_FINALIZING())
+        return;
+    psrpc_py_loop_thread = 1;
+    PyGILState_STATE gil_ = PyGILState_Ensure();
+    PyObject *obj = psrpc_py_stream_new(stream);
+    if (!obj)
+        PyErr_WriteUnraisable((PyObject *)ud);
+    else
+        psrpc_py_invoke((PyObject *)ud, Py_BuildValue("(iN)", 0, obj));
+    PyGILState_Release(gil_);
+}
+
+static psrpc_stream *psrpc_py_stream_ptr(PsrpcPyStream *self) {
+    if (!self->s)
+        psrpc_py_raise_status(PSRPC_CANCELED, "stream is released");
+    return self->s;
+}
+
+/* send(data, timeout_ms=0, callback=None): callback(error) once acknowledged or failed */
+static PyObject *psrpc_py_stream_send(PsrpcPyStream *self, PyObject *args) {
+    Py_buffer view;
+    long long timeout_ms = 0;
+    PyObject *cb = Py_None;
+    if (!PyArg_ParseTuple(args, "y*|LO:send", &view, &timeout_ms, &cb))
+        return NULL;
+    psrpc_stream *s = psrpc_py_stream_ptr(self);
+    if (!s || (cb != Py_None && !PyCallable_Check(cb))) {
+        if (s)
+            PyErr_SetString(PyExc_TypeError, "callback must be callable");
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    if (cb != Py_None)
+        Py_INCREF(cb);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = psrpc_stream_send(s, view.buf, (size_t)view.len, timeout_ms,
+                           cb != Py_None ? psrpc_py_tr_done : NULL, cb != Py_None ? cb : NULL);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (rc < 0) {
+        if (cb != Py_None)
+            Py_DECREF(cb);
+        psrpc_py_raise_last(rc);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static void psrpc_py_blocking_done_cb(const psrpc_error *error, void *ud);
+
+/* send_blocking(data, timeout_ms=0) -> None or error tuple; waits with the GIL released */
+static PyObject *psrpc_py_stream_send_blocking(PsrpcPyStream *self, PyObject *args);
+
+static PyObject *psrpc_py_stream_close(PsrpcPyStream *self, PyObject *args) {
+    int status = 0;
+    const char *message = NULL;
+    if (!PyArg_ParseTuple(args, "|iz:close", &status, &message))
+        return NULL;
+    psrpc_stream *s = psrpc_py_stream_ptr(self);
+    if (!s)
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = psrpc_stream_close(s, status, message);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        psrpc_py_raise_last(rc);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* set_callbacks(cb): cb(0, bytes) -> refuse?, cb(5, cause), cb(3, None) on release */
+static void psrpc_py_tr_release_notify(void *ud);
+static PyObject *psrpc_py_stream_set_callbacks(PsrpcPyStream *self, PyObject *cb) {
+    if (!PyCallable_Check(cb)) {
+        PyErr_SetString(PyExc_TypeError, "callback must be callable");
+        return NULL;
+    }
+    psrpc_stream *s = psrpc_py_stream_ptr(self);
+    if (!s)
+        return NULL;
+    Py_INCREF(cb);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = psrpc_stream_set_callbacks(s, psrpc_py_tr_stream_message, psrpc_py_tr_stream_close, cb,
+                                    psrpc_py_tr_release_notify);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        Py_DECREF(cb);
+        psrpc_py_raise_last(rc);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *psrpc_py_stream_get_id(PsrpcPyStream *self, void *c) {
+    (void)c;
+    return self->s ? psrpc_py_str(psrpc_stream_id(self->s)) : (Py_INCREF(Py_None), Py_None);
+}
+static PyObject *psrpc_py_stream_get_node_id(PsrpcPyStream *self, void *c) {
+    (void)c;
+    return self->s ? psrpc_py_str(psrpc_stream_node_id(self->s)) : (Py_INCREF(Py_None), Py_None);
+}
+static PyObject *psrpc_py_stream_get_method(PsrpcPyStream *self, void *c) {
+    (void)c;
+    return self->s ? psrpc_py_str(psrpc_stream_method(self->s)) : (Py_INCREF(Py_None), Py_None);
+}
+static PyObject *psrpc_py_stream_get_metadata(PsrpcPyStream *self, void *c) {
+    (void)c;
+    PyObject *d = PyDict_New();
+    if (!d || !self->s)
+        return d;
+    size_t n = psrpc_stream_metadata_count(self->s);
+    for (size_t i = 0; i < n; i++) {
+        const char *k = NULL, *v = NULL;
+        if (psrpc_stream_metadata_at(self->s, i, &k, &v) != PSRPC_OK)
+            break;
+        PyObject *pk = psrpc_py_str(k), *pv = psrpc_py_str(v);
+        if (!pk || !pv || PyDict_SetItem(d, pk, pv) < 0) {
+            Py_XDECREF(pk);
+            Py_XDECREF(pv);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(pk);
+        Py_DECREF(pv);
+    }
+    return d;
+}
+
+static PyMethodDef psrpc_py_stream_methods[] = {
+    {"send", (PyCFunction)psrpc_py_stream_send, METH_VARARGS,
+     "send(data, timeout_ms=0, callback=None): callback(error) once acknowledged or failed"},
+    {"send_blocking", (PyCFunction)psrpc_py_stream_send_blocking, METH_VARARGS,
+     "send_blocking(data, timeout_ms=0) -> None or error tuple (GIL released)"},
+    {"close", (PyCFunction)psrpc_py_stream_close, METH_VARARGS,
+     "close(status=0, message=None)"},
+    {"set_callbacks", (PyCFunction)psrpc_py_stream_set_callbacks, METH_O,
+     "set_callbacks(cb): server side, once"},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef psrpc_py_stream_getset[] = {
+    {"id", (getter)psrpc_py_stream_get_id, NULL, NULL, NULL},
+    {"node_id", (getter)psrpc_py_stream_get_node_id, NULL, NULL, NULL},
+    {"method", (getter)psrpc_py_stream_get_method, NULL, NULL, NULL},
+    {"metadata", (getter)psrpc_py_stream_get_metadata, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject PsrpcPyStream_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "psrpc._core.Stream",
+    .tp_basicsize = sizeof(PsrpcPyStream),
+    .tp_dealloc = (destructor)psrpc_py_stream_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A reference to a psrpc_stream (released when collected).",
+    .tp_methods = psrpc_py_stream_methods,
+    .tp_getset = psrpc_py_stream_getset,
+};
+
 /* ---- trampolines ---- */
 
 /* psrpc_closed_cb / one-shot: cb() */
@@ -917,6 +1164,64 @@ static PyObject *psrpc_py_blocking_result(psrpc_py_blocking *b) {
     return Py_BuildValue("(NNN)", psrpc_py_msg(b->response), err, psrpc_py_str(b->server_id));
 }
 
+
+static void psrpc_py_blocking_done_cb(const psrpc_error *error, void *ud) {
+    psrpc_py_blocking_cb(0, NULL, error, NULL, ud);
+}
+
+static psrpc_py_blocking *psrpc_py_blocking_new(void) {
+    psrpc_py_blocking *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&b->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    return b;
+}
+
+static PyObject *psrpc_py_stream_send_blocking(PsrpcPyStream *self, PyObject *args) {
+    Py_buffer view;
+    long long timeout_ms = 0;
+    if (!PyArg_ParseTuple(args, "y*|L:send_blocking", &view, &timeout_ms))
+        return NULL;
+    if (psrpc_py_loop_thread) {
+        PyBuffer_Release(&view);
+        psrpc_py_raise_status(PSRPC_WOULD_DEADLOCK,
+                              "a blocking send inside a psrpc callback would deadlock the bus");
+        return NULL;
+    }
+    psrpc_stream *s = psrpc_py_stream_ptr(self);
+    psrpc_py_blocking *b = s ? psrpc_py_blocking_new() : NULL;
+    if (!b) {
+        PyBuffer_Release(&view);
+        return s ? PyErr_NoMemory() : NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = psrpc_stream_send(s, view.buf, (size_t)view.len, timeout_ms, psrpc_py_blocking_done_cb,
+                           b);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (rc < 0) {
+        psrpc_py_blocking_free(b);
+        psrpc_py_raise_last(rc);
+        return NULL;
+    }
+    /* Not interruptible: the send ends by its own timeout (or the stream's close). */
+    psrpc_py_blocking_wait(b, -1);
+    PyObject *r = psrpc_py_blocking_result(b);
+    psrpc_py_blocking_free(b);
+    if (!r)
+        return NULL;
+    PyObject *err = PyTuple_GET_ITEM(r, 1);
+    Py_INCREF(err);
+    Py_DECREF(r);
+    return err;
+}
+
 static int psrpc_py_add_type(PyObject *m, const char *name, PyTypeObject *t) {
     if (PyType_Ready(t) < 0)
         return -1;
@@ -930,7 +1235,8 @@ static int psrpc_py_add_type(PyObject *m, const char *name, PyTypeObject *t) {
 
 static int psrpc_py_init_types(PyObject *m) {
     if (psrpc_py_add_type(m, "Request", &PsrpcPyRequest_Type) < 0 ||
-        psrpc_py_add_type(m, "Selection", &PsrpcPySelection_Type) < 0)
+        psrpc_py_add_type(m, "Selection", &PsrpcPySelection_Type) < 0 ||
+        psrpc_py_add_type(m, "Stream", &PsrpcPyStream_Type) < 0)
         return -1;
     return 0;
 }
@@ -1176,6 +1482,49 @@ PSRPC_HELD_CALLABLE(%arg((psrpc_message_cb on_message, psrpc_done_cb on_ready, v
     Py_XDECREF(held$argnum);
 }
 
+
+/* Streams: the client's open and the server's stream registration. */
+%typemap(in, numinputs=0) psrpc_stream **out (psrpc_stream *h = NULL) {
+    $1 = &h;
+}
+%typemap(argout) psrpc_stream **out {
+    $result = psrpc_py_append($result, psrpc_py_stream_new(h$argnum));
+    if (!$result)
+        SWIG_fail;
+}
+PSRPC_HELD_CALLABLE(%arg((psrpc_done_cb on_open, psrpc_stream_message_cb on_message,
+                          psrpc_stream_close_cb on_close, void *user_data,
+                          psrpc_release_cb release)), 0,
+    %arg($1 = psrpc_py_tr_stream_open; $2 = psrpc_py_tr_stream_message;
+         $3 = psrpc_py_tr_stream_close; $4 = held; $5 = psrpc_py_tr_release_notify;))
+
+%typemap(in) (psrpc_stream_handler_cb handler, psrpc_affinity_cb affinity, psrpc_done_cb on_ready,
+              void *user_data, psrpc_release_cb release) (PyObject *held = NULL) {
+    PyObject *cb;
+    int with_affinity;
+    if (!PyArg_ParseTuple($input, "Op:handler", &cb, &with_affinity))
+        SWIG_fail;
+    if (!PyCallable_Check(cb)) {
+        PyErr_SetString(PyExc_TypeError, "handler must be callable");
+        SWIG_fail;
+    }
+    held = cb;
+    Py_INCREF(held);
+    $1 = psrpc_py_tr_stream_handler;
+    $2 = with_affinity ? psrpc_py_tr_affinity : NULL;
+    $3 = psrpc_py_tr_ready;
+    $4 = held;
+    $5 = psrpc_py_tr_release_notify;
+}
+%typemap(argout) (psrpc_stream_handler_cb handler, psrpc_affinity_cb affinity,
+                  psrpc_done_cb on_ready, void *user_data, psrpc_release_cb release) {
+    held$argnum = NULL;
+}
+%typemap(freearg) (psrpc_stream_handler_cb handler, psrpc_affinity_cb affinity,
+                   psrpc_done_cb on_ready, void *user_data, psrpc_release_cb release) {
+    Py_XDECREF(held$argnum);
+}
+
 /* ------------------------------------------------------------------ */
 /* What is wrapped                                                     */
 /* ------------------------------------------------------------------ */
@@ -1224,6 +1573,9 @@ PSRPC_WRAP(psrpc_server_wait_ready)
 PSRPC_WRAP(psrpc_server_publish)
 PSRPC_WRAP(psrpc_server_close)
 PSRPC_WRAP(psrpc_server_free)
+/* streams (sends, close and accessors are methods of _core.Stream) */
+PSRPC_WRAP(psrpc_client_open_stream)
+PSRPC_WRAP(psrpc_server_register_stream)
 /* constants */
 PSRPC_WRAP(PSRPC_ROUTING_QUEUE)
 PSRPC_WRAP(PSRPC_ROUTING_AFFINITY)

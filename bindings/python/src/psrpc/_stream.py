@@ -1,0 +1,242 @@
+"""Bidirectional streams, blocking API."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
+
+from . import _core
+from ._client import KIND_MESSAGE, KIND_READY, KIND_RELEASED, _END, Topics, _ms, call_options
+from ._errors import Canceled, PsrpcError, Status, from_wire, to_failure
+from ._method import Method, topic_list
+
+__all__ = ["Stream", "open_stream", "register_stream"]
+
+KIND_OPEN = 4
+KIND_CLOSE = 5
+
+
+def is_clean_close(err: Optional[PsrpcError]) -> bool:
+    """A close without an error: the peer's (or our) ``close()`` reads as
+    canceled "stream closed"."""
+    return err is None or (err.code == "canceled" and err.message == "stream closed")
+
+
+def close_args(error: Optional[BaseException]) -> Tuple[int, Optional[str]]:
+    """(status, message) for psrpc_stream_close."""
+    if error is None:
+        return 0, None
+    code, message, _details = to_failure(error)
+    status = Status.from_code(code)
+    return (status if status < 0 else Status.UNKNOWN), message
+
+
+class _StreamSink:
+    """The callable the C stream holds: feeds a queue; refuses messages (not
+    acknowledged: the peer's send times out) while ``max_queue`` wait."""
+
+    __slots__ = ("q", "max", "opened", "open_error", "cause", "closed", "lock")
+
+    def __init__(self, max_queue: int) -> None:
+        self.q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self.max = max_queue
+        self.opened = threading.Event()
+        self.open_error: Optional[PsrpcError] = None
+        self.cause: Optional[PsrpcError] = None
+        self.closed = threading.Event()
+
+    def __call__(self, kind: int, arg: Any) -> Optional[bool]:
+        if kind == KIND_MESSAGE:
+            if self.max and self.q.qsize() >= self.max:
+                return True
+            self.q.put(arg)
+        elif kind == KIND_OPEN:
+            if arg is not None:
+                self.open_error = from_wire(arg)
+            self.opened.set()
+        elif kind == KIND_CLOSE:
+            self.cause = from_wire(arg) if arg is not None else None
+            self.opened.set()
+            self.closed.set()
+            self.q.put(_END)
+        elif kind == KIND_RELEASED:
+            self.opened.set()
+            if not self.closed.is_set():
+                self.closed.set()
+                self.q.put(_END)
+        return None
+
+
+class Stream:
+    """One side of a bidirectional stream: ``send()`` waits until the peer
+    acknowledged the message; iterate (or ``recv()``) to receive. Iteration
+    ends when the stream closes cleanly and raises the cause otherwise.
+    ``close()`` (or the end of a ``with`` block) closes it."""
+
+    def __init__(self, core: Any, method: Method, sink: _StreamSink, server_side: bool) -> None:
+        self._core = core
+        self._method = method
+        self._sink = sink
+        self._server_side = server_side
+        self._ended = False
+        if server_side:
+            self._encode = method.encode_response
+            self._decode = method.decode_request
+        else:
+            self._encode = method.encode_request
+            self._decode = method.decode_response
+
+    @property
+    def id(self) -> str:
+        return self._core.id
+
+    @property
+    def node_id(self) -> str:
+        """The opener's client id (server side), our client id (client side)."""
+        return self._core.node_id
+
+    @property
+    def method(self) -> Method:
+        return self._method
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """The opener's metadata."""
+        return self._core.metadata
+
+    @property
+    def closed(self) -> bool:
+        return self._sink.closed.is_set()
+
+    @property
+    def error(self) -> Optional[PsrpcError]:
+        """Why the stream closed (None while open or after a clean close)."""
+        c = self._sink.cause
+        return None if is_clean_close(c) else c
+
+    def send(self, message: Any, *, timeout: Optional[float] = None) -> None:
+        """Sends and waits for the peer's acknowledgement (``DeadlineExceeded``
+        after ``timeout``, default the stream's timeout)."""
+        err = self._core.send_blocking(bytes(self._encode(message)), _ms(timeout))
+        if err is not None:
+            raise from_wire(err)
+
+    def recv(self, timeout: Optional[float] = None) -> Any:
+        """The next message. ``queue.Empty`` after ``timeout``; once the
+        stream closed: the cause (``Canceled`` for a clean close)."""
+        if not self._ended:
+            item = self._sink.q.get(timeout=timeout)
+            if item is not _END:
+                return self._decode(item)
+            self._ended = True
+        raise self._sink.cause or Canceled("stream closed")
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                yield self.recv()
+            except PsrpcError as e:
+                if self._ended and is_clean_close(e):
+                    return
+                raise
+
+    def close(self, error: Optional[BaseException] = None) -> None:
+        """Closes the stream, cleanly or with an error (its psrpc code
+        travels; other exceptions as unknown). Idempotent."""
+        status, message = close_args(error)
+        try:
+            self._core.close(status, message)
+        except PsrpcError:
+            pass
+
+    def wait_closed(self, timeout: Optional[float] = None) -> bool:
+        return self._sink.closed.wait(timeout)
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(exc if isinstance(exc, Exception) else None)
+
+    def __repr__(self) -> str:
+        return f"Stream({self._method.name!r}, id={self.id!r}{', closed' if self.closed else ''})"
+
+
+def open_stream(client: Any, method: Method, *, timeout: Optional[float], topics: Topics,
+                metadata: Optional[Mapping[str, str]], selection: Any, wait_for_ready: bool,
+                max_queue: int) -> Stream:
+    if not method.stream:
+        raise PsrpcError(f"{method.name} is not a stream method", code="invalid_argument")
+    opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
+    sink = _StreamSink(max_queue)
+    core = _core.psrpc_client_open_stream(client._check(), method._c, opts, sink)
+    stream = Stream(core, method, sink, server_side=False)
+    if not _core.on_loop_thread():
+        sink.opened.wait()  # the library always reports the open's outcome
+        if sink.open_error is not None:
+            raise sink.open_error
+    return stream
+
+
+class _StreamRegistration:
+    def __init__(self, method: Method, handler: Callable[[Stream], Any],
+                 affinity: Optional[Callable[..., Any]], topics: Optional[Tuple[str, ...]],
+                 server_id: str, submit: Callable[..., Any], max_queue: int) -> None:
+        from ._server import _Registration
+
+        self.method = method
+        self.handler = handler
+        self.affinity = affinity
+        self.topics = topics
+        self.server_id = server_id
+        self.submit = submit
+        self.max_queue = max_queue
+        self.ready = threading.Event()
+        self.released = threading.Event()
+        self.error: Optional[PsrpcError] = None
+        self._claim = _Registration.claim
+
+    def __call__(self, kind: int, arg: Any) -> None:
+        if kind == 0:
+            sink = _StreamSink(self.max_queue)
+            arg.set_callbacks(sink)
+            stream = Stream(arg, self.method, sink, server_side=True)
+            try:
+                self.submit(self.run, stream)
+            except RuntimeError:
+                stream.close(PsrpcError("server is shutting down", code="unavailable"))
+        elif kind == 1:
+            self._claim(self, arg)  # type: ignore[arg-type]
+        elif kind == KIND_READY:
+            if arg is not None:
+                self.error = from_wire(arg)
+            self.ready.set()
+        elif kind == KIND_RELEASED:
+            self.ready.set()
+            self.released.set()
+
+    def run(self, stream: Stream) -> None:
+        try:
+            self.handler(stream)
+        except Exception as e:
+            stream.close(e)
+            return
+        except BaseException as e:
+            stream.close(e)
+            raise
+        stream.close()
+
+
+def register_stream(server: Any, method: Method, handler: Callable[[Stream], Any], *,
+                    topics: Topics, affinity: Optional[Callable[..., Any]], wait: bool,
+                    timeout: float, max_queue: int = 100) -> None:
+    t = topic_list(topics)
+    reg = _StreamRegistration(method, handler, affinity, t, server.id, server._executor.submit,
+                              max_queue)
+    _core.psrpc_server_register_stream(server._check(), method._c, t,
+                                       (reg, affinity is not None))
+    with server._lock:
+        server._regs[(method.name, t or ())] = reg
+    if wait:
+        server._wait_reg(reg, timeout)

@@ -1,0 +1,679 @@
+"""psrpc for asyncio: the same operations as coroutines and async iterators.
+
+    import asyncio, psrpc, psrpc.aio
+
+    async def main():
+        async with psrpc.Bus() as bus:
+            server = psrpc.aio.Server(bus, svc)
+
+            @server.handler("Echo")
+            async def echo(req, ctx):
+                return EchoResponse(payload=req.payload)
+
+            await server.wait_ready()
+            client = psrpc.aio.Client(bus, svc)
+            print(await client.call("Echo", EchoRequest(payload=b"hi")))
+
+Library callbacks run on the bus's loop thread; they reach the event loop
+through ``loop.call_soon_threadsafe`` (a closed loop is ignored). Cancelling
+the task awaiting a call cancels the request. Create clients, servers,
+subscriptions and streams inside a running event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import threading
+from typing import (Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Mapping,
+                    Optional, Set, Tuple, Union)
+
+from . import _client, _core, _server
+from ._bus import Bus
+from ._client import (KIND_MESSAGE, KIND_READY, KIND_RELEASED, MultiResult, SelectionOptions,
+                      Topics, _ms, call_options)
+from ._errors import Canceled, DeadlineExceeded, PsrpcError, Status, from_wire, to_failure
+from ._method import Method, ServiceLike, topic_list
+from ._server import Context
+from ._stream import KIND_CLOSE, KIND_OPEN, close_args, is_clean_close
+
+__all__ = ["Bus", "Client", "Server", "MultiCall", "Subscription", "Stream"]
+
+log = logging.getLogger("psrpc")
+
+_END = object()
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> bool:
+    """Schedules fn on loop from any thread; False if the loop is closed."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+        return True
+    except RuntimeError:
+        return False
+
+
+def _settle(fut: "asyncio.Future[Any]", value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+class Client:
+    """An asyncio client (see ``psrpc.Client`` for the arguments)."""
+
+    def __init__(self, bus: Bus, service: ServiceLike, **kwargs: Any) -> None:
+        self._c = _client.Client(bus, service, **kwargs)
+        self.id = self._c.id
+
+    @property
+    def service(self) -> Any:
+        return self._c.service
+
+    def method(self, name: Union[str, Method]) -> Method:
+        return self._c.method(name)
+
+    async def call(self, method: Union[str, Method], request: Any = b"", *,
+                   timeout: Optional[float] = None, topics: Topics = None,
+                   metadata: Optional[Mapping[str, str]] = None,
+                   selection: Optional[SelectionOptions] = None,
+                   wait_for_ready: bool = False) -> Any:
+        """Sends a unary request and returns the response. Cancelling the
+        awaiting task cancels the request."""
+        m = self._c.method(method)
+        data = m.encode_request(request)
+        opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
+        loop = asyncio.get_running_loop()
+        fut: "asyncio.Future[Any]" = loop.create_future()
+
+        def done(call_id: int, resp: Optional[bytes], err: Any, server_id: Optional[str],
+                 _keep: Any = opts) -> None:
+            _post(loop, _settle, fut, (resp, err))
+
+        call_id = _core.psrpc_client_call(self._c._check(), m._c, data, opts, done)
+        try:
+            resp, err = await fut
+        except asyncio.CancelledError:
+            self._c.cancel(call_id)
+            raise
+        if err is not None:
+            raise from_wire(err)
+        return m.decode_response(resp)
+
+    def multi_call(self, method: Union[str, Method], request: Any = b"", *,
+                   timeout: Optional[float] = None, topics: Topics = None,
+                   metadata: Optional[Mapping[str, str]] = None,
+                   selection: Optional[SelectionOptions] = None,
+                   wait_for_ready: bool = False) -> "MultiCall":
+        """Sends a multi request: ``async for result in client.multi_call(...)``."""
+        m = self._c.method(method)
+        data = m.encode_request(request)
+        opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
+        loop = asyncio.get_running_loop()
+        q: "asyncio.Queue[Any]" = asyncio.Queue()
+
+        def on_event(final: bool, call_id: int, resp: Optional[bytes], err: Any,
+                     server_id: Optional[str], _keep: Any = opts) -> None:
+            _post(loop, q.put_nowait, (final, resp, err, server_id))
+
+        call_id = _core.psrpc_client_call_multi(self._c._check(), m._c, data, opts, on_event)
+        return MultiCall(self._c, m, call_id, q)
+
+    async def subscribe(self, method: Union[str, Method], topics: Topics = None, *,
+                        timeout: float = 5.0, max_queue: int = 10000) -> "Subscription":
+        """Subscribes; ``async for message in subscription``."""
+        m = self._c.method(method)
+        sub = Subscription(self._c, m, topic_list(topics), max_queue)
+        try:
+            await asyncio.wait_for(asyncio.shield(sub._ready), timeout)
+        except asyncio.TimeoutError:
+            sub.close()
+            raise DeadlineExceeded("subscription was not confirmed in time") from None
+        except BaseException:
+            sub.close()
+            raise
+        return sub
+
+    async def open_stream(self, method: Union[str, Method], *, timeout: Optional[float] = None,
+                          topics: Topics = None, metadata: Optional[Mapping[str, str]] = None,
+                          selection: Optional[SelectionOptions] = None,
+                          wait_for_ready: bool = False, max_queue: int = 100) -> "Stream":
+        """Opens a bidirectional stream and waits until a server accepted it."""
+        m = self._c.method(method)
+        if not m.stream:
+            raise PsrpcError(f"{m.name} is not a stream method", code="invalid_argument")
+        opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
+        sink = _StreamSink(asyncio.get_running_loop(), max_queue)
+        core = _core.psrpc_client_open_stream(self._c._check(), m._c, opts, sink)
+        stream = Stream(core, m, sink, server_side=False)
+        try:
+            err = await asyncio.shield(sink.opened)
+        except asyncio.CancelledError:
+            stream.close(Canceled("request canceled"))
+            raise
+        if err is not None:
+            raise err
+        return stream
+
+    def close(self) -> None:
+        self._c.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._c.closed
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class MultiCall(AsyncIterator[MultiResult]):
+    """Answers of a multi call as an async iterator; ``cancel()`` stops it."""
+
+    def __init__(self, client: _client.Client, method: Method, call_id: int,
+                 q: "asyncio.Queue[Any]") -> None:
+        self._client = client
+        self._method = method
+        self.call_id = call_id
+        self._q = q
+        self._done = False
+        self._canceled = False
+
+    def __aiter__(self) -> "MultiCall":
+        return self
+
+    async def __anext__(self) -> MultiResult:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            final, resp, err, server_id = await self._q.get()
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        if final:
+            self._done = True
+            if err is not None and not self._canceled:
+                raise from_wire(err)
+            raise StopAsyncIteration
+        if err is not None:
+            return MultiResult(None, from_wire(err), server_id)
+        try:
+            return MultiResult(self._method.decode_response(resp), None, server_id)
+        except PsrpcError as e:
+            return MultiResult(None, e, server_id)
+
+    async def results(self) -> List[MultiResult]:
+        return [r async for r in self]
+
+    def cancel(self) -> None:
+        if not self._done and not self._canceled:
+            self._canceled = True
+            self._client.cancel(self.call_id)
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    async def __aenter__(self) -> "MultiCall":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        try:
+            self.cancel()
+        except Exception:
+            pass
+
+
+class _AsyncSubSink:
+    __slots__ = ("loop", "q", "max", "pending", "dropped", "ready", "lock")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_queue: int,
+                 ready: "asyncio.Future[Any]") -> None:
+        self.loop = loop
+        self.q: "asyncio.Queue[Any]" = asyncio.Queue()
+        self.max = max_queue
+        self.pending = 0
+        self.dropped = 0
+        self.ready = ready
+        self.lock = threading.Lock()
+
+    def _set_ready(self, err: Any) -> None:
+        if not self.ready.done():
+            if err is None:
+                self.ready.set_result(None)
+            else:
+                self.ready.set_exception(from_wire(err))
+
+    def __call__(self, kind: int, arg: Any) -> None:
+        if kind == KIND_MESSAGE:
+            with self.lock:
+                if self.max and self.pending >= self.max:
+                    self.dropped += 1
+                    return
+                self.pending += 1
+            _post(self.loop, self.q.put_nowait, arg)
+        elif kind == KIND_READY:
+            _post(self.loop, self._set_ready, arg)
+        elif kind == KIND_RELEASED:
+            _post(self.loop, self._set_ready, None)
+            _post(self.loop, self.q.put_nowait, _END)
+
+
+class Subscription(_client._Handle):
+    """Messages of a subscription as an async iterator; ``close()`` ends it."""
+
+    _free = staticmethod(_core.psrpc_sub_free)
+
+    def __init__(self, client: _client.Client, method: Method,
+                 topics: Optional[Tuple[str, ...]], max_queue: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._ready: "asyncio.Future[Any]" = loop.create_future()
+        self._sink = _AsyncSubSink(loop, max_queue, self._ready)
+        self._method = method
+        self._client = client
+        self._ptr = _core.psrpc_client_subscribe(client._check(), method._c, topics, self._sink)
+        self._closed = False
+        self._ended = False
+
+    @property
+    def dropped(self) -> int:
+        return self._sink.dropped
+
+    async def get(self) -> Any:
+        """The next message; ``StopAsyncIteration`` once ended."""
+        if self._ended:
+            raise StopAsyncIteration
+        item = await self._sink.q.get()
+        if item is _END:
+            self._ended = True
+            raise StopAsyncIteration
+        with self._sink.lock:
+            self._sink.pending -= 1
+        return self._method.decode_response(item)
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self.get()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._ptr is not None:
+            try:
+                _core.psrpc_sub_close(self._ptr, None)
+            except PsrpcError:
+                pass
+
+    async def __aenter__(self) -> "Subscription":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _StreamSink:
+    __slots__ = ("loop", "q", "max", "pending", "opened", "cause", "closed", "lock")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_queue: int) -> None:
+        self.loop = loop
+        self.q: "asyncio.Queue[Any]" = asyncio.Queue()
+        self.max = max_queue
+        self.pending = 0
+        self.opened: "asyncio.Future[Any]" = loop.create_future()
+        self.closed: "asyncio.Future[Any]" = loop.create_future()
+        self.cause: Optional[PsrpcError] = None
+        self.lock = threading.Lock()
+
+    def _open(self, err: Optional[PsrpcError]) -> None:
+        if not self.opened.done():
+            self.opened.set_result(err)
+
+    def _close(self, err: Optional[PsrpcError]) -> None:
+        if not self.closed.done():
+            self.cause = err
+            self.closed.set_result(err)
+            self.q.put_nowait(_END)
+        self._open(err or Canceled("stream closed"))
+
+    def __call__(self, kind: int, arg: Any) -> Optional[bool]:
+        if kind == KIND_MESSAGE:
+            with self.lock:
+                if self.max and self.pending >= self.max:
+                    return True  # not acknowledged: the peer's send times out
+                self.pending += 1
+            if not _post(self.loop, self.q.put_nowait, arg):
+                return True
+        elif kind == KIND_OPEN:
+            _post(self.loop, self._open, from_wire(arg) if arg is not None else None)
+        elif kind == KIND_CLOSE:
+            _post(self.loop, self._close, from_wire(arg) if arg is not None else None)
+        elif kind == KIND_RELEASED:
+            _post(self.loop, self._close, None)
+        return None
+
+
+class Stream:
+    """One side of a bidirectional stream for asyncio: ``await send(msg)``,
+    ``await recv()`` or ``async for msg in stream``, ``close()``."""
+
+    def __init__(self, core: Any, method: Method, sink: _StreamSink, server_side: bool) -> None:
+        self._core = core
+        self._method = method
+        self._sink = sink
+        self._ended = False
+        if server_side:
+            self._encode, self._decode = method.encode_response, method.decode_request
+        else:
+            self._encode, self._decode = method.encode_request, method.decode_response
+
+    @property
+    def id(self) -> str:
+        return self._core.id
+
+    @property
+    def node_id(self) -> str:
+        return self._core.node_id
+
+    @property
+    def method(self) -> Method:
+        return self._method
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return self._core.metadata
+
+    @property
+    def closed(self) -> bool:
+        return self._sink.closed.done()
+
+    @property
+    def error(self) -> Optional[PsrpcError]:
+        c = self._sink.cause
+        return None if is_clean_close(c) else c
+
+    async def send(self, message: Any, *, timeout: Optional[float] = None) -> None:
+        """Sends and waits for the peer's acknowledgement."""
+        loop = asyncio.get_running_loop()
+        fut: "asyncio.Future[Any]" = loop.create_future()
+
+        def done(err: Any) -> None:
+            _post(loop, _settle, fut, err)
+
+        self._core.send(bytes(self._encode(message)), _ms(timeout), done)
+        err = await fut
+        if err is not None:
+            raise from_wire(err)
+
+    async def recv(self) -> Any:
+        """The next message; once closed, the cause (``Canceled`` when clean)."""
+        if not self._ended:
+            item = await self._sink.q.get()
+            if item is not _END:
+                with self._sink.lock:
+                    self._sink.pending -= 1
+                return self._decode(item)
+            self._ended = True
+        raise self._sink.cause or Canceled("stream closed")
+
+    def __aiter__(self) -> "Stream":
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.recv()
+        except PsrpcError as e:
+            if self._ended and is_clean_close(e):
+                raise StopAsyncIteration from None
+            raise
+
+    def close(self, error: Optional[BaseException] = None) -> None:
+        status, message = close_args(error)
+        try:
+            self._core.close(status, message)
+        except PsrpcError:
+            pass
+
+    async def wait_closed(self) -> Optional[PsrpcError]:
+        return await asyncio.shield(self._sink.closed)
+
+    async def __aenter__(self) -> "Stream":
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(exc if isinstance(exc, Exception) else None)
+
+
+class _AsyncRegistration:
+    """The callable a C registration holds (never the Server itself)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, method: Method, handler: Callable[..., Any],
+                 affinity: Optional[Callable[..., Any]], server_id: str,
+                 executor: Optional[concurrent.futures.Executor], tasks: Set["asyncio.Task[Any]"],
+                 stream: bool, max_queue: int) -> None:
+        self.loop = loop
+        self.method = method
+        self.handler = handler
+        self.affinity = affinity
+        self.server_id = server_id
+        self.executor = executor
+        self.tasks = tasks
+        self.stream = stream
+        self.max_queue = max_queue
+        self.ready: "asyncio.Future[Any]" = loop.create_future()
+
+    # on the bus's loop thread
+    def __call__(self, kind: int, arg: Any) -> None:
+        if kind == 0:
+            if self.stream:
+                sink = _StreamSink(self.loop, self.max_queue)
+                arg.set_callbacks(sink)
+                s = Stream(arg, self.method, sink, server_side=True)
+                if not _post(self.loop, self._spawn, self._run_stream(s)):
+                    s.close(PsrpcError("event loop is closed", code="unavailable"))
+            elif not _post(self.loop, self._spawn_request, arg):
+                arg.fail(Status.UNAVAILABLE, "event loop is closed")
+        elif kind == 1:
+            if self.affinity is not None and inspect.iscoroutinefunction(self.affinity):
+                if not _post(self.loop, self._spawn_claim, arg):
+                    arg.claim(-1.0)
+            else:
+                self._claim_sync(arg)
+        elif kind == KIND_READY:
+            _post(self.loop, self._set_ready, arg)
+        elif kind == KIND_RELEASED:
+            _post(self.loop, self._set_ready, None)
+
+    def _set_ready(self, err: Any) -> None:
+        if not self.ready.done():
+            self.ready.set_result(from_wire(err) if err is not None else None)
+
+    # on the event loop
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _spawn_request(self, req: Any) -> None:
+        self._spawn(self._run(req))
+
+    def _spawn_claim(self, req: Any) -> None:
+        self._spawn(self._claim_async(req))
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        result = await self.loop.run_in_executor(self.executor, fn, *args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _run(self, req: Any) -> None:
+        m = self.method
+        try:
+            result = await self._call(self.handler, m.decode_request(req.payload),
+                                      Context(req, m, self.server_id))
+            data = m.encode_response(result)
+        except BaseException as e:
+            _server.fail(req, e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        try:
+            req.respond(data)
+        except PsrpcError:
+            pass
+
+    async def _run_stream(self, stream: Stream) -> None:
+        try:
+            await self._call(self.handler, stream)
+        except BaseException as e:
+            stream.close(e if isinstance(e, Exception) else Canceled("handler canceled"))
+            if not isinstance(e, Exception):
+                raise
+            return
+        stream.close()
+
+    def _claim_sync(self, req: Any) -> None:
+        try:
+            a = self.affinity(self.method.decode_request(req.payload),  # type: ignore[misc]
+                              Context(req, self.method, self.server_id))
+        except Exception:
+            log.exception("psrpc affinity function raised; declining")
+            a = None
+        req.claim(-1.0 if a is None else float(a))
+
+    async def _claim_async(self, req: Any) -> None:
+        try:
+            a = await self.affinity(self.method.decode_request(req.payload),  # type: ignore[misc]
+                                    Context(req, self.method, self.server_id))
+        except Exception:
+            log.exception("psrpc affinity function raised; declining")
+            a = None
+        req.claim(-1.0 if a is None else float(a))
+
+
+class Server:
+    """An asyncio server. Handlers may be ``async def`` (run on the event loop)
+    or plain functions (run in ``executor``, default the loop's). Create it in
+    a running event loop; see ``psrpc.Server`` for the arguments."""
+
+    def __init__(self, bus: Bus, service: ServiceLike, *,
+                 executor: Optional[concurrent.futures.Executor] = None, **kwargs: Any) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._exec = executor
+        # The blocking server's handle management (its own pool stays unused).
+        self._s = _server.Server(bus, service, executor=_NO_EXECUTOR, **kwargs)
+        self.id = self._s.id
+        self._tasks: Set["asyncio.Task[Any]"] = set()
+        self._pending: List[_AsyncRegistration] = []
+
+    @property
+    def service(self) -> Any:
+        return self._s.service
+
+    def method(self, name: Union[str, Method]) -> Method:
+        return self._s.method(name)
+
+    def register_nowait(self, method: Union[str, Method], handler: Callable[..., Any], *,
+                        topics: Topics = None, affinity: Optional[Callable[..., Any]] = None,
+                        max_queue: int = 100) -> "asyncio.Future[Any]":
+        """Registers and returns a future for its confirmation."""
+        m = self._s.method(method)
+        t = topic_list(topics)
+        reg = _AsyncRegistration(self._loop, m, handler, affinity, self.id, self._exec,
+                                 self._tasks, m.stream, max_queue)
+        if m.stream:
+            _core.psrpc_server_register_stream(self._s._check(), m._c, t,
+                                               (reg, affinity is not None))
+        else:
+            _core.psrpc_server_register(self._s._check(), m._c, t, (reg, affinity is not None))
+        self._pending.append(reg)
+        return reg.ready
+
+    async def register(self, method: Union[str, Method], handler: Callable[..., Any], *,
+                       topics: Topics = None, affinity: Optional[Callable[..., Any]] = None,
+                       timeout: float = 5.0) -> None:
+        """Serves ``method`` with ``handler(request, context)`` (stream
+        methods: ``handler(stream)``) and waits for the broker's confirmation."""
+        ready = self.register_nowait(method, handler, topics=topics, affinity=affinity)
+        await self._await_ready(ready, timeout)
+
+    def handler(self, method: Union[str, Method], *, topics: Topics = None,
+                affinity: Optional[Callable[..., Any]] = None) -> Callable[[Any], Any]:
+        """Decorator: registers at once; ``await server.wait_ready()`` confirms."""
+
+        def deco(fn: Any) -> Any:
+            self.register_nowait(method, fn, topics=topics, affinity=affinity)
+            return fn
+
+        return deco
+
+    async def _await_ready(self, ready: "asyncio.Future[Any]", timeout: float) -> None:
+        try:
+            err = await asyncio.wait_for(asyncio.shield(ready), timeout)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded("registration was not confirmed in time") from None
+        if err is not None:
+            raise err
+
+    async def wait_ready(self, timeout: float = 5.0) -> None:
+        """Waits until every registration so far is confirmed."""
+        pending, self._pending = self._pending, []
+        for reg in pending:
+            await self._await_ready(reg.ready, timeout)
+
+    def deregister(self, method: Union[str, Method], topics: Topics = None) -> None:
+        self._s.deregister(method, topics)
+
+    def publish(self, method: Union[str, Method], message: Any, topics: Topics = None) -> None:
+        self._s.publish(method, message, topics)
+
+    async def close(self, *, force: bool = False, timeout: Optional[float] = None) -> None:
+        """Stops serving; unless ``force``, waits until in-flight requests
+        were answered (the handlers keep running on this loop meanwhile)."""
+        self._s._closed = True
+        ptr = self._s._ptr
+        if ptr is None:
+            return
+        fut: "asyncio.Future[Any]" = self._loop.create_future()
+        try:
+            _core.psrpc_server_close(ptr, _core.PSRPC_CLOSE_FORCE if force else 0,
+                                     lambda: _post(self._loop, _settle, fut, None))
+        except PsrpcError:
+            return
+        await asyncio.wait_for(asyncio.shield(fut), timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._s.closed
+
+    async def __aenter__(self) -> "Server":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+class _NoExecutor(concurrent.futures.Executor):
+    def submit(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover
+        raise RuntimeError("not used")
+
+    def shutdown(self, wait: bool = True, **kwargs: Any) -> None:
+        pass
+
+
+_NO_EXECUTOR = _NoExecutor()
