@@ -1,8 +1,10 @@
 /* redis_peer — a C server or client in its own process, for the multi-process
  * test (public API only).
  *
- *   redis_peer serve URL SERVICE   registers Echo (queue), Claim (affinity)
- *                                  and Fanout (multi), publishes "tick N" on
+ *   redis_peer serve URL SERVICE   registers Echo (queue), Claim (affinity),
+ *                                  Fanout (multi) and Chat (a stream that
+ *                                  answers each message with "re:" + it),
+ *                                  publishes "tick N" on
  *                                  the Updates subscription every 50 ms,
  *                                  prints "ready", serves until SIGTERM, then
  *                                  closes gracefully and exits 0.
@@ -74,6 +76,33 @@ static void on_fanout(psrpc_request *req, void *ud) {
 
 static void on_closed(void *ud) { sem_post(ud); }
 
+static int chat_message(psrpc_stream *st, const psrpc_msg *msg, void *ud) {
+    (void)ud;
+    char out[256];
+    int n = snprintf(out, sizeof out, "re:%.*s", (int)psrpc_msg_size(msg),
+                     (const char *)psrpc_msg_data(msg));
+    psrpc_stream_send(st, out, (size_t)n, 0, NULL, NULL);
+    return 0;
+}
+
+static void chat_closed(psrpc_stream *st, const psrpc_error *cause, void *ud) {
+    (void)st;
+    (void)cause;
+    (void)ud;
+}
+
+static void chat_release(void *ud) { psrpc_stream_free(ud); }
+
+static void on_chat(psrpc_stream *st, void *ud) {
+    (void)ud;
+    if (psrpc_stream_set_callbacks(st, chat_message, chat_closed, st, chat_release) != PSRPC_OK)
+        psrpc_stream_free(st);
+}
+
+static psrpc_method chat(void) {
+    return method("Chat", PSRPC_ROUTING_AFFINITY, PSRPC_METHOD_STREAM);
+}
+
 static int serve(const char *url, const char *service) {
     sigset_t set;
     sigemptyset(&set);
@@ -95,6 +124,10 @@ static int serve(const char *url, const char *service) {
     if (psrpc_server_register(srv, &echo, NULL, 0, on_echo, NULL, NULL, &ctx, NULL) ||
         psrpc_server_register(srv, &claim, NULL, 0, on_claim, on_affinity, NULL, &ctx, NULL) ||
         psrpc_server_register(srv, &fan, NULL, 0, on_fanout, NULL, NULL, &ctx, NULL))
+        return fail("psrpc_server_register");
+    psrpc_method ch = chat();
+    if (psrpc_server_register_stream(srv, &ch, NULL, 0, on_chat, NULL, NULL, NULL, NULL) !=
+        PSRPC_OK)
         return fail("psrpc_server_register");
     if (psrpc_server_wait_ready(srv, 5000) != PSRPC_OK)
         return fail("psrpc_server_wait_ready");
@@ -162,6 +195,85 @@ static void on_tick(psrpc_sub *sub, const psrpc_msg *msg, void *ud) {
         atomic_fetch_add(&s->n, 1);
         sem_post(&s->got);
     }
+}
+
+typedef struct chat_rec {
+    atomic_int replies, bad, closed, open_err, send_err;
+    sem_t got, done, closed_sem, opened;
+} chat_rec;
+
+static int chat_reply(psrpc_stream *st, const psrpc_msg *msg, void *ud) {
+    (void)st;
+    chat_rec *c = ud;
+    if (psrpc_msg_size(msg) > 3 && memcmp(psrpc_msg_data(msg), "re:", 3) == 0)
+        atomic_fetch_add(&c->replies, 1);
+    else
+        atomic_fetch_add(&c->bad, 1);
+    sem_post(&c->got);
+    return 0;
+}
+
+static void chat_client_closed(psrpc_stream *st, const psrpc_error *cause, void *ud) {
+    (void)st;
+    (void)cause;
+    chat_rec *c = ud;
+    atomic_fetch_add(&c->closed, 1);
+    sem_post(&c->closed_sem);
+}
+
+static void chat_opened(const psrpc_error *e, void *ud) {
+    chat_rec *c = ud;
+    if (e) {
+        fprintf(stderr, "redis_peer: stream open failed: %s\n", e->message);
+        atomic_fetch_add(&c->open_err, 1);
+    }
+    sem_post(&c->opened);
+}
+
+static void chat_sent(const psrpc_error *e, void *ud) {
+    chat_rec *c = ud;
+    if (e) {
+        fprintf(stderr, "redis_peer: stream send failed: %s\n", e->message);
+        atomic_fetch_add(&c->send_err, 1);
+    }
+    sem_post(&c->done);
+}
+
+static int timed_wait(sem_t *s, int ms);
+
+/* Opens Chat, sends 5 messages (each acknowledged), gets 5 replies, closes. */
+static int chat_run(psrpc_client *cl, chat_rec *c) {
+    sem_init(&c->got, 0, 0);
+    sem_init(&c->done, 0, 0);
+    sem_init(&c->closed_sem, 0, 0);
+    sem_init(&c->opened, 0, 0);
+    psrpc_method m = chat();
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.timeout_ms = 3000;
+    psrpc_stream *st = NULL;
+    if (psrpc_client_open_stream(&st, cl, &m, &o, chat_opened, chat_reply, chat_client_closed, c,
+                                 NULL) != PSRPC_OK)
+        return fail("psrpc_client_open_stream");
+    int bad = 0;
+    if (timed_wait(&c->opened, 5000) != 0 || atomic_load(&c->open_err))
+        bad++;
+    for (int i = 0; !bad && i < 5; i++) {
+        char p[32];
+        int n = snprintf(p, sizeof p, "ping-%d", i);
+        if (psrpc_stream_send(st, p, (size_t)n, 0, chat_sent, c) != PSRPC_OK ||
+            timed_wait(&c->done, 5000) != 0 || timed_wait(&c->got, 5000) != 0)
+            bad++;
+    }
+    if (atomic_load(&c->replies) != 5 || atomic_load(&c->bad) || atomic_load(&c->send_err)) {
+        fprintf(stderr, "redis_peer: Chat: %d replies, %d bad, %d send errors\n",
+                atomic_load(&c->replies), atomic_load(&c->bad), atomic_load(&c->send_err));
+        bad++;
+    }
+    psrpc_stream_close(st, 0, NULL);
+    if (timed_wait(&c->closed_sem, 5000) != 0)
+        bad++;
+    psrpc_stream_free(st);
+    return bad;
 }
 
 static int timed_wait(sem_t *s, int ms) {
@@ -252,12 +364,15 @@ static int call(const char *url, const char *service, int nservers) {
         }
     }
     psrpc_sub_free(sub);
+    chat_rec *c = calloc(1, sizeof *c);
+    bad += chat_run(cl, c);
     psrpc_client_free(cl);
     psrpc_bus_free(bus);
-    printf("%s: 20 Echo, 10 Claim, Fanout x%d, %d ticks\n", bad ? "FAILED" : "ok", nservers,
-           atomic_load(&s->n));
+    printf("%s: 20 Echo, 10 Claim, Fanout x%d, %d ticks, Chat %d replies\n", bad ? "FAILED" : "ok",
+           nservers, atomic_load(&s->n), atomic_load(&c->replies));
     free(m);
     free(s);
+    free(c);
     return bad ? 1 : 0;
 }
 

@@ -1,5 +1,5 @@
 /* C servers and a C client in different processes over one private
- * redis-server (redis_peer): queue, affinity, multi and subscription calls
+ * redis-server (redis_peer): queue, affinity, multi, subscription and stream calls
  * cross process boundaries; the servers exit cleanly on SIGTERM. Also the
  * same through a redis-server restart. */
 #include "rt.h"
