@@ -45,6 +45,12 @@
 typedef struct nats_state nats_state;
 typedef struct nsub nsub;
 
+typedef struct early_pub {
+    struct early_pub *next;
+    char *subject;
+    psrpc_msg *bytes;
+} early_pub;
+
 /* One subscription of the core (loop thread only). */
 struct psrpc__bus_sub {
     int refs;
@@ -106,6 +112,10 @@ struct nats_state {
     bool up_pending, flush_inflight, flush_again;
     uv_timer_t timer;
     int attempt, auth_failures;
+    /* Publishes made before the first connection exists (bus state still
+     * "connecting"): sent once it does, dropped if that attempt fails. */
+    struct early_pub *early_head, **early_tail;
+    int64_t early_bytes;
     void (*done)(psrpc_bus *bus);
 };
 
@@ -753,6 +763,24 @@ static void set_down(nats_state *st, int status, const char *fmt, const char *te
         give_up(st, status, reason);
 }
 
+static void early_drop(nats_state *st) {
+    while (st->early_head) {
+        early_pub *e = st->early_head;
+        st->early_head = e->next;
+        psrpc_msg_release(e->bytes);
+        free(e->subject);
+        free(e);
+    }
+    st->early_tail = &st->early_head;
+    st->early_bytes = 0;
+}
+
+static void early_send(nats_state *st) {
+    for (early_pub *e = st->early_head; e; e = e->next)
+        natsConnection_Publish(st->nc, e->subject, e->bytes->data, (int)e->bytes->len);
+    early_drop(st);
+}
+
 static void on_connect_result(nats_state *st, nats_event *ev) {
     st->connect_inflight = false;
     if (st->closing || st->final)
@@ -765,9 +793,11 @@ static void on_connect_result(nats_state *st, nats_event *ev) {
         st->up_pending = true;
         for (nsub *ns = st->nsubs; ns; ns = ns->next)
             nsub_subscribe_nats(st, ns);
+        early_send(st);
         request_flush(st);
         return;
     }
+    early_drop(st);
     int status = classify(ev->status, ev->text);
     st->auth_failures = status == PSRPC_UNAUTHENTICATED ? st->auth_failures + 1 : 0;
     if (st->auth_failures >= MAX_AUTH_FAILURES) {
@@ -892,8 +922,28 @@ static int nats_publish(psrpc_bus *bus, const psrpc__channel *ch, psrpc_msg *byt
     if (!psrpc__nats_subject_valid(ch->server))
         return psrpc__error(PSRPC_INVALID_ARGUMENT, "\"%s\" is not a valid NATS subject",
                             ch->server ? ch->server : "");
-    if (!st->nc)
-        return psrpc__error(PSRPC_UNAVAILABLE, "nats: not connected to %s", bus->url_safe);
+    if (!st->nc) {
+        /* The first connection is being made: keep it for then, bounded like
+         * nats.c's reconnect buffer. */
+        if (st->final || atomic_load(&bus->conn_state) != 0)
+            return psrpc__error(PSRPC_UNAVAILABLE, "nats: not connected to %s", bus->url_safe);
+        if (st->early_bytes + (int64_t)bytes->len > st->set.reconnect_buffer_size ||
+            bytes->len > INT_MAX)
+            return psrpc__error(PSRPC_UNAVAILABLE,
+                                "nats: connecting to %s and the reconnect buffer (%lld bytes) is "
+                                "full",
+                                bus->url_safe, (long long)st->set.reconnect_buffer_size);
+        early_pub *e = calloc(1, sizeof *e);
+        if (!e || !(e->subject = psrpc__strdup(ch->server))) {
+            free(e);
+            return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        }
+        e->bytes = psrpc_msg_retain(bytes);
+        *st->early_tail = e;
+        st->early_tail = &e->next;
+        st->early_bytes += (int64_t)bytes->len;
+        return PSRPC_OK;
+    }
     int64_t max = natsConnection_GetMaxPayload(st->nc);
     if (bytes->len > INT_MAX || (max > 0 && (int64_t)bytes->len > max))
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED,
@@ -1092,6 +1142,7 @@ static void nats_close(psrpc_bus *bus, void (*done)(psrpc_bus *bus)) {
         return;
     st->closing = true;
     st->done = done;
+    early_drop(st);
     if (st->timer_init) {
         uv_timer_stop(&st->timer);
         uv_close((uv_handle_t *)&st->timer, NULL);
@@ -1153,6 +1204,7 @@ static void nats_destroy(psrpc_bus *bus) {
         nsub_release(ns);
     }
     psrpc__map_clear(&st->routers);
+    early_drop(st);
     natsOptions_Destroy(st->opts);
     st->opts = NULL;
     pthread_mutex_lock(&st->cb_mu);
@@ -1201,6 +1253,7 @@ int psrpc__nats_open(psrpc_bus *bus, const char *url) {
     pthread_mutex_init(&st->mu, NULL);
     pthread_cond_init(&st->cond, NULL);
     psrpc__map_init(&st->routers);
+    st->early_tail = &st->early_head;
     bus->transport = &psrpc__transport_nats;
     bus->transport_state = st;
     return PSRPC_OK;

@@ -532,6 +532,7 @@ int psrpc__nats_options_new(natsOptions **out, const char *url, const psrpc_bus_
         "reconnect_buffer_size");
     SET(natsOptions_SetMaxPendingMsgs(no, clamp_int(st->queue_capacity)), "queue_capacity");
     SET(natsOptions_UseGlobalMessageDelivery(no, true), "global message delivery");
+    SET(natsOptions_SetSendAsap(no, true), "send asap");
     int64_t wd = st->connect_timeout_ms < PSRPC__NATS_WRITE_DEADLINE_MAX_MS
                      ? st->connect_timeout_ms
                      : PSRPC__NATS_WRITE_DEADLINE_MAX_MS;
