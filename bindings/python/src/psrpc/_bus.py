@@ -78,6 +78,9 @@ class Bus:
         self._users = 0
         self._closed = False
         self._children: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        # Servers are active objects: they serve until closed (or the bus
+        # closes), also when the program keeps no reference to them.
+        self._servers: "set[Any]" = set()
         self._ptr = _core.psrpc_bus_open(url, _options_tuple(options))
         _live_buses.add(self)
         if wait_ready is not None:
@@ -104,8 +107,15 @@ class Bus:
         finally:
             self._release()
 
-    def _adopt(self, child: Any) -> None:
+    def _adopt(self, child: Any, keep: bool = False) -> None:
         self._children.add(child)
+        if keep:
+            with self._cond:
+                self._servers.add(child)
+
+    def _forget(self, child: Any) -> None:
+        with self._cond:
+            self._servers.discard(child)
 
     @property
     def closed(self) -> bool:
@@ -157,6 +167,8 @@ class Bus:
             while self._users:
                 self._cond.wait()
             self._ptr = None
+        with self._cond:
+            self._servers.clear()
         for child in list(self._children):
             try:
                 child._bus_closed()

@@ -149,7 +149,8 @@ class _Registration:
 
 
 class Server(_Handle):
-    """A server of a service on a bus. Handlers ``handler(request, context)``
+    """A server of a service on a bus; it serves until closed (or its bus
+    closes), whether or not the program keeps a reference to it. Handlers ``handler(request, context)``
     return the response message (or raise: a ``psrpc.PsrpcError`` travels
     with its code and details, ``NotImplementedError`` as unimplemented, any
     other exception as unknown with its text). They run on a thread pool
@@ -176,7 +177,7 @@ class Server(_Handle):
         self._ptr = bus._with(_core.psrpc_server_create, self._service.name, opts)
         self._closed = False
         self._bus = bus
-        bus._adopt(self)
+        bus._adopt(self, keep=True)
         self.id: str = _core.psrpc_server_id(self._ptr)
         self._regs: Dict[Tuple[str, Tuple[str, ...]], _Registration] = {}
         self._lock = threading.Lock()
@@ -271,6 +272,7 @@ class Server(_Handle):
                 done.wait(timeout)
         if first and self._own_executor:
             self._executor.shutdown(wait=False)
+        self._bus._forget(self)
 
     def _bus_closed(self) -> None:
         self._closed = True
