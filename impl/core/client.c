@@ -660,8 +660,12 @@ static void stream_open_done(uint64_t id, const psrpc_msg *response, const psrpc
     (void)response;
     (void)server_id;
     psrpc_stream *st = user_data;
-    if (psrpc__stream_state(st) != PSRPC__STREAM_OPENING)
+    if (psrpc__stream_state(st) != PSRPC__STREAM_OPENING) {
+        /* Closed while opening, and a server accepted it after all. */
+        if (!error)
+            psrpc__stream_close_late_open(st);
         return;
+    }
     if (!error) {
         psrpc__stream_opened(st);
         return;

@@ -370,6 +370,28 @@ void psrpc__stream_opened(psrpc_stream *s) {
     }
 }
 
+static void publish_close(psrpc_stream *s, const psrpc__err *c) {
+    Internal__StreamClose body = INTERNAL__STREAM_CLOSE__INIT;
+    body.error = c && c->message ? c->message : "stream closed";
+    body.code = c && c->code ? c->code : "canceled";
+    Internal__Stream is = INTERNAL__STREAM__INIT;
+    char rid[4 + PSRPC__ID_RANDOM_LEN + 1];
+    psrpc__new_id(rid, "REQ_");
+    int64_t now = psrpc__now_ns();
+    is.stream_id = s->stream_id;
+    is.request_id = rid;
+    is.sent_at = now;
+    is.expiry = now + s->timeout_ms * 1000000;
+    is.body_case = INTERNAL__STREAM__BODY_CLOSE;
+    is.close = &body;
+    publish_stream(s, &is);
+}
+
+void psrpc__stream_close_late_open(psrpc_stream *s) {
+    if (s->state == PSRPC__STREAM_CLOSED)
+        publish_close(s, s->cause);
+}
+
 void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close) {
     if (s->ended)
         return;
@@ -390,22 +412,8 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
         }
     }
     s->cause = c;
-    if (send_close) {
-        Internal__StreamClose body = INTERNAL__STREAM_CLOSE__INIT;
-        body.error = c && c->message ? c->message : "stream closed";
-        body.code = c && c->code ? c->code : "canceled";
-        Internal__Stream is = INTERNAL__STREAM__INIT;
-        char rid[4 + PSRPC__ID_RANDOM_LEN + 1];
-        psrpc__new_id(rid, "REQ_");
-        int64_t now = psrpc__now_ns();
-        is.stream_id = s->stream_id;
-        is.request_id = rid;
-        is.sent_at = now;
-        is.expiry = now + s->timeout_ms * 1000000;
-        is.body_case = INTERNAL__STREAM__BODY_CLOSE;
-        is.close = &body;
-        publish_stream(s, &is);
-    }
+    if (send_close)
+        publish_close(s, c);
     /* Pending sends (in flight and queued) complete with the cause. */
     size_t n = s->acks.count, i = 0;
     send_op **ops = n ? calloc(n, sizeof *ops) : NULL;

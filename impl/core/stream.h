@@ -57,6 +57,10 @@ void psrpc__stream_handle(psrpc_stream *s, const Internal__Stream *is);
  * and drops the owner's reference. */
 void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close);
 
+/* Client side: an open was acknowledged after the stream had already ended
+ * (closed while opening): tell the server again, now that it knows it. */
+void psrpc__stream_close_late_open(psrpc_stream *s);
+
 int psrpc__stream_state(const psrpc_stream *s);
 const char *psrpc__stream_id(const psrpc_stream *s);
 
