@@ -715,7 +715,7 @@ typedef void (*psrpc_stream_close_cb)(psrpc_stream *stream, const psrpc_error *c
 /**
  * Opens a stream to one server of a stream method (topics, metadata, timeout
  * and selection from opts, as for calls; the timeout is also the stream's
- * message timeout). on_open (may be NULL) runs once: error NULL when a server
+ * message timeout). on_message and on_close are required. on_open (may be NULL) runs once: error NULL when a server
  * acknowledged the open, else why it failed (then on_close follows with the
  * same cause). Sends made before the open completes wait for it. *out is the
  * caller's reference, released with psrpc_stream_free.

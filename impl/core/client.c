@@ -1199,6 +1199,8 @@ psrpc_status psrpc_client_open_stream(psrpc_stream **out, psrpc_client *client,
                                       psrpc_release_cb release) {
     PSRPC__CHECK_ARG(out, "out is NULL");
     *out = NULL;
+    PSRPC__CHECK_ARG(on_message, "on_message is NULL");
+    PSRPC__CHECK_ARG(on_close, "on_close is NULL");
     stream_args sa = {out, on_open, on_message, on_close, user_data, release};
     return submit(NULL, client, method, NULL, 0, opts, false, NULL, NULL, NULL, &sa);
 }

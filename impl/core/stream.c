@@ -564,6 +564,8 @@ psrpc_status psrpc_stream_set_callbacks(psrpc_stream *stream, psrpc_stream_messa
     CHECK_STREAM(stream);
     PSRPC__CHECK_ARG(stream->server_side,
                      "client streams take their callbacks in psrpc_client_open_stream");
+    PSRPC__CHECK_ARG(on_message, "on_message is NULL");
+    PSRPC__CHECK_ARG(on_close, "on_close is NULL");
     pthread_mutex_lock(&stream->mu);
     if (stream->cbs_set) {
         pthread_mutex_unlock(&stream->mu);
