@@ -27,10 +27,10 @@
 int psrpc__error(int status, const char *fmt, ...) PSRPC__PRINTF(2, 3);
 
 /* Shorthand for the common NULL checks of the ABI layer. */
-#define PSRPC__CHECK_ARG(cond, ...)                                                    \
-    do {                                                                               \
-        if (PSRPC__UNLIKELY(!(cond)))                                                  \
-            return psrpc__error(PSRPC_INVALID_ARGUMENT, __VA_ARGS__);                  \
+#define PSRPC__CHECK_ARG(cond, ...)                                   \
+    do {                                                              \
+        if (PSRPC__UNLIKELY(!(cond)))                                 \
+            return psrpc__error(PSRPC_INVALID_ARGUMENT, __VA_ARGS__); \
     } while (0)
 
 /* An error object built on the loop thread to hand to callbacks. All strings

@@ -154,8 +154,7 @@ typedef struct wrapped_sub {
 } wrapped_sub;
 
 psrpc__bus_sub *psrpc__bus_subscribe(psrpc_bus *bus, const psrpc__channel *ch, bool queue,
-                                     psrpc__deliver_fn deliver, psrpc__ready_fn ready,
-                                     void *ctx) {
+                                     psrpc__deliver_fn deliver, psrpc__ready_fn ready, void *ctx) {
     wrapped_sub *ws = calloc(1, sizeof *ws);
     if (!ws) {
         psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
@@ -420,8 +419,8 @@ psrpc_status psrpc_bus_wait_ready(psrpc_bus *bus, int64_t timeout_ms) {
         return PSRPC_OK;
     if (atomic_load(&bus->state) != PSRPC__OPEN)
         return psrpc__error(PSRPC_CANCELED, "bus is closed");
-    if (st == PSRPC_BUS_DISCONNECTED && (down == PSRPC_UNAUTHENTICATED ||
-                                         down == PSRPC_PERMISSION_DENIED))
+    if (st == PSRPC_BUS_DISCONNECTED &&
+        (down == PSRPC_UNAUTHENTICATED || down == PSRPC_PERMISSION_DENIED))
         return psrpc__bus_check_connected(bus);
     if (st == PSRPC_BUS_DISCONNECTED) {
         psrpc__bus_check_connected(bus);
@@ -557,8 +556,7 @@ void psrpc_bus_free(psrpc_bus *bus) {
 psrpc_status psrpc_bus_get_stats(psrpc_bus *bus, psrpc_bus_stats *out) {
     CHECK_BUS(bus);
     PSRPC__CHECK_ARG(out, "out is NULL");
-    PSRPC__CHECK_ARG(out->struct_size >= 2 * sizeof(uint32_t),
-                     "out->struct_size is not set");
+    PSRPC__CHECK_ARG(out->struct_size >= 2 * sizeof(uint32_t), "out->struct_size is not set");
     psrpc_bus_stats s;
     memset(&s, 0, sizeof s);
     s.struct_size = out->struct_size < sizeof s ? out->struct_size : (uint32_t)sizeof s;

@@ -82,7 +82,7 @@ struct psrpc_bus {
     void *transport_state;
     psrpc__stats stats;
     /* Loop thread only. */
-    psrpc__child children;  /* sentinel of a circular list */
+    psrpc__child children; /* sentinel of a circular list */
     int children_closing;
     psrpc__closed_waiter *closed_waiters;
     /* Connection state (PSRPC_BUS_CONNECTED / DISCONNECTED, 0 = connecting
@@ -91,8 +91,8 @@ struct psrpc_bus {
     /* Why and since when it is disconnected; under state_mu. */
     pthread_mutex_t state_mu;
     pthread_cond_t state_cond;
-    int down_status;          /* unavailable, unauthenticated, permission_denied */
-    char down_reason[256];    /* secrets never appear here */
+    int down_status;       /* unavailable, unauthenticated, permission_denied */
+    char down_reason[256]; /* secrets never appear here */
     int64_t down_since_ns;
     /* State watcher (loop thread). */
     psrpc_bus_state_cb watch_cb;
@@ -116,8 +116,7 @@ void psrpc__bus_remove_child(psrpc_bus *bus, psrpc__child *child);
 /* Transport calls, with size checks and counters (loop thread). */
 int psrpc__bus_publish(psrpc_bus *bus, const psrpc__channel *ch, psrpc_msg *bytes);
 psrpc__bus_sub *psrpc__bus_subscribe(psrpc_bus *bus, const psrpc__channel *ch, bool queue,
-                                     psrpc__deliver_fn deliver, psrpc__ready_fn ready,
-                                     void *ctx);
+                                     psrpc__deliver_fn deliver, psrpc__ready_fn ready, void *ctx);
 void psrpc__bus_unsubscribe(psrpc_bus *bus, psrpc__bus_sub *sub);
 
 /* Transports report their connection state (loop thread). state is

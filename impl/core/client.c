@@ -41,20 +41,13 @@ struct psrpc_client {
     psrpc__channel str_ch; /* the client stream channel, once a stream was opened */
     psrpc__bus_sub *str_sub;
     bool str_ready;
-    call *waiting;         /* calls queued until the reply channels are confirmed */
+    call *waiting; /* calls queued until the reply channels are confirmed */
     sub_t *subs;
     psrpc__closed_waiter *closed_waiters;
     void (*child_done)(psrpc__child *);
 };
 
-enum {
-    CALL_NEW,
-    CALL_WAIT_READY,
-    CALL_SELECTING,
-    CALL_SELECT_CB,
-    CALL_WAIT_RESPONSE,
-    CALL_DONE
-};
+enum { CALL_NEW, CALL_WAIT_READY, CALL_SELECTING, CALL_SELECT_CB, CALL_WAIT_RESPONSE, CALL_DONE };
 
 typedef struct claim_rec {
     char *server_id;
@@ -283,8 +276,7 @@ static void selection_result(call *k) {
     uv_timer_stop(&k->select_timer);
     if (k->sel.select) {
         psrpc_selection *s = calloc(1, sizeof *s);
-        psrpc_claim *claims =
-            k->eligible_count ? calloc(k->eligible_count, sizeof *claims) : NULL;
+        psrpc_claim *claims = k->eligible_count ? calloc(k->eligible_count, sizeof *claims) : NULL;
         if (!s || (k->eligible_count && !claims)) {
             free(s);
             free(claims);
@@ -319,8 +311,7 @@ static void selection_result(call *k) {
     }
     if (k->claim_count > 0) {
         char msg[96];
-        snprintf(msg, sizeof msg, "no servers available (received %d responses)",
-                 k->claim_count);
+        snprintf(msg, sizeof msg, "no servers available (received %d responses)", k->claim_count);
         call_fail(k, PSRPC_UNAVAILABLE, msg);
         return;
     }
@@ -407,8 +398,7 @@ static void call_wait(call *k) {
 /* Publishes the Request (loop thread, client ready). */
 static void call_send(call *k) {
     psrpc_client *c = k->client;
-    if (k->wait_for_ready &&
-        atomic_load(&c->bus->conn_state) == PSRPC_BUS_DISCONNECTED) {
+    if (k->wait_for_ready && atomic_load(&c->bus->conn_state) == PSRPC_BUS_DISCONNECTED) {
         call_wait(k); /* sent when the bus reconnects, within the deadline */
         return;
     }
@@ -547,8 +537,7 @@ static void on_response(void *ctx, const uint8_t *data, size_t len) {
     /* v0.8: a response during selection is final if it is a success, or on a
      * queue method (the sole responder); on a broadcast an early error may yet
      * be outbid, so it is held back. */
-    if (k->state == CALL_SELECTING &&
-        (!failed || k->method.routing == PSRPC_ROUTING_QUEUE)) {
+    if (k->state == CALL_SELECTING && (!failed || k->method.routing == PSRPC_ROUTING_QUEUE)) {
         uv_timer_stop(&k->select_timer);
         k->state = CALL_WAIT_RESPONSE;
     }
@@ -607,8 +596,8 @@ static void on_stream_message(void *ctx, const uint8_t *data, size_t len) {
     psrpc_client *c = ctx;
     if (c->state != PSRPC__OPEN)
         return;
-    Internal__Stream *is = (Internal__Stream *)psrpc__decode_control(
-        c->bus, data, len, &internal__stream__descriptor);
+    Internal__Stream *is =
+        (Internal__Stream *)psrpc__decode_control(c->bus, data, len, &internal__stream__descriptor);
     if (!is)
         return;
     if (psrpc__now_ns() >= is->expiry) {
@@ -869,10 +858,10 @@ static void start_task(void *arg) {
     client_release(c);
 }
 
-#define CHECK_CLIENT(c)                                                                  \
-    do {                                                                                 \
-        PSRPC__CHECK_ARG(c, "client is NULL");                                           \
-        PSRPC__CHECK_ARG((c)->magic == CLIENT_MAGIC, "handle is not a psrpc_client");    \
+#define CHECK_CLIENT(c)                                                               \
+    do {                                                                              \
+        PSRPC__CHECK_ARG(c, "client is NULL");                                        \
+        PSRPC__CHECK_ARG((c)->magic == CLIENT_MAGIC, "handle is not a psrpc_client"); \
     } while (0)
 
 psrpc_status psrpc_client_options_init(psrpc_client_options *opts, size_t struct_size) {
@@ -1020,8 +1009,7 @@ static void stream_owner_init(psrpc__stream_owner *o, psrpc_client *c) {
 
 static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_method *method,
                   const void *data, size_t len, const psrpc_call_options *opts, bool multi,
-                  psrpc_call_cb cb, psrpc_call_cb on_done, void *user_data,
-                  const stream_args *sa) {
+                  psrpc_call_cb cb, psrpc_call_cb on_done, void *user_data, const stream_args *sa) {
     if (call_id_out)
         *call_id_out = 0;
     CHECK_CLIENT(client);
@@ -1037,8 +1025,7 @@ static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_metho
                      (unsigned)o.flags);
     if ((rc = psrpc__check_topics(o.topics, o.topic_count)) != PSRPC_OK)
         return rc;
-    PSRPC__CHECK_ARG(o.metadata || o.metadata_count == 0,
-                     "metadata is NULL with a non-zero count");
+    PSRPC__CHECK_ARG(o.metadata || o.metadata_count == 0, "metadata is NULL with a non-zero count");
     for (size_t i = 0; i < o.metadata_count; i++) {
         const psrpc_kv *kv = &o.metadata[i];
         PSRPC__CHECK_ARG(kv->key && kv->value, "metadata entry %zu has a NULL key or value", i);
@@ -1047,9 +1034,8 @@ static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_metho
                          "metadata entry %zu is not valid UTF-8", i);
     }
     psrpc_selection_options sel = PSRPC_SELECTION_OPTIONS_INIT;
-    if (o.selection &&
-        (rc = psrpc__options_load(&sel, sizeof sel, o.selection, "psrpc_selection_options")) !=
-            PSRPC_OK)
+    if (o.selection && (rc = psrpc__options_load(&sel, sizeof sel, o.selection,
+                                                 "psrpc_selection_options")) != PSRPC_OK)
         return rc;
     if (o.selection) {
         PSRPC__CHECK_ARG(sel.affinity_timeout_ms >= 0 && sel.short_circuit_timeout_ms >= 0,
@@ -1148,15 +1134,15 @@ static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_metho
         if (psrpc__channel_stream_server(&peer, client->service, k->method.name, o.topics,
                                          o.topic_count) != PSRPC_OK ||
             psrpc__strv_dup(&mk, (const char *const *)k->meta_keys, k->meta_count) != PSRPC_OK ||
-            psrpc__strv_dup(&mv, (const char *const *)k->meta_values, k->meta_count) !=
-                PSRPC_OK) {
+            psrpc__strv_dup(&mv, (const char *const *)k->meta_values, k->meta_count) != PSRPC_OK) {
             psrpc__channel_clear(&peer);
             psrpc__strv_free(mk, k->meta_count);
             call_free(k);
             return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
         }
-        psrpc__stream_params p = {client->bus, false, sid, client->id, k->method.name, &peer,
-                                  k->timeout_ms, mk, mv, k->meta_count, {0}};
+        psrpc__stream_params p = {client->bus, false,         sid, client->id, k->method.name,
+                                  &peer,       k->timeout_ms, mk,  mv,         k->meta_count,
+                                  {0}};
         stream_owner_init(&p.owner, client);
         st = psrpc__stream_new(&p);
         psrpc__channel_clear(&peer);
@@ -1207,18 +1193,16 @@ psrpc_status psrpc_client_open_stream(psrpc_stream **out, psrpc_client *client,
 
 psrpc_status psrpc_client_call(uint64_t *call_id_out, psrpc_client *client,
                                const psrpc_method *method, const void *data, size_t len,
-                               const psrpc_call_options *opts, psrpc_call_cb cb,
-                               void *user_data) {
-    return submit(call_id_out, client, method, data, len, opts, false, cb, NULL, user_data,
-                  NULL);
+                               const psrpc_call_options *opts, psrpc_call_cb cb, void *user_data) {
+    return submit(call_id_out, client, method, data, len, opts, false, cb, NULL, user_data, NULL);
 }
 
 psrpc_status psrpc_client_call_multi(uint64_t *call_id_out, psrpc_client *client,
                                      const psrpc_method *method, const void *data, size_t len,
                                      const psrpc_call_options *opts, psrpc_call_cb on_result,
                                      psrpc_call_cb on_done, void *user_data) {
-    return submit(call_id_out, client, method, data, len, opts, true, on_result, on_done,
-                  user_data, NULL);
+    return submit(call_id_out, client, method, data, len, opts, true, on_result, on_done, user_data,
+                  NULL);
 }
 
 typedef struct cancel_arg {
@@ -1390,8 +1374,8 @@ psrpc_status psrpc_selection_fail(psrpc_selection *selection, int status, const 
     PSRPC__CHECK_ARG(status < 0, "status %d is not an error", status);
     if (atomic_exchange(&selection->answered, true))
         return psrpc__error(PSRPC_INVALID_ARGUMENT, "selection already answered");
-    psrpc__err *e = psrpc__err_new(status, "%s",
-                                   message && *message ? message : psrpc_status_str(status));
+    psrpc__err *e =
+        psrpc__err_new(status, "%s", message && *message ? message : psrpc_status_str(status));
     if (!e) {
         selection_release(selection);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
@@ -1503,8 +1487,7 @@ static void subscribe_task(void *arg) {
     s->bus_sub = psrpc__bus_subscribe(c->bus, &s->ch, s->queue, sub_deliver, sub_ready, s);
     if (!s->bus_sub) {
         s->active = false;
-        sub_set_ready(s, psrpc_last_error_status() ? psrpc_last_error_status()
-                                                   : PSRPC_UNAVAILABLE,
+        sub_set_ready(s, psrpc_last_error_status() ? psrpc_last_error_status() : PSRPC_UNAVAILABLE,
                       psrpc_last_error());
     }
 }
@@ -1567,10 +1550,10 @@ psrpc_status psrpc_client_subscribe(psrpc_sub **out, psrpc_client *client,
     return PSRPC_OK;
 }
 
-#define CHECK_SUB(s)                                                                     \
-    do {                                                                                 \
-        PSRPC__CHECK_ARG(s, "sub is NULL");                                              \
-        PSRPC__CHECK_ARG((s)->magic == SUB_MAGIC, "handle is not a psrpc_sub");          \
+#define CHECK_SUB(s)                                                            \
+    do {                                                                        \
+        PSRPC__CHECK_ARG(s, "sub is NULL");                                     \
+        PSRPC__CHECK_ARG((s)->magic == SUB_MAGIC, "handle is not a psrpc_sub"); \
     } while (0)
 
 psrpc_status psrpc_sub_wait_ready(psrpc_sub *sub, int64_t timeout_ms) {
@@ -1664,8 +1647,7 @@ void psrpc_sub_free(psrpc_sub *sub) {
 
 /* ---------------------------------------------------------------- close/free */
 
-psrpc_status psrpc_client_close(psrpc_client *client, psrpc_closed_cb closed_cb,
-                                void *user_data) {
+psrpc_status psrpc_client_close(psrpc_client *client, psrpc_closed_cb closed_cb, void *user_data) {
     CHECK_CLIENT(client);
     atomic_store(&client->closing, true);
     close_req *r = calloc(1, sizeof *r);

@@ -9,8 +9,7 @@ int psrpc__method_copy(psrpc__method *dst, const psrpc_method *m) {
         return rc;
     if ((rc = psrpc__check_name("method name", mm.name)) != PSRPC_OK)
         return rc;
-    PSRPC__CHECK_ARG(mm.routing <= PSRPC_ROUTING_MULTI, "unknown routing %u",
-                     (unsigned)mm.routing);
+    PSRPC__CHECK_ARG(mm.routing <= PSRPC_ROUTING_MULTI, "unknown routing %u", (unsigned)mm.routing);
     PSRPC__CHECK_ARG((mm.flags & ~0xfu) == 0, "unknown method flags 0x%x", (unsigned)mm.flags);
     PSRPC__CHECK_ARG(!mm.output_type || psrpc__utf8_valid(mm.output_type, strlen(mm.output_type)),
                      "output_type is not valid UTF-8");
@@ -51,8 +50,9 @@ int psrpc__check_name(const char *what, const char *s) {
     for (const char *p = s; ok && *p; p++)
         ok = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
              *p == '_';
-    PSRPC__CHECK_ARG(ok, "%s \"%.64s\" is not an identifier ([A-Za-z_][A-Za-z0-9_]*): it is "
-                         "put into channel names and NATS subjects unescaped",
+    PSRPC__CHECK_ARG(ok,
+                     "%s \"%.64s\" is not an identifier ([A-Za-z_][A-Za-z0-9_]*): it is "
+                     "put into channel names and NATS subjects unescaped",
                      what, s);
     return PSRPC_OK;
 }
@@ -63,8 +63,9 @@ int psrpc__check_client_id(const char *s) {
     for (const char *p = s; ok && *p; p++)
         ok = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
              *p == '_' || *p == '-' || *p == '.';
-    PSRPC__CHECK_ARG(ok, "client_id \"%.64s\" may only hold [A-Za-z0-9_.-]: it is put into "
-                         "NATS subjects unescaped",
+    PSRPC__CHECK_ARG(ok,
+                     "client_id \"%.64s\" may only hold [A-Za-z0-9_.-]: it is put into "
+                     "NATS subjects unescaped",
                      s);
     return PSRPC_OK;
 }

@@ -39,9 +39,9 @@ struct psrpc_server {
     bool started;
     bool forced;
     reg *regs;
-    psrpc__map claims; /* request_id → psrpc_request waiting for a ClaimResponse */
+    psrpc__map claims;  /* request_id → psrpc_request waiting for a ClaimResponse */
     psrpc__map streams; /* stream_id → srv_stream (accepted, not yet ended) */
-    int inflight;      /* requests in the handler stage */
+    int inflight;       /* requests in the handler stage */
     int64_t latest_expiry_ns;
     uv_timer_t drain_timer;
     bool drain_timer_on;
@@ -279,8 +279,9 @@ static void accept_stream(psrpc_request *q) {
         request_release(q);
         return;
     }
-    psrpc__stream_params p = {s->bus, true, q->stream_id, q->client_id, q->method, &peer,
-                              s->timeout_ms, q->meta_keys, q->meta_values, q->meta_count, {0}};
+    psrpc__stream_params p = {s->bus, true,          q->stream_id, q->client_id,   q->method,
+                              &peer,  s->timeout_ms, q->meta_keys, q->meta_values, q->meta_count,
+                              {0}};
     p.owner.owner = s;
     p.owner.retain = owner_retain;
     p.owner.release = owner_release;
@@ -319,8 +320,7 @@ static void accept_stream(psrpc_request *q) {
     request_release(q);
     if (rc != PSRPC_OK) {
         psrpc__err *e = psrpc__err_new(PSRPC_INTERNAL, "cannot acknowledge the open");
-        psrpc__err fallback = {PSRPC_INTERNAL, "internal", "cannot acknowledge the open", NULL,
-                               0};
+        psrpc__err fallback = {PSRPC_INTERNAL, "internal", "cannot acknowledge the open", NULL, 0};
         psrpc__stream_end(st, e ? e : &fallback, true);
         psrpc__err_free(e);
         psrpc__stream_release(st);
@@ -594,8 +594,8 @@ static psrpc_request *request_new(reg *r, const request_fields *f) {
     bool ok = q->request_id && q->client_id && q->method;
     if (ok && f->stream_id)
         ok = (q->stream_id = psrpc__strdup(f->stream_id)) != NULL;
-    ok = ok && psrpc__strv_dup(&q->topics, (const char *const *)r->topics, r->topic_count) ==
-                   PSRPC_OK;
+    ok = ok &&
+         psrpc__strv_dup(&q->topics, (const char *const *)r->topics, r->topic_count) == PSRPC_OK;
     if (ok)
         q->topic_count = r->topic_count;
     if (ok && f->meta_count) {
@@ -659,9 +659,17 @@ static void on_request(void *ctx, const uint8_t *data, size_t len) {
             keys[i] = in->metadata[i]->key ? in->metadata[i]->key : "";
             values[i] = in->metadata[i]->value ? in->metadata[i]->value : "";
         }
-        request_fields f = {in->request_id, in->client_id, in->sent_at, in->expiry,
-                            in->skip_claim, keys, values, in->n_metadata, in->raw_request.data,
-                            in->raw_request.len, NULL};
+        request_fields f = {in->request_id,
+                            in->client_id,
+                            in->sent_at,
+                            in->expiry,
+                            in->skip_claim,
+                            keys,
+                            values,
+                            in->n_metadata,
+                            in->raw_request.data,
+                            in->raw_request.len,
+                            NULL};
         q = request_new(r, &f);
     }
     free(keys);
@@ -680,8 +688,8 @@ static void on_stream_inbound(void *ctx, const uint8_t *data, size_t len) {
     psrpc_server *s = r->server;
     if (!r->active || s->state != PSRPC__OPEN)
         return;
-    Internal__Stream *is = (Internal__Stream *)psrpc__decode_control(
-        s->bus, data, len, &internal__stream__descriptor);
+    Internal__Stream *is =
+        (Internal__Stream *)psrpc__decode_control(s->bus, data, len, &internal__stream__descriptor);
     if (!is)
         return;
     if (psrpc__now_ns() >= is->expiry) {
@@ -699,9 +707,9 @@ static void on_stream_inbound(void *ctx, const uint8_t *data, size_t len) {
                     keys[i] = open->metadata[i]->key ? open->metadata[i]->key : "";
                     values[i] = open->metadata[i]->value ? open->metadata[i]->value : "";
                 }
-                request_fields f = {is->request_id, open->node_id, is->sent_at, is->expiry,
-                                    false, keys, values, open->n_metadata, NULL, 0,
-                                    is->stream_id};
+                request_fields f = {
+                    is->request_id, open->node_id,    is->sent_at, is->expiry, false,        keys,
+                    values,         open->n_metadata, NULL,        0,          is->stream_id};
                 q = request_new(r, &f);
             }
             free(keys);
@@ -799,20 +807,20 @@ static void register_task(void *arg) {
     else
         r->req_sub = psrpc__bus_subscribe(s->bus, &r->req_ch, queue, on_request, reg_ready, r);
     if (r->req_sub && r->require_claim)
-        r->rclaim_sub = psrpc__bus_subscribe(s->bus, &r->rclaim_ch, false, on_claim_response,
-                                             reg_ready, r);
+        r->rclaim_sub =
+            psrpc__bus_subscribe(s->bus, &r->rclaim_ch, false, on_claim_response, reg_ready, r);
     if (!r->req_sub || (r->require_claim && !r->rclaim_sub)) {
-        report_ready(s, r, psrpc_last_error_status() ? psrpc_last_error_status()
-                                                     : PSRPC_UNAVAILABLE,
+        report_ready(s, r,
+                     psrpc_last_error_status() ? psrpc_last_error_status() : PSRPC_UNAVAILABLE,
                      psrpc_last_error());
         reg_unsubscribe(r);
     }
 }
 
-#define CHECK_SERVER(s)                                                                  \
-    do {                                                                                 \
-        PSRPC__CHECK_ARG(s, "server is NULL");                                           \
-        PSRPC__CHECK_ARG((s)->magic == SERVER_MAGIC, "handle is not a psrpc_server");    \
+#define CHECK_SERVER(s)                                                               \
+    do {                                                                              \
+        PSRPC__CHECK_ARG(s, "server is NULL");                                        \
+        PSRPC__CHECK_ARG((s)->magic == SERVER_MAGIC, "handle is not a psrpc_server"); \
     } while (0)
 
 psrpc_status psrpc_server_options_init(psrpc_server_options *opts, size_t struct_size) {
@@ -884,8 +892,8 @@ const char *psrpc_server_id(const psrpc_server *server) {
     return server->id;
 }
 
-static int do_register(psrpc_server *server, const psrpc_method *method,
-                       const char *const *topics, size_t topic_count, psrpc_handler_cb handler,
+static int do_register(psrpc_server *server, const psrpc_method *method, const char *const *topics,
+                       size_t topic_count, psrpc_handler_cb handler,
                        psrpc_stream_handler_cb stream_handler, psrpc_affinity_cb affinity,
                        psrpc_done_cb on_ready, void *user_data, psrpc_release_cb release) {
     CHECK_SERVER(server);
@@ -1117,8 +1125,8 @@ static void publish_task(void *arg) {
 }
 
 psrpc_status psrpc_server_publish(psrpc_server *server, const psrpc_method *method,
-                                  const char *const *topics, size_t topic_count,
-                                  const void *data, size_t len) {
+                                  const char *const *topics, size_t topic_count, const void *data,
+                                  size_t len) {
     CHECK_SERVER(server);
     PSRPC__CHECK_ARG(data || len == 0, "data is NULL with a non-zero length");
     int rc = psrpc__check_topics(topics, topic_count);
@@ -1212,10 +1220,10 @@ void psrpc_server_free(psrpc_server *server) {
 
 /* ---------------------------------------------------------------- requests */
 
-#define CHECK_REQ(q)                                                                     \
-    do {                                                                                 \
-        PSRPC__CHECK_ARG(q, "request is NULL");                                          \
-        PSRPC__CHECK_ARG((q)->magic == REQUEST_MAGIC, "handle is not a psrpc_request");  \
+#define CHECK_REQ(q)                                                                    \
+    do {                                                                                \
+        PSRPC__CHECK_ARG(q, "request is NULL");                                         \
+        PSRPC__CHECK_ARG((q)->magic == REQUEST_MAGIC, "handle is not a psrpc_request"); \
     } while (0)
 
 const psrpc_msg *psrpc_request_payload(const psrpc_request *q) {

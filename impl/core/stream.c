@@ -48,8 +48,8 @@ struct psrpc_stream {
     int state;
     bool ended;
     psrpc__err *cause;
-    psrpc__map acks;   /* request_id → send_op awaiting its ack */
-    send_op *queued;   /* sends made while opening (FIFO) */
+    psrpc__map acks; /* request_id → send_op awaiting its ack */
+    send_op *queued; /* sends made while opening (FIFO) */
     send_op *queued_tail;
     held_msg held[HOLD_CAPACITY];
     size_t held_count;
@@ -202,8 +202,7 @@ static void send_fail(send_op *op, int status, const char *message) {
         send_finish(op, e);
         psrpc__err_free(e);
     } else {
-        psrpc__err fallback = {status, (char *)psrpc_status_code(status), (char *)message, NULL,
-                               0};
+        psrpc__err fallback = {status, (char *)psrpc_status_code(status), (char *)message, NULL, 0};
         send_finish(op, &fallback);
     }
 }
@@ -240,8 +239,8 @@ static void send_now(send_op *op) {
     is.message = &body;
     int rc = publish_stream(s, &is);
     if (rc != PSRPC_OK)
-        send_fail(op, rc == PSRPC_RESOURCE_EXHAUSTED || rc == PSRPC_UNAVAILABLE ? rc
-                                                                              : PSRPC_INTERNAL,
+        send_fail(op,
+                  rc == PSRPC_RESOURCE_EXHAUSTED || rc == PSRPC_UNAVAILABLE ? rc : PSRPC_INTERNAL,
                   psrpc_last_error());
 }
 
@@ -400,8 +399,8 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     s->state = PSRPC__STREAM_CLOSED;
     if (was_open)
         PSRPC__STAT_SUB(s->bus, streams_open, 1);
-    psrpc__err *c = cause ? psrpc__err_copy(cause)
-                          : psrpc__err_new(PSRPC_CANCELED, "stream closed");
+    psrpc__err *c =
+        cause ? psrpc__err_copy(cause) : psrpc__err_new(PSRPC_CANCELED, "stream closed");
     if (!c) {
         /* Out of memory: keep a minimal cause so callbacks still see one. */
         c = calloc(1, sizeof *c);
@@ -463,10 +462,10 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
 
 /* ---------------------------------------------------------------- public API */
 
-#define CHECK_STREAM(s)                                                                  \
-    do {                                                                                 \
-        PSRPC__CHECK_ARG(s, "stream is NULL");                                           \
-        PSRPC__CHECK_ARG((s)->magic == STREAM_MAGIC, "handle is not a psrpc_stream");    \
+#define CHECK_STREAM(s)                                                               \
+    do {                                                                              \
+        PSRPC__CHECK_ARG(s, "stream is NULL");                                        \
+        PSRPC__CHECK_ARG((s)->magic == STREAM_MAGIC, "handle is not a psrpc_stream"); \
     } while (0)
 
 psrpc_status psrpc_stream_send(psrpc_stream *stream, const void *data, size_t len,
@@ -525,15 +524,14 @@ psrpc_status psrpc_stream_close(psrpc_stream *stream, int status, const char *me
     CHECK_STREAM(stream);
     PSRPC__CHECK_ARG(status <= 0, "status %d is not an error", status);
     if (message)
-        PSRPC__CHECK_ARG(psrpc__utf8_valid(message, strlen(message)),
-                         "message is not valid UTF-8");
+        PSRPC__CHECK_ARG(psrpc__utf8_valid(message, strlen(message)), "message is not valid UTF-8");
     close_arg *a = calloc(1, sizeof *a);
     if (!a)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     a->stream = stream;
     if (status < 0) {
-        a->cause = psrpc__err_new(status, "%s",
-                                  message && *message ? message : psrpc_status_str(status));
+        a->cause =
+            psrpc__err_new(status, "%s", message && *message ? message : psrpc_status_str(status));
         if (!a->cause) {
             free(a);
             return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");

@@ -2,6 +2,7 @@
  * protected FIFO of tasks posted from any thread. */
 #include "loop.h"
 
+#include <openssl/crypto.h>
 #include <pthread.h>
 
 #include "common.h"
@@ -21,7 +22,8 @@ struct psrpc__loop {
     task *head, *tail;
     bool stopping;  /* under mu: no more posts */
     bool finished;  /* under mu: the thread left uv_run */
-    bool self_free; /* under mu: the thread frees the loop on exit */
+    bool self_free; /* under mu: the thread frees the loop on exit (it detached itself) */
+    bool joined;    /* under mu: another thread joined it */
 };
 
 static _Thread_local const psrpc__loop *current_loop;
@@ -63,6 +65,9 @@ static void *thread_main(void *arg) {
     uv_run(&loop->uv, UV_RUN_DEFAULT);
     uv_loop_close(&loop->uv);
     current_loop = NULL;
+    /* libcrypto keeps per-thread state (SHA-256 of the Redis lock, TLS):
+     * release it before the thread ends, or it shows as a leak. */
+    OPENSSL_thread_stop();
     pthread_mutex_lock(&loop->mu);
     loop->finished = true;
     bool self_free = loop->self_free;
@@ -89,11 +94,7 @@ int psrpc__loop_start(psrpc__loop **out) {
     loop->async.data = loop;
     pthread_mutex_init(&loop->mu, NULL);
     pthread_cond_init(&loop->cond, NULL);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&loop->thread, &attr, thread_main, loop);
-    pthread_attr_destroy(&attr);
+    int rc = pthread_create(&loop->thread, NULL, thread_main, loop);
     if (rc != 0) {
         uv_close((uv_handle_t *)&loop->async, NULL);
         uv_run(&loop->uv, UV_RUN_DEFAULT);
@@ -141,6 +142,12 @@ void psrpc__loop_stop(psrpc__loop *loop) {
 
 void psrpc__loop_wait(psrpc__loop *loop) {
     pthread_mutex_lock(&loop->mu);
+    bool join = !loop->joined && !loop->self_free;
+    loop->joined = true;
+    pthread_mutex_unlock(&loop->mu);
+    if (join)
+        pthread_join(loop->thread, NULL); /* the thread has fully ended when this returns */
+    pthread_mutex_lock(&loop->mu);
     while (!loop->finished)
         pthread_cond_wait(&loop->cond, &loop->mu);
     pthread_mutex_unlock(&loop->mu);
@@ -152,13 +159,15 @@ void psrpc__loop_free(psrpc__loop *loop) {
     psrpc__loop_stop(loop);
     pthread_mutex_lock(&loop->mu);
     if (psrpc__loop_on_thread(loop)) {
+        /* From a callback: nobody can join us; the thread frees the loop. */
+        if (!loop->joined)
+            pthread_detach(loop->thread);
         loop->self_free = true;
         pthread_mutex_unlock(&loop->mu);
         return;
     }
-    while (!loop->finished)
-        pthread_cond_wait(&loop->cond, &loop->mu);
     pthread_mutex_unlock(&loop->mu);
+    psrpc__loop_wait(loop);
     pthread_mutex_destroy(&loop->mu);
     pthread_cond_destroy(&loop->cond);
     free(loop);

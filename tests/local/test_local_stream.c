@@ -1493,8 +1493,8 @@ TEST(stream_client_close_cancels_streams) {
     psrpc_method m = chat_method(PSRPC_ROUTING_QUEUE);
     psrpc_stream *st = (psrpc_stream *)0x1;
     atomic_int *rel = (atomic_int *)calloc(1, sizeof *rel);
-    CHECK_EQ_INT(psrpc_client_open_stream(&st, f->cl, &m, NULL, NULL, NULL, NULL, rel,
-                                          tu_count_cb),
+    CHECK_EQ_INT(psrpc_client_open_stream(&st, f->cl, &m, NULL, NULL, sr_on_message, sr_on_close,
+                                          rel, tu_count_cb),
                  PSRPC_CANCELED);
     CHECK(st == NULL);
     sfx_free(f);
