@@ -92,6 +92,16 @@ static bool contains(const char *hay, const char *needle) {
     return hay && needle && strstr(hay, needle) != NULL;
 }
 
+/* Handler user data that also records the registration's outcome. */
+typedef struct ready_srv {
+    nt_srv srv; /* first: nt_echo's view */
+    atomic_int ready; /* 1000 = confirmed, else the error status */
+} ready_srv;
+
+static void on_ready_status(const psrpc_error *e, void *ud) {
+    atomic_store(&((ready_srv *)ud)->ready, e ? e->status : 1000);
+}
+
 /* ------------------------------------------------------------------------ */
 /* C1: restart under load                                                    */
 /* ------------------------------------------------------------------------ */
@@ -377,6 +387,53 @@ TEST(auth_token) {
     snprintf(url, sizeof url, "nats://tok-Wr0ng@127.0.0.1:%d", s.port);
     CHECK_EQ_INT(refused(url, &o, "tok-Wr0ng", &took, &attempts), PSRPC_UNAUTHENTICATED);
     CHECK(took <= nt_ms(2000));
+    nt_server_kill(&s);
+}
+
+/* A user who may not subscribe to SRV. subjects: registering a method fails
+ * with permission_denied (the server's -ERR arrives before the readiness
+ * flush's PONG); the connection stays up and the client side keeps working. */
+TEST(permissions_violation_fails_registration) {
+    nt_server s;
+    nt_server_init(&s, "authorization {\n  users = [\n"
+                       "    { user: full, password: pw1 }\n"
+                       "    { user: limited, password: pw2, permissions: { subscribe: { deny: "
+                       "[\"SRV.>\"] } } }\n  ]\n}\n");
+    REQUIRE(nt_server_start(&s));
+    char url[256];
+    psrpc_bus_options o = nt_opts();
+    snprintf(url, sizeof url, "nats://limited:pw2@127.0.0.1:%d", s.port);
+    psrpc_bus *b = nt_bus(url, &o);
+    snprintf(url, sizeof url, "nats://full:pw1@127.0.0.1:%d", s.port);
+    psrpc_bus *fb = nt_bus(url, &o);
+    REQUIRE(b && fb);
+    REQUIRE(psrpc_bus_wait_ready(b, nt_ms(5000)) == PSRPC_OK);
+    char svc[64];
+    nt_unique(svc, sizeof svc, "Perm");
+    psrpc_method m = nt_method("Echo", PSRPC_ROUTING_QUEUE, 0);
+    psrpc_server *srv = NULL;
+    REQUIRE(psrpc_server_create(&srv, b, svc, NULL) == PSRPC_OK);
+    ready_srv *r = (ready_srv *)calloc(1, sizeof *r);
+    REQUIRE(psrpc_server_register(srv, &m, NULL, 0, nt_echo, NULL, on_ready_status, r, NULL) ==
+            PSRPC_OK);
+    CHECK(WAIT_UNTIL(atomic_load(&r->ready) != 0, 5000));
+    CHECK_EQ_INT(atomic_load(&r->ready), PSRPC_PERMISSION_DENIED);
+    CHECK_EQ_INT(psrpc_server_wait_ready(srv, nt_ms(1000)), PSRPC_PERMISSION_DENIED);
+    fprintf(stderr, "  (%s)\n", psrpc_last_error());
+    CHECK(contains(psrpc_last_error(), "Permissions Violation"));
+    /* The limited user's client still works against a server elsewhere. */
+    nt_srv *full = nt_srv_new(fb, svc, &m);
+    REQUIRE(full->server);
+    psrpc_client *cl = nt_client(b, svc, 3000);
+    CHECK(cl && nt_roundtrip(cl, &m, "allowed") == PSRPC_OK);
+    CHECK_EQ_INT(nt_stats(b).disconnects, 0);
+    psrpc_client_free(cl);
+    nt_srv_stop(full);
+    psrpc_server_free(srv);
+    psrpc_bus_free(b);
+    psrpc_bus_free(fb);
+    free(full);
+    free(r);
     nt_server_kill(&s);
 }
 
@@ -725,15 +782,6 @@ TEST(q10_queue_subscribers_share_per_bus) {
     nt_server_kill(&s);
 }
 
-/* Handler user data that also records the registration's outcome. */
-typedef struct ready_srv {
-    nt_srv srv; /* first: nt_echo's view */
-    atomic_int ready; /* 1000 = confirmed, else the error status */
-} ready_srv;
-
-static void on_ready_status(const psrpc_error *e, void *ud) {
-    atomic_store(&((ready_srv *)ud)->ready, e ? e->status : 1000);
-}
 
 /* Q11 (with the Q27 subject ambiguity): a queue method of S and a plain
  * method of S under the topic "Q" share the subject SRV.S.Q; one bus cannot
