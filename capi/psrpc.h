@@ -264,7 +264,8 @@ typedef struct psrpc_bus_options {
     int64_t reconnect_wait_ms;      /* first reconnect delay; 0 = 100, doubling */
     int64_t reconnect_wait_max_ms;  /* backoff cap; 0 = 1000 (Redis), 2000 (NATS) */
     int64_t compress_threshold;     /* gzip outbound payloads at least this large; 0 = never */
-    int64_t reconnect_buffer_size;  /* NATS: bytes buffered while reconnecting; 0 = 8 MiB */
+    int64_t reconnect_buffer_size;  /* bytes of publishes buffered while (re)connecting;
+                                       0 = 8 MiB */
     const char *tls_ca_file;        /* PEM CA bundle to verify the server; NULL = system */
     const char *tls_cert_file;      /* PEM client certificate (mutual TLS) */
     const char *tls_key_file;       /* PEM client key */

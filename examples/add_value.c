@@ -304,8 +304,7 @@ static int run_serve(const char *url) {
             fprintf(stderr, "add_value: sigwait failed\n");
             rc = -1;
         } else {
-            fprintf(stderr, "add_value: %s, stopping (counter at %d)\n",
-                    sig == SIGINT ? "SIGINT" : "SIGTERM", (int)the_counter.value);
+            fprintf(stderr, "add_value: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
         }
     } else {
         rc = -1;

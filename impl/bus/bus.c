@@ -424,8 +424,10 @@ psrpc_status psrpc_bus_wait_ready(psrpc_bus *bus, int64_t timeout_ms) {
         return psrpc__bus_check_connected(bus);
     if (st == PSRPC_BUS_DISCONNECTED) {
         psrpc__bus_check_connected(bus);
+        char why[384];
+        snprintf(why, sizeof why, "%s", psrpc_last_error());
         return psrpc__error(PSRPC_DEADLINE_EXCEEDED, "bus not connected within %lld ms: %s",
-                            (long long)timeout_ms, psrpc_last_error());
+                            (long long)timeout_ms, why);
     }
     return psrpc__error(PSRPC_DEADLINE_EXCEEDED, "bus not connected within %lld ms",
                         (long long)timeout_ms);

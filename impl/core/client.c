@@ -500,7 +500,8 @@ static void call_send(call *k) {
     free(eptrs);
     if (rc != PSRPC_OK) {
         int status = rc == PSRPC_RESOURCE_EXHAUSTED || rc == PSRPC_UNAVAILABLE ||
-                             rc == PSRPC_INVALID_ARGUMENT
+                             rc == PSRPC_INVALID_ARGUMENT || rc == PSRPC_PERMISSION_DENIED ||
+                             rc == PSRPC_UNAUTHENTICATED
                          ? rc
                          : PSRPC_INTERNAL;
         call_fail(k, status, psrpc_last_error());
@@ -984,10 +985,14 @@ static void call_task(void *arg) {
         }
         ensure_stream_channel(c);
     }
-    if (c->ready && (!k->stream || c->str_ready))
+    if (c->ready && (!k->stream || c->str_ready)) {
         call_send(k);
-    else
+    } else if (!k->wait_for_ready && psrpc__bus_check_connected(c->bus) != PSRPC_OK) {
+        /* Known to be disconnected: fail now rather than at the deadline. */
+        call_fail(k, psrpc_last_error_status(), psrpc_last_error());
+    } else {
         call_wait(k);
+    }
 }
 
 typedef struct stream_args {
