@@ -5,6 +5,7 @@
  *   conformance-client [--bus URL] [--client-id ID] [--timeout-ms N]
  *                      [--max-message-size N] [--compress-threshold N]
  *   conformance-client --print-methods      the method table, one line each
+ *   conformance-client --has-streams        exit 0 if the loaded libpsrpc has streams
  *
  * Prints "ready" once the bus is connected, then reads one command per line.
  * A command is a word followed by key=value pairs, values %-encoded (a key
@@ -724,6 +725,8 @@ int main(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--print-methods")) {
             print_methods();
             return 0;
+        } else if (!strcmp(argv[i], "--has-streams")) {
+            return conf_streams_available() ? 0 : 1;
         } else if (!strcmp(argv[i], "--client-id") && i + 1 < argc) {
             client_id = argv[i + 1];
             i += 2;

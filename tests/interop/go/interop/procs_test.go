@@ -1,0 +1,222 @@
+package interop
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A conformance server process (C or Go).
+type proc struct {
+	kind   string // "c" or "go"
+	id     string
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	events chan map[string]string
+	done   chan struct{}
+	err    error
+	stopMu sync.Mutex
+	stoped bool
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startProc starts a program that prints "ready" when usable and waits for it.
+func startProc(t *testing.T, kind, id, path string, args ...string) *proc {
+	t.Helper()
+	p := &proc{
+		kind:   kind,
+		id:     id,
+		cmd:    exec.Command(path, args...),
+		stderr: &syncBuffer{},
+		events: make(chan map[string]string, 1024),
+		done:   make(chan struct{}),
+	}
+	p.cmd.Stderr = p.stderr
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", path, err)
+	}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64*1024), 64<<20)
+		readySeen := false
+		for sc.Scan() {
+			line := sc.Text()
+			if !readySeen && line == "ready" {
+				readySeen = true
+				close(ready)
+				continue
+			}
+			var ev map[string]string
+			if json.Unmarshal([]byte(line), &ev) == nil {
+				select {
+				case p.events <- ev:
+				default:
+				}
+			}
+		}
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	select {
+	case <-ready:
+	case <-p.done:
+		t.Fatalf("%s server %s exited before ready: %v\n%s", kind, id, p.err, p.stderr.String())
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		t.Fatalf("%s server %s not ready after 20 s\n%s", kind, id, p.stderr.String())
+	}
+	return p
+}
+
+// stop sends SIGTERM and expects a graceful exit with status 0.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	p.stopMu.Lock()
+	defer p.stopMu.Unlock()
+	if p.stoped {
+		return
+	}
+	p.stoped = true
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		if p.err != nil {
+			t.Errorf("%s server %s: exit after SIGTERM: %v\n%s", p.kind, p.id, p.err, p.stderr.String())
+		}
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		t.Errorf("%s server %s: no exit 15 s after SIGTERM\n%s", p.kind, p.id, p.stderr.String())
+	}
+}
+
+// waitEvent returns the next event of the given kind printed by one of procs.
+func waitEvent(procs []*proc, kind string, timeout time.Duration) (map[string]string, *proc, bool) {
+	deadline := time.After(timeout)
+	for {
+		cases := make([]chan map[string]string, len(procs))
+		for i, p := range procs {
+			cases[i] = p.events
+		}
+		// poll every proc; small sleep keeps this simple
+		for i, c := range cases {
+			select {
+			case ev := <-c:
+				if ev["event"] == kind {
+					return ev, procs[i], true
+				}
+			default:
+			}
+		}
+		select {
+		case <-deadline:
+			return nil, nil, false
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Server specification of a scenario.
+type srvSpec struct {
+	kind     string // "c", "go", or "" for the direction's choice
+	affinity string // "" = the server's default (1.0)
+	topics   []string
+	extra    []string
+}
+
+// servers starts the given servers (kinds resolved by the direction), waits
+// until they are ready (plus the settle time Go needs, quirk Q14) and stops
+// them, expecting exit status 0, when the test ends.
+func (e *env) servers(t *testing.T, specs ...srvSpec) []*proc {
+	t.Helper()
+	var procs []*proc
+	anyGo := false
+	for i, s := range specs {
+		kind := s.kind
+		if kind == "" {
+			kind = e.serverKind(i)
+		}
+		id := fmt.Sprintf("SRV_%s%d_%s", kind, i, randID(6))
+		args := []string{"--bus", e.busURL, "--server-id", id}
+		if s.affinity != "" {
+			args = append(args, "--affinity", s.affinity)
+		}
+		for _, tp := range s.topics {
+			args = append(args, "--topic", tp)
+		}
+		args = append(args, s.extra...)
+		path := cServerPath
+		if kind == "go" {
+			path = goServerPath
+			anyGo = true
+		}
+		p := startProc(t, kind, id, path, args...)
+		procs = append(procs, p)
+	}
+	t.Cleanup(func() {
+		var wg sync.WaitGroup
+		for _, p := range procs {
+			wg.Add(1)
+			go func(p *proc) { defer wg.Done(); p.stop(t) }(p)
+		}
+		wg.Wait()
+	})
+	if anyGo {
+		time.Sleep(settle)
+	}
+	return procs
+}
+
+func ids(procs []*proc) []string {
+	var out []string
+	for _, p := range procs {
+		out = append(out, p.id)
+	}
+	return out
+}
+
+func buildGoServer() (string, error) {
+	if p := os.Getenv("PSRPC_INTEROP_GO_SERVER"); p != "" {
+		return p, nil
+	}
+	dir, err := os.MkdirTemp("", "psrpc-interop-")
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "go-conformance-server")
+	cmd := exec.Command("go", "build", "-o", out, "../cmd/conformance-server")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("go build conformance-server: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,1114 @@
+package interop
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"os/exec"
+	"reflect"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/libpsrpc/interop/conformance"
+	"github.com/libpsrpc/interop/confsvc"
+)
+
+func compressionOf(threshold int) confsvc.Compression {
+	return confsvc.Compression{Threshold: threshold}
+}
+
+func randBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+func expectErr(t *testing.T, who string, err *CallErr, code, message string) {
+	t.Helper()
+	if err == nil {
+		t.Errorf("%s: succeeded, want %s %q", who, code, message)
+		return
+	}
+	if err.Code != code || (message != "" && err.Message != message) {
+		t.Errorf("%s: got %s %q, want %s %q", who, err.Code, err.Message, code, message)
+	}
+}
+
+func within(t *testing.T, who string, d, lo, hi time.Duration) {
+	t.Helper()
+	if d < lo || d > hi {
+		t.Errorf("%s: took %v, want %v..%v", who, d.Round(time.Millisecond), lo, hi)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// forClients runs f once per client of the direction, as subtests named by
+// the client's kind ("go" or "c").
+func (e *env) forClients(t *testing.T, f func(t *testing.T, c Client)) {
+	for _, c := range e.clients {
+		c := c
+		t.Run(c.Kind()+"_client", func(t *testing.T) { f(t, c) })
+	}
+}
+
+// cStreams reports whether the libpsrpc the C programs load has streams
+// (they reference the stream functions weakly).
+func cStreams() bool {
+	return exec.Command(cClientPath, "--has-streams").Run() == nil
+}
+
+// TestInterop runs every scenario for PSRPC_INTEROP_BUS × PSRPC_INTEROP_DIRECTION.
+func TestInterop(t *testing.T) {
+	bus := os.Getenv("PSRPC_INTEROP_BUS")
+	dirName := os.Getenv("PSRPC_INTEROP_DIRECTION")
+	dir, ok := directions[dirName]
+	if bus != "redis" && bus != "nats" || !ok {
+		t.Fatalf("set PSRPC_INTEROP_BUS (redis|nats) and PSRPC_INTEROP_DIRECTION (%v)", dirName)
+	}
+	e := &env{bus: bus, busURL: busURL(bus), dir: dir}
+	for _, k := range dir.clientKinds {
+		c := e.newClient(t, k, "", 0)
+		e.clients = append(e.clients, c)
+		defer c.Close()
+	}
+	if e.hasClientKind("go") {
+		time.Sleep(settle) // the Go client's reply subscriptions (Q14)
+	}
+	streams := cStreams() || (!e.hasClientKind("c") && !e.hasServerKind("c"))
+
+	scenarios := []struct {
+		name string
+		f    func(t *testing.T, e *env)
+	}{
+		{"echo_payloads", scEchoPayloads},
+		{"add", scAdd},
+		{"errors", scErrors},
+		{"metadata", scMetadata},
+		{"deadline", scDeadline},
+		{"cancel", scCancel},
+		{"no_servers", func(t *testing.T, e *env) { scNoServers(t, e, streams) }},
+		{"claim", scClaim},
+		{"fanout", scFanout},
+		{"region_topics", scRegionTopics},
+		{"subscriptions", scSubscriptions},
+		{"chat", func(t *testing.T, e *env) {
+			if !streams {
+				t.Skip("the libpsrpc under test has no stream functions yet (psrpc_client_open_stream)")
+			}
+			scChat(t, e)
+		}},
+		{"compression", scCompression},
+		{"skip_claim", scSkipClaim},
+		{"unimplemented", scUnimplemented},
+		{"client_ids", scClientIDs},
+		{"graceful_shutdown", scGraceful},
+	}
+	only := os.Getenv("PSRPC_INTEROP_SCENARIOS") // comma-separated subset, for debugging
+	for _, sc := range scenarios {
+		if only != "" && !contains(strings.Split(only, ","), sc.name) {
+			continue
+		}
+		sc := sc
+		t.Run(sc.name, func(t *testing.T) { sc.f(t, e) })
+	}
+}
+
+// --- Echo with payloads of 0 B, 1 KiB, 512 KiB and 1 MiB (U1, U2, U15) -------
+
+func scEchoPayloads(t *testing.T, e *env) {
+	procs := e.servers(t, srvSpec{}, srvSpec{})
+	srvIDs := ids(procs)
+	e.forClients(t, func(t *testing.T, c Client) {
+		for _, size := range []int{0, 1024, 512 << 10, 1 << 20} {
+			payload := randBytes(size)
+			tag := fmt.Sprintf("size-%d", size)
+			start := time.Now()
+			resp, err := c.Echo("Echo", &conformance.EchoRequest{Payload: payload, Tag: tag},
+				CallOpts{Timeout: 10 * time.Second})
+			took := time.Since(start)
+			if e.bus == "nats" && size == 1<<20 {
+				// 1 MiB + envelope exceeds NATS's default max_payload (1 MiB):
+				// the publish fails at once. Go wraps it as internal; libpsrpc
+				// reports resource_exhausted (its documented size refusal).
+				want := map[string]string{"go": "internal", "c": "resource_exhausted"}[c.Kind()]
+				expectErr(t, tag, err, want, "")
+				within(t, tag, took, 0, 500*time.Millisecond)
+				if err != nil {
+					t.Logf("NATS, 1 MiB payload, %s client: %s %q after %v", c.Kind(), err.Code,
+						err.Message, took.Round(time.Millisecond))
+				}
+				continue
+			}
+			if err != nil {
+				t.Errorf("%s: %v", tag, err)
+				continue
+			}
+			if !bytes.Equal(resp.Payload, payload) || resp.Tag != tag || !contains(srvIDs, resp.ServerId) {
+				t.Errorf("%s: response payload %d bytes (equal %v), tag %q, server %q (servers %v)", tag,
+					len(resp.Payload), bytes.Equal(resp.Payload, payload), resp.Tag, resp.ServerId, srvIDs)
+			}
+		}
+	})
+}
+
+// --- Add: every call answered exactly once (U3) -----------------------------
+
+func scAdd(t *testing.T, e *env) {
+	procs := e.servers(t, srvSpec{}, srvSpec{})
+	var mu sync.Mutex
+	var values []int32
+	const perClient = 40
+	e.forClients(t, func(t *testing.T, c Client) {
+		var wg sync.WaitGroup
+		for i := 0; i < perClient; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				v, err := c.Add(1, CallOpts{Timeout: 5 * time.Second})
+				if err != nil {
+					t.Errorf("Add: %v", err)
+					return
+				}
+				mu.Lock()
+				values = append(values, v)
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+	})
+	// Each server's counter runs 1..k_s: the values seen are the union of
+	// such runs, so the count of value v never grows with v, starts at most
+	// at the number of servers, and sums to the number of calls.
+	counts := map[int32]int{}
+	maxV := int32(0)
+	for _, v := range values {
+		counts[v]++
+		if v > maxV {
+			maxV = v
+		}
+	}
+	total, prev := 0, len(procs)
+	for v := int32(1); v <= maxV; v++ {
+		if counts[v] > prev {
+			t.Errorf("value %d returned %d times (after %d): a call was answered twice or a counter skipped", v, counts[v], prev)
+		}
+		prev = counts[v]
+		total += counts[v]
+	}
+	if want := perClient * len(e.clients); total != want || len(values) != want {
+		t.Errorf("%d answers (%d in runs 1..k), want %d", len(values), total, want)
+	}
+	servedBy := 0
+	if counts[1] > 0 {
+		servedBy = counts[1]
+	}
+	t.Logf("Add: %d calls over %d servers, %d servers used", len(values), len(procs), servedBy)
+}
+
+// --- Errors: every psrpc code, messages, details (U8, U9) -------------------
+
+var allCodes = []string{
+	"canceled", "unknown", "invalid_argument", "malformed_request", "deadline_exceeded",
+	"not_found", "already_exists", "permission_denied", "resource_exhausted",
+	"failed_precondition", "aborted", "out_of_range", "unimplemented", "internal",
+	"malformed_result", "unavailable", "data_loss", "unauthenticated", "not_acceptable",
+	"unprocessable_entity", "upstream_server_error", "upstream_client_error",
+	"my_custom_code",
+}
+
+func scErrors(t *testing.T, e *env) {
+	e.servers(t, srvSpec{}, srvSpec{})
+	e.forClients(t, func(t *testing.T, c Client) {
+		var wg sync.WaitGroup
+		for i, code := range allCodes {
+			wg.Add(1)
+			go func(i int, code string) {
+				defer wg.Done()
+				msg := fmt.Sprintf("failed with %s: é ✓ | %d", code, i)
+				withDetails := i%2 == 0
+				req := &conformance.EchoRequest{FailCode: code, FailMessage: msg}
+				if withDetails {
+					req.Tag = "tag-" + code
+					req.Payload = []byte{0, 1, 2, byte(i)}
+				}
+				_, err := c.Echo("Echo", req, CallOpts{Timeout: 5 * time.Second})
+				expectErr(t, code, err, code, msg)
+				if err == nil {
+					return
+				}
+				if !withDetails {
+					if len(err.Details) != 0 {
+						t.Errorf("%s: %d details, want none", code, len(err.Details))
+					}
+					return
+				}
+				if len(err.Details) != 2 {
+					t.Errorf("%s: %d details, want 2", code, len(err.Details))
+					return
+				}
+				var s wrapperspb.StringValue
+				var b wrapperspb.BytesValue
+				if err.Details[0].TypeUrl != "type.googleapis.com/google.protobuf.StringValue" ||
+					proto.Unmarshal(err.Details[0].Value, &s) != nil || s.Value != req.Tag {
+					t.Errorf("%s: detail 0 = %s %x", code, err.Details[0].TypeUrl, err.Details[0].Value)
+				}
+				if err.Details[1].TypeUrl != "type.googleapis.com/google.protobuf.BytesValue" ||
+					proto.Unmarshal(err.Details[1].Value, &b) != nil || !bytes.Equal(b.Value, req.Payload) {
+					t.Errorf("%s: detail 1 = %s %x", code, err.Details[1].TypeUrl, err.Details[1].Value)
+				}
+			}(i, code)
+		}
+		wg.Wait()
+	})
+}
+
+// --- Metadata round trip (U1, U16) -------------------------------------------
+
+func scMetadata(t *testing.T, e *env) {
+	e.servers(t, srvSpec{})
+	md := map[string]string{
+		"ключ":         "значение ✓ 🎉",
+		"日本語キー":        "値",
+		"a key":        "a value with spaces",
+		"empty":        "",
+		"x-trace|id.1": "00-abc-01",
+		"emoji-🎉-key":  "é",
+	}
+	for i := 0; len(md) < 100; i++ {
+		md[fmt.Sprintf("key-%03d", i)] = fmt.Sprintf("value-%d-%s", i, strings.Repeat("v", i))
+	}
+	e.forClients(t, func(t *testing.T, c Client) {
+		resp, err := c.Echo("Echo", &conformance.EchoRequest{Tag: "md"}, CallOpts{Metadata: md, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatalf("Echo: %v", err)
+		}
+		if !reflect.DeepEqual(resp.Metadata, md) {
+			for k, v := range md {
+				if got, ok := resp.Metadata[k]; !ok || got != v {
+					t.Errorf("metadata %q: got %q (present %v), want %q", k, got, ok, v)
+				}
+			}
+			if len(resp.Metadata) != len(md) {
+				t.Errorf("%d metadata entries back, want %d", len(resp.Metadata), len(md))
+			}
+		}
+	})
+}
+
+// --- Deadlines: a handler slower than the timeout (U6) -----------------------
+
+func scDeadline(t *testing.T, e *env) {
+	e.servers(t, srvSpec{})
+	e.forClients(t, func(t *testing.T, c Client) {
+		start := time.Now()
+		_, err := c.Echo("Echo", &conformance.EchoRequest{DelayMs: 1500}, CallOpts{Timeout: 500 * time.Millisecond})
+		took := time.Since(start)
+		expectErr(t, "slow handler", err, "deadline_exceeded", "request timed out")
+		within(t, "slow handler", took, 450*time.Millisecond, 1200*time.Millisecond)
+		// The late response is dropped by the client; the server keeps serving.
+		if _, err := c.Echo("Echo", &conformance.EchoRequest{Tag: "after"}, CallOpts{Timeout: 3 * time.Second}); err != nil {
+			t.Errorf("Echo after a deadline: %v", err)
+		}
+	})
+}
+
+// --- Cancel after selection (U7) ---------------------------------------------
+
+func scCancel(t *testing.T, e *env) {
+	e.servers(t, srvSpec{})
+	e.forClients(t, func(t *testing.T, c Client) {
+		start := time.Now()
+		p := c.EchoAsync("Echo", &conformance.EchoRequest{DelayMs: 1000}, CallOpts{Timeout: 5 * time.Second})
+		time.Sleep(300 * time.Millisecond)
+		p.Cancel()
+		_, err := p.Wait()
+		expectErr(t, "canceled call", err, "canceled", "request canceled")
+		within(t, "canceled call", time.Since(start), 250*time.Millisecond, 900*time.Millisecond)
+	})
+}
+
+// --- No server (U4, M3, T5) --------------------------------------------------
+
+func scNoServers(t *testing.T, e *env, streams bool) {
+	e.forClients(t, func(t *testing.T, c Client) {
+		var wg sync.WaitGroup
+		run := func(name string, f func()) {
+			wg.Add(1)
+			go func() { defer wg.Done(); f() }()
+		}
+		for _, m := range []string{"Echo", "Claim", "RegionEcho"} {
+			m := m
+			run(m, func() {
+				start := time.Now()
+				_, err := c.Echo(m, &conformance.EchoRequest{}, CallOpts{Topic: map[bool]string{true: "nobody"}[m == "RegionEcho"], Timeout: 3 * time.Second})
+				expectErr(t, m, err, "unavailable", "no response from servers")
+				within(t, m, time.Since(start), 800*time.Millisecond, 2500*time.Millisecond)
+			})
+		}
+		run("Fanout", func() {
+			start := time.Now()
+			res, err := c.Multi("Fanout", &conformance.EchoRequest{}, CallOpts{Timeout: time.Second})
+			if err != nil || len(res) != 0 {
+				t.Errorf("Fanout with no servers: %d results, error %v", len(res), err)
+			}
+			within(t, "Fanout", time.Since(start), 900*time.Millisecond, 2500*time.Millisecond)
+		})
+		if streams {
+			run("Chat", func() {
+				start := time.Now()
+				_, err := c.Chat(CallOpts{Timeout: 3 * time.Second})
+				expectErr(t, "Chat open", err, "unavailable", "no response from servers")
+				within(t, "Chat open", time.Since(start), 800*time.Millisecond, 2500*time.Millisecond)
+			})
+		}
+		wg.Wait()
+	})
+}
+
+// --- Claim: affinity selection across servers (A1–A10) ----------------------
+
+func scClaim(t *testing.T, e *env) {
+	claim := func(t *testing.T, c Client, o CallOpts) (*conformance.EchoResponse, *CallErr, time.Duration) {
+		start := time.Now()
+		if o.Timeout == 0 {
+			o.Timeout = 3 * time.Second
+		}
+		r, err := c.Echo("Claim", &conformance.EchoRequest{Tag: "claim"}, o)
+		return r, err, time.Since(start)
+	}
+	expectServer := func(t *testing.T, who string, r *conformance.EchoResponse, err *CallErr, id string) {
+		t.Helper()
+		if err != nil {
+			t.Errorf("%s: %v", who, err)
+		} else if r.ServerId != id {
+			t.Errorf("%s: handled by %s, want %s", who, r.ServerId, id)
+		}
+	}
+	// Kind layouts: every direction once; mixed servers also with the best
+	// claim on the other kind.
+	layouts := [][]string{{"", "", ""}}
+	if e.dir.mixedDefaults {
+		layouts = [][]string{{"c", "go", "c"}, {"go", "c", "go"}}
+	}
+	for li, kinds := range layouts {
+		t.Run(fmt.Sprintf("affinities_0.2_0.9_0.5_layout%d", li), func(t *testing.T) {
+			procs := e.servers(t, srvSpec{kind: kinds[0], affinity: "0.2"},
+				srvSpec{kind: kinds[1], affinity: "0.9"}, srvSpec{kind: kinds[2], affinity: "0.5"})
+			e.forClients(t, func(t *testing.T, c Client) {
+				// A1: the best claim wins
+				r, err, _ := claim(t, c, CallOpts{})
+				expectServer(t, "default selection", r, err, procs[1].id)
+				// A9: a custom selection function picking the lowest
+				r, err, _ = claim(t, c, CallOpts{Sel: &Sel{AffinityTimeout: 500 * time.Millisecond, Pick: "lowest"}})
+				expectServer(t, "select lowest", r, err, procs[0].id)
+				// A2: nobody reaches the minimum
+				_, err, took := claim(t, c, CallOpts{Sel: &Sel{Min: 0.95, AffinityTimeout: 500 * time.Millisecond}})
+				expectErr(t, "minimum 0.95", err, "unavailable", "no servers available (received 3 responses)")
+				within(t, "minimum 0.95", took, 450*time.Millisecond, 1500*time.Millisecond)
+				// A3: maximum affinity short-cuts selection
+				r, err, took = claim(t, c, CallOpts{Sel: &Sel{Max: 0.85, AffinityTimeout: 5 * time.Second}})
+				expectServer(t, "maximum 0.85", r, err, procs[1].id)
+				within(t, "maximum 0.85", took, 0, 2*time.Second)
+				// A8: explicit options with only a minimum: selection uses the whole timeout
+				_, err, took = claim(t, c, CallOpts{Timeout: time.Second, Sel: &Sel{Min: 0.1}})
+				expectErr(t, "minimum only", err, "deadline_exceeded", "")
+				within(t, "minimum only", took, 900*time.Millisecond, 2*time.Second)
+			})
+		})
+	}
+	t.Run("declining", func(t *testing.T) { // A5
+		procs := e.servers(t, srvSpec{affinity: "-1"}, srvSpec{affinity: "0.3"})
+		e.forClients(t, func(t *testing.T, c Client) {
+			for i := 0; i < 3; i++ {
+				r, err, _ := claim(t, c, CallOpts{})
+				expectServer(t, "declining + 0.3", r, err, procs[1].id)
+			}
+		})
+	})
+	t.Run("only_declining", func(t *testing.T) { // A7
+		var specs []srvSpec
+		for range e.dir.serverKinds {
+			specs = append(specs, srvSpec{affinity: "-1"})
+		}
+		e.servers(t, specs...)
+		e.forClients(t, func(t *testing.T, c Client) {
+			_, err, took := claim(t, c, CallOpts{})
+			expectErr(t, "only declining", err, "unavailable", "no response from servers")
+			within(t, "only declining", took, 800*time.Millisecond, 2500*time.Millisecond)
+		})
+	})
+	t.Run("affinity_zero", func(t *testing.T) { // A6
+		procs := e.servers(t, srvSpec{affinity: "0"})
+		e.forClients(t, func(t *testing.T, c Client) {
+			_, err, _ := claim(t, c, CallOpts{})
+			expectErr(t, "affinity 0, default options", err, "unavailable", "no servers available (received 1 responses)")
+			r, err, _ := claim(t, c, CallOpts{Sel: &Sel{AcceptFirst: true, AffinityTimeout: time.Second}})
+			expectServer(t, "affinity 0, accept first available", r, err, procs[0].id)
+		})
+	})
+	t.Run("late_better_claim", func(t *testing.T) { // A10
+		// The 0.5 claim arrives at once, the 0.9 claim 400 ms later: default
+		// AFFINITY selection short-circuits 200 ms after the first claim.
+		procs := e.servers(t, srvSpec{affinity: "0.5"},
+			srvSpec{affinity: "0.9", extra: []string{"--affinity-delay-ms", "400"}})
+		e.forClients(t, func(t *testing.T, c Client) {
+			r, err, took := claim(t, c, CallOpts{})
+			expectServer(t, "late better claim", r, err, procs[0].id)
+			within(t, "late better claim", took, 150*time.Millisecond, 1000*time.Millisecond)
+		})
+	})
+}
+
+// --- Fanout across servers (M1) ----------------------------------------------
+
+func scFanout(t *testing.T, e *env) {
+	procs := e.servers(t, srvSpec{}, srvSpec{}, srvSpec{})
+	srvIDs := ids(procs)
+	sort.Strings(srvIDs)
+	e.forClients(t, func(t *testing.T, c Client) {
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			res, err := c.Multi("Fanout", &conformance.EchoRequest{Tag: "fan", Payload: []byte("x")},
+				CallOpts{Timeout: 1500 * time.Millisecond})
+			within(t, "Fanout", time.Since(start), 1400*time.Millisecond, 3*time.Second)
+			if err != nil {
+				t.Errorf("Fanout: %v", err)
+			}
+			var got []string
+			for _, r := range res {
+				if r.Err != nil {
+					t.Errorf("Fanout result error: %v", r.Err)
+					continue
+				}
+				got = append(got, r.Resp.ServerId)
+			}
+			sort.Strings(got)
+			if !reflect.DeepEqual(got, srvIDs) {
+				t.Errorf("Fanout answered by %v, want %v", got, srvIDs)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			failing := procs[1].id
+			res, err := c.Multi("Fanout", &conformance.EchoRequest{Tag: "fan", FailCode: "not_found@" + failing,
+				FailMessage: "fanout member failed"}, CallOpts{Timeout: 1500 * time.Millisecond})
+			if err != nil {
+				t.Errorf("Fanout: %v", err)
+			}
+			var ok []string
+			fails := 0
+			for _, r := range res {
+				if r.Err != nil {
+					fails++
+					expectErr(t, "failing member", r.Err, "not_found", "fanout member failed")
+				} else {
+					ok = append(ok, r.Resp.ServerId)
+				}
+			}
+			sort.Strings(ok)
+			want := []string{procs[0].id, procs[2].id}
+			sort.Strings(want)
+			if fails != 1 || !reflect.DeepEqual(ok, want) {
+				t.Errorf("Fanout with one failing member: ok from %v, %d errors; want ok from %v, 1 error", ok, fails, want)
+			}
+		}()
+		wg.Wait()
+	})
+}
+
+// --- Topics with odd characters (U19, M2) ------------------------------------
+
+func scRegionTopics(t *testing.T, e *env) {
+	topicsA := []string{"east", "a b", "x.y"}
+	topicsB := []string{"east", "é日本🎉", "a|b"}
+	procs := e.servers(t, srvSpec{topics: topicsA}, srvSpec{topics: topicsB})
+	owner := map[string]string{"a b": procs[0].id, "x.y": procs[0].id, "é日本🎉": procs[1].id, "a|b": procs[1].id}
+	e.forClients(t, func(t *testing.T, c Client) {
+		var wg sync.WaitGroup
+		run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
+		for topic, id := range owner {
+			topic, id := topic, id
+			run(func() {
+				r, err := c.Echo("RegionEcho", &conformance.EchoRequest{Tag: topic}, CallOpts{Topic: topic, Timeout: 3 * time.Second})
+				if err != nil {
+					t.Errorf("RegionEcho %q: %v", topic, err)
+				} else if r.ServerId != id || r.Topic != topic || r.Tag != topic {
+					t.Errorf("RegionEcho %q: server %s topic %q tag %q, want server %s", topic, r.ServerId, r.Topic, r.Tag, id)
+				}
+			})
+			run(func() {
+				res, err := c.Multi("RegionFanout", &conformance.EchoRequest{}, CallOpts{Topic: topic, Timeout: time.Second})
+				if err != nil || len(res) != 1 || res[0].Err != nil || res[0].Resp.ServerId != id || res[0].Resp.Topic != topic {
+					t.Errorf("RegionFanout %q: %d results %+v, error %v; want one from %s", topic, len(res), res, err, id)
+				}
+			})
+		}
+		run(func() {
+			r, err := c.Echo("RegionEcho", &conformance.EchoRequest{}, CallOpts{Topic: "east", Timeout: 3 * time.Second})
+			if err != nil || r.Topic != "east" {
+				t.Errorf("RegionEcho east: %v %v", r, err)
+			}
+		})
+		run(func() {
+			res, err := c.Multi("RegionFanout", &conformance.EchoRequest{}, CallOpts{Topic: "east", Timeout: time.Second})
+			var got []string
+			for _, r := range res {
+				if r.Err == nil && r.Resp.Topic == "east" {
+					got = append(got, r.Resp.ServerId)
+				}
+			}
+			sort.Strings(got)
+			want := ids(procs)
+			sort.Strings(want)
+			if err != nil || !reflect.DeepEqual(got, want) {
+				t.Errorf("RegionFanout east: %v (error %v), want %v", got, err, want)
+			}
+		})
+		run(func() {
+			_, err := c.Echo("RegionEcho", &conformance.EchoRequest{}, CallOpts{Topic: "nobody", Timeout: 3 * time.Second})
+			expectErr(t, "RegionEcho nobody", err, "unavailable", "no response from servers")
+		})
+		wg.Wait()
+	})
+}
+
+// --- Subscriptions: Updates, Work, RegionUpdates (S1–S3) --------------------
+
+type subscriber struct {
+	kind string
+	sub  Sub
+}
+
+// subscribe makes n subscribers, each a client of its own (its own
+// process for C, its own bus and broker connection for Go): within one
+// process a NATS queue subscription is delivered to every local subscriber
+// of the same method, in Go (wire spec quirk Q10) as in libpsrpc. Kinds
+// alternate over the direction's client kinds.
+func (e *env) subscribe(t *testing.T, n int, method string, topic func(i int) string) []subscriber {
+	t.Helper()
+	var subs []subscriber
+	anyGo := false
+	for i := 0; i < n; i++ {
+		kind := e.dir.clientKinds[i%len(e.dir.clientKinds)]
+		c := e.newClient(t, kind, "", 0)
+		t.Cleanup(c.Close)
+		tp := ""
+		if topic != nil {
+			tp = topic(i)
+		}
+		s, err := c.Subscribe(method, tp)
+		if err != nil {
+			t.Fatalf("%s subscribe %s: %v", kind, method, err)
+		}
+		subs = append(subs, subscriber{kind, s})
+		anyGo = anyGo || kind == "go"
+	}
+	t.Cleanup(func() {
+		for _, s := range subs {
+			s.sub.Close()
+		}
+	})
+	if anyGo {
+		time.Sleep(settle)
+	}
+	return subs
+}
+
+// collect reads until want updates arrived or the timeout, then a grace
+// period for extras.
+func collect(s Sub, want int, timeout time.Duration) []*conformance.Update {
+	var got []*conformance.Update
+	deadline := time.After(timeout)
+	for len(got) < want {
+		select {
+		case u := <-s.Updates():
+			got = append(got, u)
+		case <-deadline:
+			return got
+		}
+	}
+	grace := time.After(300 * time.Millisecond)
+	for {
+		select {
+		case u := <-s.Updates():
+			got = append(got, u)
+		case <-grace:
+			return got
+		}
+	}
+}
+
+func scSubscriptions(t *testing.T, e *env) {
+	procs := e.servers(t, srvSpec{}, srvSpec{})
+	srvIDs := ids(procs)
+	t.Run("Updates", func(t *testing.T) { // S1: every subscriber gets every update, in order
+		subs := e.subscribe(t, 2, "Updates", nil)
+		for _, pub := range e.clients {
+			n, err := pub.Publish(&conformance.PublishRequest{Method: "Updates", Count: 50, Payload: []byte("upd")}, CallOpts{Timeout: 5 * time.Second})
+			if err != nil || n != 50 {
+				t.Fatalf("%s Publish: %d, %v", pub.Kind(), n, err)
+			}
+			for i, s := range subs {
+				got := collect(s.sub, 50, 5*time.Second)
+				if len(got) != 50 {
+					t.Errorf("subscriber %d (%s): %d updates, want 50", i, s.kind, len(got))
+					continue
+				}
+				nonces := map[string]bool{}
+				for j, u := range got {
+					if u.Seq != uint32(j+1) || string(u.Payload) != "upd" || u.ServerId != got[0].ServerId || !contains(srvIDs, u.ServerId) {
+						t.Errorf("subscriber %d (%s): update %d = seq %d from %s", i, s.kind, j, u.Seq, u.ServerId)
+						break
+					}
+					nonces[u.Nonce] = true
+				}
+				if len(nonces) != 50 {
+					t.Errorf("subscriber %d: %d distinct nonces", i, len(nonces))
+				}
+			}
+		}
+	})
+	t.Run("Work", func(t *testing.T) { // S3: each update reaches exactly one subscriber
+		subs := e.subscribe(t, 3, "Work", nil)
+		const count = 300
+		n, err := e.clients[0].Publish(&conformance.PublishRequest{Method: "Work", Count: count, Payload: []byte("job")}, CallOpts{Timeout: 5 * time.Second})
+		if err != nil || n != count {
+			t.Fatalf("Publish: %d, %v", n, err)
+		}
+		seen := map[uint32]int{}
+		per := make([]int, len(subs))
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		total := func() int {
+			mu.Lock()
+			defer mu.Unlock()
+			s := 0
+			for _, v := range per {
+				s += v
+			}
+			return s
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for i, s := range subs {
+			wg.Add(1)
+			go func(i int, s Sub) {
+				defer wg.Done()
+				for {
+					select {
+					case u := <-s.Updates():
+						mu.Lock()
+						seen[u.Seq]++
+						per[i]++
+						mu.Unlock()
+					case <-time.After(50 * time.Millisecond):
+						if total() >= count || time.Now().After(deadline) {
+							// grace for duplicates
+							end := time.After(300 * time.Millisecond)
+							for {
+								select {
+								case u := <-s.Updates():
+									mu.Lock()
+									seen[u.Seq]++
+									per[i]++
+									mu.Unlock()
+								case <-end:
+									return
+								}
+							}
+						}
+					}
+				}
+			}(i, s.sub)
+		}
+		wg.Wait()
+		for seq := uint32(1); seq <= count; seq++ {
+			if seen[seq] != 1 {
+				t.Errorf("update %d delivered %d times", seq, seen[seq])
+			}
+		}
+		used := 0
+		for _, v := range per {
+			if v > 0 {
+				used++
+			}
+		}
+		kinds := make([]string, len(subs))
+		for i, s := range subs {
+			kinds[i] = s.kind
+		}
+		t.Logf("Work: %d updates over subscribers %v: %v", count, kinds, per)
+		if used < 2 {
+			t.Errorf("Work: all updates went to one subscriber (%v)", per)
+		}
+	})
+	t.Run("RegionUpdates", func(t *testing.T) { // S2: per topic
+		topics := []string{"a b", "é|x"}
+		n := 2
+		if len(e.clients) > 1 {
+			n = 4 // each topic: one Go and one C subscriber
+		}
+		subs := e.subscribe(t, n, "RegionUpdates", func(i int) string { return topics[(i/len(e.clients))%2] })
+		subTopic := func(i int) string { return topics[(i/len(e.clients))%2] }
+		for _, topic := range topics {
+			n, err := e.clients[0].Publish(&conformance.PublishRequest{Method: "RegionUpdates", Topic: []string{topic}, Count: 20, Payload: []byte(topic)}, CallOpts{Timeout: 5 * time.Second})
+			if err != nil || n != 20 {
+				t.Fatalf("Publish %q: %d, %v", topic, n, err)
+			}
+			for i, s := range subs {
+				want := 0
+				if subTopic(i) == topic {
+					want = 20
+				}
+				got := collect(s.sub, want, 3*time.Second)
+				if len(got) != want {
+					t.Errorf("topic %q, subscriber %d (%s, topic %q): %d updates, want %d", topic, i, s.kind, subTopic(i), len(got), want)
+				}
+				for _, u := range got {
+					if string(u.Payload) != topic {
+						t.Errorf("subscriber on %q got an update for %q", subTopic(i), u.Payload)
+						break
+					}
+				}
+			}
+		}
+	})
+}
+
+// --- Chat streams (T1–T3, client closes) -------------------------------------
+
+func scChat(t *testing.T, e *env) {
+	procs := e.servers(t, srvSpec{}, srvSpec{})
+	drain := func() {
+		for _, p := range procs {
+			for len(p.events) > 0 {
+				<-p.events
+			}
+		}
+	}
+	expectEnd := func(t *testing.T, who, code, message string) {
+		t.Helper()
+		for {
+			ev, p, ok := waitEvent(procs, "chat-end", 5*time.Second)
+			if !ok {
+				t.Errorf("%s: no server saw the stream end", who)
+				return
+			}
+			if ev["code"] == code && ev["message"] == message {
+				return
+			}
+			t.Errorf("%s: %s server %s saw the stream end with %s %q, want %s %q", who, p.kind, p.id, ev["code"], ev["message"], code, message)
+			return
+		}
+	}
+	closedWith := func(t *testing.T, who string, ch Chat, code, message string) {
+		t.Helper()
+		select {
+		case err := <-ch.Closed():
+			expectErr(t, who, err, code, message)
+		case <-time.After(5 * time.Second):
+			t.Errorf("%s: stream not closed", who)
+		}
+	}
+	e.forClients(t, func(t *testing.T, c Client) {
+		t.Run("ping_pong_client_closes", func(t *testing.T) { // T1
+			drain()
+			ch, err := c.Chat(CallOpts{Timeout: 3 * time.Second})
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			for i := 1; i <= 20; i++ {
+				payload := []byte(fmt.Sprintf("ping %d é", i))
+				if err := ch.Send(&conformance.ChatMessage{Seq: uint32(i), Payload: payload}); err != nil {
+					t.Fatalf("send %d: %v", i, err)
+				}
+				select {
+				case m := <-ch.Messages():
+					if m.Seq != uint32(i+1) || !bytes.Equal(m.Payload, payload) {
+						t.Fatalf("reply %d: seq %d payload %q", i, m.Seq, m.Payload)
+					}
+				case <-time.After(3 * time.Second):
+					t.Fatalf("no reply %d", i)
+				}
+			}
+			ch.Close("", "")
+			closedWith(t, "client clean close (local)", ch, "canceled", "stream closed")
+			expectEnd(t, "client clean close", "canceled", "stream closed")
+		})
+		t.Run("server_closes_with_error", func(t *testing.T) { // T2
+			drain()
+			ch, err := c.Chat(CallOpts{Timeout: 3 * time.Second})
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			_ = ch.Send(&conformance.ChatMessage{Seq: 1, CloseCode: "not_found", CloseMessage: "chat over: é"})
+			closedWith(t, "server error close", ch, "not_found", "chat over: é")
+			expectEnd(t, "server error close", "not_found", "chat over: é")
+		})
+		t.Run("server_closes_cleanly", func(t *testing.T) { // T3
+			drain()
+			ch, err := c.Chat(CallOpts{Timeout: 3 * time.Second})
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			_ = ch.Send(&conformance.ChatMessage{Seq: 1, CloseMessage: "bye"})
+			closedWith(t, "server clean close", ch, "canceled", "stream closed")
+		})
+		t.Run("client_closes_with_error", func(t *testing.T) {
+			drain()
+			ch, err := c.Chat(CallOpts{Timeout: 3 * time.Second})
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			if err := ch.Send(&conformance.ChatMessage{Seq: 1, Payload: []byte("x")}); err != nil {
+				t.Fatalf("send: %v", err)
+			}
+			ch.Close("aborted", "client gave up")
+			closedWith(t, "client error close (local)", ch, "aborted", "client gave up")
+			expectEnd(t, "client error close", "aborted", "client gave up")
+		})
+	})
+}
+
+// --- Compressed envelopes (psrpc v0.7.6+ gzip) -------------------------------
+
+func scCompression(t *testing.T, e *env) {
+	const threshold = 1024
+	s := startSniffer(t, e)
+	procs := e.servers(t, srvSpec{extra: []string{"--compress-threshold", fmt.Sprint(threshold)}},
+		srvSpec{extra: []string{"--compress-threshold", fmt.Sprint(threshold)}})
+	srvIDs := ids(procs)
+	var clients []Client
+	for _, k := range e.dir.clientKinds {
+		c := e.newClient(t, k, "CLI_"+k+"_gz_"+randID(8), threshold)
+		defer c.Close()
+		clients = append(clients, c)
+	}
+	if e.hasClientKind("go") {
+		time.Sleep(settle)
+	}
+	payload := bytes.Repeat([]byte("compressible "), 5000) // 65 kB
+	for _, c := range clients {
+		resp, err := c.Echo("Echo", &conformance.EchoRequest{Payload: payload, Tag: "gz"}, CallOpts{Timeout: 5 * time.Second})
+		if err != nil {
+			t.Errorf("%s client: compressed Echo: %v", c.Kind(), err)
+		} else if !bytes.Equal(resp.Payload, payload) || !contains(srvIDs, resp.ServerId) {
+			t.Errorf("%s client: compressed Echo: %d bytes back from %s", c.Kind(), len(resp.Payload), resp.ServerId)
+		}
+		res, err := c.Multi("Fanout", &conformance.EchoRequest{Payload: payload}, CallOpts{Timeout: time.Second})
+		okCount := 0
+		for _, r := range res {
+			if r.Err == nil && bytes.Equal(r.Resp.Payload, payload) {
+				okCount++
+			}
+		}
+		if err != nil || okCount != len(procs) {
+			t.Errorf("%s client: compressed Fanout: %d good results of %d, error %v", c.Kind(), okCount, len(res), err)
+		}
+	}
+	// Updates published compressed by the servers reach every subscriber.
+	var subs []Sub
+	anyGo := false
+	for _, c := range clients {
+		sub, err := c.Subscribe("Updates", "")
+		if err != nil {
+			t.Fatalf("%s subscribe: %v", c.Kind(), err)
+		}
+		defer sub.Close()
+		subs = append(subs, sub)
+		anyGo = anyGo || c.Kind() == "go"
+	}
+	if anyGo {
+		time.Sleep(settle)
+	}
+	upd := bytes.Repeat([]byte("update "), 1000)
+	// Publish is a queue method: repeat until every server kind published.
+	publishers := map[string]bool{}
+	for round := 0; round < 12 && len(publishers) < len(e.dir.serverKinds); round++ {
+		c := clients[round%len(clients)]
+		if n, err := c.Publish(&conformance.PublishRequest{Method: "Updates", Count: 3, Payload: upd}, CallOpts{Timeout: 5 * time.Second}); err != nil || n != 3 {
+			t.Fatalf("Publish: %d %v", n, err)
+		}
+		for i, sub := range subs {
+			got := collect(sub, 3, 3*time.Second)
+			if len(got) != 3 || !bytes.Equal(got[0].Payload, upd) {
+				t.Errorf("subscriber %d (%s): %d compressed updates", i, clients[i].Kind(), len(got))
+			}
+			for _, u := range got {
+				publishers[kindOf(u.ServerId)] = true
+			}
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	s.stop()
+	// Every kind of envelope each implementation sent must have been
+	// compressed (all payloads here are far above the threshold).
+	for _, kind := range []string{"go", "c"} {
+		var sent []string
+		if e.hasClientKind(kind) {
+			sent = append(sent, "internal.Request")
+		}
+		if e.hasServerKind(kind) {
+			sent = append(sent, "internal.Response", "psrpc.conformance.Update")
+		}
+		if len(sent) == 0 {
+			continue
+		}
+		t.Run("from_"+kind, func(t *testing.T) {
+			for _, typ := range sent {
+				all, gz := s.count(typ, kind, threshold)
+				t.Logf("%s from %s: %d sniffed, %d gzip", typ, kind, all, gz)
+				if all == 0 || gz < all {
+					t.Errorf("%s sent by %s: %d of %d compressed, want all of at least %d bytes", typ, kind, gz, all, threshold)
+				}
+			}
+		})
+	}
+}
+
+// --- Skip-claim servers (v0.7.5+ "handling" claims) --------------------------
+
+func scSkipClaim(t *testing.T, e *env) {
+	s := startSniffer(t, e)
+	procs := e.servers(t, srvSpec{extra: []string{"--skip-claim"}}, srvSpec{extra: []string{"--skip-claim"}})
+	srvIDs := ids(procs)
+	e.forClients(t, func(t *testing.T, c Client) {
+		for i := 0; i < 10; i++ {
+			r, err := c.Echo("Echo", &conformance.EchoRequest{Tag: "skip"}, CallOpts{Timeout: 3 * time.Second})
+			if err != nil {
+				t.Errorf("Echo %d: %v", i, err)
+			} else if !contains(srvIDs, r.ServerId) {
+				t.Errorf("Echo %d: from %s", i, r.ServerId)
+			}
+		}
+		// Claim (AFFINITY) still uses the full handshake.
+		if _, err := c.Echo("Claim", &conformance.EchoRequest{}, CallOpts{Timeout: 3 * time.Second}); err != nil {
+			t.Errorf("Claim: %v", err)
+		}
+	})
+	time.Sleep(100 * time.Millisecond)
+	s.stop()
+	if n := s.handlingClaims(); n < 10*len(e.clients) {
+		t.Errorf("%d handling claims on the wire, want at least %d", n, 10*len(e.clients))
+	}
+}
+
+// --- The generated "unimplemented" Go server (U14) ---------------------------
+
+func scUnimplemented(t *testing.T, e *env) {
+	if !e.hasServerKind("go") {
+		t.Skip("needs a Go server (the generated UnimplementedConformanceServer)")
+	}
+	e.servers(t, srvSpec{kind: "go", extra: []string{"--unimplemented"}})
+	e.forClients(t, func(t *testing.T, c Client) {
+		_, err := c.Echo("Echo", &conformance.EchoRequest{}, CallOpts{Timeout: 3 * time.Second})
+		expectErr(t, "Echo", err, "unimplemented", "method is not implemented")
+		_, err = c.Echo("Claim", &conformance.EchoRequest{}, CallOpts{Timeout: 3 * time.Second})
+		expectErr(t, "Claim (unimplemented affinity declines)", err, "unavailable", "no response from servers")
+		res, err := c.Multi("Fanout", &conformance.EchoRequest{}, CallOpts{Timeout: time.Second})
+		if err != nil || len(res) != 1 {
+			t.Errorf("Fanout: %d results, %v", len(res), err)
+		} else {
+			expectErr(t, "Fanout", res[0].Err, "unimplemented", "method is not implemented")
+		}
+	})
+}
+
+// --- Client ids with '.' and '-' (U17) ---------------------------------------
+
+func scClientIDs(t *testing.T, e *env) {
+	procs := e.servers(t, srvSpec{})
+	for _, k := range e.dir.clientKinds {
+		id := "my.client-" + k + "-" + randID(4)
+		c := e.newClient(t, k, id, 0)
+		if k == "go" {
+			time.Sleep(settle)
+		}
+		r, err := c.Echo("Echo", &conformance.EchoRequest{Tag: id}, CallOpts{Timeout: 3 * time.Second})
+		if err != nil || r.ServerId != procs[0].id || r.Tag != id {
+			t.Errorf("%s client %s: %v %v", k, id, r, err)
+		}
+		r, err = c.Echo("Claim", &conformance.EchoRequest{Tag: id}, CallOpts{Timeout: 3 * time.Second})
+		if err != nil || r.ServerId != procs[0].id {
+			t.Errorf("%s client %s, Claim: %v %v", k, id, r, err)
+		}
+		c.Close()
+	}
+}
+
+// --- Graceful shutdown: in-flight requests finish ----------------------------
+
+func scGraceful(t *testing.T, e *env) {
+	kinds := []string{e.dir.serverKinds[0]}
+	if e.dir.mixedDefaults {
+		kinds = []string{"c", "go"}
+	}
+	for _, k := range kinds {
+		t.Run(k+"_server", func(t *testing.T) {
+			procs := e.servers(t, srvSpec{kind: k})
+			c := e.clients[0]
+			p := c.EchoAsync("Echo", &conformance.EchoRequest{DelayMs: 1000, Tag: "inflight"}, CallOpts{Timeout: 5 * time.Second})
+			time.Sleep(300 * time.Millisecond)
+			stopped := make(chan struct{})
+			go func() { procs[0].stop(t); close(stopped) }()
+			r, err := p.Wait()
+			if err != nil || r.Tag != "inflight" {
+				t.Errorf("in-flight request during SIGTERM: %v %v", r, err)
+			}
+			<-stopped
+			_, err = c.Echo("Echo", &conformance.EchoRequest{}, CallOpts{Timeout: 3 * time.Second})
+			expectErr(t, "after shutdown", err, "unavailable", "no response from servers")
+		})
+	}
+}
+
+// TestMethodTable: the method settings derived by the C build (gen_methods),
+// by this Go module from the proto descriptor, and by protoc-gen-psrpc in the
+// generated code agree.
+func TestMethodTable(t *testing.T) {
+	out, err := exec.Command(cClientPath, "--print-methods").Output()
+	if err != nil {
+		t.Fatalf("conformance-client --print-methods: %v", err)
+	}
+	cLines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	var goLines []string
+	for _, d := range confsvc.Methods() {
+		goLines = append(goLines, d.String())
+	}
+	if !reflect.DeepEqual(cLines, goLines) {
+		t.Errorf("C table:\n%s\nGo table:\n%s", strings.Join(cLines, "\n"), strings.Join(goLines, "\n"))
+	}
+	src, err := os.ReadFile("../conformance/conformance.psrpc.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// sd.RegisterMethod("Echo", false, false, true, true) in each client constructor
+	seen := 0
+	for _, d := range confsvc.Methods() {
+		line := fmt.Sprintf("sd.RegisterMethod(%q, %v, %v, %v, %v)", d.Name, d.Affinity, d.Multi, d.RequireClaim, d.Queue)
+		if !strings.Contains(string(src), line) {
+			t.Errorf("generated code lacks %s", line)
+		}
+		seen++
+	}
+	if seen != 11 {
+		t.Errorf("%d methods, want 11", seen)
+	}
+}
