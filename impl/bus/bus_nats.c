@@ -315,8 +315,9 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         return;
     }
     delivery *d = NULL;
-    if (atomic_fetch_add(&ns->queued, 1) >= st->set.queue_capacity ||
-        atomic_fetch_add(&ns->queued_bytes, len) + len > HOP_MAX_BYTES ||
+    int queued = atomic_fetch_add(&ns->queued, 1);
+    long long queued_bytes = atomic_fetch_add(&ns->queued_bytes, len);
+    if (queued >= st->set.queue_capacity || queued_bytes + len > HOP_MAX_BYTES ||
         !(d = malloc(sizeof *d))) {
         atomic_fetch_sub(&ns->queued, 1);
         atomic_fetch_sub(&ns->queued_bytes, len);
