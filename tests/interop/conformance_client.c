@@ -15,6 +15,7 @@
  *         [payload=HEX] [delay_ms=] [fail_code=] [fail_message=] [tag=]
  *         [sel_min= sel_max= sel_afa=1 sel_timeout_ms= sel_short_ms=
  *          sel_pick=lowest|highest]           (any sel_* replaces the defaults)
+ *         [raw=HEX]     send these bytes instead of the request (test plan U12)
  *   call  id= method=Add increment=N
  *   call  id= method=Publish pmethod=Updates|Work|RegionUpdates [ptopic=]...
  *         count=N [payload=HEX]
@@ -307,6 +308,12 @@ static void multi_done(uint64_t call_id, const psrpc_msg *response, const psrpc_
 /* Serializes the request of an Echo-like, Add or Publish call. */
 static uint8_t *build_request(const char *method, const args *a, size_t *len) {
     uint8_t *buf = NULL;
+    const char *raw = arg(a, "raw");
+    if (raw) {
+        if (conf_unhex(&buf, len, raw) != 0)
+            return NULL;
+        return buf;
+    }
     if (!strcmp(method, "Add")) {
         Psrpc__Conformance__AddRequest r = PSRPC__CONFORMANCE__ADD_REQUEST__INIT;
         r.increment = atoi(arg_or(a, "increment", "0"));

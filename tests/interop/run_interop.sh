@@ -33,7 +33,19 @@ export PSRPC_INTEROP_C_SERVER=$server PSRPC_INTEROP_C_CLIENT=$client
 cd "$here/go"
 
 if [ "$1" = methods ]; then
-    exec go test -count=1 -v -run '^TestMethodTable$' ./interop/
+    # The committed generated code must be what gen.sh makes of the .proto.
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    ./gen.sh --out "$tmp"
+    for f in conformance.pb.go conformance.psrpc.go; do
+        diff -u "conformance/$f" "$tmp/$f" || {
+            echo "run_interop: conformance/$f is stale: run tests/interop/go/gen.sh" >&2
+            exit 1
+        }
+    done
+    echo "run_interop: generated code is current"
+    go test -count=1 -v -run '^TestMethodTable$' ./interop/
+    exit
 fi
 
 bus=$1 dir=${2:?direction}

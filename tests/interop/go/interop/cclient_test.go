@@ -178,6 +178,9 @@ func optArgs(o CallOpts) string {
 	if o.Timeout > 0 {
 		fmt.Fprintf(&b, " timeout_ms=%d", o.Timeout.Milliseconds())
 	}
+	if o.Malformed {
+		b.WriteString(" raw=" + hex.EncodeToString(malformedRequest))
+	}
 	for k, v := range o.Metadata {
 		fmt.Fprintf(&b, " md=%s:%s", pct(k), pct(v))
 	}

@@ -9,7 +9,10 @@ import (
 
 	"github.com/livekit/psrpc"
 	"github.com/livekit/psrpc/pkg/metadata"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/libpsrpc/interop/conformance"
 	"github.com/libpsrpc/interop/confsvc"
@@ -21,6 +24,9 @@ type CallOpts struct {
 	Timeout  time.Duration
 	Metadata map[string]string
 	Sel      *Sel
+	// Malformed replaces the request with bytes that do not decode as the
+	// method's request type (test plan U12).
+	Malformed bool
 }
 
 // Sel are explicit selection options (they replace the defaults).
@@ -171,8 +177,22 @@ func goOpts(ctx context.Context, o CallOpts) (context.Context, []psrpc.RequestOp
 	if len(o.Metadata) > 0 {
 		ctx = metadata.NewContextWithOutgoingMetadata(ctx, metadata.Metadata(o.Metadata))
 	}
+	if o.Malformed {
+		// A message whose only content is a truncated field (field 1 claims
+		// 5 bytes, 1 follows): no protobuf decoder accepts it.
+		ro = append(ro, psrpc.WithRequestInterceptors(psrpc.ClientRPCInterceptor(func(info psrpc.RPCInfo, next psrpc.ClientRPCHandler) psrpc.ClientRPCHandler {
+			return func(ctx context.Context, _ proto.Message, opts ...psrpc.RequestOption) (proto.Message, error) {
+				m := &emptypb.Empty{}
+				m.ProtoReflect().SetUnknown(protoreflect.RawFields(malformedRequest))
+				return next(ctx, m, opts...)
+			}
+		})))
+	}
 	return ctx, ro
 }
+
+// malformedRequest is what CallOpts.Malformed sends instead of a request.
+var malformedRequest = []byte{0x0a, 0x05, 0x01}
 
 type goPending struct {
 	cancel context.CancelFunc

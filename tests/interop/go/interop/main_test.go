@@ -82,6 +82,7 @@ type env struct {
 	busURL  string
 	dir     direction
 	clients []Client
+	streams bool // the C library under test has streams (or no C side is involved)
 }
 
 func (e *env) serverKind(i int) string { return e.dir.serverKinds[i%len(e.dir.serverKinds)] }
