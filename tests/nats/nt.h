@@ -95,8 +95,9 @@ static inline int nt_free_port(void) {
     return port;
 }
 
-/* True once something on port greets with "INFO" (the NATS banner). */
-static inline bool nt_greets(int port) {
+/* True once a NATS server on port greets with an INFO line naming it
+ * (another test run's server on a reused port does not count). */
+static inline bool nt_greets(int port, const char *name) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0)
         return false;
@@ -107,9 +108,23 @@ static inline bool nt_greets(int port) {
     a.sin_family = AF_INET;
     a.sin_port = htons((uint16_t)port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    char buf[4];
-    bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-              recv(fd, buf, sizeof buf, MSG_WAITALL) == 4 && memcmp(buf, "INFO", 4) == 0;
+    char buf[2048];
+    size_t n = 0;
+    bool ok = false;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+        while (n < sizeof buf - 1) {
+            ssize_t r = recv(fd, buf + n, sizeof buf - 1 - n, 0);
+            if (r <= 0)
+                break;
+            n += (size_t)r;
+            buf[n] = 0;
+            if (strchr(buf, '\n'))
+                break;
+        }
+        char want[64];
+        snprintf(want, sizeof want, "\"server_name\":\"%s\"", name);
+        ok = n >= 4 && memcmp(buf, "INFO", 4) == 0 && strstr(buf, want) != NULL;
+    }
     close(fd);
     return ok;
 }
@@ -122,33 +137,38 @@ typedef struct nt_server {
     char conf[512];
     char log[512];
     char url[128]; /* nats://127.0.0.1:port */
+    char extra[4096];
+    bool started_once;
 } nt_server;
 
 static int nt_server_seq;
 
-/* Writes the config: "listen" plus extra (may be NULL), on fresh ports. */
+static inline void nt_server_write_conf(nt_server *s) {
+    snprintf(s->url, sizeof s->url, "nats://127.0.0.1:%d", s->port);
+    FILE *f = fopen(s->conf, "w");
+    if (f) {
+        fprintf(f, "listen: 127.0.0.1:%d\nserver_name: %s\n%s\n", s->port, s->name, s->extra);
+        fclose(f);
+    }
+}
+
+/* Writes the config: "listen" plus extra (may be NULL), on a fresh port. */
 static inline void nt_server_init(nt_server *s, const char *extra_fmt, ...) {
     memset(s, 0, sizeof s[0]);
-    snprintf(s->name, sizeof s->name, "ns%d", nt_server_seq++);
+    snprintf(s->name, sizeof s->name, "ns%d_%d", (int)getpid(), nt_server_seq++);
     s->port = nt_free_port();
     char file[64];
     snprintf(file, sizeof file, "%s.conf", s->name);
     nt_path(s->conf, sizeof s->conf, file);
     snprintf(file, sizeof file, "%s.log", s->name);
     nt_path(s->log, sizeof s->log, file);
-    snprintf(s->url, sizeof s->url, "nats://127.0.0.1:%d", s->port);
-    char extra[4096] = "";
     if (extra_fmt) {
         va_list ap;
         va_start(ap, extra_fmt);
-        vsnprintf(extra, sizeof extra, extra_fmt, ap);
+        vsnprintf(s->extra, sizeof s->extra, extra_fmt, ap);
         va_end(ap);
     }
-    FILE *f = fopen(s->conf, "w");
-    if (f) {
-        fprintf(f, "listen: 127.0.0.1:%d\nserver_name: %s\n%s\n", s->port, s->name, extra);
-        fclose(f);
-    }
+    nt_server_write_conf(s);
 }
 
 static inline void nt_print_log(const nt_server *s) {
@@ -158,12 +178,11 @@ static inline void nt_print_log(const nt_server *s) {
         fprintf(stderr, "  (no log)\n");
 }
 
-/* Starts (or restarts, same port and config) the server; waits until it
- * greets. false (with its log) if it does not within 10 s. */
-static inline bool nt_server_start(nt_server *s) {
+/* One attempt: 1 = up, 0 = it exited (port taken?), -1 = no answer. */
+static inline int nt_server_try(nt_server *s) {
     pid_t pid = fork();
     if (pid < 0)
-        return false;
+        return -1;
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         int null = open("/dev/null", O_RDWR);
@@ -178,20 +197,38 @@ static inline bool nt_server_start(nt_server *s) {
     s->pid = pid;
     long long deadline = th_now_ms() + 10000;
     while (th_now_ms() < deadline) {
-        if (nt_greets(s->port))
-            return true;
+        if (nt_greets(s->port, s->name))
+            return 1;
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             fprintf(stderr, "  nats-server %s exited (status %d) before it answered\n", s->name,
                     st);
             nt_print_log(s);
             s->pid = 0;
-            return false;
+            return 0;
         }
         th_sleep_ms(20);
     }
     fprintf(stderr, "  nats-server %s does not answer on port %d\n", s->name, s->port);
     nt_print_log(s);
+    return -1;
+}
+
+/* Starts (or restarts, same port and config) the server; waits until it
+ * greets. A first start whose port was taken meanwhile moves to another
+ * port. false (with its log) if it does not come up within 10 s. */
+static inline bool nt_server_start(nt_server *s) {
+    for (int i = 0; i < 3; i++) {
+        int r = nt_server_try(s);
+        if (r == 1) {
+            s->started_once = true;
+            return true;
+        }
+        if (r < 0 || s->started_once)
+            return false;
+        s->port = nt_free_port();
+        nt_server_write_conf(s);
+    }
     return false;
 }
 
