@@ -883,6 +883,50 @@ TEST(slow_consumer_bounded_and_counted) {
     nt_server_kill(&s);
 }
 
+/* Publishes made right before psrpc_bus_free reach the server: close
+ * flushes before it closes the connection; free is quick. */
+TEST(close_delivers_what_was_published) {
+    nt_server s;
+    nt_server_init(&s, NULL);
+    REQUIRE(nt_server_start(&s));
+    psrpc_bus_options o = nt_opts();
+    psrpc_bus *pb = nt_bus(s.url, &o), *sb = nt_bus(s.url, &o);
+    REQUIRE(pb && sb);
+    char svc[64];
+    nt_unique(svc, sizeof svc, "Flush");
+    psrpc_method m = nt_method("Feed", PSRPC_ROUTING_MULTI, PSRPC_METHOD_SUBSCRIPTION);
+    m.output_type = "test.Feed";
+    psrpc_client *cl = nt_client(sb, svc, 0);
+    REQUIRE(cl);
+    atomic_int *got = (atomic_int *)calloc(1, sizeof *got);
+    psrpc_sub *sub = NULL;
+    REQUIRE(psrpc_client_subscribe(&sub, cl, &m, NULL, 0, count_msg, NULL, got, NULL) ==
+            PSRPC_OK);
+    REQUIRE(psrpc_sub_wait_ready(sub, nt_ms(5000)) == PSRPC_OK);
+    REQUIRE(psrpc_bus_wait_ready(pb, nt_ms(5000)) == PSRPC_OK);
+    psrpc_server *pub = NULL;
+    REQUIRE(psrpc_server_create(&pub, pb, svc, NULL) == PSRPC_OK);
+    enum { N = 500 };
+    static char payload[2048];
+    memset(payload, 'f', sizeof payload);
+    for (int i = 0; i < N; i++)
+        CHECK_EQ_INT(psrpc_server_publish(pub, &m, NULL, 0, payload, sizeof payload), PSRPC_OK);
+    long long t0 = th_now_ms();
+    psrpc_server_free(pub);
+    psrpc_bus_free(pb);
+    long long took = th_now_ms() - t0;
+    fprintf(stderr, "  (bus freed in %lld ms)\n", took);
+    CHECK(took < nt_ms(1500));
+    CHECK(WAIT_UNTIL(atomic_load(got) == N, 5000));
+    th_sleep_ms(100);
+    CHECK_EQ_INT(atomic_load(got), N);
+    psrpc_sub_free(sub);
+    psrpc_client_free(cl);
+    psrpc_bus_free(sb);
+    free(got);
+    nt_server_kill(&s);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Bus URLs and startup                                                      */
 /* ------------------------------------------------------------------------ */
