@@ -441,10 +441,14 @@ typedef struct psrpc_call_options {
     const psrpc_kv *metadata;
     size_t metadata_count;
     const psrpc_selection_options *selection; /* NULL = defaults of the method's kind */
+    /* Absolute deadline, Unix ns (e.g. psrpc_request_expiry_ns of the request
+     * being handled, so a nested call never outlives its parent); 0 = none.
+     * The call ends by then, and the expiry it sends never exceeds it. */
+    int64_t deadline_ns;
 } psrpc_call_options;
 
-#define PSRPC_CALL_OPTIONS_INIT {sizeof(psrpc_call_options), 0, 0, NULL, 0, NULL, 0, NULL}
-#define PSRPC_CALL_OPTIONS_SIZE_V1 56
+#define PSRPC_CALL_OPTIONS_INIT {sizeof(psrpc_call_options), 0, 0, NULL, 0, NULL, 0, NULL, 0}
+#define PSRPC_CALL_OPTIONS_SIZE_V1 64
 
 PSRPC_API psrpc_status psrpc_call_options_init(psrpc_call_options *opts, size_t struct_size);
 PSRPC_API psrpc_status psrpc_selection_options_init(psrpc_selection_options *opts,

@@ -74,6 +74,7 @@ struct call {
     void *user_data;
     int64_t timeout_ms;
     int64_t deadline_ms; /* monotonic */
+    int64_t deadline_ns; /* the caller's absolute deadline (wall clock), 0 = none */
     /* Selection. */
     psrpc_selection_options sel;
     char *best_id;
@@ -419,6 +420,8 @@ static void call_send(call *k) {
     req.client_id = c->id;
     req.sent_at = now;
     req.expiry = now + left_ms * 1000000;
+    if (k->deadline_ns > 0 && req.expiry > k->deadline_ns)
+        req.expiry = k->deadline_ns; /* never outlive the caller's deadline */
     req.multi = k->multi;
     req.skip_claim = !k->stream && k->method.routing == PSRPC_ROUTING_QUEUE;
     req.raw_request.data = k->payload->data;
@@ -1093,6 +1096,13 @@ static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_metho
     k->on_done = on_done;
     k->user_data = user_data;
     k->timeout_ms = o.timeout_ms ? o.timeout_ms : client->timeout_ms;
+    if (o.deadline_ns > 0) {
+        /* As Go with a context deadline: the call ends by then. */
+        int64_t left = (o.deadline_ns - psrpc__now_ns()) / 1000000;
+        if (left < k->timeout_ms)
+            k->timeout_ms = left > 0 ? left : 0;
+        k->deadline_ns = o.deadline_ns;
+    }
     k->deadline_ms = psrpc__mono_ms() + k->timeout_ms;
     if (o.selection) {
         k->sel = sel;

@@ -583,8 +583,17 @@ TEST(affinity_many_concurrent_async) {
     enum { N = 30 };
     tu_call *c = tu_calls_new(N);
     psrpc_method m = claim_method();
+    /* The default options (short circuit 200 ms after the first claim), with the
+     * windows scaled for slow runs (sanitizers, valgrind): 90 claims answered
+     * from other threads may otherwise trail the first by more than 200 ms. */
+    psrpc_selection_options sel = PSRPC_SELECTION_OPTIONS_INIT;
+    sel.short_circuit_timeout_ms = tu_ms(200);
+    sel.affinity_timeout_ms = tu_ms(1000);
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.selection = &sel;
+    o.timeout_ms = tu_ms(3000);
     for (int i = 0; i < N; i++)
-        REQUIRE(tu_call_async(f->cl, &m, "x", NULL, &c[i]) == PSRPC_OK);
+        REQUIRE(tu_call_async(f->cl, &m, "x", &o, &c[i]) == PSRPC_OK);
     for (int i = 0; i < N; i++) {
         REQUIRE(tu_wait_count(&c[i].count, 1, 8000));
         CHECK_EQ_INT(c[i].status, PSRPC_OK);

@@ -617,8 +617,9 @@ static void outer_handler(psrpc_request *req, void *ud) {
     nest *n = (nest *)ud;
     n->outer_expiry_ns = psrpc_request_expiry_ns(req);
     n->outer_remaining_ms = psrpc_request_remaining_ms(req);
+    /* The nested call inherits the outer request's deadline (test plan M5). */
     psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
-    o.timeout_ms = n->outer_remaining_ms > 0 ? n->outer_remaining_ms : 1;
+    o.deadline_ns = psrpc_request_expiry_ns(req);
     nest_call *nc = (nest_call *)calloc(1, sizeof *nc);
     nc->outer_req = req;
     nc->n = n;
