@@ -214,6 +214,30 @@ class Bus:
         return f"Bus({self.url!r}{', closed' if self._closed else ''})"
 
 
+def _stop_servers() -> None:
+    # When the main thread ends, before non-daemon threads (the handler pools
+    # among them) are joined: servers stop, so handlers blocked on one of
+    # their streams see it end and return. Clients keep working for the
+    # program's other threads until the buses close below.
+    for bus in list(_live_buses):
+        with bus._cond:
+            servers = list(bus._servers)
+        for server in servers:
+            try:
+                server.close(force=True, timeout=2.0)
+            except Exception:
+                pass
+
+
+# Registered after concurrent.futures' own hook (which joins the handler
+# pools), so it runs before it: these hooks run in reverse order.
+import concurrent.futures.thread  # noqa: E402,F401
+
+_register_threading_atexit = getattr(threading, "_register_atexit", None)
+if _register_threading_atexit is not None:
+    _register_threading_atexit(_stop_servers)
+
+
 @atexit.register
 def _close_all_buses() -> None:
     # Before the interpreter finalizes: loop threads can still take the GIL to
