@@ -58,6 +58,14 @@ void psrpc__err_view(const psrpc__err *e, psrpc_error *view);
  * (defaults). */
 int psrpc__options_load(void *dst, size_t dst_size, const void *src, const char *what);
 
+/* Fills a caller's options struct of struct_size bytes with defaults (ours
+ * are defaults_size bytes); the shared body of every *_options_init. */
+int psrpc__options_init(void *opts, size_t struct_size, const void *defaults, size_t defaults_size);
+
+/* The CLOCK_REALTIME instant timeout_ms from now, for pthread_cond_timedwait. */
+struct timespec;
+void psrpc__deadline_in(struct timespec *ts, int64_t timeout_ms);
+
 char *psrpc__strdup(const char *s);
 /* Duplicates an array of n strings (each must be non-NULL). NULL + 0 → NULL. */
 int psrpc__strv_dup(char ***out, const char *const *v, size_t n);

@@ -223,13 +223,8 @@ int psrpc__bus_inject(psrpc_bus *bus, const psrpc__channel *ch, const void *data
 /* ---- lifecycle ---- */
 
 psrpc_status psrpc_bus_options_init(psrpc_bus_options *opts, size_t struct_size) {
-    PSRPC__CHECK_ARG(opts, "opts is NULL");
-    PSRPC__CHECK_ARG(struct_size >= 2 * sizeof(uint32_t), "struct_size is too small");
     psrpc_bus_options d = PSRPC_BUS_OPTIONS_INIT;
-    memset(opts, 0, struct_size);
-    memcpy(opts, &d, struct_size < sizeof d ? struct_size : sizeof d);
-    opts->struct_size = (uint32_t)struct_size;
-    return PSRPC_OK;
+    return psrpc__options_init(opts, struct_size, &d, sizeof d);
 }
 
 static void start_task(void *arg) {
@@ -399,10 +394,7 @@ psrpc_status psrpc_bus_wait_ready(psrpc_bus *bus, int64_t timeout_ms) {
         return psrpc__error(PSRPC_WOULD_DEADLOCK,
                             "psrpc_bus_wait_ready called on a loop thread would deadlock");
     struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    int64_t ns = until.tv_nsec + (timeout_ms % 1000) * 1000000;
-    until.tv_sec += timeout_ms / 1000 + ns / 1000000000;
-    until.tv_nsec = ns % 1000000000;
+    psrpc__deadline_in(&until, timeout_ms);
     pthread_mutex_lock(&bus->state_mu);
     int rc = 0;
     /* Wait through the first attempt; then an auth refusal is final. */
@@ -440,9 +432,19 @@ typedef struct close_req {
     bool then_stop;
 } close_req;
 
-static void run_closed_waiters(psrpc_bus *bus) {
-    psrpc__closed_waiter *w = bus->closed_waiters;
-    bus->closed_waiters = NULL;
+void psrpc__waiters_add(psrpc__closed_waiter **list, psrpc_closed_cb cb, void *user_data) {
+    psrpc__closed_waiter *w = calloc(1, sizeof *w);
+    if (!w)
+        return; /* out of memory: the close still happens, without this callback */
+    w->cb = cb;
+    w->user_data = user_data;
+    w->next = *list;
+    *list = w;
+}
+
+void psrpc__waiters_run(psrpc__closed_waiter **list) {
+    psrpc__closed_waiter *w = *list;
+    *list = NULL;
     while (w) {
         psrpc__closed_waiter *next = w->next;
         if (w->cb)
@@ -451,6 +453,8 @@ static void run_closed_waiters(psrpc_bus *bus) {
         w = next;
     }
 }
+
+static void run_closed_waiters(psrpc_bus *bus) { psrpc__waiters_run(&bus->closed_waiters); }
 
 static bool stop_when_closed(psrpc_bus *bus) { return atomic_load(&bus->freed); }
 
@@ -496,13 +500,7 @@ static void close_children(psrpc_bus *bus) {
 static void close_task(void *arg) {
     close_req *r = arg;
     psrpc_bus *bus = r->bus;
-    psrpc__closed_waiter *w = calloc(1, sizeof *w);
-    if (w) {
-        w->cb = r->cb;
-        w->user_data = r->user_data;
-        w->next = bus->closed_waiters;
-        bus->closed_waiters = w;
-    }
+    psrpc__waiters_add(&bus->closed_waiters, r->cb, r->user_data);
     int state = atomic_load(&bus->state);
     if (state == PSRPC__CLOSED) {
         run_closed_waiters(bus);

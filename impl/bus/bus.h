@@ -70,6 +70,11 @@ typedef struct psrpc__closed_waiter {
     void *user_data;
 } psrpc__closed_waiter;
 
+/* A handle's list of closed callbacks (loop thread): add one per close call,
+ * run them all (once each) when the handle has closed. */
+void psrpc__waiters_add(psrpc__closed_waiter **list, psrpc_closed_cb cb, void *user_data);
+void psrpc__waiters_run(psrpc__closed_waiter **list);
+
 struct psrpc_bus {
     uint32_t magic;
     atomic_int refs;   /* user + children + in-flight tasks */
@@ -134,6 +139,11 @@ int psrpc__bus_check_connected(psrpc_bus *bus);
 /* TEST HOOK: publishes raw transport bytes on ch as if a peer had sent them.
  * Any thread; the bytes are copied. Returns 0 or a status. */
 int psrpc__bus_inject(psrpc_bus *bus, const psrpc__channel *ch, const void *data, size_t len);
+
+/* Percent-decodes n bytes of a URL part (user, password, token) into a new
+ * string. NULL on a bad escape or an escaped NUL (*oom false) or on allocation
+ * failure (*oom true); partial output is wiped. Any thread. */
+char *psrpc__url_unescape(const char *s, size_t n, bool *oom);
 
 /* Transports. Each *_open parses its URL (and bus->opts), sets
  * bus->transport and bus->transport_state, and returns 0 or a status with

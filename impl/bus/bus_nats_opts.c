@@ -59,39 +59,12 @@ bool psrpc__nats_subject_valid(const char *subject) {
 
 /* ---- URL ---- */
 
-static int hexval(int c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Percent-decodes n bytes of s into a new string; NULL on a bad escape (then
- * *bad is set) or allocation failure. */
+/* Percent-decodes a URL part; *bad is set on a bad escape. */
 static char *unescape(const char *s, size_t n, bool *bad) {
-    char *out = malloc(n + 1);
-    if (!out)
-        return NULL;
-    size_t j = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '%') {
-            int a = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
-            int b = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
-            if (a < 0 || b < 0) {
-                *bad = true;
-                psrpc__nats_wipe(out, j);
-                free(out);
-                return NULL;
-            }
-            out[j++] = (char)(a * 16 + b);
-            i += 2;
-        } else {
-            out[j++] = s[i];
-        }
-    }
-    out[j] = 0;
+    bool oom = false;
+    char *out = psrpc__url_unescape(s, n, &oom);
+    if (!out && !oom)
+        *bad = true;
     return out;
 }
 

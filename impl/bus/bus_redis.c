@@ -1108,47 +1108,6 @@ static const psrpc__transport psrpc__transport_redis = {
 
 /* ---- opening: URL, options, TLS -------------------------------------------- */
 
-static int hexval(char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Percent-decodes n bytes into a new string; NULL on a bad escape, an
- * embedded NUL or no memory (*oom tells which). */
-static char *pct_decode(const char *s, size_t n, bool *oom) {
-    char *out = malloc(n + 1);
-    *oom = !out;
-    if (!out)
-        return NULL;
-    size_t j = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '%') {
-            if (i + 2 >= n) {
-                OPENSSL_cleanse(out, j);
-                free(out);
-                return NULL;
-            }
-            int a = hexval(s[i + 1]), b = hexval(s[i + 2]);
-            if (a < 0 || b < 0 || (a == 0 && b == 0)) {
-                OPENSSL_cleanse(out, j);
-                free(out);
-                return NULL;
-            }
-            out[j++] = (char)(a * 16 + b);
-            i += 2;
-        } else {
-            out[j++] = s[i];
-        }
-    }
-    out[j] = 0;
-    return out;
-}
-
 static int parse_url(redis_t *r, psrpc_bus *bus, const char *url) {
     const char *safe = bus->url_safe;
     const char *p;
@@ -1174,13 +1133,13 @@ static int parse_url(redis_t *r, psrpc_bus *bus, const char *url) {
         bool oom = false;
         if (colon) {
             if (colon > p) {
-                r->user = pct_decode(p, (size_t)(colon - p), &oom);
+                r->user = psrpc__url_unescape(p, (size_t)(colon - p), &oom);
                 if (!r->user)
                     goto bad_userinfo;
             }
-            r->pass = pct_decode(colon + 1, (size_t)(at - colon - 1), &oom);
+            r->pass = psrpc__url_unescape(colon + 1, (size_t)(at - colon - 1), &oom);
         } else {
-            r->pass = pct_decode(p, (size_t)(at - p), &oom);
+            r->pass = psrpc__url_unescape(p, (size_t)(at - p), &oom);
         }
         if (!r->pass)
             goto bad_userinfo;

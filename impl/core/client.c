@@ -750,17 +750,7 @@ static void client_start(psrpc_client *c) {
 
 static void sub_finish(sub_t *s);
 
-static void run_closed_waiters(psrpc__closed_waiter **list) {
-    psrpc__closed_waiter *w = *list;
-    *list = NULL;
-    while (w) {
-        psrpc__closed_waiter *next = w->next;
-        if (w->cb)
-            w->cb(w->user_data);
-        free(w);
-        w = next;
-    }
-}
+static void run_closed_waiters(psrpc__closed_waiter **list) { psrpc__waiters_run(list); }
 
 static void client_do_close(psrpc_client *c) {
     if (c->state != PSRPC__OPEN)
@@ -841,13 +831,7 @@ typedef struct close_req {
 static void close_task(void *arg) {
     close_req *r = arg;
     psrpc_client *c = r->client;
-    psrpc__closed_waiter *w = calloc(1, sizeof *w);
-    if (w) {
-        w->cb = r->cb;
-        w->user_data = r->user_data;
-        w->next = c->closed_waiters;
-        c->closed_waiters = w;
-    }
+    psrpc__waiters_add(&c->closed_waiters, r->cb, r->user_data);
     if (c->state == PSRPC__OPEN)
         client_do_close(c);
     else
@@ -869,41 +853,23 @@ static void start_task(void *arg) {
     } while (0)
 
 psrpc_status psrpc_client_options_init(psrpc_client_options *opts, size_t struct_size) {
-    PSRPC__CHECK_ARG(opts, "opts is NULL");
-    PSRPC__CHECK_ARG(struct_size >= 2 * sizeof(uint32_t), "struct_size is too small");
     psrpc_client_options d = PSRPC_CLIENT_OPTIONS_INIT;
-    memset(opts, 0, struct_size);
-    memcpy(opts, &d, struct_size < sizeof d ? struct_size : sizeof d);
-    opts->struct_size = (uint32_t)struct_size;
-    return PSRPC_OK;
+    return psrpc__options_init(opts, struct_size, &d, sizeof d);
 }
 
 psrpc_status psrpc_call_options_init(psrpc_call_options *opts, size_t struct_size) {
-    PSRPC__CHECK_ARG(opts, "opts is NULL");
-    PSRPC__CHECK_ARG(struct_size >= 2 * sizeof(uint32_t), "struct_size is too small");
     psrpc_call_options d = PSRPC_CALL_OPTIONS_INIT;
-    memset(opts, 0, struct_size);
-    memcpy(opts, &d, struct_size < sizeof d ? struct_size : sizeof d);
-    opts->struct_size = (uint32_t)struct_size;
-    return PSRPC_OK;
+    return psrpc__options_init(opts, struct_size, &d, sizeof d);
 }
 
 psrpc_status psrpc_selection_options_init(psrpc_selection_options *opts, size_t struct_size) {
-    PSRPC__CHECK_ARG(opts, "opts is NULL");
-    PSRPC__CHECK_ARG(struct_size >= 2 * sizeof(uint32_t), "struct_size is too small");
     psrpc_selection_options d = PSRPC_SELECTION_OPTIONS_INIT;
-    memset(opts, 0, struct_size);
-    memcpy(opts, &d, struct_size < sizeof d ? struct_size : sizeof d);
-    opts->struct_size = (uint32_t)struct_size;
-    return PSRPC_OK;
+    return psrpc__options_init(opts, struct_size, &d, sizeof d);
 }
 
 psrpc_status psrpc_client_create(psrpc_client **out, psrpc_bus *bus, const char *service,
                                  const psrpc_client_options *opts) {
-    PSRPC__CHECK_ARG(out, "out is NULL");
-    *out = NULL;
-    PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
-    int rc = psrpc__check_name("service", service);
+    int rc = psrpc__check_create(out, bus, service);
     if (rc != PSRPC_OK)
         return rc;
     psrpc_client_options o = PSRPC_CLIENT_OPTIONS_INIT;
@@ -1577,10 +1543,7 @@ psrpc_status psrpc_sub_wait_ready(psrpc_sub *sub, int64_t timeout_ms) {
         return psrpc__error(PSRPC_WOULD_DEADLOCK,
                             "psrpc_sub_wait_ready called on a loop thread would deadlock");
     struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    int64_t ns = until.tv_nsec + (timeout_ms % 1000) * 1000000;
-    until.tv_sec += timeout_ms / 1000 + ns / 1000000000;
-    until.tv_nsec = ns % 1000000000;
+    psrpc__deadline_in(&until, timeout_ms);
     pthread_mutex_lock(&sub->mu);
     int rc = 0;
     while (!sub->ready_done && rc == 0)
@@ -1607,13 +1570,7 @@ typedef struct sub_close_req {
 static void sub_close_task(void *arg) {
     sub_close_req *r = arg;
     sub_t *s = r->sub;
-    psrpc__closed_waiter *w = calloc(1, sizeof *w);
-    if (w) {
-        w->cb = r->cb;
-        w->user_data = r->user_data;
-        w->next = s->closed_waiters;
-        s->closed_waiters = w;
-    }
+    psrpc__waiters_add(&s->closed_waiters, r->cb, r->user_data);
     if (!s->finished) {
         psrpc_client *c = s->client;
         for (sub_t **p = &c->subs; *p; p = &(*p)->next) {

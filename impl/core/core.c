@@ -70,6 +70,13 @@ int psrpc__check_client_id(const char *s) {
     return PSRPC_OK;
 }
 
+int psrpc__check_create(void *out, psrpc_bus *bus, const char *service) {
+    PSRPC__CHECK_ARG(out, "out is NULL");
+    *(void **)out = NULL;
+    PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
+    return psrpc__check_name("service", service);
+}
+
 ProtobufCMessage *psrpc__decode_control(psrpc_bus *bus, const uint8_t *data, size_t len,
                                         const ProtobufCMessageDescriptor *desc) {
     psrpc__envelope env;

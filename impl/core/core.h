@@ -28,6 +28,9 @@ int psrpc__check_name(const char *what, const char *s);
  * token on both sides, as with Go; wildcards and spaces are refused). */
 int psrpc__check_client_id(const char *s);
 
+/* The checks every psrpc_X_create(out, bus, service, ...) starts with. */
+int psrpc__check_create(void *out, psrpc_bus *bus, const char *service);
+
 /* Decodes transport bytes as the control message desc; counts and drops
  * (returns NULL) anything else. */
 ProtobufCMessage *psrpc__decode_control(psrpc_bus *bus, const uint8_t *data, size_t len,

@@ -331,17 +331,7 @@ static void accept_stream(psrpc_request *q) {
 
 /* ---------------------------------------------------------------- close */
 
-static void run_closed_waiters(psrpc_server *s) {
-    psrpc__closed_waiter *w = s->closed_waiters;
-    s->closed_waiters = NULL;
-    while (w) {
-        psrpc__closed_waiter *next = w->next;
-        if (w->cb)
-            w->cb(w->user_data);
-        free(w);
-        w = next;
-    }
-}
+static void run_closed_waiters(psrpc_server *s) { psrpc__waiters_run(&s->closed_waiters); }
 
 static void drain_timer_closed(uv_handle_t *h) {
     psrpc_server *s = h->data;
@@ -442,13 +432,7 @@ typedef struct close_req {
 static void close_task(void *arg) {
     close_req *c = arg;
     psrpc_server *s = c->server;
-    psrpc__closed_waiter *w = calloc(1, sizeof *w);
-    if (w) {
-        w->cb = c->cb;
-        w->user_data = c->user_data;
-        w->next = s->closed_waiters;
-        s->closed_waiters = w;
-    }
+    psrpc__waiters_add(&s->closed_waiters, c->cb, c->user_data);
     server_begin_close(s, c->force);
     if (s->state == PSRPC__CLOSED)
         run_closed_waiters(s);
@@ -824,21 +808,13 @@ static void register_task(void *arg) {
     } while (0)
 
 psrpc_status psrpc_server_options_init(psrpc_server_options *opts, size_t struct_size) {
-    PSRPC__CHECK_ARG(opts, "opts is NULL");
-    PSRPC__CHECK_ARG(struct_size >= 2 * sizeof(uint32_t), "struct_size is too small");
     psrpc_server_options d = PSRPC_SERVER_OPTIONS_INIT;
-    memset(opts, 0, struct_size);
-    memcpy(opts, &d, struct_size < sizeof d ? struct_size : sizeof d);
-    opts->struct_size = (uint32_t)struct_size;
-    return PSRPC_OK;
+    return psrpc__options_init(opts, struct_size, &d, sizeof d);
 }
 
 psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char *service,
                                  const psrpc_server_options *opts) {
-    PSRPC__CHECK_ARG(out, "out is NULL");
-    *out = NULL;
-    PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
-    int rc = psrpc__check_name("service", service);
+    int rc = psrpc__check_create(out, bus, service);
     if (rc != PSRPC_OK)
         return rc;
     psrpc_server_options o = PSRPC_SERVER_OPTIONS_INIT;
@@ -1086,10 +1062,7 @@ psrpc_status psrpc_server_wait_ready(psrpc_server *server, int64_t timeout_ms) {
         return psrpc__error(PSRPC_WOULD_DEADLOCK,
                             "psrpc_server_wait_ready called on a loop thread would deadlock");
     struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    int64_t ns = until.tv_nsec + (timeout_ms % 1000) * 1000000;
-    until.tv_sec += timeout_ms / 1000 + ns / 1000000000;
-    until.tv_nsec = ns % 1000000000;
+    psrpc__deadline_in(&until, timeout_ms);
     pthread_mutex_lock(&server->mu);
     int rc = 0;
     while (server->ready_pending > 0 && rc == 0)

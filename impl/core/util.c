@@ -73,6 +73,26 @@ int psrpc__options_load(void *dst, size_t dst_size, const void *src, const char 
     return PSRPC_OK;
 }
 
+int psrpc__options_init(void *opts, size_t struct_size, const void *defaults,
+                        size_t defaults_size) {
+    PSRPC__CHECK_ARG(opts, "opts is NULL");
+    PSRPC__CHECK_ARG(struct_size >= 2 * sizeof(uint32_t), "struct_size is too small");
+    memset(opts, 0, struct_size);
+    memcpy(opts, defaults, struct_size < defaults_size ? struct_size : defaults_size);
+    uint32_t size = (uint32_t)struct_size;
+    memcpy(opts, &size, sizeof size);
+    return PSRPC_OK;
+}
+
+void psrpc__deadline_in(struct timespec *ts, int64_t timeout_ms) {
+    clock_gettime(CLOCK_REALTIME, ts);
+    if (timeout_ms < 0)
+        timeout_ms = 0;
+    int64_t ns = ts->tv_nsec + (timeout_ms % 1000) * 1000000;
+    ts->tv_sec += (time_t)(timeout_ms / 1000 + ns / 1000000000);
+    ts->tv_nsec = ns % 1000000000;
+}
+
 /* ---- messages ---- */
 
 static const uint8_t empty_bytes[1];
