@@ -10,7 +10,8 @@
  * Prints "ready" once every registration is confirmed by the broker, serves
  * until SIGTERM or SIGINT, then closes gracefully (in-flight requests finish)
  * and exits 0. Events a test may want to see are printed as JSON lines:
- *   {"event":"chat-end","code":"...","message":"..."}   a Chat stream ended
+ *   {"event":"chat-end","code":"...","message":"...","max_seq":"N"}
+ *       a Chat stream ended (max_seq: the highest seq received on it)
  *
  * Behaviour beyond conformance.md (the same in the Go server,
  * tests/interop/go/cmd/conformance-server):
@@ -65,7 +66,8 @@ static void sleep_ms(int ms) {
     }
 }
 
-static void event_line(const char *event, const char *code, const char *message) {
+static void event_line(const char *event, const char *code, const char *message,
+                       uint32_t max_seq) {
     pthread_mutex_lock(&out_mu);
     printf("{\"event\":");
     conf_json_str(stdout, event);
@@ -73,7 +75,7 @@ static void event_line(const char *event, const char *code, const char *message)
     conf_json_str(stdout, code);
     printf(",\"message\":");
     conf_json_str(stdout, message);
-    printf("}\n");
+    printf(",\"max_seq\":\"%u\"}\n", max_seq);
     fflush(stdout);
     pthread_mutex_unlock(&out_mu);
 }
@@ -299,13 +301,22 @@ static void publish_handler(psrpc_request *req, void *user_data) {
 /* Chat                                                                      */
 /* ------------------------------------------------------------------------ */
 
+/* One accepted Chat stream. */
+typedef struct chat_ctx {
+    psrpc_stream *stream; /* the server's reference */
+    atomic_uint max_seq;  /* highest seq received, reported when it ends */
+} chat_ctx;
+
 static int chat_message(psrpc_stream *s, const psrpc_msg *msg, void *user_data) {
-    (void)user_data;
+    chat_ctx *c = user_data;
     Psrpc__Conformance__ChatMessage *in = psrpc__conformance__chat_message__unpack(
         NULL, psrpc_msg_size(msg), psrpc_msg_data(msg));
     if (!in) {
         psrpc_stream_close(s, PSRPC_MALFORMED_REQUEST, "bad ChatMessage");
         return 0;
+    }
+    unsigned prev = atomic_load(&c->max_seq);
+    while (in->seq > prev && !atomic_compare_exchange_weak(&c->max_seq, &prev, in->seq)) {
     }
     if (in->close_code && *in->close_code) {
         psrpc_stream_close(s, psrpc_status_from_code(in->close_code), in->close_message);
@@ -327,19 +338,25 @@ static int chat_message(psrpc_stream *s, const psrpc_msg *msg, void *user_data) 
 
 static void chat_closed(psrpc_stream *s, const psrpc_error *cause, void *user_data) {
     (void)s;
-    (void)user_data;
-    event_line("chat-end", cause ? cause->code : "", cause ? cause->message : "");
+    chat_ctx *c = user_data;
+    event_line("chat-end", cause ? cause->code : "", cause ? cause->message : "",
+               atomic_load(&c->max_seq));
 }
 
 static void chat_release(void *user_data) {
-    psrpc_stream_free(user_data);
+    chat_ctx *c = user_data;
+    psrpc_stream_free(c->stream);
+    free(c);
 }
 
 static void chat_handler(psrpc_stream *s, void *user_data) {
     (void)user_data;
-    if (psrpc_stream_set_callbacks(s, chat_message, chat_closed, s, chat_release) != PSRPC_OK) {
+    chat_ctx *c = calloc(1, sizeof *c);
+    c->stream = s;
+    if (psrpc_stream_set_callbacks(s, chat_message, chat_closed, c, chat_release) != PSRPC_OK) {
         fprintf(stderr, PROG ": stream callbacks: %s\n", psrpc_last_error());
         psrpc_stream_free(s);
+        free(c);
     }
 }
 

@@ -53,11 +53,12 @@ func topicInterceptor(ctx context.Context, req proto.Message, i psrpc.RPCInfo,
 	return h(context.WithValue(ctx, topicKey{}, strings.Join(i.Topic, "|")), req)
 }
 
-func (s *Impl) event(kind, code, message string) {
+func (s *Impl) event(kind, code, message string, maxSeq uint32) {
 	if s.cfg.Events == nil {
 		return
 	}
-	b, _ := json.Marshal(map[string]string{"event": kind, "code": code, "message": message})
+	b, _ := json.Marshal(map[string]string{"event": kind, "code": code, "message": message,
+		"max_seq": fmt.Sprint(maxSeq)})
 	s.outMu.Lock()
 	defer s.outMu.Unlock()
 	_, _ = fmt.Fprintf(s.cfg.Events, "%s\n", b)
@@ -169,14 +170,18 @@ func (s *Impl) Publish(ctx context.Context, req *conformance.PublishRequest) (*c
 }
 
 func (s *Impl) Chat(stream psrpc.ServerStream[*conformance.ChatMessage, *conformance.ChatMessage]) error {
+	var maxSeq uint32 // the highest seq received, reported when the stream ends
 	for msg := range stream.Channel() {
+		if msg.Seq > maxSeq {
+			maxSeq = msg.Seq
+		}
 		if msg.CloseCode != "" {
 			err := psrpc.NewError(psrpc.ErrorCode(msg.CloseCode), errors.New(msg.CloseMessage))
-			s.event("chat-end", msg.CloseCode, msg.CloseMessage)
+			s.event("chat-end", msg.CloseCode, msg.CloseMessage, maxSeq)
 			return err
 		}
 		if msg.CloseMessage != "" {
-			s.event("chat-end", string(psrpc.Canceled), "stream closed")
+			s.event("chat-end", string(psrpc.Canceled), "stream closed", maxSeq)
 			return nil // psrpc closes with canceled "stream closed"
 		}
 		go func(m *conformance.ChatMessage) {
@@ -191,7 +196,7 @@ func (s *Impl) Chat(stream psrpc.ServerStream[*conformance.ChatMessage, *conform
 			code = string(c)
 		}
 	}
-	s.event("chat-end", code, message)
+	s.event("chat-end", code, message, maxSeq)
 	return nil
 }
 

@@ -21,6 +21,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -32,7 +33,12 @@ var (
 	// Go subscribes asynchronously: wait this long after a Go server or
 	// subscription is set up before relying on it (wire spec quirk Q14).
 	settle = time.Second
+	// PSRPC_TEST_TIME_FACTOR (3 under sanitizers) stretches upper time
+	// bounds and waits, never lower bounds.
+	timeFactor = 1.0
 )
+
+func scaled(d time.Duration) time.Duration { return time.Duration(float64(d) * timeFactor) }
 
 func TestMain(m *testing.M) {
 	def := func(env, name string) string {
@@ -41,6 +47,9 @@ func TestMain(m *testing.M) {
 		}
 		p, _ := filepath.Abs(filepath.Join("..", "..", "..", "..", "build", "tests", "interop", name))
 		return p
+	}
+	if f, err := strconv.ParseFloat(os.Getenv("PSRPC_TEST_TIME_FACTOR"), 64); err == nil && f >= 1 {
+		timeFactor = f
 	}
 	cServerPath = def("PSRPC_INTEROP_C_SERVER", "conformance-server")
 	cClientPath = def("PSRPC_INTEROP_C_CLIENT", "conformance-client")

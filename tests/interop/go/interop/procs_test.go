@@ -56,6 +56,9 @@ func startProc(t *testing.T, kind, id, path string, args ...string) *proc {
 		done:   make(chan struct{}),
 	}
 	p.cmd.Stderr = p.stderr
+	// If the test binary dies, its servers must not serve on: they would
+	// answer the next run's calls.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +93,7 @@ func startProc(t *testing.T, kind, id, path string, args ...string) *proc {
 	case <-ready:
 	case <-p.done:
 		t.Fatalf("%s server %s exited before ready: %v\n%s", kind, id, p.err, p.stderr.String())
-	case <-time.After(20 * time.Second):
+	case <-time.After(scaled(20 * time.Second)):
 		_ = p.cmd.Process.Kill()
 		t.Fatalf("%s server %s not ready after 20 s\n%s", kind, id, p.stderr.String())
 	}
@@ -112,7 +115,7 @@ func (p *proc) stop(t *testing.T) {
 		if p.err != nil {
 			t.Errorf("%s server %s: exit after SIGTERM: %v\n%s", p.kind, p.id, p.err, p.stderr.String())
 		}
-	case <-time.After(15 * time.Second):
+	case <-time.After(scaled(15 * time.Second)):
 		_ = p.cmd.Process.Kill()
 		<-p.done
 		t.Errorf("%s server %s: no exit 15 s after SIGTERM\n%s", p.kind, p.id, p.stderr.String())

@@ -43,6 +43,7 @@ func expectErr(t *testing.T, who string, err *CallErr, code, message string) {
 
 func within(t *testing.T, who string, d, lo, hi time.Duration) {
 	t.Helper()
+	hi = scaled(hi)
 	if d < lo || d > hi {
 		t.Errorf("%s: took %v, want %v..%v", who, d.Round(time.Millisecond), lo, hi)
 	}
@@ -638,7 +639,7 @@ func (e *env) subscribe(t *testing.T, n int, method string, topic func(i int) st
 // period for extras.
 func collect(s Sub, want int, timeout time.Duration) []*conformance.Update {
 	var got []*conformance.Update
-	deadline := time.After(timeout)
+	deadline := time.After(scaled(timeout))
 	for len(got) < want {
 		select {
 		case u := <-s.Updates():
@@ -708,7 +709,7 @@ func scSubscriptions(t *testing.T, e *env) {
 			}
 			return s
 		}
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(scaled(5 * time.Second))
 		for i, s := range subs {
 			wg.Add(1)
 			go func(i int, s Sub) {
@@ -808,18 +809,26 @@ func scChat(t *testing.T, e *env) {
 			}
 		}
 	}
-	expectEnd := func(t *testing.T, who, code, message string) {
+	// Every stream of this scenario uses seq numbers of its own range; a
+	// server reports the highest seq it received when a stream ends, which
+	// tells the streams' end events apart.
+	seqBase := uint32(0)
+	nextBase := func() uint32 { seqBase += 100000; return seqBase }
+	expectEnd := func(t *testing.T, who string, maxSeq uint32, code, message string) {
 		t.Helper()
+		deadline := time.Now().Add(scaled(5 * time.Second))
 		for {
-			ev, p, ok := waitEvent(procs, "chat-end", 5*time.Second)
+			ev, p, ok := waitEvent(procs, "chat-end", time.Until(deadline))
 			if !ok {
-				t.Errorf("%s: no server saw the stream end", who)
+				t.Errorf("%s: no server reported the end of the stream (max seq %d)", who, maxSeq)
 				return
 			}
-			if ev["code"] == code && ev["message"] == message {
-				return
+			if ev["max_seq"] != fmt.Sprint(maxSeq) {
+				continue // another stream's end
 			}
-			t.Errorf("%s: %s server %s saw the stream end with %s %q, want %s %q", who, p.kind, p.id, ev["code"], ev["message"], code, message)
+			if ev["code"] != code || ev["message"] != message {
+				t.Errorf("%s: %s server %s saw the stream end with %s %q, want %s %q", who, p.kind, p.id, ev["code"], ev["message"], code, message)
+			}
 			return
 		}
 	}
@@ -835,18 +844,19 @@ func scChat(t *testing.T, e *env) {
 	e.forClients(t, func(t *testing.T, c Client) {
 		t.Run("ping_pong_client_closes", func(t *testing.T) { // T1
 			drain()
+			base := nextBase()
 			ch, err := c.Chat(CallOpts{Timeout: 3 * time.Second})
 			if err != nil {
 				t.Fatalf("open: %v", err)
 			}
 			for i := 1; i <= 20; i++ {
 				payload := []byte(fmt.Sprintf("ping %d é", i))
-				if err := ch.Send(&conformance.ChatMessage{Seq: uint32(i), Payload: payload}); err != nil {
+				if err := ch.Send(&conformance.ChatMessage{Seq: base + uint32(i), Payload: payload}); err != nil {
 					t.Fatalf("send %d: %v", i, err)
 				}
 				select {
 				case m := <-ch.Messages():
-					if m.Seq != uint32(i+1) || !bytes.Equal(m.Payload, payload) {
+					if m.Seq != base+uint32(i+1) || !bytes.Equal(m.Payload, payload) {
 						t.Fatalf("reply %d: seq %d payload %q", i, m.Seq, m.Payload)
 					}
 				case <-time.After(3 * time.Second):
@@ -855,10 +865,11 @@ func scChat(t *testing.T, e *env) {
 			}
 			ch.Close("", "")
 			closedWith(t, "client clean close (local)", ch, "canceled", "stream closed")
-			expectEnd(t, "client clean close", "canceled", "stream closed")
+			expectEnd(t, "client clean close", base+20, "canceled", "stream closed")
 		})
 		t.Run("concurrent_sends", func(t *testing.T) { // T12
 			drain()
+			base := nextBase()
 			ch, err := c.Chat(CallOpts{Timeout: 3 * time.Second})
 			if err != nil {
 				t.Fatalf("open: %v", err)
@@ -869,7 +880,7 @@ func scChat(t *testing.T, e *env) {
 				wg.Add(1)
 				go func(i int) {
 					defer wg.Done()
-					if err := ch.Send(&conformance.ChatMessage{Seq: uint32(100 * i)}); err != nil {
+					if err := ch.Send(&conformance.ChatMessage{Seq: base + uint32(100*i)}); err != nil {
 						t.Errorf("concurrent send %d: %v", i, err)
 					}
 				}(i)
@@ -886,45 +897,49 @@ func scChat(t *testing.T, e *env) {
 				}
 			}
 			for i := 1; i <= n; i++ {
-				if !got[uint32(100*i+1)] {
-					t.Errorf("no reply to %d", 100*i)
+				if !got[base+uint32(100*i+1)] {
+					t.Errorf("no reply to %d", base+uint32(100*i))
 				}
 			}
 			ch.Close("", "")
 			closedWith(t, "close", ch, "canceled", "stream closed")
-			expectEnd(t, "close", "canceled", "stream closed")
+			expectEnd(t, "close", base+100*n, "canceled", "stream closed")
 		})
 		t.Run("server_closes_with_error", func(t *testing.T) { // T2
 			drain()
+			base := nextBase()
 			ch, err := c.Chat(CallOpts{Timeout: 3 * time.Second})
 			if err != nil {
 				t.Fatalf("open: %v", err)
 			}
-			_ = ch.Send(&conformance.ChatMessage{Seq: 1, CloseCode: "not_found", CloseMessage: "chat over: é"})
+			_ = ch.Send(&conformance.ChatMessage{Seq: base + 1, CloseCode: "not_found", CloseMessage: "chat over: é"})
 			closedWith(t, "server error close", ch, "not_found", "chat over: é")
-			expectEnd(t, "server error close", "not_found", "chat over: é")
+			expectEnd(t, "server error close", base+1, "not_found", "chat over: é")
 		})
 		t.Run("server_closes_cleanly", func(t *testing.T) { // T3
 			drain()
+			base := nextBase()
 			ch, err := c.Chat(CallOpts{Timeout: 3 * time.Second})
 			if err != nil {
 				t.Fatalf("open: %v", err)
 			}
-			_ = ch.Send(&conformance.ChatMessage{Seq: 1, CloseMessage: "bye"})
+			_ = ch.Send(&conformance.ChatMessage{Seq: base + 1, CloseMessage: "bye"})
 			closedWith(t, "server clean close", ch, "canceled", "stream closed")
+			expectEnd(t, "server clean close", base+1, "canceled", "stream closed")
 		})
 		t.Run("client_closes_with_error", func(t *testing.T) {
 			drain()
+			base := nextBase()
 			ch, err := c.Chat(CallOpts{Timeout: 3 * time.Second})
 			if err != nil {
 				t.Fatalf("open: %v", err)
 			}
-			if err := ch.Send(&conformance.ChatMessage{Seq: 1, Payload: []byte("x")}); err != nil {
+			if err := ch.Send(&conformance.ChatMessage{Seq: base + 1, Payload: []byte("x")}); err != nil {
 				t.Fatalf("send: %v", err)
 			}
 			ch.Close("aborted", "client gave up")
 			closedWith(t, "client error close (local)", ch, "aborted", "client gave up")
-			expectEnd(t, "client error close", "aborted", "client gave up")
+			expectEnd(t, "client error close", base+1, "aborted", "client gave up")
 		})
 	})
 }
