@@ -457,3 +457,32 @@ def test_bus_stats_and_watch(bus, svc):
     assert st["messages_published"] > 0 and st["messages_received"] > 0
     with pytest.raises(TypeError):
         psrpc.Bus("local://", no_such_option=1)
+
+
+def test_nested_call_inherits_deadline(buses, svc):
+    inner = {}
+    sbus = buses()
+    server = psrpc.Server(sbus, svc)
+    server.register("RegionEcho", echo_handler, topics="slow")
+    nested = psrpc.Client(sbus, svc)
+
+    def outer(req, ctx):
+        t0 = time.monotonic()
+        try:
+            nested.call("RegionEcho", pb.EchoRequest(delay_ms=3000), topics="slow", timeout=10,
+                        deadline=ctx)
+        except psrpc.DeadlineExceeded:
+            inner["timed_out_after"] = time.monotonic() - t0
+        return pb.EchoResponse()
+
+    server.register("Echo", outer)
+    client = psrpc.Client(buses(), svc)
+    try:  # the answer races the caller's own timer: both end at the same deadline
+        client.call("Echo", pb.EchoRequest(), timeout=0.6)
+    except psrpc.DeadlineExceeded:
+        pass
+    for _ in range(100):
+        if inner:
+            break
+        time.sleep(0.02)
+    assert inner["timed_out_after"] < 1.5

@@ -96,15 +96,21 @@ class MultiResult(NamedTuple):
 
 
 def call_options(timeout: Optional[float], topics: Topics, metadata: Optional[Mapping[str, str]],
-                 selection: Optional[SelectionOptions], wait_for_ready: bool) -> Optional[tuple]:
+                 selection: Optional[SelectionOptions], wait_for_ready: bool,
+                 deadline: Any = None) -> Optional[tuple]:
     t = topic_list(topics)
     md = metadata_items(metadata)
-    if timeout is None and t is None and md is None and selection is None and not wait_for_ready:
+    if deadline is not None and not isinstance(deadline, (int, float)):
+        deadline = deadline.deadline  # a handler's Context: inherit its deadline
+    if (timeout is None and t is None and md is None and selection is None and not wait_for_ready
+            and deadline is None):
         return None
     if timeout is not None and timeout <= 0:
         raise ValueError("timeout must be positive")
     flags = _core.PSRPC_CALL_WAIT_FOR_READY if wait_for_ready else 0
-    return (_ms(timeout), flags, t, md, selection._tuple() if selection is not None else None)
+    deadline_ns = max(1, int(deadline * 1e9)) if deadline is not None else 0
+    return (_ms(timeout), flags, t, md, selection._tuple() if selection is not None else None,
+            deadline_ns)
 
 
 class _Handle:
@@ -170,12 +176,16 @@ class Client(_Handle):
              timeout: Optional[float] = None, topics: Topics = None,
              metadata: Optional[Mapping[str, str]] = None,
              selection: Optional[SelectionOptions] = None,
-             wait_for_ready: bool = False) -> Any:
+             wait_for_ready: bool = False, deadline: Any = None) -> Any:
         """Sends a unary request and waits for the response (the GIL is
-        released while waiting; Ctrl-C cancels the request)."""
+        released while waiting; Ctrl-C cancels the request).
+
+        ``timeout`` (seconds) defaults to the client's. ``deadline`` is an
+        absolute Unix time (seconds) the call never outlives, or a handler's
+        ``Context`` so a nested call inherits its caller's deadline."""
         m = self.method(method)
         data = m.encode_request(request)
-        opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
+        opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
         resp, err, _sid = _core.call_blocking(self._check(), m._c, data, opts)
         if err is not None:
             raise from_wire(err)
@@ -185,12 +195,12 @@ class Client(_Handle):
                     timeout: Optional[float] = None, topics: Topics = None,
                     metadata: Optional[Mapping[str, str]] = None,
                     selection: Optional[SelectionOptions] = None,
-                    wait_for_ready: bool = False) -> "CallFuture":
+                    wait_for_ready: bool = False, deadline: Any = None) -> "CallFuture":
         """Sends a unary request; returns a ``concurrent.futures.Future`` whose
         ``cancel()`` cancels the request."""
         m = self.method(method)
         data = m.encode_request(request)
-        opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
+        opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
         fut = CallFuture()
         fut.set_running_or_notify_cancel()
 
@@ -219,12 +229,12 @@ class Client(_Handle):
                    timeout: Optional[float] = None, topics: Topics = None,
                    metadata: Optional[Mapping[str, str]] = None,
                    selection: Optional[SelectionOptions] = None,
-                   wait_for_ready: bool = False) -> "MultiCall":
+                   wait_for_ready: bool = False, deadline: Any = None) -> "MultiCall":
         """Sends a multi request: iterate over the result for every server's
         answer (``MultiResult``) as it arrives, until the timeout ends it."""
         m = self.method(method)
         data = m.encode_request(request)
-        opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
+        opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
         q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
 
         def on_event(final: bool, call_id: int, resp: Optional[bytes], err: Any,

@@ -78,12 +78,12 @@ class Client:
                    timeout: Optional[float] = None, topics: Topics = None,
                    metadata: Optional[Mapping[str, str]] = None,
                    selection: Optional[SelectionOptions] = None,
-                   wait_for_ready: bool = False) -> Any:
+                   wait_for_ready: bool = False, deadline: Any = None) -> Any:
         """Sends a unary request and returns the response. Cancelling the
-        awaiting task cancels the request."""
+        awaiting task cancels the request. ``deadline``: see ``psrpc.Client.call``."""
         m = self._c.method(method)
         data = m.encode_request(request)
-        opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
+        opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
         loop = asyncio.get_running_loop()
         fut: "asyncio.Future[Any]" = loop.create_future()
 
@@ -105,11 +105,11 @@ class Client:
                    timeout: Optional[float] = None, topics: Topics = None,
                    metadata: Optional[Mapping[str, str]] = None,
                    selection: Optional[SelectionOptions] = None,
-                   wait_for_ready: bool = False) -> "MultiCall":
+                   wait_for_ready: bool = False, deadline: Any = None) -> "MultiCall":
         """Sends a multi request: ``async for result in client.multi_call(...)``."""
         m = self._c.method(method)
         data = m.encode_request(request)
-        opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
+        opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
         loop = asyncio.get_running_loop()
         q: "asyncio.Queue[Any]" = asyncio.Queue()
 

@@ -951,7 +951,8 @@ static void psrpc_py_call_opts_free(psrpc_py_call_opts *t) {
 }
 
 /* None or (timeout_ms, flags, topics|None, ((k, v), ...)|None,
- *          (flags, min_aff, max_aff, aff_timeout_ms, sc_timeout_ms, select|None)|None)
+ *          (flags, min_aff, max_aff, aff_timeout_ms, sc_timeout_ms, select|None)|None,
+ *          deadline_ns)
  * The select callable is borrowed: the caller keeps it alive until the call completes. */
 static int psrpc_py_call_opts_from(PyObject *o, psrpc_py_call_opts *t, psrpc_call_options **out) {
     psrpc_call_options init = PSRPC_CALL_OPTIONS_INIT;
@@ -963,16 +964,18 @@ static int psrpc_py_call_opts_from(PyObject *o, psrpc_py_call_opts *t, psrpc_cal
     *out = NULL;
     if (o == Py_None)
         return 0;
-    long long timeout_ms;
+    long long timeout_ms, deadline_ns = 0;
     unsigned int flags;
     PyObject *topics = Py_None, *md = Py_None, *sel = Py_None;
     if (!PyTuple_Check(o)) {
         PyErr_SetString(PyExc_TypeError, "call options must be a tuple or None");
         return -1;
     }
-    if (!PyArg_ParseTuple(o, "LI|OOO:call options", &timeout_ms, &flags, &topics, &md, &sel))
+    if (!PyArg_ParseTuple(o, "LI|OOOL:call options", &timeout_ms, &flags, &topics, &md, &sel,
+                          &deadline_ns))
         return -1;
     t->opts.timeout_ms = timeout_ms;
+    t->opts.deadline_ns = deadline_ns;
     t->opts.flags = flags;
     size_t nt;
     if (psrpc_py_strv(topics, &t->topics, &nt, "topics") < 0)
