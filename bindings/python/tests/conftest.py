@@ -14,7 +14,6 @@ import gc
 import importlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -27,30 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GEN_DIR = tempfile.mkdtemp(prefix="psrpc-pytest-gen-")
 
 
-def _protoc(args):
-    try:
-        from grpc_tools import protoc  # type: ignore
-
-        import grpc_tools
-
-        inc = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-        rc = protoc.main(["protoc", f"-I{inc}"] + args)
-    except ImportError:
-        exe = shutil.which("protoc")
-        if exe is None:
-            raise RuntimeError("need grpcio-tools or protoc to compile the test protos")
-        rc = subprocess.call([exe] + args)
-    if rc != 0:
-        raise RuntimeError(f"protoc failed ({rc}): {args}")
-
-
-def compile_protos(out_dir, proto_dir, files):
-    _protoc([f"-I{psrpc.proto_include()}", f"-I{proto_dir}", f"--python_out={out_dir}",
-             os.path.join(psrpc.proto_include(), "options.proto")]
-            + [os.path.join(proto_dir, f) for f in files])
-
-
-compile_protos(GEN_DIR, os.path.join(HERE, "protos"), ["psrpc_test.proto"])
+psrpc.compile_protos([os.path.join(HERE, "protos", "psrpc_test.proto")], GEN_DIR)
 sys.path.insert(0, GEN_DIR)
 pb = importlib.import_module("psrpc_test_pb2")
 

@@ -34,6 +34,7 @@ from ._errors import (Aborted, AlreadyExists, Canceled, DataLoss, DeadlineExceed
 from ._method import Method, Service
 from ._options import (ROUTING_AFFINITY, ROUTING_MULTI, ROUTING_QUEUE, PsrpcOptions, TopicParams,
                        camel_case, proto_include)
+from ._protoc import compile_protos, load_proto
 from ._server import Context, Server
 from ._stream import Stream
 
@@ -47,7 +48,7 @@ WIRE_VERSION: str = _core.PSRPC_WIRE_VERSION_STRING
 __all__ = [
     "Bus", "BusState", "Client", "Server", "Context", "Method", "Service", "SelectionOptions",
     "Claim", "MultiResult", "MultiCall", "Subscription", "Stream", "CallFuture", "PsrpcOptions",
-    "TopicParams", "camel_case", "proto_include", "ROUTING_QUEUE", "ROUTING_AFFINITY",
+    "TopicParams", "camel_case", "proto_include", "load_proto", "compile_protos", "ROUTING_QUEUE", "ROUTING_AFFINITY",
     "ROUTING_MULTI", "Status", "PsrpcError", "Canceled", "Unknown", "InvalidArgument",
     "MalformedRequest", "DeadlineExceeded", "NotFound", "AlreadyExists", "PermissionDenied",
     "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange", "Unimplemented",

@@ -110,6 +110,12 @@ class Stream:
         return self._sink.closed.is_set()
 
     @property
+    def cause(self) -> Optional[PsrpcError]:
+        """Why the stream closed, also a clean close (canceled "stream
+        closed"); None while open."""
+        return self._sink.cause
+
+    @property
     def error(self) -> Optional[PsrpcError]:
         """Why the stream closed (None while open or after a clean close)."""
         c = self._sink.cause

@@ -401,6 +401,12 @@ class Stream:
         return self._sink.closed.done()
 
     @property
+    def cause(self) -> Optional[PsrpcError]:
+        """Why the stream closed, also a clean close (canceled "stream
+        closed"); None while open."""
+        return self._sink.cause
+
+    @property
     def error(self) -> Optional[PsrpcError]:
         c = self._sink.cause
         return None if is_clean_close(c) else c

@@ -1,0 +1,74 @@
+"""Compiling .proto files at run time (for scripts and tests): needs
+grpcio-tools (``pip install grpcio-tools``) or a ``protoc`` on PATH."""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from types import ModuleType
+from typing import List, Optional, Sequence
+
+from ._options import proto_include
+
+__all__ = ["compile_protos", "load_proto"]
+
+_cache_dir: Optional[str] = None
+
+
+def _run_protoc(args: List[str]) -> None:
+    try:
+        import grpc_tools  # type: ignore
+        from grpc_tools import protoc  # type: ignore
+
+        well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+        rc = protoc.main(["protoc", f"-I{well_known}"] + args)
+    except ImportError:
+        exe = shutil.which("protoc")
+        if exe is None:
+            raise RuntimeError("compiling .proto files needs grpcio-tools "
+                               "(pip install grpcio-tools) or protoc on PATH") from None
+        rc = subprocess.call([exe] + args)
+    if rc != 0:
+        raise RuntimeError(f"protoc failed (exit {rc}) for {args}")
+
+
+def compile_protos(files: Sequence[str], out_dir: str, include: Sequence[str] = ()) -> None:
+    """Generates ``*_pb2.py`` for files (and options.proto, which they may
+    import) into out_dir. The files' directories and ``include`` are searched
+    for imports, then the package's own options.proto."""
+    dirs: List[str] = []
+    for d in list(include) + [os.path.dirname(os.path.realpath(f)) for f in files]:
+        d = os.path.realpath(d)
+        if d not in dirs:
+            dirs.append(d)
+    dirs.append(os.path.realpath(proto_include()))
+    options = next(os.path.join(d, "options.proto") for d in dirs
+                   if os.path.exists(os.path.join(d, "options.proto")))
+    targets = [os.path.realpath(f) for f in files]
+    if options not in targets:
+        targets.append(options)
+    # protoc wants each input inside an -I directory: give each its own.
+    for t in targets:
+        d = os.path.dirname(t)
+        if d not in dirs:
+            dirs.insert(0, d)
+    _run_protoc([f"-I{d}" for d in dirs] + [f"--python_out={out_dir}"] + targets)
+
+
+def load_proto(path: str, include: Sequence[str] = ()) -> ModuleType:
+    """Compiles a .proto file and imports its ``_pb2`` module:
+    ``pb = psrpc.load_proto("add_value.proto")``."""
+    global _cache_dir
+    if _cache_dir is None:
+        _cache_dir = tempfile.mkdtemp(prefix="psrpc-proto-")
+        sys.path.insert(0, _cache_dir)
+        atexit.register(shutil.rmtree, _cache_dir, True)
+    compile_protos([path], _cache_dir, include)
+    name = os.path.splitext(os.path.basename(path))[0] + "_pb2"
+    importlib.invalidate_caches()
+    return importlib.import_module(name)
