@@ -186,9 +186,9 @@ class Client(_Handle):
         m = self.method(method)
         data = m.encode_request(request)
         opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
-        resp, err, _sid = _core.call_blocking(self._check(), m._c, data, opts)
+        resp, err, sid = _core.call_blocking(self._check(), m._c, data, opts)
         if err is not None:
-            raise from_wire(err)
+            raise from_wire(err, sid)
         return m.decode_response(resp)
 
     def call_future(self, method: Union[str, Method], request: Any = b"", *,
@@ -208,7 +208,7 @@ class Client(_Handle):
                  _keep: Any = opts) -> None:
             fut.server_id = server_id
             if err is not None:
-                fut.set_exception(from_wire(err))
+                fut.set_exception(from_wire(err, server_id))
                 return
             try:
                 fut.set_result(m.decode_response(resp))  # type: ignore[arg-type]
@@ -337,7 +337,7 @@ class MultiCall(Iterator[MultiResult]):
                 raise from_wire(err)
             raise StopIteration
         if err is not None:
-            return MultiResult(None, from_wire(err), server_id)
+            return MultiResult(None, from_wire(err, server_id), server_id)
         try:
             return MultiResult(self._method.decode_response(resp), None, server_id)
         except PsrpcError as e:

@@ -90,6 +90,10 @@ class PsrpcError(Exception):
 
     code: str = "unknown"
     status: int = -2
+    #: The answering server, when known.
+    server_id: Optional[str] = None
+    #: True when the library refused the call itself (nothing was sent).
+    local: bool = False
 
     def __init__(
         self,
@@ -314,19 +318,24 @@ for _cls in (Canceled, Unknown, InvalidArgument, MalformedRequest, DeadlineExcee
 def from_status(status: int, message: str) -> PsrpcError:
     """The exception for a failed C call (the core's error hook)."""
     cls = _BY_STATUS.get(status)
-    if cls is None:
-        return PsrpcError(message, code=Status.code(status), status=status)
-    return cls(message)
+    e = PsrpcError(message, code=Status.code(status), status=status) if cls is None else cls(message)
+    e.local = True
+    return e
 
 
-def from_wire(err: Tuple[int, str, str, Sequence[Tuple[str, bytes]]]) -> PsrpcError:
+def from_wire(err: Tuple[int, str, str, Sequence[Tuple[str, bytes]]],
+              server_id: Optional[str] = None) -> PsrpcError:
     """The exception for an error delivered to a callback: (status, code, message, details)."""
     status, code, message, details = err
     cls = _BY_CODE.get(code)
     if cls is None:
         # An unknown code string travels unchanged.
-        return PsrpcError(message, code=code or "unknown", status=status, details=details)
-    return cls(message, details=details)
+        e = PsrpcError(message, code=code or "unknown", status=status, details=details)
+    else:
+        e = cls(message, details=details)
+    if server_id is not None:
+        e.server_id = server_id
+    return e
 
 
 def to_failure(exc: BaseException) -> Tuple[str, str, List[Tuple[str, bytes]]]:

@@ -89,16 +89,16 @@ class Client:
 
         def done(call_id: int, resp: Optional[bytes], err: Any, server_id: Optional[str],
                  _keep: Any = opts) -> None:
-            _post(loop, _settle, fut, (resp, err))
+            _post(loop, _settle, fut, (resp, err, server_id))
 
         call_id = _core.psrpc_client_call(self._c._check(), m._c, data, opts, done)
         try:
-            resp, err = await fut
+            resp, err, server_id = await fut
         except asyncio.CancelledError:
             self._c.cancel(call_id)
             raise
         if err is not None:
-            raise from_wire(err)
+            raise from_wire(err, server_id)
         return m.decode_response(resp)
 
     def multi_call(self, method: Union[str, Method], request: Any = b"", *,
@@ -205,7 +205,7 @@ class MultiCall(AsyncIterator[MultiResult]):
                 raise from_wire(err)
             raise StopAsyncIteration
         if err is not None:
-            return MultiResult(None, from_wire(err), server_id)
+            return MultiResult(None, from_wire(err, server_id), server_id)
         try:
             return MultiResult(self._method.decode_response(resp), None, server_id)
         except PsrpcError as e:
