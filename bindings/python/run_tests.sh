@@ -9,7 +9,7 @@
 # Brokers: PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (defaults
 # redis://127.0.0.1:6379, nats://127.0.0.1:4222); a broker that does not answer
 # FAILS its tests (start them with scripts/brokers.sh start). Extra arguments
-# go to pytest. Needs the Debian packages of scripts/setup-deps.sh and a
+# go to pytest; PSRPC_PY_INSTALL_ONLY=1 stops after the install. Needs the Debian packages of scripts/setup-deps.sh and a
 # Python >= 3.9 (python3, or $PYTHON).
 set -euo pipefail
 
@@ -36,5 +36,6 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --force-reinstall --no-deps "$here"
 "${pip[@]}" install -q "$here"   # its dependencies (protobuf), if missing
 
+[ "${PSRPC_PY_INSTALL_ONLY:-0}" = 1 ] && exit 0
 cd "$here"
 exec "$venv/bin/python" -m pytest tests -p no:cacheprovider --timeout=300 -ra "$@"

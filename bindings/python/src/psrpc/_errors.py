@@ -42,6 +42,32 @@ __all__ = [
 class _StatusTable:
     """The C library's status table: value <-> name <-> wire code."""
 
+    OK: int
+    CANCELED: int
+    UNKNOWN: int
+    INVALID_ARGUMENT: int
+    MALFORMED_REQUEST: int
+    DEADLINE_EXCEEDED: int
+    NOT_FOUND: int
+    ALREADY_EXISTS: int
+    PERMISSION_DENIED: int
+    RESOURCE_EXHAUSTED: int
+    FAILED_PRECONDITION: int
+    ABORTED: int
+    OUT_OF_RANGE: int
+    UNIMPLEMENTED: int
+    INTERNAL: int
+    MALFORMED_RESULT: int
+    UNAVAILABLE: int
+    DATA_LOSS: int
+    UNAUTHENTICATED: int
+    NOT_ACCEPTABLE: int
+    UNPROCESSABLE_ENTITY: int
+    UPSTREAM_SERVER_ERROR: int
+    UPSTREAM_CLIENT_ERROR: int
+    WOULD_DEADLOCK: int
+    NOT_SUPPORTED: int
+
     def __init__(self) -> None:
         rows = _core.status_table()
         self.by_value: Dict[int, Tuple[str, str, str]] = {v: (n, c, d) for v, n, c, d in rows}

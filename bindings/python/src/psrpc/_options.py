@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 OPTIONS_EXTENSION_NUMBER = 2198
 
@@ -62,7 +62,7 @@ def _varint(buf: bytes, i: int) -> Tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(buf: bytes) -> Iterator[Tuple[int, int, object]]:
+def _fields(buf: bytes) -> Iterator[Tuple[int, int, Any]]:
     """(field number, wire type, value) of a serialized message, in order."""
     i = 0
     n = len(buf)
@@ -90,9 +90,9 @@ def _topic_params(buf: bytes, tp: TopicParams) -> TopicParams:
     group, names, typed, single = tp.group, list(tp.names), tp.typed, tp.single_server
     for num, wt, v in _fields(buf):
         if num == 1 and wt == 2:
-            group = bytes(v).decode("utf-8")  # type: ignore[arg-type]
+            group = bytes(v).decode("utf-8")
         elif num == 2 and wt == 2:
-            names.append(bytes(v).decode("utf-8"))  # type: ignore[arg-type]
+            names.append(bytes(v).decode("utf-8"))
         elif num == 3 and wt == 0:
             typed = bool(v)
         elif num == 4 and wt == 0:
@@ -108,7 +108,7 @@ def decode_options(buf: bytes) -> PsrpcOptions:
     oneof: Optional[int] = None  # the deprecated oneof wins when present
     for num, wt, v in _fields(buf):
         if wt == 0:
-            iv = int(v)  # type: ignore[call-overload]
+            iv = int(v)
             if num == 1:
                 subscription = bool(iv)
             elif num == 2:
@@ -124,7 +124,7 @@ def decode_options(buf: bytes) -> PsrpcOptions:
             elif num == 8:
                 rtype = iv
         elif wt == 2 and num == 3:
-            tp = _topic_params(bytes(v), tp)  # type: ignore[arg-type]
+            tp = _topic_params(bytes(v), tp)
     return PsrpcOptions(subscription, topics, tp, stream, oneof if oneof is not None else rtype)
 
 
@@ -134,7 +134,7 @@ def options_from_method_options(serialized_method_options: bytes) -> Optional[Ps
     parts: List[bytes] = []
     for num, wt, v in _fields(serialized_method_options):
         if num == OPTIONS_EXTENSION_NUMBER and wt == 2:
-            parts.append(bytes(v))  # type: ignore[arg-type]
+            parts.append(bytes(v))
     if not parts:
         return None
     return decode_options(b"".join(parts))

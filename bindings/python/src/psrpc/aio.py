@@ -509,7 +509,7 @@ class _AsyncRegistration:
 
     # on the event loop
     def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = self.loop.create_task(coro)  # type: ignore[arg-type]
+        task: "asyncio.Task[Any]" = self.loop.create_task(coro)  # type: ignore[arg-type]
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
