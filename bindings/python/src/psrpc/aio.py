@@ -652,6 +652,7 @@ class Server:
         """Stops serving; unless ``force``, waits until in-flight requests
         were answered (the handlers keep running on this loop meanwhile)."""
         self._s._closed = True
+        self._s._bus._forget(self._s)
         ptr = self._s._ptr
         if ptr is None:
             return

@@ -244,6 +244,8 @@ static PyObject *psrpc_py_request_fail(PsrpcPyRequest *self, PyObject *args) {
     const char *message = NULL;
     if (!PyArg_ParseTuple(args, "i|z:fail", &status, &message))
         return NULL;
+    if (status >= 0)
+        return PyErr_Format(PyExc_ValueError, "status %d is not an error", status);
     psrpc_request *r = psrpc_py_request_take(self, PSRPC_PY_STAGE_HANDLE);
     if (!r)
         return NULL;
@@ -251,9 +253,6 @@ static PyObject *psrpc_py_request_fail(PsrpcPyRequest *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     rc = psrpc_request_fail(r, status, message);
     Py_END_ALLOW_THREADS
-    if (rc == PSRPC_INVALID_ARGUMENT && status >= 0) {
-        self->req = r; /* not consumed: a non-error status */
-    }
     if (rc < 0) {
         psrpc_py_raise_last(rc);
         return NULL;
