@@ -381,7 +381,9 @@ def main() -> int:
     ap.add_argument("--bus", default="redis://127.0.0.1:6379")
     ap.add_argument("--client-id")
     ap.add_argument("--timeout-ms", type=int, default=0)
-    ap.add_argument("--max-message-size", type=int, default=0)
+    # As the C programs: 16 MiB instead of libpsrpc's 1 MiB default, so that a
+    # 1 MiB payload plus its envelope passes, as between Go peers.
+    ap.add_argument("--max-message-size", type=int, default=16 << 20)
     ap.add_argument("--compress-threshold", type=int, default=0)
     ap.add_argument("--print-methods", action="store_true")
     ap.add_argument("--has-streams", action="store_true")

@@ -140,8 +140,15 @@ class _Registration:
     def claim(self, req: Any) -> None:
         # Runs on the loop thread: affinity functions must be quick.
         try:
-            a = self.affinity(self.method.decode_request(req.payload),  # type: ignore[misc]
-                              Context(req, self.method, self.server_id))
+            msg = self.method.decode_request(req.payload)
+        except PsrpcError:
+            # Undecodable: claim, so that the handler stage answers
+            # malformed_request (Go answers it without a claim; the C API has
+            # no failure at the affinity stage).
+            req.claim(1.0)
+            return
+        try:
+            a = self.affinity(msg, Context(req, self.method, self.server_id))  # type: ignore[misc]
         except Exception:
             log.exception("psrpc affinity function raised; declining")
             a = None

@@ -555,8 +555,12 @@ class _AsyncRegistration:
 
     def _claim_sync(self, req: Any) -> None:
         try:
-            a = self.affinity(self.method.decode_request(req.payload),  # type: ignore[misc]
-                              Context(req, self.method, self.server_id))
+            msg = self.method.decode_request(req.payload)
+        except PsrpcError:
+            req.claim(1.0)  # undecodable: the handler stage answers malformed_request
+            return
+        try:
+            a = self.affinity(msg, Context(req, self.method, self.server_id))  # type: ignore[misc]
         except Exception:
             log.exception("psrpc affinity function raised; declining")
             a = None
@@ -564,8 +568,12 @@ class _AsyncRegistration:
 
     async def _claim_async(self, req: Any) -> None:
         try:
-            a = await self.affinity(self.method.decode_request(req.payload),  # type: ignore[misc]
-                                    Context(req, self.method, self.server_id))
+            msg = self.method.decode_request(req.payload)
+        except PsrpcError:
+            req.claim(1.0)  # undecodable: the handler stage answers malformed_request
+            return
+        try:
+            a = await self.affinity(msg, Context(req, self.method, self.server_id))  # type: ignore[misc]
         except Exception:
             log.exception("psrpc affinity function raised; declining")
             a = None
