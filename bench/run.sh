@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# bench/run.sh [--quick] [bench.py options, e.g. --only 'redis/single']
+#
+# Builds the benchmark programs (C: bench/build, against this repository's
+# library; Go: bench/go, livekit/psrpc v0.8.2), starts a private redis-server
+# and nats-server on free loopback ports (unless PSRPC_TEST_REDIS_URL /
+# PSRPC_TEST_NATS_URL name brokers to use), runs every cell (bench/bench.py),
+# writes bench/results.json (+ results.meta.json) and renders
+# docs/benchmarks.md and bench/results.svg (bench/render.py).
+#
+#   --quick   one run of ~1 s per cell (CI: proves it works; no thresholds)
+#   default   3 runs per cell, median reported (~20 minutes on 2 cores)
+#
+# Needs: cmake, a C compiler, the library's build dependencies, hiredis and
+# libnats headers, Go >= 1.25.5, python3, redis-server and nats-server.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+export PATH=$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo /root/go)/bin
+build=$here/build
+
+echo "run.sh: building the C programs in $build" >&2
+cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$build" -j2 --target psrpc_bench raw_bench >/dev/null
+echo "run.sh: building the Go program" >&2
+(cd "$here/go" && go build -o "$build/go_bench" .)
+
+tmp=$(mktemp -d /tmp/psrpc-bench.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+redis_url=${PSRPC_TEST_REDIS_URL:-}
+if [ -z "$redis_url" ]; then
+    for _ in 1 2 3 4 5; do
+        port=$(free_port)
+        redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+            --dir "$tmp" --logfile "$tmp/redis.log" &
+        pid=$!
+        for _ in $(seq 50); do
+            redis-cli -p "$port" ping >/dev/null 2>&1 && break
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if redis-cli -p "$port" ping >/dev/null 2>&1 && kill -0 "$pid" 2>/dev/null; then
+            pids+=("$pid")
+            redis_url=redis://127.0.0.1:$port
+            break
+        fi
+        kill "$pid" 2>/dev/null || true
+    done
+    [ -n "$redis_url" ] || { echo "run.sh: cannot start redis-server" >&2; exit 1; }
+fi
+
+nats_url=${PSRPC_TEST_NATS_URL:-}
+if [ -z "$nats_url" ]; then
+    for _ in 1 2 3 4 5; do
+        port=$(free_port)
+        nats-server -a 127.0.0.1 -p "$port" -l "$tmp/nats.log" &
+        pid=$!
+        for _ in $(seq 50); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            pids+=("$pid")
+            nats_url=nats://127.0.0.1:$port
+            break
+        fi
+        kill "$pid" 2>/dev/null || true
+    done
+    [ -n "$nats_url" ] || { echo "run.sh: cannot start nats-server" >&2; exit 1; }
+fi
+echo "run.sh: redis $redis_url, nats $nats_url" >&2
+
+redis_v=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
+nats_v=$(nats-server --version | awk '{print $2}')
+status=0
+python3 "$here/bench.py" --c-bin "$build" --go-bin "$build/go_bench" \
+    --redis "$redis_url" --nats "$nats_url" \
+    --note "brokers=redis-server $redis_v, nats-server $nats_v (loopback, started by run.sh unless PSRPC_TEST_*_URL set)" \
+    --note "toolchains=$(cc --version | head -1), $(go version | cut -d' ' -f3), livekit/psrpc v0.8.2" \
+    "$@" || status=$?
+python3 "$here/render.py"
+exit $status
