@@ -262,6 +262,7 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
         return rc;
     PSRPC__CHECK_ARG(o.max_message_size >= 0, "max_message_size is negative");
     PSRPC__CHECK_ARG(o.queue_capacity >= 0, "queue_capacity is negative");
+    PSRPC__CHECK_ARG(o.compress_threshold >= 0, "compress_threshold is negative");
     if (o.max_message_size == 0)
         o.max_message_size = 1 << 20;
     if (o.queue_capacity == 0)

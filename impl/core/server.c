@@ -1125,7 +1125,8 @@ psrpc_status psrpc_server_publish(psrpc_server *server, const psrpc_method *meth
     rc = psrpc__channel_rpc(&p->ch, server->service, m.name, topics, topic_count,
                             m.routing == PSRPC_ROUTING_QUEUE);
     if (rc == PSRPC_OK)
-        rc = psrpc__wire_wrap(&p->bytes, m.output_type, data, len, p->ch.local, 0);
+        rc = psrpc__wire_wrap(&p->bytes, m.output_type, data, len, p->ch.local,
+                              (size_t)server->bus->opts.compress_threshold);
     psrpc__method_clear(&m);
     if (rc != PSRPC_OK) {
         psrpc__channel_clear(&p->ch);
@@ -1286,7 +1287,8 @@ static int answer(psrpc_request *q, Internal__Response *resp) {
     if (rc == PSRPC_OK)
         rc = psrpc__channel_client_response(&a->ch, s->service, q->client_id);
     if (rc == PSRPC_OK) {
-        rc = psrpc__wire_wrap_message(&a->bytes, &resp->base, NULL, 0);
+        rc = psrpc__wire_wrap_message(&a->bytes, &resp->base, NULL,
+                                      (size_t)s->bus->opts.compress_threshold);
         if (rc == PSRPC_OK && (int64_t)a->bytes->len > s->bus->opts.max_message_size) {
             /* Too large to send: tell the caller instead of timing it out. */
             psrpc_msg_release(a->bytes);
