@@ -8,10 +8,13 @@
 #        build       plain (gcc)
 #        build-asan  ASan + UBSan (-DPSRPC_SANITIZE=address, clang)
 #        build-tsan  TSan (-DPSRPC_SANITIZE=thread, clang)
-#   4. runs every ctest test in build, every test in build-asan
-#      (PSRPC_TEST_TIME_FACTOR=3), the "local" label in build-tsan (any TSan
-#      report fails), and valgrind memcheck over the unit and local test
-#      executables and the add_value example (PSRPC_TEST_TIME_FACTOR=10)
+#   4. runs every ctest test in build (interop included: the Go side is set
+#      up by tests/interop/setup.sh), every test but interop in build-asan
+#      (PSRPC_TEST_TIME_FACTOR=3), the "local" and "nats" labels in
+#      build-tsan (any TSan report fails), the Python binding's pytest suite
+#      (bindings/python/run_tests.sh), and valgrind memcheck over the unit and
+#      local test executables and the add_value example
+#      (PSRPC_TEST_TIME_FACTOR=10)
 #   5. prints a summary; exits non-zero if any step failed.
 #
 # Environment: PSRPC_TEST_JOBS (parallel ctest jobs, default 2),
@@ -86,6 +89,12 @@ if ! "$root/scripts/setup-deps.sh"; then
     echo "test.sh: scripts/setup-deps.sh failed" >&2
     exit 1
 fi
+# The Go side of the interop tests: protoc, protoc-gen-go, protoc-gen-psrpc,
+# the livekit/psrpc v0.8.2 module graph.
+if ! "$root/tests/interop/setup.sh"; then
+    echo "test.sh: tests/interop/setup.sh failed" >&2
+    exit 1
+fi
 
 stop_brokers=0
 if ! "$root/scripts/brokers.sh" status >/dev/null 2>&1; then
@@ -134,10 +143,15 @@ if [ "$asan_ok" -eq 1 ]; then
     step ctest-asan env PSRPC_TEST_TIME_FACTOR=3 \
         ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:halt_on_error=1:strict_string_checks=1}" \
         UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
-        ctest --test-dir "$root/build-asan" --output-on-failure --no-tests=error -j "$jobs"
+        ctest --test-dir "$root/build-asan" --output-on-failure --no-tests=error -j "$jobs" \
+        -LE '^interop$'
 else
     skip ctest-asan "build-asan failed"
 fi
+
+# The Python binding: its own venv, pip install ./bindings/python, pytest over
+# local://, Redis and NATS.
+step python-tests "$root/bindings/python/run_tests.sh"
 
 if [ "$tsan_ok" -eq 1 ]; then
     tsan_options="halt_on_error=1:exitcode=66:second_deadlock_stack=1"
@@ -145,7 +159,8 @@ if [ "$tsan_ok" -eq 1 ]; then
         tsan_options="$tsan_options:suppressions=$root/tests/tsan.supp"
     fi
     step ctest-tsan-local env PSRPC_TEST_TIME_FACTOR=3 TSAN_OPTIONS="${TSAN_OPTIONS:-$tsan_options}" \
-        ctest --test-dir "$root/build-tsan" --output-on-failure --no-tests=error -j "$jobs" -L '^local$'
+        ctest --test-dir "$root/build-tsan" --output-on-failure --no-tests=error -j "$jobs" \
+        -L '^(local|nats)$'
 else
     skip ctest-tsan-local "build-tsan failed"
 fi
