@@ -366,6 +366,7 @@ func runClient() {
 	if err != nil {
 		die("client", err)
 	}
+	time.Sleep(settle) // the reply subscriptions are set up in the background (Q14)
 	req := makePayload(*payload)
 	ctx := context.Background()
 	var opts []psrpc.RequestOption
@@ -378,8 +379,13 @@ func runClient() {
 	switch *scenario {
 	case "single", "affinity":
 		m := methodName(*scenario)
-		if _, err := client.RequestSingle[*wrapperspb.BytesValue](ctx, c, m, nil, req, opts...); err != nil {
-			die("first call", err)
+		for try := 1; ; try++ {
+			_, err := client.RequestSingle[*wrapperspb.BytesValue](ctx, c, m, nil, req, opts...)
+			if err == nil {
+				break
+			} else if try == 3 {
+				die("first call", err)
+			}
 		}
 		loop = func() {
 			for !stopping.Load() {
@@ -409,10 +415,15 @@ func runClient() {
 			}
 		}
 	case "stream":
-		st, err := client.OpenStream[*wrapperspb.BytesValue, *wrapperspb.BytesValue](ctx, c, "Chat", nil,
-			psrpc.WithRequestTimeout(5*time.Second))
-		if err != nil {
-			die("open stream", err)
+		var st psrpc.ClientStream[*wrapperspb.BytesValue, *wrapperspb.BytesValue]
+		for try := 1; ; try++ {
+			st, err = client.OpenStream[*wrapperspb.BytesValue, *wrapperspb.BytesValue](ctx, c, "Chat", nil,
+				psrpc.WithRequestTimeout(5*time.Second))
+			if err == nil {
+				break
+			} else if try == 3 {
+				die("open stream", err)
+			}
 		}
 		go func() {
 			for range st.Channel() {
