@@ -29,6 +29,7 @@ type cClient struct {
 	chans  map[string]chan cEvent
 	seq    atomic.Int64
 	done   chan struct{}
+	exit   error // cmd.Wait's result, once done is closed
 }
 
 type cError struct {
@@ -110,7 +111,7 @@ func newCClient(busURL string, args ...string) (*cClient, error) {
 				ch <- ev
 			}
 		}
-		_ = c.cmd.Wait()
+		c.exit = c.cmd.Wait()
 	}()
 	select {
 	case <-ready:
@@ -130,10 +131,20 @@ func (c *cClient) Close() {
 	_ = c.stdin.Close()
 	select {
 	case <-c.done:
-	case <-time.After(15 * time.Second):
+	case <-time.After(scaled(15 * time.Second)):
 		_ = c.cmd.Process.Kill()
 		<-c.done
+		c.exit = fmt.Errorf("no exit 15 s after quit")
 	}
+}
+
+// exitError is how the client process ended after Close: nil for status 0
+// (sanitizer reports, leaks included, make it non-zero).
+func (c *cClient) exitError() error {
+	if c.exit != nil {
+		return fmt.Errorf("conformance-client: %v\n%s", c.exit, c.stderr.String())
+	}
+	return nil
 }
 
 // pct %-encodes everything but unreserved characters.

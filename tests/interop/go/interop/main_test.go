@@ -91,7 +91,8 @@ type env struct {
 	busURL  string
 	dir     direction
 	clients []Client
-	streams bool // the C library under test has streams (or no C side is involved)
+	probe   Client // a Go client looking for servers that are not ours
+	streams bool   // the C library under test has streams (or no C side is involved)
 }
 
 func (e *env) serverKind(i int) string { return e.dir.serverKinds[i%len(e.dir.serverKinds)] }
@@ -152,4 +153,15 @@ func (e *env) newClient(t *testing.T, kind string, clientID string, compressThre
 		t.Fatalf("%s client: %v", kind, err)
 	}
 	return c
+}
+
+// closeClient closes a client; a C client must exit with status 0.
+func closeClient(t *testing.T, c Client) {
+	t.Helper()
+	c.Close()
+	if cc, ok := c.(*cClient); ok {
+		if err := cc.exitError(); err != nil {
+			t.Error(err)
+		}
+	}
 }

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/libpsrpc/interop/conformance"
 )
 
 // A conformance server process (C or Go).
@@ -161,6 +163,7 @@ type srvSpec struct {
 // them, expecting exit status 0, when the test ends.
 func (e *env) servers(t *testing.T, specs ...srvSpec) []*proc {
 	t.Helper()
+	e.checkNoForeignServers(t)
 	var procs []*proc
 	anyGo := false
 	for i, s := range specs {
@@ -222,4 +225,28 @@ func buildGoServer() (string, error) {
 		return "", fmt.Errorf("go build conformance-server: %w", err)
 	}
 	return out, nil
+}
+
+// checkNoForeignServers fails the test when conformance servers that are not
+// this test's answer on the broker: every conformance run (another build
+// tree's, a binding's) uses the service name Conformance, and its servers
+// would answer our calls.
+func (e *env) checkNoForeignServers(t *testing.T) {
+	t.Helper()
+	if e.probe == nil {
+		return
+	}
+	res, err := e.probe.Multi("Fanout", &conformance.EchoRequest{Tag: "probe"}, CallOpts{Timeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("probe for foreign conformance servers: %v", err)
+	}
+	if len(res) > 0 {
+		var who []string
+		for _, r := range res {
+			if r.Resp != nil {
+				who = append(who, r.Resp.ServerId)
+			}
+		}
+		t.Fatalf("conformance servers not started by this test answer on %s: %v (another interop run shares the broker?)", e.busURL, who)
+	}
 }

@@ -85,11 +85,11 @@ func TestInterop(t *testing.T) {
 	for _, k := range dir.clientKinds {
 		c := e.newClient(t, k, "", 0)
 		e.clients = append(e.clients, c)
-		defer c.Close()
+		defer closeClient(t, c)
 	}
-	if e.hasClientKind("go") {
-		time.Sleep(settle) // the Go client's reply subscriptions (Q14)
-	}
+	e.probe = e.newClient(t, "go", "", 0)
+	defer e.probe.Close()
+	time.Sleep(settle) // the Go clients' reply subscriptions (Q14)
 	streams := cStreams() || (!e.hasClientKind("c") && !e.hasServerKind("c"))
 	e.streams = streams
 
@@ -612,7 +612,7 @@ func (e *env) subscribe(t *testing.T, n int, method string, topic func(i int) st
 	for i := 0; i < n; i++ {
 		kind := e.dir.clientKinds[i%len(e.dir.clientKinds)]
 		c := e.newClient(t, kind, "", 0)
-		t.Cleanup(c.Close)
+		t.Cleanup(func() { closeClient(t, c) })
 		tp := ""
 		if topic != nil {
 			tp = topic(i)
@@ -975,7 +975,7 @@ func scCompression(t *testing.T, e *env) {
 	var clients []Client
 	for _, k := range e.dir.clientKinds {
 		c := e.newClient(t, k, "CLI_"+k+"_gz_"+randID(8), threshold)
-		defer c.Close()
+		defer closeClient(t, c)
 		clients = append(clients, c)
 	}
 	if e.hasClientKind("go") {
@@ -1126,7 +1126,7 @@ func scClientIDs(t *testing.T, e *env) {
 		if err != nil || r.ServerId != procs[0].id {
 			t.Errorf("%s client %s, Claim: %v %v", k, id, r, err)
 		}
-		c.Close()
+		closeClient(t, c)
 	}
 }
 
