@@ -252,13 +252,28 @@ static void call_fail(call *k, int status, const char *message) {
     psrpc__err_free(e);
 }
 
+/* The status a call fails with when a publish fails: what the bus said for
+ * transport conditions (unavailable, size, auth), internal otherwise (as Go). */
+static int publish_failure_status(int rc) {
+    switch (rc) {
+    case PSRPC_RESOURCE_EXHAUSTED:
+    case PSRPC_UNAVAILABLE:
+    case PSRPC_INVALID_ARGUMENT:
+    case PSRPC_PERMISSION_DENIED:
+    case PSRPC_UNAUTHENTICATED:
+        return rc;
+    default:
+        return PSRPC_INTERNAL;
+    }
+}
+
 static void send_claim_response(call *k, const char *server_id) {
     Internal__ClaimResponse cr = INTERNAL__CLAIM_RESPONSE__INIT;
     cr.request_id = k->request_id;
     cr.server_id = (char *)server_id;
     int rc = psrpc__publish_control(k->client->bus, &k->rclaim_ch, &cr.base);
     if (rc != PSRPC_OK) {
-        call_fail(k, PSRPC_INTERNAL, psrpc_last_error());
+        call_fail(k, publish_failure_status(rc), psrpc_last_error());
         return;
     }
     k->state = CALL_WAIT_RESPONSE;
@@ -502,12 +517,7 @@ static void call_send(call *k) {
     free(entries);
     free(eptrs);
     if (rc != PSRPC_OK) {
-        int status = rc == PSRPC_RESOURCE_EXHAUSTED || rc == PSRPC_UNAVAILABLE ||
-                             rc == PSRPC_INVALID_ARGUMENT || rc == PSRPC_PERMISSION_DENIED ||
-                             rc == PSRPC_UNAUTHENTICATED
-                         ? rc
-                         : PSRPC_INTERNAL;
-        call_fail(k, status, psrpc_last_error());
+        call_fail(k, publish_failure_status(rc), psrpc_last_error());
         return;
     }
     /* The payload is on the wire; keep no copy. */
