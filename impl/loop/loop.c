@@ -28,33 +28,43 @@ struct psrpc__loop {
 
 static _Thread_local const psrpc__loop *current_loop;
 
-/* Runs the tasks queued when it starts, then returns to libuv. Tasks posted
- * meanwhile (also by these tasks: a callback that issues the next call) run
- * on the next loop turn, after timers, I/O and close callbacks: a queue that
- * never empties must not starve them (deadline timers would never fire and
- * handles closed with uv_close, with the memory they hold, never be freed). */
+/* Tasks drain() runs before it returns to libuv even if more keep coming. */
+#define DRAIN_BUDGET 1024
+
+/* Runs queued tasks, also those they post (a completion callback issuing the
+ * next call runs at once, without a loop turn), but returns to libuv after
+ * DRAIN_BUDGET tasks: a queue that never empties must not starve timers, I/O
+ * and close callbacks (deadlines would never fire, and handles closed with
+ * uv_close, with the memory they hold, would never be freed). */
 static void drain(uv_async_t *async) {
     psrpc__loop *loop = async->data;
-    pthread_mutex_lock(&loop->mu);
-    task *t = loop->head;
-    loop->head = loop->tail = NULL;
-    bool stopping = loop->stopping;
-    pthread_mutex_unlock(&loop->mu);
-    if (!t) {
-        if (stopping && !uv_is_closing((uv_handle_t *)&loop->async))
-            uv_close((uv_handle_t *)&loop->async, NULL);
-        return;
+    size_t ran = 0;
+    for (;;) {
+        pthread_mutex_lock(&loop->mu);
+        task *t = loop->head;
+        loop->head = loop->tail = NULL;
+        bool stopping = loop->stopping;
+        pthread_mutex_unlock(&loop->mu);
+        if (!t) {
+            if (stopping && !uv_is_closing((uv_handle_t *)&loop->async))
+                uv_close((uv_handle_t *)&loop->async, NULL);
+            return;
+        }
+        while (t) {
+            task *next = t->next;
+            t->fn(t->arg);
+            free(t);
+            t = next;
+            ran++;
+        }
+        if (ran >= DRAIN_BUDGET) {
+            /* A post made meanwhile has woken the async again; a stop seen
+             * above has not (posting ends with it): come back to close. */
+            if (stopping)
+                uv_async_send(&loop->async);
+            return;
+        }
     }
-    while (t) {
-        task *next = t->next;
-        t->fn(t->arg);
-        free(t);
-        t = next;
-    }
-    /* A post made meanwhile has woken the async again; a stop seen above
-     * has not (posting ends with it): come back to close. */
-    if (stopping)
-        uv_async_send(&loop->async);
 }
 
 static void close_stray(uv_handle_t *h, void *arg) {
