@@ -18,6 +18,7 @@
 #include <stdio.h>
 
 #include "common.h"
+#include "loop.h"
 
 #define RCONN_READ_CHUNK 65536
 #define RCONN_MAX_LINE 65536 /* a status, error or length line */
@@ -70,6 +71,7 @@ struct psrpc__rconn {
     size_t wbuf_len, wbuf_cap;
     bool wbuf_secret;
     bool writing;
+    bool flush_posted; /* a flush task is queued on the loop */
     uv_write_t wreq;
 
     /* Input. */
@@ -190,9 +192,33 @@ static void write_cb(uv_write_t *req, int status) {
     start_write(c);
 }
 
+/* Writes what collected in out: at once with uv_try_write (no request, no
+ * POLLOUT arming, no deferred callback: the common case costs one write(2)),
+ * and whatever the socket did not take through uv_write. */
 static void start_write(psrpc__rconn *c) {
     if (c->writing || c->out_len == 0 || c->closing || c->failed || !c->established)
         return;
+    uv_buf_t buf = uv_buf_init(c->out, (unsigned int)c->out_len);
+    int n = uv_try_write((uv_stream_t *)c->tcp, &buf, 1);
+    if (n < 0 && n != UV_EAGAIN) {
+        rconn_fail(c, uv_strerror(n));
+        return;
+    }
+    size_t done = n > 0 ? (size_t)n : 0;
+    if (done == c->out_len) {
+        if (c->out_secret) {
+            OPENSSL_cleanse(c->out, c->out_len);
+            c->out_secret = false;
+        }
+        c->out_len = 0;
+        if (c->out_cap > (size_t)4 * RCONN_READ_CHUNK) {
+            /* Do not keep a burst's buffer for the connection's lifetime. */
+            free(c->out);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
+        return;
+    }
     /* Swap: what collected becomes the write, the old write buffer collects. */
     char *b = c->wbuf;
     size_t cap = c->wbuf_cap;
@@ -204,7 +230,7 @@ static void start_write(psrpc__rconn *c) {
     c->out_cap = cap;
     c->out_len = 0;
     c->out_secret = false;
-    uv_buf_t buf = uv_buf_init(c->wbuf, (unsigned int)c->wbuf_len);
+    buf = uv_buf_init(c->wbuf + done, (unsigned int)(c->wbuf_len - done));
     c->wreq.data = c;
     int rc = uv_write(&c->wreq, (uv_stream_t *)c->tcp, &buf, 1, write_cb);
     if (rc < 0) {
@@ -212,6 +238,31 @@ static void start_write(psrpc__rconn *c) {
         return;
     }
     c->writing = true;
+    c->pending++;
+}
+
+static void flush_task(void *arg) {
+    psrpc__rconn *c = arg;
+    c->flush_posted = false;
+    c->pending--;
+    if (c->closing) {
+        maybe_free(c);
+        return;
+    }
+    start_write(c);
+}
+
+/* Everything sent during one turn of the loop goes out in one write, before
+ * the loop next blocks: the flush is a task posted on the loop thread, which
+ * runs after the callbacks and tasks of this turn (loop.c), not a turn later. */
+static void schedule_write(psrpc__rconn *c) {
+    if (c->flush_posted || c->writing)
+        return; /* a flush is coming; or write_cb starts the next write */
+    if (psrpc__loop_post(psrpc__loop_of(c->cfg.loop), flush_task, c) != PSRPC_OK) {
+        start_write(c); /* the loop is stopping: write now */
+        return;
+    }
+    c->flush_posted = true;
     c->pending++;
 }
 
@@ -241,7 +292,7 @@ int psrpc__rconn_send(psrpc__rconn *c, const char *data, size_t len, bool secret
         if (secret)
             c->out_secret = true;
     }
-    start_write(c);
+    schedule_write(c);
     return PSRPC_OK;
 }
 

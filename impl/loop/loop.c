@@ -1,5 +1,9 @@
 /* The loop thread: a libuv loop woken through uv_async_t to drain a mutex
- * protected FIFO of tasks posted from any thread. */
+ * protected FIFO of tasks posted from other threads. Tasks posted on the loop
+ * thread itself (a completion callback issuing the next call, a handler
+ * responding) wake nothing: the drain in progress picks them up, or the
+ * prepare handle runs them before the loop next blocks in epoll_wait. That
+ * saves an eventfd write, a poll and an eventfd read per such task. */
 #include "loop.h"
 
 #include <openssl/crypto.h>
@@ -16,6 +20,7 @@ typedef struct task {
 struct psrpc__loop {
     uv_loop_t uv;
     uv_async_t async;
+    uv_prepare_t prepare; /* runs tasks posted on the loop thread */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cond;
@@ -35,9 +40,10 @@ static _Thread_local const psrpc__loop *current_loop;
  * next call runs at once, without a loop turn), but returns to libuv after
  * DRAIN_BUDGET tasks: a queue that never empties must not starve timers, I/O
  * and close callbacks (deadlines would never fire, and handles closed with
- * uv_close, with the memory they hold, would never be freed). */
-static void drain(uv_async_t *async) {
-    psrpc__loop *loop = async->data;
+ * uv_close, with the memory they hold, would never be freed). Called from the
+ * async handle (posts from other threads) and the prepare handle (posts from
+ * the loop thread, which wake nothing). */
+static void drain(psrpc__loop *loop) {
     size_t ran = 0;
     for (;;) {
         pthread_mutex_lock(&loop->mu);
@@ -46,8 +52,10 @@ static void drain(uv_async_t *async) {
         bool stopping = loop->stopping;
         pthread_mutex_unlock(&loop->mu);
         if (!t) {
-            if (stopping && !uv_is_closing((uv_handle_t *)&loop->async))
+            if (stopping && !uv_is_closing((uv_handle_t *)&loop->async)) {
                 uv_close((uv_handle_t *)&loop->async, NULL);
+                uv_close((uv_handle_t *)&loop->prepare, NULL);
+            }
             return;
         }
         while (t) {
@@ -58,14 +66,19 @@ static void drain(uv_async_t *async) {
             ran++;
         }
         if (ran >= DRAIN_BUDGET) {
-            /* A post made meanwhile has woken the async again; a stop seen
-             * above has not (posting ends with it): come back to close. */
-            if (stopping)
-                uv_async_send(&loop->async);
+            /* Tasks posted on this thread meanwhile woke nothing, and a stop
+             * seen above has not either (posting ends with it): make sure
+             * the loop comes back without blocking. */
+            uv_async_send(&loop->async);
             return;
         }
     }
 }
+
+static void on_async(uv_async_t *async) { drain(async->data); }
+
+/* Before every poll; an uncontended lock when there is nothing to run. */
+static void on_prepare(uv_prepare_t *prepare) { drain(prepare->data); }
 
 static void close_stray(uv_handle_t *h, void *arg) {
     (void)arg;
@@ -107,13 +120,19 @@ int psrpc__loop_start(psrpc__loop **out) {
         free(loop);
         return psrpc__error(PSRPC_INTERNAL, "uv_loop_init failed");
     }
-    uv_async_init(&loop->uv, &loop->async, drain);
+    loop->uv.data = loop;
+    uv_async_init(&loop->uv, &loop->async, on_async);
     loop->async.data = loop;
+    uv_prepare_init(&loop->uv, &loop->prepare);
+    loop->prepare.data = loop;
+    uv_prepare_start(&loop->prepare, on_prepare);
+    uv_unref((uv_handle_t *)&loop->prepare); /* the async keeps the loop alive */
     pthread_mutex_init(&loop->mu, NULL);
     pthread_cond_init(&loop->cond, NULL);
     int rc = pthread_create(&loop->thread, NULL, thread_main, loop);
     if (rc != 0) {
         uv_close((uv_handle_t *)&loop->async, NULL);
+        uv_close((uv_handle_t *)&loop->prepare, NULL);
         uv_run(&loop->uv, UV_RUN_DEFAULT);
         uv_loop_close(&loop->uv);
         pthread_mutex_destroy(&loop->mu);
@@ -143,7 +162,8 @@ int psrpc__loop_post(psrpc__loop *loop, psrpc__task_fn fn, void *arg) {
     else
         loop->head = t;
     loop->tail = t;
-    uv_async_send(&loop->async);
+    if (current_loop != loop)
+        uv_async_send(&loop->async);
     pthread_mutex_unlock(&loop->mu);
     return PSRPC_OK;
 }
@@ -191,6 +211,8 @@ void psrpc__loop_free(psrpc__loop *loop) {
 }
 
 uv_loop_t *psrpc__loop_uv(psrpc__loop *loop) { return &loop->uv; }
+
+psrpc__loop *psrpc__loop_of(uv_loop_t *uv) { return uv->data; }
 
 bool psrpc__loop_on_thread(const psrpc__loop *loop) { return current_loop == loop; }
 

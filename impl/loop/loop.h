@@ -31,6 +31,8 @@ void psrpc__loop_wait(psrpc__loop *loop);
 void psrpc__loop_free(psrpc__loop *loop);
 
 uv_loop_t *psrpc__loop_uv(psrpc__loop *loop);
+/* The loop that owns uv (a uv loop made by psrpc__loop_start). */
+psrpc__loop *psrpc__loop_of(uv_loop_t *uv);
 bool psrpc__loop_on_thread(const psrpc__loop *loop);
 /* True on any libpsrpc loop thread. */
 bool psrpc__on_any_loop_thread(void);
