@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdio.h>
 
+#include "chan_cache.h"
 #include "core.h"
 #include "map.h"
 #include "stream.h"
@@ -35,10 +36,11 @@ struct psrpc_client {
     bool ready;
     psrpc__channel res_ch, claim_ch;
     psrpc__bus_sub *res_sub, *claim_sub;
-    psrpc__map by_request; /* request_id → call */
-    psrpc__map by_id;      /* decimal call id → call */
-    psrpc__map streams;    /* stream_id → psrpc_stream (opening or open) */
-    psrpc__channel str_ch; /* the client stream channel, once a stream was opened */
+    psrpc__map by_request;   /* request_id → call */
+    psrpc__chan_cache chans; /* loop thread: request and claim channels by method */
+    psrpc__map by_id;        /* decimal call id → call */
+    psrpc__map streams;      /* stream_id → psrpc_stream (opening or open) */
+    psrpc__channel str_ch;   /* the client stream channel, once a stream was opened */
     psrpc__bus_sub *str_sub;
     bool str_ready;
     call *waiting; /* calls queued until the reply channels are confirmed */
@@ -85,7 +87,6 @@ struct call {
     psrpc__err *last_err;
     bool shorted;
     bool ended_by_deadline;
-    psrpc__channel rclaim_ch;
     /* Loop thread. */
     int state;
     bool in_waiting;
@@ -143,6 +144,7 @@ static void client_release(psrpc_client *c) {
     psrpc__channel_clear(&c->str_ch);
     psrpc__channel_clear(&c->res_ch);
     psrpc__channel_clear(&c->claim_ch);
+    psrpc__chan_cache_clear(&c->chans);
     free(c->service);
     free(c->id);
     psrpc_bus *bus = c->bus;
@@ -164,7 +166,6 @@ static void call_free(call *k) {
         free(k->eligible[i].server_id);
     free(k->eligible);
     psrpc__err_free(k->last_err);
-    psrpc__channel_clear(&k->rclaim_ch);
     if (k->stream)
         psrpc__stream_release(k->stream);
     psrpc_client *c = k->client;
@@ -271,7 +272,13 @@ static void send_claim_response(call *k, const char *server_id) {
     Internal__ClaimResponse cr = INTERNAL__CLAIM_RESPONSE__INIT;
     cr.request_id = k->request_id;
     cr.server_id = (char *)server_id;
-    int rc = psrpc__publish_control(k->client->bus, &k->rclaim_ch, &cr.base);
+    psrpc_client *c = k->client;
+    psrpc__channel scratch;
+    const psrpc__channel *ch =
+        psrpc__chan_cache_method(&c->chans, PSRPC__CHAN_CLAIM_RESPONSE, c->service, k->method.name,
+                                 (const char *const *)k->topics, k->topic_count, &scratch);
+    int rc = ch ? psrpc__publish_control(c->bus, ch, &cr.base) : PSRPC_RESOURCE_EXHAUSTED;
+    psrpc__channel_clear(&scratch);
     if (rc != PSRPC_OK) {
         call_fail(k, publish_failure_status(rc), psrpc_last_error());
         return;
@@ -460,7 +467,8 @@ static void call_send(call *k) {
         req.n_metadata = k->meta_count;
         req.metadata = eptrs;
     }
-    psrpc__channel ch;
+    psrpc__channel scratch;
+    const psrpc__channel *ch;
     int rc;
     if (k->stream) {
         /* A stream open: Stream{open} on the stream server channel (11.3). */
@@ -494,25 +502,20 @@ static void call_send(call *k) {
         is.expiry = req.expiry;
         is.body_case = INTERNAL__STREAM__BODY_OPEN;
         is.open = &open;
-        rc = psrpc__channel_stream_server(&ch, c->service, k->method.name,
-                                          (const char *const *)k->topics, k->topic_count);
-        if (rc == PSRPC_OK) {
-            rc = psrpc__publish_control(c->bus, &ch, &is.base);
-            psrpc__channel_clear(&ch);
-        } else {
-            psrpc__error(rc, "out of memory");
-        }
+        ch = psrpc__chan_cache_method(&c->chans, PSRPC__CHAN_STREAM_SERVER, c->service,
+                                      k->method.name, (const char *const *)k->topics,
+                                      k->topic_count, &scratch);
+        rc = ch ? psrpc__publish_control(c->bus, ch, &is.base) : PSRPC_RESOURCE_EXHAUSTED;
+        psrpc__channel_clear(&scratch);
         free(se);
         free(sp);
     } else {
-        rc = psrpc__channel_rpc(&ch, c->service, k->method.name, (const char *const *)k->topics,
-                                k->topic_count, k->method.routing == PSRPC_ROUTING_QUEUE);
-        if (rc == PSRPC_OK) {
-            rc = psrpc__publish_control(c->bus, &ch, &req.base);
-            psrpc__channel_clear(&ch);
-        } else {
-            psrpc__error(rc, "out of memory");
-        }
+        psrpc__chan_kind kind =
+            k->method.routing == PSRPC_ROUTING_QUEUE ? PSRPC__CHAN_RPC_QUEUE : PSRPC__CHAN_RPC;
+        ch = psrpc__chan_cache_method(&c->chans, kind, c->service, k->method.name,
+                                      (const char *const *)k->topics, k->topic_count, &scratch);
+        rc = ch ? psrpc__publish_control(c->bus, ch, &req.base) : PSRPC_RESOURCE_EXHAUSTED;
+        psrpc__channel_clear(&scratch);
     }
     free(entries);
     free(eptrs);
@@ -1103,9 +1106,6 @@ static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_metho
         }
     }
     ok = ok && psrpc_msg_new(&k->payload, data, len) == PSRPC_OK;
-    ok = ok && (!k->require_claim ||
-                psrpc__channel_claim_response(&k->rclaim_ch, client->service, k->method.name,
-                                              o.topics, o.topic_count) == PSRPC_OK);
     client_retain(client);
     if (!ok) {
         if (!k->meta_count) {

@@ -97,8 +97,8 @@ ProtobufCMessage *psrpc__decode_control(psrpc_bus *bus, const uint8_t *data, siz
 int psrpc__publish_control(psrpc_bus *bus, const psrpc__channel *ch,
                            const ProtobufCMessage *message) {
     psrpc_msg *bytes = NULL;
-    int rc = psrpc__wire_wrap_message(&bytes, message, ch->local,
-                                      (size_t)bus->opts.compress_threshold);
+    int rc =
+        psrpc__wire_wrap_message(&bytes, message, ch->local, (size_t)bus->opts.compress_threshold);
     if (rc != PSRPC_OK)
         return rc;
     rc = psrpc__bus_publish(bus, ch, bytes);

@@ -18,7 +18,6 @@ void psrpc__map_clear(psrpc__map *m) {
         psrpc__map_entry *e = m->buckets[i];
         while (e) {
             psrpc__map_entry *n = e->next;
-            free(e->key);
             free(e);
             e = n;
         }
@@ -27,17 +26,18 @@ void psrpc__map_clear(psrpc__map *m) {
     memset(m, 0, sizeof *m);
 }
 
-static psrpc__map_entry **find(const psrpc__map *m, const char *key) {
+/* The link that points at key's entry (or at the NULL ending its chain). */
+static psrpc__map_entry **find(const psrpc__map *m, const char *key, size_t h) {
     if (!m->nbuckets)
         return NULL;
-    psrpc__map_entry **p = &m->buckets[hash(key) & (m->nbuckets - 1)];
-    while (*p && strcmp((*p)->key, key) != 0)
+    psrpc__map_entry **p = &m->buckets[h & (m->nbuckets - 1)];
+    while (*p && ((*p)->hash != h || strcmp((*p)->key, key) != 0))
         p = &(*p)->next;
     return p;
 }
 
 void *psrpc__map_get(const psrpc__map *m, const char *key) {
-    psrpc__map_entry **p = find(m, key);
+    psrpc__map_entry **p = find(m, key, hash(key));
     return p && *p ? (*p)->value : NULL;
 }
 
@@ -50,7 +50,7 @@ static int grow(psrpc__map *m) {
         psrpc__map_entry *e = m->buckets[i];
         while (e) {
             psrpc__map_entry *next = e->next;
-            size_t j = hash(e->key) & (n - 1);
+            size_t j = e->hash & (n - 1);
             e->next = b[j];
             b[j] = e;
             e = next;
@@ -63,23 +63,23 @@ static int grow(psrpc__map *m) {
 }
 
 int psrpc__map_put(psrpc__map *m, const char *key, void *value) {
-    psrpc__map_entry **p = find(m, key);
+    size_t h = hash(key);
+    psrpc__map_entry **p = find(m, key, h);
     if (p && *p) {
         (*p)->value = value;
         return PSRPC_OK;
     }
     if (m->count + 1 > m->nbuckets && grow(m) != PSRPC_OK)
         return PSRPC_RESOURCE_EXHAUSTED;
-    psrpc__map_entry *e = malloc(sizeof *e);
-    char *k = psrpc__strdup(key);
-    if (!e || !k) {
-        free(e);
-        free(k);
+    size_t klen = strlen(key) + 1;
+    psrpc__map_entry *e = malloc(sizeof *e + klen);
+    if (!e)
         return PSRPC_RESOURCE_EXHAUSTED;
-    }
-    size_t j = hash(key) & (m->nbuckets - 1);
-    e->key = k;
+    e->key = (char *)(e + 1);
+    memcpy(e->key, key, klen);
+    e->hash = h;
     e->value = value;
+    size_t j = h & (m->nbuckets - 1);
     e->next = m->buckets[j];
     m->buckets[j] = e;
     m->count++;
@@ -87,13 +87,12 @@ int psrpc__map_put(psrpc__map *m, const char *key, void *value) {
 }
 
 void *psrpc__map_del(psrpc__map *m, const char *key) {
-    psrpc__map_entry **p = find(m, key);
+    psrpc__map_entry **p = find(m, key, hash(key));
     if (!p || !*p)
         return NULL;
     psrpc__map_entry *e = *p;
     void *v = e->value;
     *p = e->next;
-    free(e->key);
     free(e);
     m->count--;
     return v;

@@ -8,8 +8,9 @@
 
 typedef struct psrpc__map_entry {
     struct psrpc__map_entry *next;
-    char *key;
+    char *key; /* points into the same allocation */
     void *value;
+    size_t hash;
 } psrpc__map_entry;
 
 typedef struct psrpc__map {

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stdio.h>
 
+#include "chan_cache.h"
 #include "core.h"
 #include "map.h"
 #include "stream.h"
@@ -39,9 +40,11 @@ struct psrpc_server {
     bool started;
     bool forced;
     reg *regs;
-    psrpc__map claims;  /* request_id → psrpc_request waiting for a ClaimResponse */
-    psrpc__map streams; /* stream_id → srv_stream (accepted, not yet ended) */
-    int inflight;       /* requests in the handler stage */
+    psrpc__map claims;       /* request_id → psrpc_request waiting for a ClaimResponse */
+    psrpc__map streams;      /* stream_id → srv_stream (accepted, not yet ended) */
+    psrpc__chan_cache peers; /* loop thread: the response, claim and stream
+                                channels of the clients it answers */
+    int inflight;            /* requests in the handler stage */
     int64_t latest_expiry_ns;
     uv_timer_t drain_timer;
     bool drain_timer_on;
@@ -112,6 +115,7 @@ static void server_destroy(psrpc_server *s) {
     psrpc__map_clear(&s->keys);
     psrpc__map_clear(&s->claims);
     psrpc__map_clear(&s->streams);
+    psrpc__chan_cache_clear(&s->peers);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cond);
     free(s->service);
@@ -274,13 +278,14 @@ static void end_streams(psrpc_server *s, reg *r) {
 static void accept_stream(psrpc_request *q) {
     psrpc_server *s = q->server;
     reg *r = q->reg;
-    psrpc__channel peer;
-    if (psrpc__channel_client_stream(&peer, s->service, q->client_id) != PSRPC_OK) {
+    const psrpc__channel *peer =
+        psrpc__chan_cache_peer(&s->peers, PSRPC__CHAN_CLIENT_STREAM, s->service, q->client_id);
+    if (!peer) {
         request_release(q);
         return;
     }
     psrpc__stream_params p = {s->bus, true,          q->stream_id, q->client_id,   q->method,
-                              &peer,  s->timeout_ms, q->meta_keys, q->meta_values, q->meta_count,
+                              peer,   s->timeout_ms, q->meta_keys, q->meta_values, q->meta_count,
                               {0}};
     p.owner.owner = s;
     p.owner.retain = owner_retain;
@@ -289,7 +294,6 @@ static void accept_stream(psrpc_request *q) {
     q->meta_keys = q->meta_values = NULL; /* taken over by the stream */
     q->meta_count = 0;
     psrpc_stream *st = psrpc__stream_new(&p);
-    psrpc__channel_clear(&peer);
     srv_stream *ss = st ? calloc(1, sizeof *ss) : NULL;
     if (!ss || psrpc__map_put(&s->streams, q->stream_id, ss) != PSRPC_OK) {
         free(ss);
@@ -311,12 +315,9 @@ static void accept_stream(psrpc_request *q) {
     is.expiry = q->expiry;
     is.body_case = INTERNAL__STREAM__BODY_ACK;
     is.ack = &ack;
-    psrpc__channel ack_ch;
-    int rc = psrpc__channel_client_stream(&ack_ch, s->service, q->client_id);
-    if (rc == PSRPC_OK) {
-        rc = psrpc__publish_control(s->bus, &ack_ch, &is.base);
-        psrpc__channel_clear(&ack_ch);
-    }
+    const psrpc__channel *ack_ch =
+        psrpc__chan_cache_peer(&s->peers, PSRPC__CHAN_CLIENT_STREAM, s->service, q->client_id);
+    int rc = ack_ch ? psrpc__publish_control(s->bus, ack_ch, &is.base) : PSRPC_RESOURCE_EXHAUSTED;
     request_release(q);
     if (rc != PSRPC_OK) {
         psrpc__err *e = psrpc__err_new(PSRPC_INTERNAL, "cannot acknowledge the open");
@@ -450,19 +451,18 @@ static void child_close(psrpc__child *child, void (*done)(psrpc__child *)) {
 
 /* ---------------------------------------------------------------- dispatch */
 
-static void respond_error(psrpc_server *s, const char *service, const char *client_id,
-                          const char *request_id, const char *code, const char *message) {
+static void respond_error(psrpc_server *s, const char *client_id, const char *request_id,
+                          const char *code, const char *message) {
     Internal__Response resp = INTERNAL__RESPONSE__INIT;
     resp.request_id = (char *)request_id;
     resp.server_id = s->id;
     resp.sent_at = psrpc__now_ns();
     resp.code = (char *)code;
     resp.error = (char *)message;
-    psrpc__channel ch;
-    if (psrpc__channel_client_response(&ch, service, client_id) != PSRPC_OK)
-        return;
-    psrpc__publish_control(s->bus, &ch, &resp.base);
-    psrpc__channel_clear(&ch);
+    const psrpc__channel *ch =
+        psrpc__chan_cache_peer(&s->peers, PSRPC__CHAN_CLIENT_RESPONSE, s->service, client_id);
+    if (ch)
+        psrpc__publish_control(s->bus, ch, &resp.base);
 }
 
 static void call_handler(psrpc_request *q) {
@@ -503,13 +503,9 @@ static void send_claim(psrpc_request *q) {
         an.server_id = s->id;
         an.affinity = q->affinity;
         an.handling = true;
-        psrpc__channel ch;
-        int rc = psrpc__channel_client_claim(&ch, s->service, q->client_id);
-        if (rc == PSRPC_OK) {
-            rc = psrpc__publish_control(s->bus, &ch, &an.base);
-            psrpc__channel_clear(&ch);
-        }
-        if (rc != PSRPC_OK) {
+        const psrpc__channel *ch =
+            psrpc__chan_cache_peer(&s->peers, PSRPC__CHAN_CLIENT_CLAIM, s->service, q->client_id);
+        if (!ch || psrpc__publish_control(s->bus, ch, &an.base) != PSRPC_OK) {
             request_release(q); /* as Go: fail rather than run a request the caller retries */
             return;
         }
@@ -531,14 +527,10 @@ static void send_claim(psrpc_request *q) {
     cr.request_id = q->request_id;
     cr.server_id = s->id;
     cr.affinity = q->affinity;
-    psrpc__channel ch;
-    if (psrpc__channel_client_claim(&ch, s->service, q->client_id) != PSRPC_OK) {
+    const psrpc__channel *ch =
+        psrpc__chan_cache_peer(&s->peers, PSRPC__CHAN_CLIENT_CLAIM, s->service, q->client_id);
+    if (!ch || psrpc__publish_control(s->bus, ch, &cr.base) != PSRPC_OK)
         claim_forget(q);
-        return;
-    }
-    if (psrpc__publish_control(s->bus, &ch, &cr.base) != PSRPC_OK)
-        claim_forget(q);
-    psrpc__channel_clear(&ch);
 }
 
 /* What a request (or a stream open) brings from the wire. */
@@ -659,7 +651,7 @@ static void on_request(void *ctx, const uint8_t *data, size_t len) {
     free(keys);
     free(values);
     if (!q)
-        respond_error(s, s->service, in->client_id, in->request_id, "resource_exhausted",
+        respond_error(s, in->client_id, in->request_id, "resource_exhausted",
                       "server out of memory");
     protobuf_c_message_free_unpacked(&in->base, NULL);
     if (q)
@@ -1255,18 +1247,20 @@ int64_t psrpc_request_remaining_ms(const psrpc_request *q) {
 typedef struct answer_task_arg {
     psrpc_request *req;
     psrpc_msg *bytes;
-    psrpc__channel ch;
 } answer_task_arg;
 
 static void answer_task(void *arg) {
     answer_task_arg *a = arg;
     psrpc_server *s = a->req->server;
-    if (!atomic_load(&s->killed) && s->state != PSRPC__CLOSED)
-        psrpc__bus_publish(s->bus, &a->ch, a->bytes);
+    if (!atomic_load(&s->killed) && s->state != PSRPC__CLOSED) {
+        const psrpc__channel *ch = psrpc__chan_cache_peer(&s->peers, PSRPC__CHAN_CLIENT_RESPONSE,
+                                                          s->service, a->req->client_id);
+        if (ch)
+            psrpc__bus_publish(s->bus, ch, a->bytes);
+    }
     s->inflight--;
     maybe_finish(s);
     psrpc_msg_release(a->bytes);
-    psrpc__channel_clear(&a->ch);
     request_release(a->req);
     free(a);
 }
@@ -1284,8 +1278,6 @@ static int answer(psrpc_request *q, Internal__Response *resp) {
     resp->request_id = q->request_id;
     resp->server_id = s->id;
     resp->sent_at = psrpc__now_ns();
-    if (rc == PSRPC_OK)
-        rc = psrpc__channel_client_response(&a->ch, s->service, q->client_id);
     if (rc == PSRPC_OK) {
         rc = psrpc__wire_wrap_message(&a->bytes, &resp->base, NULL,
                                       (size_t)s->bus->opts.compress_threshold);
@@ -1320,7 +1312,6 @@ static int answer(psrpc_request *q, Internal__Response *resp) {
     /* Could not hand it to the loop: the bus is gone. */
     if (a) {
         psrpc_msg_release(a->bytes);
-        psrpc__channel_clear(&a->ch);
         free(a);
     }
     request_release(q);

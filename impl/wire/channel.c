@@ -5,6 +5,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -419,31 +421,66 @@ static void fill_random(unsigned char *buf, size_t len) {
     }
 }
 
+/* Random bytes for ids come from a per-thread buffer refilled 512 bytes at a
+ * time (about 40 ids per getrandom call instead of one). A forked child must
+ * not reuse the bytes its parent also holds: fork bumps a generation that
+ * empties every buffer. */
+#define RANDOM_POOL 512
+static atomic_uint random_generation;
+static pthread_once_t random_once = PTHREAD_ONCE_INIT;
+static _Thread_local struct {
+    unsigned char buf[RANDOM_POOL];
+    size_t pos;
+    unsigned generation;
+    bool filled;
+} pool;
+
+static void random_after_fork(void) { atomic_fetch_add(&random_generation, 1); }
+static void random_init(void) { pthread_atfork(NULL, NULL, random_after_fork); }
+
+static unsigned char random_byte(void) {
+    unsigned generation = atomic_load_explicit(&random_generation, memory_order_relaxed);
+    if (!pool.filled || pool.pos == RANDOM_POOL || pool.generation != generation) {
+        pthread_once(&random_once, random_init);
+        fill_random(pool.buf, RANDOM_POOL);
+        pool.pos = 0;
+        pool.generation = generation;
+        pool.filled = true;
+    }
+    unsigned char b = pool.buf[pool.pos];
+    pool.buf[pool.pos++] = 0;
+    return b;
+}
+
 void psrpc__new_id(char *out, const char *prefix) {
     static const char alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     size_t pl = strlen(prefix);
     memmove(out, prefix, pl);
     size_t n = 0;
     while (n < PSRPC__ID_RANDOM_LEN) {
-        unsigned char buf[16];
-        fill_random(buf, sizeof buf);
         /* 6 uniform bits; rejecting 62 and 63 leaves 62 equally likely symbols. */
-        for (size_t i = 0; i < sizeof buf && n < PSRPC__ID_RANDOM_LEN; i++) {
-            unsigned v = buf[i] & 0x3F;
-            if (v < 62)
-                out[pl + n++] = alphabet[v];
-        }
+        unsigned v = random_byte() & 0x3F;
+        if (v < 62)
+            out[pl + n++] = alphabet[v];
     }
     out[pl + PSRPC__ID_RANDOM_LEN] = '\0';
 }
 
 /* ---- Redis queue lock key (section 6.1) ----------------------------------- */
 
+/* OpenSSL 3 looks a digest named by EVP_sha256() up again on every use; fetch
+ * it once. Kept for the life of the process (one small object). */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static void sha256_fetch(void) { sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL); }
+
 void psrpc__redis_lock_key(char out[PSRPC__LOCK_KEY_LEN + 1], const uint8_t *payload, size_t len) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
     static const uint8_t empty[1];
-    if (!EVP_Digest(len ? payload : empty, len, md, &md_len, EVP_sha256(), NULL) || md_len != 32) {
+    pthread_once(&sha256_once, sha256_fetch);
+    const EVP_MD *type = sha256_md ? sha256_md : EVP_sha256();
+    if (!EVP_Digest(len ? payload : empty, len, md, &md_len, type, NULL) || md_len != 32) {
         /* Only an unusable libcrypto (out of memory) gets here. The function
          * cannot fail, so hand back a key that is well-formed for Redis. */
         memset(out, '-', PSRPC__LOCK_KEY_LEN);

@@ -23,8 +23,7 @@ int psrpc__channel_claim_response(psrpc__channel *out, const char *service, cons
                                   const char *const *topics, size_t topic_count);
 int psrpc__channel_stream_server(psrpc__channel *out, const char *service, const char *method,
                                  const char *const *topics, size_t topic_count);
-int psrpc__channel_client_response(psrpc__channel *out, const char *service,
-                                   const char *client_id);
+int psrpc__channel_client_response(psrpc__channel *out, const char *service, const char *client_id);
 int psrpc__channel_client_claim(psrpc__channel *out, const char *service, const char *client_id);
 int psrpc__channel_client_stream(psrpc__channel *out, const char *service, const char *node_id);
 void psrpc__channel_clear(psrpc__channel *ch);
@@ -41,13 +40,13 @@ char *psrpc__camel_case(const char *s);
 bool psrpc__utf8_valid(const char *s, size_t len);
 
 /* prefix (e.g. "REQ_") + 12 characters from [a-zA-Z0-9], drawn uniformly from
- * getrandom(2). out must hold strlen(prefix) + 13 bytes. */
+ * getrandom(2) (through a per-thread pool, emptied on fork). out must hold strlen(prefix) + 13
+ * bytes. */
 #define PSRPC__ID_RANDOM_LEN 12
 void psrpc__new_id(char *out, const char *prefix);
 
 /* base64std(sha256(payload)) with '=' padding: 44 characters + NUL. */
 #define PSRPC__LOCK_KEY_LEN 44
-void psrpc__redis_lock_key(char out[PSRPC__LOCK_KEY_LEN + 1], const uint8_t *payload,
-                           size_t len);
+void psrpc__redis_lock_key(char out[PSRPC__LOCK_KEY_LEN + 1], const uint8_t *payload, size_t len);
 
 #endif
