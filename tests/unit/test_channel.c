@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "channel.h"
 #include "common.h"
@@ -343,6 +345,46 @@ static bool id_char(char c) {
 }
 
 static int cmp_ids(const void *a, const void *b) { return memcmp(a, b, 16); }
+
+/* Ids come from a per-thread pool of random bytes: a forked child must not
+ * draw the bytes its parent still holds (it would repeat the parent's next
+ * ids, and responses would cross between the two processes). */
+TEST(ids_differ_after_fork) {
+    char first[17];
+    psrpc__new_id(first, "REQ_"); /* fills this thread's pool */
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        char child[10][17];
+        for (int i = 0; i < 10; i++)
+            psrpc__new_id(child[i], "REQ_");
+        ssize_t w = write(fds[1], child, sizeof child);
+        _exit(w == (ssize_t)sizeof child ? 0 : 1);
+    }
+    close(fds[1]);
+    char parent[10][17], child[10][17];
+    for (int i = 0; i < 10; i++)
+        psrpc__new_id(parent[i], "REQ_");
+    size_t got = 0;
+    while (got < sizeof child) {
+        ssize_t r = read(fds[0], (char *)child + got, sizeof child - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    REQUIRE(got == sizeof child);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    int same = 0;
+    for (int i = 0; i < 10; i++)
+        for (int j = 0; j < 10; j++)
+            same += strcmp(parent[i], child[j]) == 0;
+    CHECK_EQ_INT(same, 0);
+}
 
 TEST(ids_format_and_uniqueness) {
     const char *prefixes[] = {"CLI_", "SRV_", "REQ_", "STR_", ""};
