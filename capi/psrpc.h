@@ -346,7 +346,8 @@ typedef struct psrpc_bus_stats {
     uint64_t subscriptions;          /* broker subscriptions currently active */
     uint64_t messages_published;
     uint64_t messages_received;
-    uint64_t dropped_malformed;      /* undecodable or wrong-typed */
+    uint64_t dropped_malformed;      /* undecodable, wrong-typed, or a request whose id is
+                                        already waiting for its claim */
     uint64_t dropped_oversize;
     uint64_t dropped_slow_consumer;  /* inbound queue full */
     uint64_t dropped_expired;        /* requests/stream messages past expiry */

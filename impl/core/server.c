@@ -171,6 +171,8 @@ static void claim_timer_closed(uv_handle_t *h) {
 /* Drops the loop's hold on a request waiting for its claim (loop thread). */
 static void claim_forget(psrpc_request *q) {
     if (q->in_claims) {
+        /* in_claims means the map entry under its id is q (send_claim drops a
+         * duplicate id instead of replacing the entry). */
         psrpc__map_del(&q->server->claims, q->request_id);
         q->in_claims = false;
     }
@@ -510,6 +512,14 @@ static void send_claim(psrpc_request *q) {
             return;
         }
         call_handler(q);
+        return;
+    }
+    if (psrpc__map_get(&s->claims, q->request_id)) {
+        /* The same request id is already waiting for its claim response (a
+         * replay, or a forged copy): replacing the entry would orphan the
+         * first request's timer and let its timeout remove the second. */
+        PSRPC__STAT_ADD(s->bus, dropped_malformed, 1);
+        request_release(q);
         return;
     }
     if (psrpc__map_put(&s->claims, q->request_id, q) != PSRPC_OK) {

@@ -411,13 +411,17 @@ TEST(malformed_truncated_envelopes) {
 TEST(malformed_wrong_typed_envelopes) {
     mfx *f = mfx_new(NULL);
     REQUIRE(mfx_ok(f));
-    const char *types[] = {"internal.Request",      "internal.Response",
-                           "internal.ClaimRequest", "internal.ClaimResponse",
-                           "internal.Stream",       "test.Update",
-                           "test.Other",            "google.protobuf.Empty",
+    const char *types[] = {"internal.Request",
+                           "internal.Response",
+                           "internal.ClaimRequest",
+                           "internal.ClaimResponse",
+                           "internal.Stream",
+                           "test.Update",
+                           "test.Other",
+                           "google.protobuf.Empty",
                            ""};
-    const char *own[K_COUNT] = {"internal.Request", "internal.ClaimResponse",
-                                "internal.Response", "internal.ClaimRequest", "test.Update"};
+    const char *own[K_COUNT] = {"internal.Request", "internal.ClaimResponse", "internal.Response",
+                                "internal.ClaimRequest", "test.Update"};
     for (int k = 0; k < K_COUNT; k++) {
         uint64_t base = tu_stats(f->receiver[k]).dropped_malformed;
         int sent = 0;
@@ -569,6 +573,44 @@ TEST(malformed_bit_flips) {
 /* K10/R4: valid Responses and ClaimRequests for request ids nobody is waiting
  * for are dropped and counted as unknown, with no callback; an outstanding
  * call is not disturbed. */
+/* A request id that is already waiting for its claim response arrives again
+ * (a replay or a forged copy, here with a far later expiry): the copy is
+ * dropped and counted, the first times out as usual, and nothing outlives
+ * the server: closing it and its bus returns at once, not when the copy's
+ * expiry passes. */
+TEST(malformed_duplicate_request_id_waiting_for_claim) {
+    mfx *f = mfx_new(NULL);
+    REQUIRE(mfx_ok(f));
+    char rid[64];
+    tu_unique(rid, sizeof rid, "REQ_dup");
+    const char *key = f->ch[K_REQ].local;
+    Internal__Request r = INTERNAL__REQUEST__INIT;
+    r.request_id = rid;
+    r.client_id = (char *)psrpc_client_id(f->cl); /* our client ignores the claim */
+    r.raw_request.data = (uint8_t *)"golden";
+    r.raw_request.len = 6;
+    r.sent_at = now_ns();
+    r.expiry = r.sent_at + 300000000LL; /* 300 ms */
+    psrpc_msg *first = wrap_key(&r.base, key);
+    r.expiry = r.sent_at + 60000000000LL; /* 60 s */
+    psrpc_msg *copy = wrap_key(&r.base, key);
+    REQUIRE(first && copy);
+    uint64_t base = tu_stats(f->bus[0]).dropped_malformed;
+    CHECK_EQ_INT(inject(f, K_REQ, psrpc_msg_data(first), psrpc_msg_size(first)), PSRPC_OK);
+    th_sleep_ms(50);
+    CHECK_EQ_INT(inject(f, K_REQ, psrpc_msg_data(copy), psrpc_msg_size(copy)), PSRPC_OK);
+    psrpc_msg_release(first);
+    psrpc_msg_release(copy);
+    CHECK(WAIT_UNTIL(tu_stats(f->bus[0]).dropped_malformed == base + 1, 3000));
+    th_sleep_ms(600); /* the first request's claim wait ends */
+    CHECK_EQ_INT(atomic_load(&f->srv->handled), 0);
+    check_still_working(f);
+    long long t0 = th_now_ms();
+    mfx_free(f);
+    long long took = th_now_ms() - t0;
+    CHECK(took < 10000);
+}
+
 TEST(malformed_unknown_ids_dropped) {
     mfx *f = mfx_new(NULL);
     REQUIRE(mfx_ok(f));
@@ -588,8 +630,8 @@ TEST(malformed_unknown_ids_dropped) {
         tu_unique(rid, sizeof rid, "REQ_unknown");
         psrpc_msg *g = golden(f, i % 2 ? K_RES : K_CLAIM, rid);
         REQUIRE(g);
-        sent += inject(f, i % 2 ? K_RES : K_CLAIM, psrpc_msg_data(g), psrpc_msg_size(g)) ==
-                PSRPC_OK;
+        sent +=
+            inject(f, i % 2 ? K_RES : K_CLAIM, psrpc_msg_data(g), psrpc_msg_size(g)) == PSRPC_OK;
         psrpc_msg_release(g);
     }
     CHECK(grew_by(f->bus[1], OFF(dropped_unknown), base, (uint64_t)sent));
