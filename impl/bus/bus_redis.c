@@ -211,20 +211,9 @@ static const char *reply_text(const redisReply *rep) {
 static int send_cmd(side *s, int argc, const char **argv, const size_t *lens, rexp e, bool secret) {
     if (!s->conn)
         return PSRPC_UNAVAILABLE;
-    char *cmd = NULL;
-    int n = redisFormatCommandArgv(&cmd, argc, argv, lens);
-    if (n < 0 || !cmd)
+    if (rq_push(&s->q, e) != 0)
         return PSRPC_RESOURCE_EXHAUSTED;
-    if (rq_push(&s->q, e) != 0) {
-        if (secret)
-            OPENSSL_cleanse(cmd, (size_t)n);
-        redisFreeCommand(cmd);
-        return PSRPC_RESOURCE_EXHAUSTED;
-    }
-    int rc = psrpc__rconn_send(s->conn, cmd, (size_t)n, secret);
-    if (secret)
-        OPENSSL_cleanse(cmd, (size_t)n);
-    redisFreeCommand(cmd);
+    int rc = psrpc__rconn_send_command(s->conn, argc, argv, lens, secret);
     if (rc != PSRPC_OK)
         rq_unpush(&s->q);
     return rc;
@@ -521,14 +510,15 @@ static int redis_publish(psrpc_bus *bus, const psrpc__channel *chd, psrpc_msg *b
                                                                      : "redis: not connected");
         }
     } else {
-        char *cmd = NULL;
-        int n = redisFormatCommandArgv(&cmd, 3, argv, lens);
-        if (n < 0 || !cmd)
+        size_t n = psrpc__resp_size(3, argv, lens);
+        char *cmd = malloc(n);
+        if (!cmd) {
             rc = psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
-        else
-            rc = pre_append(r, cmd, (size_t)n);
-        if (cmd)
-            redisFreeCommand(cmd);
+        } else {
+            psrpc__resp_write(cmd, 3, argv, lens);
+            rc = pre_append(r, cmd, n);
+            free(cmd);
+        }
     }
     if (name != stackname)
         free(name);

@@ -296,6 +296,82 @@ int psrpc__rconn_send(psrpc__rconn *c, const char *data, size_t len, bool secret
     return PSRPC_OK;
 }
 
+/* ---- RESP commands ------------------------------------------------------ */
+
+static size_t uint_digits(size_t v) {
+    size_t d = 1;
+    while (v >= 10) {
+        v /= 10;
+        d++;
+    }
+    return d;
+}
+
+static char *put_uint(char *p, size_t v) {
+    size_t d = uint_digits(v);
+    for (size_t i = d; i > 0; i--) {
+        p[i - 1] = (char)('0' + v % 10);
+        v /= 10;
+    }
+    return p + d;
+}
+
+size_t psrpc__resp_size(int argc, const char *const *argv, const size_t *lens) {
+    (void)argv;
+    size_t n = 1 + uint_digits((size_t)argc) + 2;
+    for (int i = 0; i < argc; i++)
+        n += 1 + uint_digits(lens[i]) + 2 + lens[i] + 2;
+    return n;
+}
+
+size_t psrpc__resp_write(char *dst, int argc, const char *const *argv, const size_t *lens) {
+    char *p = dst;
+    *p++ = '*';
+    p = put_uint(p, (size_t)argc);
+    *p++ = '\r';
+    *p++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        *p++ = '$';
+        p = put_uint(p, lens[i]);
+        *p++ = '\r';
+        *p++ = '\n';
+        if (lens[i])
+            memcpy(p, argv[i], lens[i]);
+        p += lens[i];
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    return (size_t)(p - dst);
+}
+
+int psrpc__rconn_send_command(psrpc__rconn *c, int argc, const char *const *argv,
+                              const size_t *lens, bool secret) {
+    if (c->closing || c->failed || !c->connected)
+        return PSRPC_UNAVAILABLE;
+    size_t n = psrpc__resp_size(argc, argv, lens);
+    if (c->ssl) {
+        /* TLS encrypts from a plaintext buffer of its own. */
+        char *tmp = malloc(n);
+        if (!tmp)
+            return PSRPC_RESOURCE_EXHAUSTED;
+        psrpc__resp_write(tmp, argc, argv, lens);
+        int rc = psrpc__rconn_send(c, tmp, n, secret);
+        if (secret)
+            OPENSSL_cleanse(tmp, n);
+        free(tmp);
+        return rc;
+    }
+    /* Plain TCP: formatted straight into the write buffer, no copy. */
+    if (out_reserve(c, n) != 0)
+        return PSRPC_RESOURCE_EXHAUSTED;
+    psrpc__resp_write(c->out + c->out_len, argc, argv, lens);
+    c->out_len += n;
+    if (secret)
+        c->out_secret = true;
+    schedule_write(c);
+    return PSRPC_OK;
+}
+
 /* ---- failure and close ------------------------------------------------ */
 
 typedef struct fail_ev {

@@ -52,6 +52,17 @@ void *psrpc__rconn_owner(const psrpc__rconn *c);
  * PSRPC_UNAVAILABLE (the connection is failing: on_error follows or came). */
 int psrpc__rconn_send(psrpc__rconn *c, const char *data, size_t len, bool secret);
 
+/* Queues a command as a RESP array of bulk strings (what the Redis command
+ * formatter of hiredis makes), formatted straight into the write buffer.
+ * Same rules and results as psrpc__rconn_send. */
+int psrpc__rconn_send_command(psrpc__rconn *c, int argc, const char *const *argv,
+                              const size_t *lens, bool secret);
+
+/* The RESP encoding of a command: its size, and writing it to dst (which
+ * must hold psrpc__resp_size bytes); returns the bytes written. */
+size_t psrpc__resp_size(int argc, const char *const *argv, const size_t *lens);
+size_t psrpc__resp_write(char *dst, int argc, const char *const *argv, const size_t *lens);
+
 /* Bytes queued and not yet handed to the socket (excluding the write in
  * flight). */
 size_t psrpc__rconn_queued(const psrpc__rconn *c);

@@ -74,6 +74,16 @@ bool psrpc__utf8_valid(const char *s, size_t len) {
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;
     while (i < len) {
+        /* ASCII, 8 bytes at a time (ids, names and channels are ASCII). */
+        while (len - i >= 8) {
+            uint64_t w8;
+            memcpy(&w8, p + i, 8);
+            if (w8 & 0x8080808080808080ull)
+                break;
+            i += 8;
+        }
+        if (i == len)
+            break;
         if (p[i] < 0x80) {
             i++;
             continue;
