@@ -8,8 +8,11 @@
 # writes bench/results.json (+ results.meta.json) and renders
 # docs/benchmarks.md and bench/results.svg (bench/render.py).
 #
-#   --quick   one run of ~1 s per cell (CI: proves it works; no thresholds)
-#   default   3 runs per cell, median reported (~20 minutes on 2 cores)
+#   --quick         one run of ~1 s per cell (CI: proves it works; no thresholds)
+#   default         3 runs per cell, median reported (~20 minutes on 2 cores)
+#   --out-dir DIR   write results.json, results.meta.json, benchmarks.md and
+#                   results.svg into DIR instead of bench/ and docs/ (the test
+#                   suite's smoke run uses this, so it leaves the tree alone)
 #
 # Needs: cmake, a C compiler, the library's build dependencies, hiredis and
 # libnats headers, Go >= 1.25.5, python3, redis-server and nats-server.
@@ -18,6 +21,29 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 export PATH=$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo /root/go)/bin
 build=$here/build
+
+out_dir=
+args=()
+while [ $# -gt 0 ]; do
+    case $1 in
+    --out-dir)
+        out_dir=${2:?--out-dir needs a directory}
+        shift 2
+        ;;
+    *)
+        args+=("$1")
+        shift
+        ;;
+    esac
+done
+results=$here/results.json meta=$here/results.meta.json
+doc=$root/docs/benchmarks.md svg=$here/results.svg
+if [ -n "$out_dir" ]; then
+    mkdir -p "$out_dir"
+    out_dir=$(cd "$out_dir" && pwd)
+    results=$out_dir/results.json meta=$out_dir/results.meta.json
+    doc=$out_dir/benchmarks.md svg=$out_dir/results.svg
+fi
 
 echo "run.sh: building the C programs in $build" >&2
 cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -89,6 +115,6 @@ python3 "$here/bench.py" --c-bin "$build" --go-bin "$build/go_bench" \
     --redis "$redis_url" --nats "$nats_url" \
     --note "brokers=redis-server $redis_v, nats-server $nats_v (loopback, started by run.sh unless PSRPC_TEST_*_URL set)" \
     --note "toolchains=$(cc --version | head -1), $(go version | cut -d' ' -f3), livekit/psrpc v0.8.2" \
-    "$@" || status=$?
-python3 "$here/render.py"
+    --out "$results" --meta-out "$meta" ${args[@]+"${args[@]}"} || status=$?
+python3 "$here/render.py" --results "$results" --meta "$meta" --doc "$doc" --svg "$svg"
 exit $status

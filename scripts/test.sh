@@ -15,7 +15,10 @@
 #      (bindings/python/run_tests.sh), and valgrind memcheck over the unit and
 #      local test executables and the add_value example
 #      (PSRPC_TEST_TIME_FACTOR=10)
-#   5. prints a summary; exits non-zero if any step failed.
+#   5. runs the benchmarks once, short (bench/run.sh --quick, about 3
+#      minutes): proves they build and every libpsrpc and raw cell produces a
+#      result; no thresholds (results go to build/bench-quick, not the tree)
+#   6. prints a summary; exits non-zero if any step failed.
 #
 # Environment: PSRPC_TEST_JOBS (parallel ctest jobs, default 2),
 # PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (passed through to the tests),
@@ -230,6 +233,17 @@ else
     skip valgrind-tests "build-plain failed"
     skip valgrind-example "build-plain failed"
 fi
+
+# The benchmarks, once and short: they must run, not be fast (issue 8: no
+# timing thresholds in tests). run.sh fails if a libpsrpc or raw cell has no
+# result; the rendered page must exist.
+bench_quick() {
+    local out="$root/build/bench-quick"
+    rm -rf "$out"
+    PSRPC_TEST_REDIS_URL= PSRPC_TEST_NATS_URL= "$root/bench/run.sh" --quick --out-dir "$out" &&
+        [ -s "$out/results.json" ] && grep -q '^## Targets' "$out/benchmarks.md"
+}
+step bench-quick bench_quick
 
 summary
 exit "$failed"
