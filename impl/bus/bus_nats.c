@@ -2,9 +2,12 @@
  * livekit/psrpc's natsbus (wire-protocol.md 6.2). docs/nats.md has the
  * design; in short:
  *
- * Threads. The transport's own state lives on the bus's loop thread. nats.c
- * calls (message handlers, connection callbacks) arrive on its threads; they
- * only post to the loop, through a gate (cb_mu + detached) that close shuts.
+ * Threads. The transport's own state lives on the bus's loop thread, and so
+ * does nats.c's socket I/O (nats_evloop.c): after each read the loop pulls
+ * the messages of its synchronous subscriptions and delivers them at once,
+ * with no thread in between. nats.c's connection callbacks arrive on its own
+ * threads; they only post to the loop, through a gate (cb_mu + detached)
+ * that close shuts.
  * The blocking nats.c calls (Connect, FlushTimeout, Close/Destroy) run on a
  * per-bus worker thread (a psrpc__loop used as a job queue) that posts each
  * result back to the loop. Publish, Subscribe and Unsubscribe do not block
@@ -29,10 +32,9 @@
 
 #include "bus_nats.h"
 #include "map.h"
+#include "nats_evloop.h"
 #include "wire.h"
 
-/* Inbound bytes queued towards the loop per NATS subscription, at most. */
-#define HOP_MAX_BYTES (64 << 20)
 /* nats.c's own pending limit in bytes per subscription. */
 #define NATS_PENDING_BYTES (64 << 20)
 /* Close: flush what is buffered for at most this long, and wait at most
@@ -66,7 +68,7 @@ struct psrpc__bus_sub {
 
 /* One NATS subscription: a router (SRV. subjects) or a plain subscription. */
 struct nsub {
-    atomic_int refs; /* loop (while attached), nats.c (until on-complete), deliveries */
+    atomic_int refs; /* the loop while attached, a delivery in progress */
     nats_state *st;
     char *subject;
     bool queue, router;
@@ -77,13 +79,10 @@ struct nsub {
     bool dead;
     int denied;
     char *denied_msg;
-    psrpc__map routes;           /* router: key -> first psrpc__bus_sub */
+    psrpc__map routes;            /* router: key -> first psrpc__bus_sub */
     struct psrpc__bus_sub *plain; /* plain: the one subscription */
     nsub *prev, *next;
-    /* Any thread. */
-    atomic_int queued;
-    atomic_llong queued_bytes;
-    atomic_llong dropped_seen; /* natsSubscription_GetDropped already counted */
+    long long dropped_seen; /* natsSubscription_GetDropped already counted */
 };
 
 struct nats_state {
@@ -94,10 +93,11 @@ struct nats_state {
     /* Gate for everything nats.c threads do to the bus. */
     pthread_mutex_t cb_mu;
     bool detached;
-    /* nats.c callbacks still to come (close waits for 0). */
+    /* nats.c connection callbacks still to come (close waits for 0). */
     pthread_mutex_t mu;
     pthread_cond_t cond;
-    int live_subs, live_conns;
+    int live_conns;
+    psrpc__nats_ev_ctx evctx; /* nats.c's I/O on the loop thread */
     /* Worker thread only. */
     natsConnection *w_nc;
     /* Loop thread only. */
@@ -109,7 +109,7 @@ struct nats_state {
     psrpc__map routers; /* subject -> router nsub */
     nsub *nsubs;        /* every attached nsub */
     uint64_t sub_seq, epoch;
-    bool up_pending, flush_inflight, flush_again;
+    bool up_pending, flush_inflight, flush_again, pull_posted;
     uv_timer_t timer;
     int attempt, auth_failures;
     /* Publishes made before the first connection exists (bus state still
@@ -201,10 +201,9 @@ static void post_event(nats_state *st, int kind, natsConnection *nc, natsStatus 
 }
 
 static int classify(natsStatus s, const char *text) {
-    if (s == NATS_CONNECTION_AUTH_FAILED ||
-        (text && (strcasestr(text, "authorization violation") ||
-                  strcasestr(text, "authentication expired") ||
-                  strcasestr(text, "authentication revoked"))))
+    if (s == NATS_CONNECTION_AUTH_FAILED || (text && (strcasestr(text, "authorization violation") ||
+                                                      strcasestr(text, "authentication expired") ||
+                                                      strcasestr(text, "authentication revoked"))))
         return PSRPC_UNAUTHENTICATED;
     if (s == NATS_NOT_PERMITTED || (text && strcasestr(text, "permissions violation")))
         return PSRPC_PERMISSION_DENIED;
@@ -279,142 +278,140 @@ static int64_t on_reconnect_delay(natsConnection *nc, int attempts, void *closur
     return backoff_ms(&st->set, attempts > 0 ? attempts - 1 : 0);
 }
 
-/* ---- inbound messages ---- */
+/* ---- inbound messages (loop thread) ---- */
 
-typedef struct delivery {
-    nsub *ns;
-    natsMsg *msg;
-} delivery;
-
-static void deliver_task(void *arg);
-
-static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
-    (void)nc;
-    nsub *ns = closure;
-    nats_state *st = ns->st;
-    int len = natsMsg_GetDataLength(msg);
-    pthread_mutex_lock(&st->cb_mu);
-    if (st->detached) {
-        pthread_mutex_unlock(&st->cb_mu);
-        natsMsg_Destroy(msg);
-        return;
-    }
-    psrpc_bus *bus = st->bus;
+static void take_dropped(nsub *ns) {
     int64_t dropped = 0;
-    if (natsSubscription_GetDropped(sub, &dropped) == NATS_OK) {
-        long long seen = atomic_load(&ns->dropped_seen);
-        if (dropped > seen &&
-            atomic_compare_exchange_strong(&ns->dropped_seen, &seen, (long long)dropped))
-            PSRPC__STAT_ADD(bus, dropped_slow_consumer, (uint_fast64_t)(dropped - seen));
-    }
-    /* Size first, before anything looks inside (R7). */
-    if (len > bus->opts.max_message_size) {
-        PSRPC__STAT_ADD(bus, dropped_oversize, 1);
-        pthread_mutex_unlock(&st->cb_mu);
-        natsMsg_Destroy(msg);
-        return;
-    }
-    delivery *d = NULL;
-    int queued = atomic_fetch_add(&ns->queued, 1);
-    long long queued_bytes = atomic_fetch_add(&ns->queued_bytes, len);
-    if (queued >= st->set.queue_capacity || queued_bytes + len > HOP_MAX_BYTES ||
-        !(d = malloc(sizeof *d))) {
-        atomic_fetch_sub(&ns->queued, 1);
-        atomic_fetch_sub(&ns->queued_bytes, len);
-        PSRPC__STAT_ADD(bus, dropped_slow_consumer, 1);
-        pthread_mutex_unlock(&st->cb_mu);
-        natsMsg_Destroy(msg);
-        return;
-    }
-    d->ns = ns;
-    d->msg = msg;
-    atomic_fetch_add(&ns->refs, 1);
-    int rc = psrpc__bus_post(bus, deliver_task, d);
-    pthread_mutex_unlock(&st->cb_mu);
-    if (rc != PSRPC_OK) {
-        atomic_fetch_sub(&ns->queued, 1);
-        atomic_fetch_sub(&ns->queued_bytes, len);
-        atomic_fetch_sub(&ns->refs, 1); /* not the last: nats.c holds one */
-        natsMsg_Destroy(msg);
-        free(d);
+    if (ns->sub && natsSubscription_GetDropped(ns->sub, &dropped) == NATS_OK &&
+        dropped > ns->dropped_seen) {
+        PSRPC__STAT_ADD(ns->st->bus, dropped_slow_consumer,
+                        (uint_fast64_t)(dropped - ns->dropped_seen));
+        ns->dropped_seen = dropped;
     }
 }
 
-/* The handler of a closed natsSubscription has returned for the last time. */
-static void on_sub_complete(void *closure) {
-    nsub *ns = closure;
-    nats_state *st = ns->st;
-    nsub_release(ns);
-    pthread_mutex_lock(&st->mu);
-    st->live_subs--;
-    pthread_cond_broadcast(&st->cond);
-    pthread_mutex_unlock(&st->mu);
-    st_release(st);
-}
-
-/* Loop thread: deliver one message to a plain subscription, or to every
- * subscription of its key on a router (quirk Q10: all of them, also on a
- * queue router). */
-static void deliver_task(void *arg) {
-    delivery *d = arg;
-    nsub *ns = d->ns;
+/* Delivers one message to a plain subscription, or to every subscription of
+ * its key on a router (quirk Q10: all of them, also on a queue router). */
+static void deliver(nsub *ns, natsMsg *msg) {
     nats_state *st = ns->st;
     psrpc_bus *bus = st->bus;
-    const uint8_t *data = (const uint8_t *)natsMsg_GetData(d->msg);
-    int ilen = natsMsg_GetDataLength(d->msg);
+    const uint8_t *data = (const uint8_t *)natsMsg_GetData(msg);
+    int ilen = natsMsg_GetDataLength(msg);
     size_t len = ilen > 0 ? (size_t)ilen : 0;
     if (!data)
         data = (const uint8_t *)"";
-    atomic_fetch_sub(&ns->queued, 1);
-    atomic_fetch_sub(&ns->queued_bytes, ilen);
-    if (!ns->dead && !st->closing) {
-        if (!ns->router) {
-            struct psrpc__bus_sub *b = ns->plain;
-            if (b && b->active)
-                b->deliver(b->ctx, data, len);
-        } else {
-            char *key = NULL;
-            /* On a SRV. subject every message carries its Local key (wire
-             * spec 6.2): bytes without one are not a NATS psrpc message. */
-            if (psrpc__wire_peek_channel(&key, data, len) != PSRPC_OK || !key[0]) {
-                PSRPC__STAT_ADD(bus, dropped_malformed, 1);
-                free(key);
-            } else {
-                struct psrpc__bus_sub *head = psrpc__map_get(&ns->routes, key);
-                if (!head) {
-                    PSRPC__STAT_ADD(bus, dropped_unknown, 1);
-                } else {
-                    /* Snapshot: callbacks may (un)subscribe. */
-                    struct psrpc__bus_sub *small[8], **list = small;
-                    size_t n = 0;
-                    for (struct psrpc__bus_sub *b = head; b; b = b->next)
-                        n++;
-                    if (n > PSRPC__ARRAY_SIZE(small))
-                        list = malloc(n * sizeof *list);
-                    if (list) {
-                        size_t i = 0;
-                        for (struct psrpc__bus_sub *b = head; b; b = b->next) {
-                            b->refs++;
-                            list[i++] = b;
-                        }
-                        for (i = 0; i < n; i++) {
-                            if (list[i]->active)
-                                list[i]->deliver(list[i]->ctx, data, len);
-                            bsub_release(list[i]);
-                        }
-                        if (list != small)
-                            free(list);
-                    } else {
-                        PSRPC__STAT_ADD(bus, dropped_slow_consumer, 1);
-                    }
-                }
-                free(key);
-            }
-        }
+    /* Size first, before anything looks inside (R7). */
+    if ((int64_t)len > bus->opts.max_message_size) {
+        PSRPC__STAT_ADD(bus, dropped_oversize, 1);
+        return;
     }
-    natsMsg_Destroy(d->msg);
-    nsub_release(ns);
-    free(d);
+    if (!ns->router) {
+        struct psrpc__bus_sub *b = ns->plain;
+        if (b && b->active)
+            b->deliver(b->ctx, data, len);
+        return;
+    }
+    char *key = NULL;
+    /* On a SRV. subject every message carries its Local key (wire spec 6.2):
+     * bytes without one are not a NATS psrpc message. */
+    if (psrpc__wire_peek_channel(&key, data, len) != PSRPC_OK || !key[0]) {
+        PSRPC__STAT_ADD(bus, dropped_malformed, 1);
+        free(key);
+        return;
+    }
+    struct psrpc__bus_sub *head = psrpc__map_get(&ns->routes, key);
+    free(key);
+    if (!head) {
+        PSRPC__STAT_ADD(bus, dropped_unknown, 1);
+        return;
+    }
+    /* Snapshot: callbacks may (un)subscribe. */
+    struct psrpc__bus_sub *small[8], **list = small;
+    size_t n = 0;
+    for (struct psrpc__bus_sub *b = head; b; b = b->next)
+        n++;
+    if (n > PSRPC__ARRAY_SIZE(small) && !(list = malloc(n * sizeof *list))) {
+        PSRPC__STAT_ADD(bus, dropped_slow_consumer, 1);
+        return;
+    }
+    size_t i = 0;
+    for (struct psrpc__bus_sub *b = head; b; b = b->next) {
+        b->refs++;
+        list[i++] = b;
+    }
+    for (i = 0; i < n; i++) {
+        if (list[i]->active)
+            list[i]->deliver(list[i]->ctx, data, len);
+        bsub_release(list[i]);
+    }
+    if (list != small)
+        free(list);
+}
+
+/* Messages one subscription may deliver per pull; the rest waits for the
+ * next loop turn (a pull task), so timers and other I/O keep running. */
+#define PULL_BUDGET 512
+
+static void pull_task(void *arg);
+
+/* After each read event: deliver what nats.c queued on our subscriptions
+ * (they are synchronous ones, pulled here instead of pushed by a thread). */
+static void nats_pull(void *arg) {
+    nats_state *st = arg;
+    if (st->closing)
+        return;
+    /* Snapshot with references: deliveries may (un)subscribe. */
+    nsub *small[16], **list = small;
+    size_t n = 0;
+    for (nsub *ns = st->nsubs; ns; ns = ns->next)
+        n++;
+    if (n > PSRPC__ARRAY_SIZE(small) && !(list = malloc(n * sizeof *list)))
+        return; /* pulled on the next read event */
+    size_t k = 0;
+    for (nsub *ns = st->nsubs; ns; ns = ns->next) {
+        atomic_fetch_add(&ns->refs, 1);
+        list[k++] = ns;
+    }
+    bool more = false;
+    for (size_t i = 0; i < n; i++) {
+        nsub *ns = list[i];
+        for (int got = 0; !ns->dead && ns->sub && !st->closing; got++) {
+            int pending = 0;
+            if (natsSubscription_GetPending(ns->sub, &pending, NULL) != NATS_OK || pending <= 0)
+                break;
+            if (got == PULL_BUDGET) {
+                more = true;
+                break;
+            }
+            natsMsg *msg = NULL;
+            natsStatus s = natsSubscription_NextMsg(&msg, ns->sub, 0);
+            if (s == NATS_SLOW_CONSUMER) {
+                take_dropped(ns);
+                continue;
+            }
+            if (s != NATS_OK)
+                break;
+            deliver(ns, msg);
+            natsMsg_Destroy(msg);
+        }
+        nsub_release(list[i]);
+    }
+    if (list != small)
+        free(list);
+    if (more && !st->pull_posted) {
+        st_retain(st);
+        if (psrpc__bus_post(st->bus, pull_task, st) == PSRPC_OK)
+            st->pull_posted = true;
+        else
+            st_release(st);
+    }
+}
+
+static void pull_task(void *arg) {
+    nats_state *st = arg;
+    st->pull_posted = false;
+    nats_pull(st);
+    st_release(st);
 }
 
 /* ---- readiness (loop thread) ---- */
@@ -443,8 +440,7 @@ static void ready_task(void *arg) {
 
 /* Readiness of a subscription made while its NATS subscription already had
  * an answer: reported from a task, never from inside subscribe(). */
-static void post_ready(nats_state *st, struct psrpc__bus_sub *b, int status,
-                       const char *message) {
+static void post_ready(nats_state *st, struct psrpc__bus_sub *b, int status, const char *message) {
     ready_req *r = calloc(1, sizeof *r);
     if (!r)
         return;
@@ -662,8 +658,7 @@ static void retry_timer_cb(uv_timer_t *t) {
 static void schedule_retry(nats_state *st) {
     if (st->closing || st->final || !st->timer_init)
         return;
-    uv_timer_start(&st->timer, retry_timer_cb, (uint64_t)backoff_ms(&st->set, st->attempt++),
-                   0);
+    uv_timer_start(&st->timer, retry_timer_cb, (uint64_t)backoff_ms(&st->set, st->attempt++), 0);
 }
 
 static void final_task(void *arg);
@@ -681,7 +676,7 @@ static void close_run(void *arg) {
     until.tv_sec += CLOSE_WAIT_MS / 1000;
     pthread_mutex_lock(&st->mu);
     int rc = 0;
-    while ((st->live_subs > 0 || st->live_conns > 0) && rc == 0)
+    while (st->live_conns > 0 && rc == 0)
         rc = pthread_cond_timedwait(&st->cond, &st->mu, &until);
     pthread_mutex_unlock(&st->mu);
     /* From here on nats.c cannot reach the bus (late callbacks after a
@@ -694,56 +689,27 @@ static void close_run(void *arg) {
 
 /* ---- subscriptions on the connection (loop thread) ---- */
 
-static void take_dropped(nsub *ns) {
-    int64_t dropped = 0;
-    if (ns->sub && natsSubscription_GetDropped(ns->sub, &dropped) == NATS_OK) {
-        long long seen = atomic_load(&ns->dropped_seen);
-        if (dropped > seen &&
-            atomic_compare_exchange_strong(&ns->dropped_seen, &seen, (long long)dropped))
-            PSRPC__STAT_ADD(ns->st->bus, dropped_slow_consumer, (uint_fast64_t)(dropped - seen));
-    }
-}
-
 static void nsub_unsubscribe_nats(nsub *ns) {
     if (!ns->sub)
         return;
     take_dropped(ns);
-    natsSubscription_Destroy(ns->sub); /* UNSUB; on_sub_complete follows */
+    natsSubscription_Destroy(ns->sub); /* UNSUB; what it had queued is dropped */
     ns->sub = NULL;
 }
 
 static void nsub_subscribe_nats(nats_state *st, nsub *ns) {
     if (!st->nc || ns->sub || ns->dead || st->closing)
         return;
-    /* References for nats.c, taken before it can call us. */
-    atomic_fetch_add(&ns->refs, 1);
-    st_retain(st);
-    pthread_mutex_lock(&st->mu);
-    st->live_subs++;
-    pthread_mutex_unlock(&st->mu);
+    /* Synchronous: nats.c queues, nats_pull delivers on this thread. */
     natsSubscription *sub = NULL;
-    natsStatus s = ns->queue ? natsConnection_QueueSubscribe(&sub, st->nc, ns->subject,
-                                                             PSRPC__NATS_QUEUE_GROUP, on_msg, ns)
-                             : natsConnection_Subscribe(&sub, st->nc, ns->subject, on_msg, ns);
-    if (s != NATS_OK) {
-        /* Connection going away: the next connection subscribes again. */
-        pthread_mutex_lock(&st->mu);
-        st->live_subs--;
-        pthread_mutex_unlock(&st->mu);
-        atomic_fetch_sub(&ns->refs, 1);
-        st_release(st);
-        return;
-    }
-    if (natsSubscription_SetOnCompleteCB(sub, on_sub_complete, ns) != NATS_OK) {
-        /* Closed under us already: its handler may still run once, so its
-         * references stay (leaked in this rare race); close does not wait. */
-        pthread_mutex_lock(&st->mu);
-        st->live_subs--;
-        pthread_mutex_unlock(&st->mu);
-    }
+    natsStatus s = ns->queue ? natsConnection_QueueSubscribeSync(&sub, st->nc, ns->subject,
+                                                                 PSRPC__NATS_QUEUE_GROUP)
+                             : natsConnection_SubscribeSync(&sub, st->nc, ns->subject);
+    if (s != NATS_OK)
+        return; /* connection going away: the next connection subscribes again */
     int cap = st->set.queue_capacity > INT_MAX ? INT_MAX : (int)st->set.queue_capacity;
     natsSubscription_SetPendingLimits(sub, cap, NATS_PENDING_BYTES);
-    atomic_store(&ns->dropped_seen, 0);
+    ns->dropped_seen = 0;
     ns->sub = sub;
     ns->seq = ++st->sub_seq;
     request_flush(st);
@@ -906,6 +872,7 @@ static void nats_start(psrpc_bus *bus) {
         st->timer.data = st;
         st->timer_init = true;
     }
+    st->evctx.loop = bus->loop;
     if (psrpc__loop_start(&st->worker) != PSRPC_OK) {
         st->worker = NULL;
         psrpc__bus_set_state(bus, PSRPC_BUS_DISCONNECTED, PSRPC_UNAVAILABLE,
@@ -957,8 +924,8 @@ static int nats_publish(psrpc_bus *bus, const psrpc__channel *ch, psrpc_msg *byt
     const char *txt = clean_text(nats_GetLastError(NULL));
     int rc;
     if (s == NATS_MAX_PAYLOAD)
-        rc = psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "nats: publish to %s refused: %s",
-                          ch->server, *txt ? txt : natsStatus_GetText(s));
+        rc = psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "nats: publish to %s refused: %s", ch->server,
+                          *txt ? txt : natsStatus_GetText(s));
     else if (s == NATS_INSUFFICIENT_BUFFER)
         rc = psrpc__error(PSRPC_UNAVAILABLE,
                           "nats: reconnecting to %s and the reconnect buffer (%lld bytes) is full",
@@ -1012,8 +979,7 @@ static void nsub_drop(nats_state *st, nsub *ns) {
 }
 
 static psrpc__bus_sub *nats_subscribe(psrpc_bus *bus, const psrpc__channel *ch, bool queue,
-                                      psrpc__deliver_fn deliver, psrpc__ready_fn ready,
-                                      void *ctx) {
+                                      psrpc__deliver_fn deliver, psrpc__ready_fn ready, void *ctx) {
     nats_state *st = bus->transport_state;
     if (st->closing) {
         psrpc__error(PSRPC_CANCELED, "bus is closed");
@@ -1243,6 +1209,10 @@ int psrpc__nats_open(psrpc_bus *bus, const char *url) {
         s = natsOptions_SetErrorHandler(st->opts, on_async_error, st);
     if (s == NATS_OK)
         s = natsOptions_SetCustomReconnectDelay(st->opts, on_reconnect_delay, st);
+    st->evctx.after_read = nats_pull;
+    st->evctx.arg = st;
+    if (s == NATS_OK)
+        s = psrpc__nats_set_event_loop(st->opts, &st->evctx);
     if (s != NATS_OK) {
         natsOptions_Destroy(st->opts);
         free(st);
