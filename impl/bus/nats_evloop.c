@@ -1,15 +1,23 @@
 #include "nats_evloop.h"
 
+#include <fcntl.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include "common.h"
 
 typedef struct ev_conn ev_conn;
 
-/* The poll of one socket (a reconnect brings a new socket and a new poll). */
+/* The poll of one socket (a reconnect brings a new socket and a new poll).
+ * It polls its own duplicate of nats.c's descriptor: nats.c closes its
+ * descriptor on its own threads, possibly before the loop has stopped
+ * polling, and the number could then be reused by another socket while the
+ * loop still registers or unregisters it with epoll. The duplicate is closed
+ * on the loop thread once the poll is closed. */
 typedef struct ev_poll {
     uv_poll_t h;
     ev_conn *ec;
+    int fd; /* ours */
 } ev_poll;
 
 /* nats.c's "user data" of one connection. */
@@ -51,6 +59,7 @@ static void ec_release(ev_conn *ec) {
 static void poll_closed(uv_handle_t *h) {
     ev_poll *p = h->data;
     ev_conn *ec = p->ec;
+    close(p->fd);
     free(p);
     ec_release(ec);
 }
@@ -110,8 +119,11 @@ static void schedule_flush(ev_conn *ec) {
 static void apply(ev_conn *ec, int kind, bool add, natsSock fd) {
     switch (kind) {
     case T_ATTACH: {
-        if (ec->detached)
+        /* fd is our duplicate (ev_attach): this owns it. */
+        if (ec->detached) {
+            close(fd);
             return;
+        }
         close_poll(ec); /* the old socket's, on a reconnect */
         ev_poll *p = calloc(1, sizeof *p);
         uv_loop_t *uv = psrpc__loop_uv(ec->ctx->loop);
@@ -119,10 +131,12 @@ static void apply(ev_conn *ec, int kind, bool add, natsSock fd) {
             /* Unpolled, the connection hears nothing: nats.c's pings fail it
              * and it reconnects. */
             free(p);
+            close(fd);
             return;
         }
         p->h.data = p;
         p->ec = ec;
+        p->fd = fd;
         atomic_fetch_add(&ec->refs, 1);
         ec->poll = p;
         ec->events = 0;
@@ -215,11 +229,18 @@ static natsStatus ev_attach(void **user, void *loop, natsConnection *nc, natsSoc
         ec->nc = nc;
         *user = ec;
     }
+    int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dfd < 0)
+        return NATS_SYS_ERROR;
     if (psrpc__loop_on_thread(ctx->loop)) {
-        apply(ec, T_ATTACH, true, fd);
+        apply(ec, T_ATTACH, true, dfd);
         return NATS_OK;
     }
-    return post(ec, T_ATTACH, true, fd, NULL) == PSRPC_OK ? NATS_OK : NATS_ERR;
+    if (post(ec, T_ATTACH, true, dfd, NULL) != PSRPC_OK) {
+        close(dfd);
+        return NATS_ERR;
+    }
+    return NATS_OK;
 }
 
 static natsStatus ev_update(void *user, int kind, bool add) {

@@ -30,7 +30,7 @@ TEST(resp_matches_hiredis_formatter) {
     check_same(1, a1, l1);
 
     const char *a2[] = {"PUBLISH", "svc|Method|REQ", "\x00\x01\r\n$*binary"};
-    size_t l2[] = {7, 14, 14};
+    size_t l2[] = {7, 14, 12};
     check_same(3, a2, l2);
 
     const char *a3[] = {"SET", "", "", "EX", "5", "NX"}; /* empty arguments */
