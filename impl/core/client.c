@@ -547,7 +547,7 @@ static void on_response(void *ctx, const uint8_t *data, size_t len) {
     call *k = psrpc__map_get(&c->by_request, r->request_id);
     if (!k || k->state == CALL_DONE) {
         PSRPC__STAT_ADD(c->bus, dropped_unknown, 1);
-        protobuf_c_message_free_unpacked(&r->base, NULL);
+        psrpc__wire_free(&r->base);
         return;
     }
     bool failed = r->error && r->error[0];
@@ -586,7 +586,7 @@ static void on_response(void *ctx, const uint8_t *data, size_t len) {
         psrpc_msg_release(msg);
         psrpc__err_free(e);
     }
-    protobuf_c_message_free_unpacked(&r->base, NULL);
+    psrpc__wire_free(&r->base);
 }
 
 static void on_claim_request(void *ctx, const uint8_t *data, size_t len) {
@@ -602,7 +602,7 @@ static void on_claim_request(void *ctx, const uint8_t *data, size_t len) {
         on_claim(k, cr->server_id, cr->affinity, cr->handling);
     else
         PSRPC__STAT_ADD(c->bus, dropped_unknown, 1);
-    protobuf_c_message_free_unpacked(&cr->base, NULL);
+    psrpc__wire_free(&cr->base);
 }
 
 /* ---------------------------------------------------------------- streams */
@@ -637,7 +637,7 @@ static void on_stream_message(void *ctx, const uint8_t *data, size_t len) {
         else
             PSRPC__STAT_ADD(c->bus, dropped_unknown, 1);
     }
-    protobuf_c_message_free_unpacked(&is->base, NULL);
+    psrpc__wire_free(&is->base);
 }
 
 static void str_ready(void *ctx, int status, const char *message) {

@@ -634,7 +634,7 @@ static void on_request(void *ctx, const uint8_t *data, size_t len) {
         return;
     if (psrpc__now_ns() >= in->expiry) {
         PSRPC__STAT_ADD(s->bus, dropped_expired, 1);
-        protobuf_c_message_free_unpacked(&in->base, NULL);
+        psrpc__wire_free(&in->base);
         return;
     }
     const char **keys = in->n_metadata ? calloc(in->n_metadata, sizeof *keys) : NULL;
@@ -663,7 +663,7 @@ static void on_request(void *ctx, const uint8_t *data, size_t len) {
     if (!q)
         respond_error(s, in->client_id, in->request_id, "resource_exhausted",
                       "server out of memory");
-    protobuf_c_message_free_unpacked(&in->base, NULL);
+    psrpc__wire_free(&in->base);
     if (q)
         dispatch(r, q);
 }
@@ -709,7 +709,7 @@ static void on_stream_inbound(void *ctx, const uint8_t *data, size_t len) {
             psrpc__stream_handle(ss->stream, is);
         /* Other servers' streams travel on the same channel: not ours, not counted. */
     }
-    protobuf_c_message_free_unpacked(&is->base, NULL);
+    psrpc__wire_free(&is->base);
 }
 
 static void on_claim_response(void *ctx, const uint8_t *data, size_t len) {
@@ -721,7 +721,7 @@ static void on_claim_response(void *ctx, const uint8_t *data, size_t len) {
         return;
     psrpc_request *q = psrpc__map_get(&s->claims, cr->request_id);
     bool mine = q && q->reg == r && strcmp(cr->server_id, s->id) == 0;
-    protobuf_c_message_free_unpacked(&cr->base, NULL);
+    psrpc__wire_free(&cr->base);
     if (!q || q->reg != r)
         return;
     if (!mine || !r->active || s->state != PSRPC__OPEN || atomic_load(&r->deregistered) ||

@@ -7,6 +7,8 @@
 #include "wire.h"
 
 #include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <zlib.h>
 
 #include "channel.h"
@@ -390,55 +392,111 @@ static uint8_t *gzip_smaller(const uint8_t *src, size_t len, size_t *out_len) {
     return buf;
 }
 
+/* Msg (section 3.3) written by hand, straight into the message buffer: the
+ * fields in number order, proto3 defaults left out, as protobuf-c and Go
+ * write them (the unit tests compare with envelopes printed by Go). */
+static size_t varint_len(size_t v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *put_varint(uint8_t *p, size_t v) {
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+static size_t len_field_size(size_t len) { return len ? 1 + varint_len(len) + len : 0; }
+
+#define TYPE_URL_PREFIX_LEN (sizeof PSRPC__TYPE_URL_PREFIX - 1)
+
+static size_t envelope_size(size_t type_len, size_t value_len, size_t channel_len, bool gzip) {
+    return len_field_size(TYPE_URL_PREFIX_LEN + type_len) + len_field_size(value_len) +
+           len_field_size(channel_len) + (gzip ? 2 : 0);
+}
+
+/* Writes the Msg fields into p (envelope_size bytes). Of field 2 only the
+ * tag and length: the caller writes the value_len bytes of the value at the
+ * returned pointer (NULL when value_len is 0). */
+static uint8_t *envelope_write(uint8_t *p, const char *type_name, size_t type_len, size_t value_len,
+                               const char *channel, size_t channel_len, bool gzip) {
+    *p++ = (1 << 3) | 2;
+    p = put_varint(p, TYPE_URL_PREFIX_LEN + type_len);
+    memcpy(p, PSRPC__TYPE_URL_PREFIX, TYPE_URL_PREFIX_LEN);
+    p += TYPE_URL_PREFIX_LEN;
+    memcpy(p, type_name, type_len);
+    p += type_len;
+    uint8_t *value = NULL;
+    if (value_len) {
+        *p++ = (2 << 3) | 2;
+        p = put_varint(p, value_len);
+        value = p;
+        p += value_len;
+    }
+    if (channel_len) {
+        *p++ = (3 << 3) | 2;
+        p = put_varint(p, channel_len);
+        memcpy(p, channel, channel_len);
+        p += channel_len;
+    }
+    if (gzip) {
+        *p++ = (4 << 3) | 0;
+        *p++ = INTERNAL__COMPRESSION__COMPRESSION_GZIP;
+    }
+    return value;
+}
+
+/* The checks and the compression decision shared by both wrap functions. */
+static int wrap_check(const char *type_name, const char *channel_key, size_t *type_len,
+                      size_t *channel_len) {
+    PSRPC__CHECK_ARG(type_name && *type_name, "wire: type name is empty");
+    *type_len = strlen(type_name);
+    PSRPC__CHECK_ARG(psrpc__utf8_valid(type_name, *type_len), "wire: type name is not UTF-8");
+    *channel_len = channel_key ? strlen(channel_key) : 0;
+    PSRPC__CHECK_ARG(!channel_key || psrpc__utf8_valid(channel_key, *channel_len),
+                     "wire: channel key is not UTF-8");
+    if (*type_len > SIZE_MAX / 4 || *channel_len > SIZE_MAX / 4)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "wire: name too long");
+    return PSRPC_OK;
+}
+
 int psrpc__wire_wrap(psrpc_msg **out, const char *type_name, const uint8_t *payload,
                      size_t payload_len, const char *channel_key, size_t compress_threshold) {
     *out = NULL;
-    PSRPC__CHECK_ARG(type_name && *type_name, "wire: type name is empty");
     PSRPC__CHECK_ARG(payload || payload_len == 0, "wire: payload is NULL");
-    size_t type_len = strlen(type_name);
-    PSRPC__CHECK_ARG(psrpc__utf8_valid(type_name, type_len), "wire: type name is not UTF-8");
-    PSRPC__CHECK_ARG(!channel_key || psrpc__utf8_valid(channel_key, strlen(channel_key)),
-                     "wire: channel key is not UTF-8");
-
-    size_t prefix_len = sizeof PSRPC__TYPE_URL_PREFIX - 1;
-    if (type_len > SIZE_MAX - prefix_len - 1)
-        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "wire: type name too long");
-    char *type_url = malloc(prefix_len + type_len + 1);
-    if (!type_url)
-        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory wrapping a message");
-    memcpy(type_url, PSRPC__TYPE_URL_PREFIX, prefix_len);
-    memcpy(type_url + prefix_len, type_name, type_len + 1);
-
-    Internal__Msg m = INTERNAL__MSG__INIT;
-    m.type_url = type_url;
-    m.value.data = (uint8_t *)(uintptr_t)payload;
-    m.value.len = payload_len;
-    m.channel = channel_key ? (char *)(uintptr_t)channel_key : (char *)protobuf_c_empty_string;
-
+    size_t type_len, channel_len;
+    int rc = wrap_check(type_name, channel_key, &type_len, &channel_len);
+    if (rc != PSRPC_OK)
+        return rc;
+    if (payload_len > SIZE_MAX / 4)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "wire: payload too large");
     uint8_t *zipped = NULL;
-    if (compress_threshold > 0 && payload_len >= compress_threshold) {
-        size_t zlen = 0;
-        zipped = gzip_smaller(payload, payload_len, &zlen);
-        if (zipped) {
-            m.value.data = zipped;
-            m.value.len = zlen;
-            m.compression = INTERNAL__COMPRESSION__COMPRESSION_GZIP;
-        }
+    size_t zlen = 0;
+    if (compress_threshold > 0 && payload_len >= compress_threshold &&
+        (zipped = gzip_smaller(payload, payload_len, &zlen))) {
+        payload = zipped;
+        payload_len = zlen;
     }
-
-    size_t size = internal__msg__get_packed_size(&m);
-    psrpc_msg *msg = psrpc__msg_alloc(size);
-    int rc = 0;
+    bool gzip = zipped != NULL;
+    psrpc_msg *msg = psrpc__msg_alloc(envelope_size(type_len, payload_len, channel_len, gzip));
     if (!msg) {
-        rc = psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory wrapping a message");
-    } else {
-        size_t packed = internal__msg__pack(&m, msg->data);
-        (void)packed;
-        *out = msg;
+        free(zipped);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory wrapping a message");
     }
+    uint8_t *value =
+        envelope_write(msg->data, type_name, type_len, payload_len, channel_key, channel_len, gzip);
+    if (payload_len)
+        memcpy(value, payload, payload_len);
     free(zipped);
-    free(type_url);
-    return rc;
+    *out = msg;
+    return PSRPC_OK;
 }
 
 /* ---- control messages --------------------------------------------------- */
@@ -496,14 +554,32 @@ int psrpc__wire_wrap_message(psrpc_msg **out, const ProtobufCMessage *message,
         return psrpc__error(PSRPC_INVALID_ARGUMENT, "wire: %s has a string that is not UTF-8",
                             message->descriptor->name);
     size_t size = protobuf_c_message_get_packed_size(message);
-    uint8_t *buf = malloc(size ? size : 1);
-    if (!buf)
-        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory packing a message");
-    protobuf_c_message_pack(message, buf);
-    int rc = psrpc__wire_wrap(out, message->descriptor->name, buf, size, channel_key,
-                              compress_threshold);
-    free(buf);
-    return rc;
+    if (compress_threshold > 0 && size >= compress_threshold) {
+        /* Packed on its own first, then compressed. */
+        uint8_t *buf = malloc(size ? size : 1);
+        if (!buf)
+            return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory packing a message");
+        protobuf_c_message_pack(message, buf);
+        int rc = psrpc__wire_wrap(out, message->descriptor->name, buf, size, channel_key,
+                                  compress_threshold);
+        free(buf);
+        return rc;
+    }
+    /* Packed in place, inside the envelope: one allocation, no copy. */
+    const char *type_name = message->descriptor->name;
+    size_t type_len, channel_len;
+    int rc = wrap_check(type_name, channel_key, &type_len, &channel_len);
+    if (rc != PSRPC_OK)
+        return rc;
+    psrpc_msg *msg = psrpc__msg_alloc(envelope_size(type_len, size, channel_len, false));
+    if (!msg)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory wrapping a message");
+    uint8_t *value =
+        envelope_write(msg->data, type_name, type_len, size, channel_key, channel_len, false);
+    if (size)
+        protobuf_c_message_pack(message, value);
+    *out = msg;
+    return PSRPC_OK;
 }
 
 /* Walks the raw bytes of a message of type desc before protobuf-c sees them:
@@ -537,23 +613,80 @@ static bool raw_strings_ok(const ProtobufCMessageDescriptor *desc, const uint8_t
     return true;
 }
 
-typedef struct budget {
-    size_t left;
-} budget;
+/* Unpacked control messages live in an arena: protobuf-c allocates a
+ * message, its strings, repeated fields and sub-messages one block each
+ * (seven or more for a Request); here they come out of one block sized from
+ * the input, and psrpc__wire_free releases them at once. The arena header
+ * sits right before the message, which protobuf-c allocates first (checked
+ * on every unpack). The budget bounds what hostile input can make it
+ * allocate. */
+#define ARENA_MAGIC 0x70617265u /* "pare" */
+#define ARENA_ALIGN 16
 
-static void *budget_alloc(void *data, size_t size) {
-    budget *b = data;
-    if (size > b->left)
+typedef struct arena_block {
+    struct arena_block *next;
+} arena_block;
+
+typedef struct arena {
+    uint32_t magic;
+    size_t budget_left;
+    char *cur, *end;     /* free space of the newest block */
+    arena_block *blocks; /* blocks after the first */
+    void *first;         /* the first allocation (must be the message) */
+    _Alignas(ARENA_ALIGN) char data[];
+} arena;
+
+static size_t align_up(size_t n) { return (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1); }
+
+static void *arena_alloc(void *ctx, size_t size) {
+    arena *a = ctx;
+    size = align_up(size ? size : 1);
+    if (size > a->budget_left)
         return NULL;
-    void *p = malloc(size);
-    if (p)
-        b->left -= size;
+    if ((size_t)(a->end - a->cur) < size) {
+        size_t cap = size > 4096 ? size : 4096;
+        arena_block *b = malloc(sizeof(arena_block) + ARENA_ALIGN + cap);
+        if (!b)
+            return NULL;
+        b->next = a->blocks;
+        a->blocks = b;
+        a->cur = (char *)b + align_up(sizeof(arena_block));
+        a->end = a->cur + cap;
+    }
+    void *p = a->cur;
+    a->cur += size;
+    a->budget_left -= size;
+    if (!a->first)
+        a->first = p;
     return p;
 }
 
-static void budget_free(void *data, void *p) {
-    (void)data;
-    free(p);
+static void arena_free_block(void *ctx, void *p) {
+    (void)ctx;
+    (void)p; /* released with the arena */
+}
+
+static void arena_destroy(arena *a) {
+    arena_block *b = a->blocks;
+    while (b) {
+        arena_block *next = b->next;
+        free(b);
+        b = next;
+    }
+    a->magic = 0;
+    free(a);
+}
+
+void psrpc__wire_free(ProtobufCMessage *m) {
+    if (!m)
+        return;
+    arena *a = (arena *)((char *)m - offsetof(arena, data));
+    if (a->magic != ARENA_MAGIC) {
+        /* Not from psrpc__wire_unpack: a caller bug, never freed blindly. */
+        fputs("psrpc: psrpc__wire_free of a message it did not unpack\n", stderr);
+        abort();
+    }
+    arena_destroy(a);
 }
 
 int psrpc__wire_unpack(ProtobufCMessage **out, const psrpc__envelope *env,
@@ -568,12 +701,30 @@ int psrpc__wire_unpack(ProtobufCMessage **out, const psrpc__envelope *env,
     if (!raw_strings_ok(desc, data, data + env->value_len, 0))
         return psrpc__error(PSRPC_MALFORMED_REQUEST, "wire: %s is malformed or not UTF-8",
                             desc->name);
-    budget b = {UNPACK_BUDGET(env->value_len)};
-    ProtobufCAllocator alloc = {budget_alloc, budget_free, &b};
-    /* Blocks come from malloc, so the caller frees with the default allocator. */
+    /* Room for a typical message (struct, strings, pointer arrays) in the
+     * first block; more blocks only for unusual ones. */
+    size_t first = align_up(desc->sizeof_message) + align_up(env->value_len + 64) * 2;
+    arena *a = malloc(sizeof(arena) + first);
+    if (!a)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    a->magic = ARENA_MAGIC;
+    a->budget_left = UNPACK_BUDGET(env->value_len);
+    a->cur = a->data;
+    a->end = a->data + first;
+    a->blocks = NULL;
+    a->first = NULL;
+    ProtobufCAllocator alloc = {arena_alloc, arena_free_block, a};
     ProtobufCMessage *m = protobuf_c_message_unpack(desc, &alloc, env->value_len, data);
-    if (!m)
+    if (!m) {
+        arena_destroy(a);
         return psrpc__error(PSRPC_MALFORMED_REQUEST, "wire: cannot decode %s", desc->name);
+    }
+    if ((void *)m != (void *)a->data) {
+        /* protobuf-c allocated something before the message: psrpc__wire_free
+         * could not find the arena. */
+        arena_destroy(a);
+        return psrpc__error(PSRPC_INTERNAL, "wire: unexpected protobuf-c allocation order");
+    }
     *out = m;
     return 0;
 }

@@ -50,9 +50,13 @@ void psrpc__envelope_clear(psrpc__envelope *env);
 /* Unpacks env's payload as the control message described by desc, checking
  * that type_name matches desc and that every string (map keys and values
  * included) is valid UTF-8. Returns 0 with *out to be freed with
- * protobuf_c_message_free_unpacked(*out, NULL), or PSRPC_MALFORMED_REQUEST. */
+ * psrpc__wire_free (one arena: not protobuf_c_message_free_unpacked), or
+ * PSRPC_MALFORMED_REQUEST. */
 int psrpc__wire_unpack(ProtobufCMessage **out, const psrpc__envelope *env,
                        const ProtobufCMessageDescriptor *desc);
+
+/* Frees a message from psrpc__wire_unpack (NULL is ignored). */
+void psrpc__wire_free(ProtobufCMessage *m);
 
 /* NATS router: reads only field 3 of a Msg (section 3.3) without decoding the
  * rest. Returns 0 with *key (malloc'd; "" when absent), or

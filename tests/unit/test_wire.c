@@ -158,7 +158,7 @@ static void poke(const uint8_t *d, size_t n) {
         for (size_t i = 0; i < PSRPC__ARRAY_SIZE(all_descs); i++) {
             ProtobufCMessage *m = NULL;
             if (psrpc__wire_unpack(&m, &env, all_descs[i]) == 0)
-                protobuf_c_message_free_unpacked(m, NULL);
+                psrpc__wire_free(m);
         }
         psrpc__envelope_clear(&env);
     }
@@ -170,7 +170,7 @@ static void poke(const uint8_t *d, size_t n) {
         psrpc__envelope inner = {all_descs[i]->name, n ? d : NULL, n, "", NULL};
         ProtobufCMessage *m = NULL;
         if (psrpc__wire_unpack(&m, &inner, all_descs[i]) == 0)
-            protobuf_c_message_free_unpacked(m, NULL);
+            psrpc__wire_free(m);
     }
 }
 
@@ -245,7 +245,7 @@ TEST(byte_level_example_5_6) {
           strcmp(got->metadata[0]->value, "v") == 0);
     CHECK(got->raw_request.len == 2 && memcmp(got->raw_request.data, raw_0801, 2) == 0);
     CHECK(!got->multi && !got->skip_claim && got->request == NULL);
-    protobuf_c_message_free_unpacked(m, NULL);
+    psrpc__wire_free(m);
     psrpc__envelope_clear(&env);
 
     char *k = NULL;
@@ -284,7 +284,7 @@ TEST(empty_oneof_bodies_are_encoded) {
     ProtobufCMessage *back = NULL;
     CHECK_EQ_INT(decode_as(m->data, m->len, &internal__stream__descriptor, &back), 0);
     CHECK(back && ((Internal__Stream *)back)->body_case == INTERNAL__STREAM__BODY_ACK);
-    protobuf_c_message_free_unpacked(back, NULL);
+    psrpc__wire_free(back);
     psrpc_msg_release(m);
 
     Internal__StreamClose close = INTERNAL__STREAM_CLOSE__INIT;
@@ -338,7 +338,7 @@ TEST(claim_request_affinity_float) {
     CHECK_EQ_INT(decode_as(m->data, m->len, &internal__claim_request__descriptor, &back), 0);
     CHECK(back && ((Internal__ClaimRequest *)back)->affinity == 1.0f &&
           ((Internal__ClaimRequest *)back)->handling);
-    protobuf_c_message_free_unpacked(back, NULL);
+    psrpc__wire_free(back);
     psrpc_msg_release(m);
 }
 
@@ -402,7 +402,7 @@ TEST(golden_envelopes_v0_8_2) {
                 }
                 if (w)
                     psrpc_msg_release(w);
-                protobuf_c_message_free_unpacked(m, NULL);
+                psrpc__wire_free(m);
             }
             if (strcmp(label, "request_gzip") == 0) {
                 /* The cap applies to the decompressed size. */
@@ -468,13 +468,13 @@ TEST(decode_absent_defaults_and_map_entries) {
     CHECK(!strcmp(r->metadata[1]->key, "k") && !strcmp(r->metadata[1]->value, ""));
     CHECK(!strcmp(r->metadata[2]->key, "") && !strcmp(r->metadata[2]->value, "v"));
     CHECK(!strcmp(r->metadata[3]->key, "a") && !strcmp(r->metadata[3]->value, "b"));
-    protobuf_c_message_free_unpacked(m, NULL);
+    psrpc__wire_free(m);
 
     /* A Msg with no value at all is an empty message of that type. */
     pb_msg(&out, "type.googleapis.com/internal.StreamClose", NULL, 0);
     CHECK_EQ_INT(decode_as(out.d, out.n, &internal__stream_close__descriptor, &m), 0);
     CHECK(m && !strcmp(((Internal__StreamClose *)m)->code, ""));
-    protobuf_c_message_free_unpacked(m, NULL);
+    psrpc__wire_free(m);
 }
 
 TEST(decode_unknown_fields) {
@@ -503,7 +503,7 @@ TEST(decode_unknown_fields) {
     CHECK_EQ_INT(psrpc__wire_unpack(&m, &env, &internal__request__descriptor), 0);
     CHECK(m && !strcmp(((Internal__Request *)m)->request_id, "r"));
     if (m)
-        protobuf_c_message_free_unpacked(m, NULL);
+        psrpc__wire_free(m);
     psrpc__envelope_clear(&env);
 
     /* Last occurrence wins: type_url, value and channel. */
@@ -532,7 +532,7 @@ TEST(decode_unknown_fields) {
     CHECK_EQ_INT(psrpc__wire_unpack(&m, &inner, &internal__stream__descriptor), 0);
     CHECK(m && ((Internal__Stream *)m)->body_case == INTERNAL__STREAM__BODY_CLOSE);
     if (m)
-        protobuf_c_message_free_unpacked(m, NULL);
+        psrpc__wire_free(m);
 }
 
 TEST(type_url_last_slash_rule) {
@@ -545,7 +545,7 @@ TEST(type_url_last_slash_rule) {
         ProtobufCMessage *m = NULL;
         CHECK_EQ_INT(decode_as(out.d, out.n, &internal__request__descriptor, &m), 0);
         if (m)
-            protobuf_c_message_free_unpacked(m, NULL);
+            psrpc__wire_free(m);
     }
     static const char *const bad[] = {"type.googleapis.com/", "", "x/"};
     for (size_t i = 0; i < PSRPC__ARRAY_SIZE(bad); i++) {
@@ -574,7 +574,7 @@ static int decode_inner(const char *type, const pb *in, const ProtobufCMessageDe
     ProtobufCMessage *m = NULL;
     int rc = decode_as(out.d, out.n, desc, &m);
     if (m)
-        protobuf_c_message_free_unpacked(m, NULL);
+        psrpc__wire_free(m);
     return rc;
 }
 
@@ -975,7 +975,7 @@ TEST(unpack_budget_allows_dense_inputs) {
     CHECK_EQ_INT(psrpc__wire_unpack(&m, &env, &internal__request__descriptor), 0);
     CHECK(m && ((Internal__Request *)m)->n_metadata == 30000);
     if (m)
-        protobuf_c_message_free_unpacked(m, NULL);
+        psrpc__wire_free(m);
 
     in.n = 0;
     for (int i = 0; i < 30000; i++)
@@ -983,7 +983,7 @@ TEST(unpack_budget_allows_dense_inputs) {
     env.value_len = in.n;
     CHECK_EQ_INT(psrpc__wire_unpack(&m, &env, &internal__request__descriptor), 0);
     if (m)
-        protobuf_c_message_free_unpacked(m, NULL);
+        psrpc__wire_free(m);
 
     /* A singular message field and oneof bodies repeated: merged / replaced. */
     in.n = 0;
@@ -993,7 +993,7 @@ TEST(unpack_budget_allows_dense_inputs) {
     env.value_len = in.n;
     CHECK_EQ_INT(psrpc__wire_unpack(&m, &env, &internal__response__descriptor), 0);
     if (m)
-        protobuf_c_message_free_unpacked(m, NULL);
+        psrpc__wire_free(m);
     in.n = 0;
     for (int i = 0; i < 20000; i++)
         pb_raw(&in, "\x42\x00\x4a\x00", 4);
@@ -1002,7 +1002,7 @@ TEST(unpack_budget_allows_dense_inputs) {
     CHECK_EQ_INT(psrpc__wire_unpack(&m, &env, &internal__stream__descriptor), 0);
     CHECK(m && ((Internal__Stream *)m)->body_case == INTERNAL__STREAM__BODY_CLOSE);
     if (m)
-        protobuf_c_message_free_unpacked(m, NULL);
+        psrpc__wire_free(m);
 
     in.n = 0;
     pb_str(&in, 1, "s");
@@ -1015,7 +1015,7 @@ TEST(unpack_budget_allows_dense_inputs) {
     CHECK_EQ_INT(psrpc__wire_unpack(&m, &env, &internal__stream__descriptor), 0);
     CHECK(m && ((Internal__Stream *)m)->open->n_metadata == 10000);
     if (m)
-        protobuf_c_message_free_unpacked(m, NULL);
+        psrpc__wire_free(m);
 }
 
 /* ---- fuzz-ish ---------------------------------------------------------------- */
