@@ -44,6 +44,12 @@ struct psrpc_client {
     psrpc__bus_sub *str_sub;
     bool str_ready;
     call *waiting; /* calls queued until the reply channels are confirmed */
+    /* Deadlines: one timer for the client, armed for the earliest call of a
+     * list kept in deadline order (calls mostly share a timeout, so a new
+     * call goes to the tail in O(1)). */
+    uv_timer_t dl_timer;
+    bool dl_timer_on; /* initialized (while started) */
+    call *dl_head, *dl_tail;
     sub_t *subs;
     psrpc__closed_waiter *closed_waiters;
     void (*child_done)(psrpc__child *);
@@ -91,9 +97,11 @@ struct call {
     int state;
     bool in_waiting;
     call *next_waiting;
-    uv_timer_t deadline_timer, select_timer;
-    bool timers_on;
-    int timers_open;
+    uint64_t due_ms; /* loop time of the deadline */
+    call *dl_prev, *dl_next;
+    bool in_dl;
+    uv_timer_t select_timer; /* initialized when selection first needs it */
+    bool select_on;
 };
 
 struct psrpc_selection {
@@ -173,10 +181,98 @@ static void call_free(call *k) {
     client_release(c);
 }
 
-static void timer_closed(uv_handle_t *h) {
-    call *k = h->data;
-    if (--k->timers_open == 0)
-        call_free(k);
+static void select_timer_closed(uv_handle_t *h) { call_free(h->data); }
+
+static void call_free_task(void *arg) { call_free(arg); }
+
+/* ---------------------------------------------------------------- deadlines */
+
+static void dl_fired(uv_timer_t *t);
+
+static void dl_arm(psrpc_client *c) {
+    if (!c->dl_timer_on)
+        return;
+    if (!c->dl_head) {
+        uv_timer_stop(&c->dl_timer);
+        return;
+    }
+    uint64_t now = uv_now(c->dl_timer.loop);
+    uint64_t due = c->dl_head->due_ms;
+    uint64_t in = due > now ? due - now : 0;
+    /* Re-armed only when the earliest deadline moved earlier; a timer firing
+     * for a call that already completed just re-arms for the next. */
+    if (!uv_is_active((uv_handle_t *)&c->dl_timer) || in < uv_timer_get_due_in(&c->dl_timer))
+        uv_timer_start(&c->dl_timer, dl_fired, in, 0);
+}
+
+static void dl_insert(call *k, uint64_t due_ms) {
+    psrpc_client *c = k->client;
+    k->due_ms = due_ms;
+    call *after = c->dl_tail;
+    while (after && after->due_ms > due_ms)
+        after = after->dl_prev;
+    k->dl_prev = after;
+    k->dl_next = after ? after->dl_next : c->dl_head;
+    if (k->dl_next)
+        k->dl_next->dl_prev = k;
+    else
+        c->dl_tail = k;
+    if (after)
+        after->dl_next = k;
+    else
+        c->dl_head = k;
+    k->in_dl = true;
+    if (c->dl_head == k)
+        dl_arm(c);
+}
+
+static void dl_remove(call *k) {
+    if (!k->in_dl)
+        return;
+    psrpc_client *c = k->client;
+    if (k->dl_prev)
+        k->dl_prev->dl_next = k->dl_next;
+    else
+        c->dl_head = k->dl_next;
+    if (k->dl_next)
+        k->dl_next->dl_prev = k->dl_prev;
+    else
+        c->dl_tail = k->dl_prev;
+    k->dl_prev = k->dl_next = NULL;
+    k->in_dl = false;
+}
+
+static void deadline_fired(call *k);
+
+static void dl_fired(uv_timer_t *t) {
+    psrpc_client *c = t->data;
+    uint64_t now = uv_now(t->loop);
+    client_retain(c);
+    while (c->dl_head && c->dl_head->due_ms <= now) {
+        call *k = c->dl_head;
+        dl_remove(k);
+        deadline_fired(k);
+    }
+    dl_arm(c);
+    client_release(c);
+}
+
+static void dl_timer_closed(uv_handle_t *h) { client_release(h->data); }
+
+static void select_timeout(uv_timer_t *t);
+
+static void select_timer_start(call *k, uint64_t due) {
+    if (!k->select_on) {
+        uv_timer_init(psrpc__loop_uv(k->client->bus->loop), &k->select_timer);
+        k->select_timer.data = k;
+        k->select_on = true;
+    }
+    uv_timer_start(&k->select_timer, select_timeout, due, 0);
+}
+
+static void select_timer_stop(call *k) {
+    if (k->select_on)
+        uv_timer_stop(&k->select_timer);
 }
 
 static void unlink_waiting(call *k) {
@@ -200,15 +296,14 @@ static void call_dispose(call *k) {
         psrpc__map_del(&c->by_request, k->request_id);
     if (psrpc__map_get(&c->by_id, k->id_key) == k)
         psrpc__map_del(&c->by_id, k->id_key);
-    if (k->timers_on) {
-        k->timers_on = false;
-        k->timers_open = 2;
-        uv_timer_stop(&k->deadline_timer);
-        uv_timer_stop(&k->select_timer);
-        uv_close((uv_handle_t *)&k->deadline_timer, timer_closed);
-        uv_close((uv_handle_t *)&k->select_timer, timer_closed);
-    } else {
-        call_free(k);
+    dl_remove(k);
+    /* Freed on a later task, never under the caller: the code that completed
+     * the call may still read it when this returns. */
+    if (k->select_on) {
+        k->select_on = false;
+        uv_close((uv_handle_t *)&k->select_timer, select_timer_closed);
+    } else if (psrpc__bus_post(c->bus, call_free_task, k) != PSRPC_OK) {
+        call_free(k); /* the loop is stopping: no callback runs any more */
     }
 }
 
@@ -296,7 +391,7 @@ static void select_timeout(uv_timer_t *t) {
 
 /* Selection ended (wire spec 8.3 "When the selection ends"). */
 static void selection_result(call *k) {
-    uv_timer_stop(&k->select_timer);
+    select_timer_stop(k);
     if (k->sel.select) {
         psrpc_selection *s = calloc(1, sizeof *s);
         psrpc_claim *claims = k->eligible_count ? calloc(k->eligible_count, sizeof *claims) : NULL;
@@ -344,7 +439,7 @@ static void selection_result(call *k) {
 static void on_claim(call *k, const char *server_id, float affinity, bool handling) {
     if (handling) {
         /* Announced, not bid (v0.8): the server already runs the request. */
-        uv_timer_stop(&k->select_timer);
+        select_timer_stop(k);
         k->state = CALL_WAIT_RESPONSE;
         return;
     }
@@ -353,7 +448,7 @@ static void on_claim(call *k, const char *server_id, float affinity, bool handli
     bool eligible = o->minimum_affinity <= 0 || affinity >= o->minimum_affinity;
     if (eligible && ((o->flags & PSRPC_SELECT_ACCEPT_FIRST_AVAILABLE) ||
                      (o->maximum_affinity > 0 && affinity >= o->maximum_affinity))) {
-        uv_timer_stop(&k->select_timer);
+        select_timer_stop(k);
         send_claim_response(k, server_id);
         return;
     }
@@ -381,14 +476,13 @@ static void on_claim(call *k, const char *server_id, float affinity, bool handli
     if (eligible && o->short_circuit_timeout_ms > 0 && !k->shorted) {
         k->shorted = true;
         uint64_t due = (uint64_t)o->short_circuit_timeout_ms;
-        uint64_t left = uv_timer_get_due_in(&k->select_timer);
-        if (!uv_is_active((uv_handle_t *)&k->select_timer) || due < left)
-            uv_timer_start(&k->select_timer, select_timeout, due, 0);
+        if (!k->select_on || !uv_is_active((uv_handle_t *)&k->select_timer) ||
+            due < uv_timer_get_due_in(&k->select_timer))
+            select_timer_start(k, due);
     }
 }
 
-static void deadline_fired(uv_timer_t *t) {
-    call *k = t->data;
+static void deadline_fired(call *k) {
     switch (k->state) {
     case CALL_SELECTING:
         if (k->multi)
@@ -529,8 +623,7 @@ static void call_send(call *k) {
     if (k->require_claim) {
         k->state = CALL_SELECTING;
         if (k->sel.affinity_timeout_ms > 0)
-            uv_timer_start(&k->select_timer, select_timeout, (uint64_t)k->sel.affinity_timeout_ms,
-                           0);
+            select_timer_start(k, (uint64_t)k->sel.affinity_timeout_ms);
     } else {
         k->state = CALL_WAIT_RESPONSE;
     }
@@ -555,7 +648,7 @@ static void on_response(void *ctx, const uint8_t *data, size_t len) {
      * queue method (the sole responder); on a broadcast an early error may yet
      * be outbid, so it is held back. */
     if (k->state == CALL_SELECTING && (!failed || k->method.routing == PSRPC_ROUTING_QUEUE)) {
-        uv_timer_stop(&k->select_timer);
+        select_timer_stop(k);
         k->state = CALL_WAIT_RESPONSE;
     }
     if (k->state == CALL_SELECTING || k->state == CALL_SELECT_CB) {
@@ -752,6 +845,10 @@ static void client_start(psrpc_client *c) {
     }
     c->started = true;
     client_retain(c); /* the loop's reference, dropped when closed */
+    uv_timer_init(psrpc__loop_uv(c->bus->loop), &c->dl_timer);
+    c->dl_timer.data = c;
+    c->dl_timer_on = true;
+    client_retain(c); /* the timer's, until its close callback */
     psrpc__bus_add_child(c->bus, &c->child);
     c->ready_pending = 2;
     c->res_sub = psrpc__bus_subscribe(c->bus, &c->res_ch, false, on_response, reply_ready, c);
@@ -808,6 +905,10 @@ static void client_do_close(psrpc_client *c) {
         sub_finish(s);
     }
     c->state = PSRPC__CLOSED;
+    if (c->dl_timer_on) {
+        c->dl_timer_on = false;
+        uv_close((uv_handle_t *)&c->dl_timer, dl_timer_closed);
+    }
     if (c->started)
         psrpc__bus_remove_child(c->bus, &c->child);
     run_closed_waiters(&c->closed_waiters);
@@ -954,12 +1055,7 @@ static void call_task(void *arg) {
         call_fail(k, PSRPC_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    uv_loop_t *uv = psrpc__loop_uv(c->bus->loop);
-    uv_timer_init(uv, &k->deadline_timer);
-    uv_timer_init(uv, &k->select_timer);
-    k->deadline_timer.data = k->select_timer.data = k;
-    k->timers_on = true;
-    uv_timer_start(&k->deadline_timer, deadline_fired, (uint64_t)k->timeout_ms, 0);
+    dl_insert(k, uv_now(psrpc__loop_uv(c->bus->loop)) + (uint64_t)k->timeout_ms);
     if (k->stream) {
         if (psrpc__map_put(&c->streams, psrpc__stream_id(k->stream), k->stream) != PSRPC_OK) {
             call_fail(k, PSRPC_RESOURCE_EXHAUSTED, "out of memory");
