@@ -10,7 +10,7 @@
 #        build-tsan  TSan (-DPSRPC_SANITIZE=thread, clang)
 #   4. runs every ctest test in build (interop included: the Go side is set
 #      up by tests/interop/setup.sh), every test but interop in build-asan
-#      (PSRPC_TEST_TIME_FACTOR=3), the "local" and "nats" labels in
+#      (PSRPC_TEST_TIME_FACTOR=3), the "local", "nats" and "redis" labels in
 #      build-tsan (any TSan report fails), the Python binding's pytest suite
 #      (bindings/python/run_tests.sh), and valgrind memcheck over the unit and
 #      local test executables and the add_value example
@@ -163,7 +163,7 @@ if [ "$tsan_ok" -eq 1 ]; then
     fi
     step ctest-tsan-local env PSRPC_TEST_TIME_FACTOR=3 TSAN_OPTIONS="${TSAN_OPTIONS:-$tsan_options}" \
         ctest --test-dir "$root/build-tsan" --output-on-failure --no-tests=error -j "$jobs" \
-        -L '^(local|nats)$'
+        -L '^(local|nats|redis)$'
 else
     skip ctest-tsan-local "build-tsan failed"
 fi
