@@ -166,21 +166,26 @@ static int drain_wbio(psrpc__rconn *c) {
     return 0;
 }
 
+/* Empties a written buffer: wipes it if it held a secret, and frees it if a
+ * burst made it large (not kept for the connection's lifetime). */
+static void buf_written(char **buf, size_t *len, size_t *cap, bool *secret) {
+    if (*secret) {
+        OPENSSL_cleanse(*buf, *len);
+        *secret = false;
+    }
+    *len = 0;
+    if (*cap > (size_t)4 * RCONN_READ_CHUNK) {
+        free(*buf);
+        *buf = NULL;
+        *cap = 0;
+    }
+}
+
 static void write_cb(uv_write_t *req, int status) {
     psrpc__rconn *c = req->data;
     c->pending--;
     c->writing = false;
-    if (c->wbuf_secret) {
-        OPENSSL_cleanse(c->wbuf, c->wbuf_len);
-        c->wbuf_secret = false;
-    }
-    c->wbuf_len = 0;
-    if (c->wbuf_cap > (size_t)4 * RCONN_READ_CHUNK) {
-        /* Do not keep a burst's buffer for the connection's lifetime. */
-        free(c->wbuf);
-        c->wbuf = NULL;
-        c->wbuf_cap = 0;
-    }
+    buf_written(&c->wbuf, &c->wbuf_len, &c->wbuf_cap, &c->wbuf_secret);
     if (c->closing) {
         maybe_free(c);
         return;
@@ -206,17 +211,7 @@ static void start_write(psrpc__rconn *c) {
     }
     size_t done = n > 0 ? (size_t)n : 0;
     if (done == c->out_len) {
-        if (c->out_secret) {
-            OPENSSL_cleanse(c->out, c->out_len);
-            c->out_secret = false;
-        }
-        c->out_len = 0;
-        if (c->out_cap > (size_t)4 * RCONN_READ_CHUNK) {
-            /* Do not keep a burst's buffer for the connection's lifetime. */
-            free(c->out);
-            c->out = NULL;
-            c->out_cap = 0;
-        }
+        buf_written(&c->out, &c->out_len, &c->out_cap, &c->out_secret);
         return;
     }
     /* Swap: what collected becomes the write, the old write buffer collects. */

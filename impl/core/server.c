@@ -40,8 +40,15 @@ struct psrpc_server {
     bool started;
     bool forced;
     reg *regs;
-    psrpc__map claims;       /* request_id → psrpc_request waiting for a ClaimResponse */
-    psrpc__map streams;      /* stream_id → srv_stream (accepted, not yet ended) */
+    psrpc__map claims;  /* request_id → psrpc_request waiting for a ClaimResponse */
+    psrpc__map streams; /* stream_id → srv_stream (accepted, not yet ended) */
+    /* Request ids whose ClaimResponse came before the request itself (the
+     * client chose another server while this one was still behind): the
+     * request is dropped on arrival instead of claimed and held until its
+     * expiry. The last DECIDED_MAX ids, oldest forgotten first. */
+    psrpc__map decided;
+    char (*decided_ring)[48];
+    size_t decided_next;
     psrpc__chan_cache peers; /* loop thread: the response, claim and stream
                                 channels of the clients it answers */
     int inflight;            /* requests in the handler stage */
@@ -114,6 +121,8 @@ static void server_retain(psrpc_server *s) { atomic_fetch_add(&s->refs, 1); }
 static void server_destroy(psrpc_server *s) {
     psrpc__map_clear(&s->keys);
     psrpc__map_clear(&s->claims);
+    psrpc__map_clear(&s->decided);
+    free(s->decided_ring);
     psrpc__map_clear(&s->streams);
     psrpc__chan_cache_clear(&s->peers);
     pthread_mutex_destroy(&s->mu);
@@ -482,6 +491,23 @@ static void claim_timeout(uv_timer_t *t) {
     claim_forget(q); /* not chosen in time: drop silently */
 }
 
+#define DECIDED_MAX 1024
+
+/* Remembers that the client already chose a server for request_id. */
+static void remember_decided(psrpc_server *s, const char *request_id) {
+    if (strlen(request_id) >= sizeof *s->decided_ring || psrpc__map_get(&s->decided, request_id))
+        return;
+    if (!s->decided_ring && !(s->decided_ring = calloc(DECIDED_MAX, sizeof *s->decided_ring)))
+        return;
+    char *slot = s->decided_ring[s->decided_next];
+    if (slot[0])
+        psrpc__map_del(&s->decided, slot);
+    strcpy(slot, request_id);
+    if (psrpc__map_put(&s->decided, slot, slot) != PSRPC_OK)
+        slot[0] = '\0';
+    s->decided_next = (s->decided_next + 1) % DECIDED_MAX;
+}
+
 /* Publishes the claim and waits for the ClaimResponse (loop thread). Takes
  * over the caller's reference to q. */
 static void send_claim(psrpc_request *q) {
@@ -512,6 +538,10 @@ static void send_claim(psrpc_request *q) {
             return;
         }
         call_handler(q);
+        return;
+    }
+    if (s->decided.count && psrpc__map_get(&s->decided, q->request_id)) {
+        request_release(q); /* another server was chosen already */
         return;
     }
     if (psrpc__map_get(&s->claims, q->request_id)) {
@@ -721,6 +751,8 @@ static void on_claim_response(void *ctx, const uint8_t *data, size_t len) {
         return;
     psrpc_request *q = psrpc__map_get(&s->claims, cr->request_id);
     bool mine = q && q->reg == r && strcmp(cr->server_id, s->id) == 0;
+    if (!q)
+        remember_decided(s, cr->request_id);
     psrpc__wire_free(&cr->base);
     if (!q || q->reg != r)
         return;
@@ -853,6 +885,7 @@ psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char 
     pthread_cond_init(&s->cond, NULL);
     psrpc__map_init(&s->keys);
     psrpc__map_init(&s->claims);
+    psrpc__map_init(&s->decided);
     psrpc__map_init(&s->streams);
     s->child.close = child_close;
     s->state = PSRPC__OPEN;

@@ -611,6 +611,57 @@ TEST(malformed_duplicate_request_id_waiting_for_claim) {
     CHECK(took < 10000);
 }
 
+/* A ClaimResponse can overtake its request: the client chose another server
+ * while this one was still behind. The request must then be dropped on
+ * arrival, not claimed and held until its expiry (with three servers under
+ * load that held hundreds of MB). Control: the same request without the
+ * early ClaimResponse is claimed (the claim reaches our client, which knows
+ * no such call and counts it as unknown). */
+TEST(malformed_claim_response_before_request) {
+    mfx *f = mfx_new(NULL);
+    REQUIRE(mfx_ok(f));
+    const char *key = f->ch[K_REQ].local;
+    char decided[64], control[64];
+    tu_unique(decided, sizeof decided, "REQ_dec");
+    tu_unique(control, sizeof control, "REQ_ctl");
+
+    Internal__ClaimResponse cr = INTERNAL__CLAIM_RESPONSE__INIT;
+    cr.request_id = decided;
+    cr.server_id = (char *)"SRV_someoneelse1";
+    psrpc_msg *early = wrap_key(&cr.base, f->ch[K_RCLAIM].local);
+    REQUIRE(early);
+    CHECK_EQ_INT(inject(f, K_RCLAIM, psrpc_msg_data(early), psrpc_msg_size(early)), PSRPC_OK);
+    psrpc_msg_release(early);
+    th_sleep_ms(100);
+
+    uint64_t unknown = tu_stats(f->bus[1]).dropped_unknown;
+    Internal__Request r = INTERNAL__REQUEST__INIT;
+    r.client_id = (char *)psrpc_client_id(f->cl);
+    r.raw_request.data = (uint8_t *)"golden";
+    r.raw_request.len = 6;
+    r.sent_at = now_ns();
+    r.expiry = r.sent_at + 5000000000LL;
+    r.request_id = decided;
+    psrpc_msg *m = wrap_key(&r.base, key);
+    REQUIRE(m);
+    CHECK_EQ_INT(inject(f, K_REQ, psrpc_msg_data(m), psrpc_msg_size(m)), PSRPC_OK);
+    psrpc_msg_release(m);
+    th_sleep_ms(300);
+    CHECK_EQ_INT(tu_stats(f->bus[1]).dropped_unknown, unknown); /* no claim was sent */
+
+    r.request_id = control;
+    m = wrap_key(&r.base, key);
+    REQUIRE(m);
+    CHECK_EQ_INT(inject(f, K_REQ, psrpc_msg_data(m), psrpc_msg_size(m)), PSRPC_OK);
+    psrpc_msg_release(m);
+    CHECK(WAIT_UNTIL(tu_stats(f->bus[1]).dropped_unknown == unknown + 1, 3000));
+    CHECK_EQ_INT(atomic_load(&f->srv->handled), 0);
+    check_still_working(f);
+    long long t0 = th_now_ms();
+    mfx_free(f);
+    CHECK(th_now_ms() - t0 < 3000); /* the claimed control request is not held either */
+}
+
 TEST(malformed_unknown_ids_dropped) {
     mfx *f = mfx_new(NULL);
     REQUIRE(mfx_ok(f));
