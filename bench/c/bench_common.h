@@ -20,6 +20,56 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The options both benchmark programs take (raw_bench ignores --id,
+ * --servers and --subs: bench.py passes the same set to every program). */
+typedef struct bench_config {
+    const char *url, *role, *scenario;
+    int inflight;
+    size_t payload;
+    double warmup, duration;
+    int id, servers, subs;
+    int credit_fd;
+    const char *credit_fds;
+} bench_config;
+
+/* Parses "--flag value" pairs into c. Returns 0, or -1 with *bad naming a
+ * flag that is unknown or has no value. */
+static inline int bench_parse_args(bench_config *c, int argc, char **argv, const char **bad) {
+    for (int i = 1; i < argc; i += 2) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        *bad = a;
+        if (!v)
+            return -1;
+        if (!strcmp(a, "--bus"))
+            c->url = v;
+        else if (!strcmp(a, "--role"))
+            c->role = v;
+        else if (!strcmp(a, "--scenario"))
+            c->scenario = v;
+        else if (!strcmp(a, "--inflight"))
+            c->inflight = atoi(v);
+        else if (!strcmp(a, "--payload"))
+            c->payload = (size_t)atol(v);
+        else if (!strcmp(a, "--warmup"))
+            c->warmup = atof(v);
+        else if (!strcmp(a, "--duration"))
+            c->duration = atof(v);
+        else if (!strcmp(a, "--id"))
+            c->id = atoi(v);
+        else if (!strcmp(a, "--servers"))
+            c->servers = atoi(v);
+        else if (!strcmp(a, "--subs"))
+            c->subs = atoi(v);
+        else if (!strcmp(a, "--credit-fd"))
+            c->credit_fd = atoi(v);
+        else if (!strcmp(a, "--credit-fds"))
+            c->credit_fds = v;
+        else
+            return -1;
+    }
+    return 0;
+}
+
 static inline int64_t mono_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);

@@ -32,17 +32,7 @@
 #define SERVICE "Bench"
 #define MAX_ROLES 8
 
-typedef struct config {
-    const char *url, *role, *scenario;
-    int inflight;
-    size_t payload;
-    double warmup, duration;
-    int id, servers, subs;
-    int credit_fd;
-    const char *credit_fds;
-} config;
-
-static config cfg = {NULL, NULL, "single", 1, 64, 1.0, 3.0, 0, 1, 3, -1, NULL};
+static bench_config cfg = {NULL, NULL, "single", 1, 64, 1.0, 3.0, 0, 1, 3, -1, NULL};
 
 static void die(const char *what) {
     fprintf(stderr, "psrpc_bench: %s: %s (%s)\n", what, psrpc_last_error(),
@@ -123,8 +113,7 @@ static void stream_on_close(psrpc_stream *s, const psrpc_error *cause, void *ud)
 
 static void stream_handler(psrpc_stream *s, void *ud) {
     (void)ud;
-    if (psrpc_stream_set_callbacks(s, stream_on_message, stream_on_close, NULL, NULL) !=
-        PSRPC_OK)
+    if (psrpc_stream_set_callbacks(s, stream_on_message, stream_on_close, NULL, NULL) != PSRPC_OK)
         psrpc_stream_free(s);
 }
 
@@ -140,8 +129,7 @@ static psrpc_server *start_server(int id) {
     psrpc_method m = method_for(cfg.scenario);
     int rc = PSRPC_OK;
     if (strcmp(cfg.scenario, "stream") == 0)
-        rc = psrpc_server_register_stream(s, &m, NULL, 0, stream_handler, NULL, NULL, NULL,
-                                          NULL);
+        rc = psrpc_server_register_stream(s, &m, NULL, 0, stream_handler, NULL, NULL, NULL, NULL);
     else if (strcmp(cfg.scenario, "sub") != 0)
         rc = psrpc_server_register(s, &m, NULL, 0, echo_handler,
                                    m.routing == PSRPC_ROUTING_AFFINITY ? claim_affinity : NULL,
@@ -184,8 +172,8 @@ static subscriber *start_subscriber(int credit_fd) {
     if (psrpc_client_create(&s->client, open_bus(), SERVICE, NULL) != PSRPC_OK)
         die("client_create");
     psrpc_method m = method_for("sub");
-    if (psrpc_client_subscribe(&s->sub, s->client, &m, NULL, 0, sub_on_message, NULL, s,
-                               NULL) != PSRPC_OK)
+    if (psrpc_client_subscribe(&s->sub, s->client, &m, NULL, 0, sub_on_message, NULL, s, NULL) !=
+        PSRPC_OK)
         die("subscribe");
     if (psrpc_sub_wait_ready(s->sub, 10000) != PSRPC_OK)
         die("sub_wait_ready");
@@ -194,7 +182,7 @@ static subscriber *start_subscriber(int credit_fd) {
 
 static void subscriber_report(subscriber *s) {
     psrpc_sub_close(s->sub, NULL, NULL); /* no callback runs after it returned... */
-    sleep_s(0.05);                        /* ...once the loop got to it */
+    sleep_s(0.05);                       /* ...once the loop got to it */
     emit_result("subscriber", s->measured, 0, 0, &s->h);
 }
 
@@ -308,8 +296,8 @@ static void issue(void) {
     else if (strcmp(cfg.scenario, "stream") == 0)
         rc = psrpc_stream_send(cstream, payload, payload_len, 0, on_send_done, c);
     else
-        rc = psrpc_client_call(NULL, client, &method, payload, payload_len, &call_opts,
-                               on_unary, c);
+        rc =
+            psrpc_client_call(NULL, client, &method, payload, payload_len, &call_opts, on_unary, c);
     if (rc != PSRPC_OK) {
         fprintf(stderr, "psrpc_bench: call: %s\n", psrpc_last_error());
         atomic_fetch_sub(&outstanding, 1);
@@ -421,39 +409,9 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v)
-            usage();
-        if (!strcmp(a, "--bus"))
-            cfg.url = v;
-        else if (!strcmp(a, "--role"))
-            cfg.role = v;
-        else if (!strcmp(a, "--scenario"))
-            cfg.scenario = v;
-        else if (!strcmp(a, "--inflight"))
-            cfg.inflight = atoi(v);
-        else if (!strcmp(a, "--payload"))
-            cfg.payload = (size_t)atol(v);
-        else if (!strcmp(a, "--warmup"))
-            cfg.warmup = atof(v);
-        else if (!strcmp(a, "--duration"))
-            cfg.duration = atof(v);
-        else if (!strcmp(a, "--id"))
-            cfg.id = atoi(v);
-        else if (!strcmp(a, "--servers"))
-            cfg.servers = atoi(v);
-        else if (!strcmp(a, "--subs"))
-            cfg.subs = atoi(v);
-        else if (!strcmp(a, "--credit-fd"))
-            cfg.credit_fd = atoi(v);
-        else if (!strcmp(a, "--credit-fds"))
-            cfg.credit_fds = v;
-        else
-            usage();
-        i++;
-    }
+    const char *bad = NULL;
+    if (bench_parse_args(&cfg, argc, argv, &bad) != 0)
+        usage();
     if (!cfg.url || !cfg.role)
         usage();
     (void)method_for(cfg.scenario);

@@ -29,14 +29,7 @@
 
 enum { T_REQ = 1, T_CLAIM_REQ = 2, T_CLAIM_RESP = 3, T_RESP = 4 };
 
-static struct {
-    const char *url, *role, *scenario;
-    int inflight;
-    size_t payload;
-    double warmup, duration;
-    int credit_fd;
-    const char *credit_fds;
-} cfg = {NULL, NULL, "pingpong2", 1, 64, 1.0, 3.0, -1, NULL};
+static bench_config cfg = {NULL, NULL, "pingpong2", 1, 64, 1.0, 3.0, 0, 1, 3, -1, NULL};
 
 static bool four_hops;
 static uint8_t *big, *small; /* message buffers: payload-sized, minimal */
@@ -144,17 +137,12 @@ static void r_flush(void) {
             die("write", r_pub->errstr);
 }
 
-/* A pub/sub message: [ "message", channel, payload ]. */
-static void r_on_message(redisReply *r) {
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
-        r->element[2]->type != REDIS_REPLY_STRING)
-        return;
-    const uint8_t *p = (const uint8_t *)r->element[2]->str;
-    size_t n = r->element[2]->len;
-    long off = bytesvalue_body(p, n);
-    if (off < 0 || n - (size_t)off < PAYLOAD_MIN)
-        return;
-    const uint8_t *body = p + off;
+typedef void (*publish_fn)(const char *ch, const uint8_t *data, size_t len);
+
+/* One received payload (its body), either broker: a subscriber records it, a
+ * client takes a response and reissues the request of that slot, a server
+ * answers. */
+static void on_body(const uint8_t *body, publish_fn publish) {
     if (!strcmp(cfg.role, "subscriber")) {
         record_fan(body);
         return;
@@ -163,19 +151,31 @@ static void r_on_message(redisReply *r) {
     uint32_t slot = get_u32(body + PAYLOAD_SLOT);
     if (type == T_RESP) { /* client: done, next request in this slot */
         record_response(slot);
-        if (atomic_load_explicit(&stopping, memory_order_relaxed))
+        if (atomic_load_explicit(&stopping, memory_order_relaxed) || slot >= MAX_SLOTS)
             return;
         slot_t0[slot] = mono_ns();
         put_u32(big_body + PAYLOAD_SLOT, slot);
         big_body[PAYLOAD_TYPE] = T_REQ;
-        r_publish(CH_REQ, big, big_len);
+        publish(CH_REQ, big, big_len);
         return;
     }
     const uint8_t *d;
     size_t len;
     const char *ch;
     if (answer(type, slot, &d, &len, &ch))
-        r_publish(ch, d, len);
+        publish(ch, d, len);
+}
+
+/* A pub/sub message: [ "message", channel, payload ]. */
+static void r_on_message(redisReply *r) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    const uint8_t *p = (const uint8_t *)r->element[2]->str;
+    size_t n = r->element[2]->len;
+    long off = bytesvalue_body(p, n);
+    if (off >= 0 && n - (size_t)off >= PAYLOAD_MIN)
+        on_body(p + off, r_publish);
 }
 
 /* One turn: wait for input (or stdin/timeout), handle it all, write at once.
@@ -297,34 +297,9 @@ static void n_on_msg(natsConnection *c, natsSubscription *sub, natsMsg *msg, voi
     const uint8_t *p = (const uint8_t *)natsMsg_GetData(msg);
     size_t n = (size_t)natsMsg_GetDataLength(msg);
     long off = bytesvalue_body(p, n);
-    if (off < 0 || n - (size_t)off < PAYLOAD_MIN) {
-        natsMsg_Destroy(msg);
-        return;
-    }
-    const uint8_t *body = p + off;
-    if (!strcmp(cfg.role, "subscriber")) {
-        record_fan(body);
-        natsMsg_Destroy(msg);
-        return;
-    }
-    uint8_t type = body[PAYLOAD_TYPE];
-    uint32_t slot = get_u32(body + PAYLOAD_SLOT);
+    if (off >= 0 && n - (size_t)off >= PAYLOAD_MIN)
+        on_body(p + off, n_pub);
     natsMsg_Destroy(msg);
-    if (type == T_RESP) {
-        record_response(slot);
-        if (atomic_load_explicit(&stopping, memory_order_relaxed) || slot >= MAX_SLOTS)
-            return;
-        slot_t0[slot] = mono_ns();
-        put_u32(big_body + PAYLOAD_SLOT, slot);
-        big_body[PAYLOAD_TYPE] = T_REQ;
-        n_pub(CH_REQ, big, big_len);
-        return;
-    }
-    const uint8_t *d;
-    size_t len;
-    const char *ch;
-    if (answer(type, slot, &d, &len, &ch))
-        n_pub(ch, d, len);
 }
 
 static void nats_main(void) {
@@ -417,29 +392,9 @@ static void nats_main(void) {
 }
 
 int main(int argc, char **argv) {
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const char *a = argv[i], *v = argv[i + 1];
-        if (!strcmp(a, "--bus"))
-            cfg.url = v;
-        else if (!strcmp(a, "--role"))
-            cfg.role = v;
-        else if (!strcmp(a, "--scenario"))
-            cfg.scenario = v;
-        else if (!strcmp(a, "--inflight"))
-            cfg.inflight = atoi(v);
-        else if (!strcmp(a, "--payload"))
-            cfg.payload = (size_t)atol(v);
-        else if (!strcmp(a, "--warmup"))
-            cfg.warmup = atof(v);
-        else if (!strcmp(a, "--duration"))
-            cfg.duration = atof(v);
-        else if (!strcmp(a, "--credit-fd"))
-            cfg.credit_fd = atoi(v);
-        else if (!strcmp(a, "--credit-fds"))
-            cfg.credit_fds = v;
-        else if (strcmp(a, "--id") && strcmp(a, "--servers") && strcmp(a, "--subs"))
-            die("unknown option", a);
-    }
+    const char *bad = NULL;
+    if (bench_parse_args(&cfg, argc, argv, &bad) != 0)
+        die("unknown option or missing value", bad);
     if (!cfg.url || !cfg.role)
         die("usage", "raw_bench --bus URL --role ROLE --scenario S ...");
     if (cfg.inflight < 1 || cfg.inflight > MAX_SLOTS)
