@@ -305,12 +305,26 @@ PSRPC_API psrpc_status psrpc_bus_close(psrpc_bus *bus, psrpc_closed_cb closed_cb
 
 /**
  * Drops the caller's reference, closing first if needed. NULL is a no-op.
- * Never waits for the network. If called on a thread other than the bus's
- * loop thread, waits until the loop thread has stopped and been joined (so no
- * callback of this bus runs after it returns); on the loop thread (from a
- * callback) the thread is detached and exits by itself.
+ * On a thread that is not a loop thread: waits until the bus has closed and
+ * its loop thread has stopped and been joined, so no callback of this bus
+ * runs after it returns (the close is bounded: a NATS bus flushes for at most
+ * about 0.5 s and waits at most about 3 s for nats.c's last callbacks).
+ * On ANY loop thread (inside a callback of this bus or of another bus) it
+ * never waits: it behaves like psrpc_bus_release.
  */
 PSRPC_API void psrpc_bus_free(psrpc_bus *bus);
+
+/**
+ * Non-blocking psrpc_bus_free: closes the bus and drops the caller's
+ * reference without waiting for the loop thread, which finishes the close,
+ * frees the bus and exits by itself. Safe on any thread, including any bus's
+ * loop thread, inside callbacks. NULL: no-op. After it returns the caller
+ * must not use the handle; callbacks of this bus may still run until its
+ * close completes (pass a closed_cb to psrpc_bus_close first to know when).
+ * A process that exits right after it may end while the loop thread is
+ * still closing; use psrpc_bus_free off the loop threads for a clean exit.
+ */
+PSRPC_API void psrpc_bus_release(psrpc_bus *bus);
 
 /* Bus states reported to a state callback. */
 #define PSRPC_BUS_CONNECTED 1    /* the transport is connected and subscribed */

@@ -23,7 +23,14 @@ static void bus_destroy(psrpc_bus *bus) {
     pthread_cond_destroy(&bus->state_cond);
     free(bus->url_safe);
     free(bus);
-    psrpc__loop_free(loop);
+    /* Never join on a loop thread (this one's, from its exit hook, or another
+     * bus's, where a child handle dropped the last reference): the thread
+     * frees its loop itself. Elsewhere the loop has stopped (the last
+     * reference goes after the close), so the join is short. */
+    if (psrpc__on_any_loop_thread())
+        psrpc__loop_release(loop);
+    else
+        psrpc__loop_free(loop);
 }
 
 void psrpc__bus_release(psrpc_bus *bus) {
@@ -531,15 +538,40 @@ psrpc_status psrpc_bus_close(psrpc_bus *bus, psrpc_closed_cb closed_cb, void *us
     return post_close(bus, closed_cb, user_data);
 }
 
+/* The loop thread's exit hook of a released bus: drops the caller's
+ * reference once the loop has ended (every handle closed). */
+static void release_at_exit(void *arg) { psrpc__bus_release(arg); }
+
+void psrpc_bus_release(psrpc_bus *bus) {
+    if (!bus || bus->magic != PSRPC__BUS_MAGIC)
+        return;
+    /* Ours until we return: the loop may end (and drop the caller's
+     * reference) as soon as freed is set. */
+    psrpc__bus_retain(bus);
+    if (!atomic_exchange(&bus->freed, true)) {
+        if (!psrpc__loop_on_exit(bus->loop, release_at_exit, bus))
+            psrpc__bus_release(bus); /* the loop already ended */
+        else if (post_close(bus, NULL, NULL) != PSRPC_OK)
+            psrpc__loop_stop(bus->loop);
+    }
+    psrpc__bus_release(bus);
+}
+
 void psrpc_bus_free(psrpc_bus *bus) {
     if (!bus || bus->magic != PSRPC__BUS_MAGIC)
         return;
+    /* On any loop thread (a callback of this bus or of another one) waiting
+     * for this loop could stall that loop for the whole close, or deadlock
+     * (two buses freeing each other): detach instead. */
+    if (psrpc__on_any_loop_thread()) {
+        psrpc_bus_release(bus);
+        return;
+    }
     if (atomic_exchange(&bus->freed, true))
         return;
     if (post_close(bus, NULL, NULL) != PSRPC_OK)
         psrpc__loop_stop(bus->loop);
-    if (!psrpc__loop_on_thread(bus->loop))
-        psrpc__loop_wait(bus->loop);
+    psrpc__loop_wait(bus->loop);
     psrpc__bus_release(bus);
 }
 
