@@ -535,7 +535,7 @@ static void call_send(call *k) {
     req.request_id = k->request_id;
     req.client_id = c->id;
     req.sent_at = now;
-    req.expiry = now + left_ms * 1000000;
+    req.expiry = psrpc__sat_add(now, psrpc__ms_to_ns(left_ms));
     if (k->deadline_ns > 0 && req.expiry > k->deadline_ns)
         req.expiry = k->deadline_ns; /* never outlive the caller's deadline */
     req.multi = k->multi;
@@ -1007,8 +1007,9 @@ psrpc_status psrpc_client_create(psrpc_client **out, psrpc_bus *bus, const char 
         c->id = psrpc__strdup(o.client_id);
     else if ((c->id = malloc(4 + PSRPC__ID_RANDOM_LEN + 1)))
         psrpc__new_id(c->id, "CLI_");
-    c->timeout_ms = o.timeout_ms ? o.timeout_ms : 3000;
-    c->selection_timeout_ms = o.selection_timeout_ms ? o.selection_timeout_ms : 1000;
+    c->timeout_ms = o.timeout_ms ? psrpc__clamp_timeout_ms(o.timeout_ms) : 3000;
+    c->selection_timeout_ms =
+        o.selection_timeout_ms ? psrpc__clamp_timeout_ms(o.selection_timeout_ms) : 1000;
     psrpc__map_init(&c->by_request);
     psrpc__map_init(&c->by_id);
     psrpc__map_init(&c->streams);
@@ -1170,16 +1171,18 @@ static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_metho
     k->cb = cb;
     k->on_done = on_done;
     k->user_data = user_data;
-    k->timeout_ms = o.timeout_ms ? o.timeout_ms : client->timeout_ms;
+    k->timeout_ms = o.timeout_ms ? psrpc__clamp_timeout_ms(o.timeout_ms) : client->timeout_ms;
     if (o.deadline_ns > 0) {
         /* As Go with a context deadline: the call ends by then. */
-        int64_t left = (o.deadline_ns - psrpc__now_ns()) / 1000000;
+        int64_t left = psrpc__sat_add(o.deadline_ns, -psrpc__now_ns()) / 1000000;
         if (left < k->timeout_ms)
             k->timeout_ms = left > 0 ? left : 0;
         k->deadline_ns = o.deadline_ns;
     }
-    k->deadline_ms = psrpc__mono_ms() + k->timeout_ms;
+    k->deadline_ms = psrpc__sat_add(psrpc__mono_ms(), k->timeout_ms);
     if (o.selection) {
+        sel.affinity_timeout_ms = psrpc__clamp_timeout_ms(sel.affinity_timeout_ms);
+        sel.short_circuit_timeout_ms = psrpc__clamp_timeout_ms(sel.short_circuit_timeout_ms);
         k->sel = sel;
     } else {
         bool affinity = k->method.routing == PSRPC_ROUTING_AFFINITY;
