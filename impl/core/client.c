@@ -991,6 +991,8 @@ psrpc_status psrpc_client_create(psrpc_client **out, psrpc_bus *bus, const char 
         return rc;
     PSRPC__CHECK_ARG(o.timeout_ms >= 0, "timeout_ms is negative");
     PSRPC__CHECK_ARG(o.selection_timeout_ms >= 0, "selection_timeout_ms is negative");
+    if (o.client_id && !*o.client_id)
+        o.client_id = NULL; /* as Go: an empty id means a generated one */
     if (o.client_id && (rc = psrpc__check_client_id(o.client_id)) != PSRPC_OK)
         return rc;
     if (atomic_load(&bus->state) != PSRPC__OPEN || atomic_load(&bus->freed))

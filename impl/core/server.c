@@ -857,7 +857,9 @@ psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char 
     PSRPC__CHECK_ARG(o.timeout_ms >= 0, "timeout_ms is negative");
     PSRPC__CHECK_ARG((o.flags & ~PSRPC_SERVER_SKIP_CLAIM) == 0, "unknown server flags 0x%x",
                      (unsigned)o.flags);
-    if (o.server_id && (rc = psrpc__check_name("server_id", o.server_id)) != PSRPC_OK)
+    if (o.server_id && !*o.server_id)
+        o.server_id = NULL; /* as Go: an empty id means a generated one */
+    if (o.server_id && (rc = psrpc__check_server_id(o.server_id)) != PSRPC_OK)
         return rc;
     if (atomic_load(&bus->state) != PSRPC__OPEN || atomic_load(&bus->freed))
         return psrpc__error(PSRPC_CANCELED, "bus is closed");

@@ -381,4 +381,52 @@ TEST(huge_timeouts_streams) {
     free(sent);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Ids Go accepts                                                            */
+/* ------------------------------------------------------------------------ */
+
+TEST(ids_go_accepts) {
+    psrpc_bus *sb, *cb;
+    REQUIRE(open_bus_pair(&sb, &cb) == 0);
+    char svc[64];
+    tu_service(svc, sizeof svc);
+    const char *sids[] = {"srv-1.a", "srv|b c", "\xe8\xbd\xaf\xe4\xbb\xb6-\xc3\xa9"};
+    const char *cids[] = {"cli-1.a", "\xe8\xbd\xaf.\xc3\xa9-x", "a|b"};
+    psrpc_method claim = tu_method("Claim", PSRPC_ROUTING_AFFINITY, 0);
+    for (int i = 0; i < 3; i++) {
+        char sid[64], cid[64];
+        snprintf(sid, sizeof sid, "%s%d", sids[i], (int)getpid());
+        snprintf(cid, sizeof cid, "%s%d", cids[i], (int)getpid());
+        tu_srv *s = tu_srv_new(sb, svc, sid, TU_ECHO_ID);
+        REQUIRE(s->server);
+        CHECK_EQ_STR(psrpc_server_id(s->server), sid);
+        REQUIRE(tu_srv_register(s, &claim, NULL, 0) == PSRPC_OK);
+        psrpc_client_options co = PSRPC_CLIENT_OPTIONS_INIT;
+        co.client_id = cid;
+        psrpc_client *cl = NULL;
+        REQUIRE(psrpc_client_create(&cl, cb, svc, &co) == PSRPC_OK);
+        tu_call *c = tu_calls_new(1);
+        CHECK(tu_call_wait(cl, &claim, "m", NULL, c, 5000));
+        CHECK_EQ_INT(c->status, PSRPC_OK);
+        CHECK_EQ_STR(c->server_id, sid);
+        CHECK_EQ_STR(c->response, sid);
+        CHECK_EQ_STR(s->last_client_id, cid);
+        free(c);
+        psrpc_client_free(cl);
+        psrpc_server_free(s->server);
+        tu_srv_destroy(s);
+    }
+    /* what would break or widen the NATS reply subject is refused */
+    const char *bad[] = {"a b", "a\tb", "a.*.b", "a.>", "*", ">", "a..b", ".a", "a.", "\xff"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        psrpc_client_options co = PSRPC_CLIENT_OPTIONS_INIT;
+        co.client_id = bad[i];
+        psrpc_client *cl = NULL;
+        CHECK_EQ_INT(psrpc_client_create(&cl, cb, svc, &co), PSRPC_INVALID_ARGUMENT);
+        CHECK(cl == NULL);
+    }
+    psrpc_bus_free(cb);
+    psrpc_bus_free(sb);
+}
+
 TEST_MAIN()
