@@ -372,7 +372,9 @@ typedef struct psrpc_client_options {
     uint32_t flags;               /* reserved, 0 */
     int64_t timeout_ms;           /* default request timeout; 0 = 3000 */
     int64_t selection_timeout_ms; /* default AffinityTimeout; 0 = 1000 */
-    const char *client_id;        /* NULL = "CLI_" + 12 random alphanumerics */
+    const char *client_id;        /* NULL or "" = "CLI_" + 12 random alphanumerics; any
+                                     UTF-8 without whitespace, control characters, empty
+                                     or wildcard ("*", ">") dot-separated parts */
 } psrpc_client_options;
 
 #define PSRPC_CLIENT_OPTIONS_INIT {sizeof(psrpc_client_options), 0, 0, 0, NULL}
@@ -570,7 +572,8 @@ typedef struct psrpc_server_options {
     uint32_t struct_size; /* sizeof(psrpc_server_options) */
     uint32_t flags;       /* PSRPC_SERVER_* */
     int64_t timeout_ms;   /* server stream timeout; 0 = 3000 */
-    const char *server_id; /* NULL = "SRV_" + 12 random alphanumerics */
+    const char *server_id; /* NULL or "" = "SRV_" + 12 random alphanumerics; any UTF-8
+                              string (as Go: it travels in messages, not channel names) */
 } psrpc_server_options;
 
 #define PSRPC_SERVER_OPTIONS_INIT {sizeof(psrpc_server_options), 0, 0, NULL}

@@ -431,7 +431,9 @@ TEST(abi_null_server) {
     EXPECT_ERR(psrpc_server_create(&s, l->bus, "bad name", NULL), PSRPC_INVALID_ARGUMENT);
     psrpc_server_free(s);
     psrpc_server_options so = PSRPC_SERVER_OPTIONS_INIT;
-    const char *bad_ids[] = {"bad id!", "", "SRV_a.b", "SRV_a|b", "SRV_*"};
+    /* Any UTF-8 id is accepted, as in Go (ids travel in messages only);
+     * invalid UTF-8 cannot go into a protobuf string. */
+    const char *bad_ids[] = {"\xff", "SRV_\xc0\xaf"};
     for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++) {
         so.server_id = bad_ids[i];
         s = NULL;
@@ -441,6 +443,20 @@ TEST(abi_null_server) {
             psrpc_server_free(s);
         }
     }
+    const char *good_ids[] = {"srv-1.a", "SRV_a|b", "SRV_*", "bad id!", "软件"};
+    for (size_t i = 0; i < sizeof good_ids / sizeof good_ids[0]; i++) {
+        so.server_id = good_ids[i];
+        s = NULL;
+        CHECK_EQ_INT(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_OK);
+        CHECK_EQ_STR(psrpc_server_id(s), good_ids[i]);
+        psrpc_server_free(s);
+    }
+    so.server_id = ""; /* as Go: generated */
+    s = NULL;
+    CHECK_EQ_INT(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_OK);
+    CHECK(s && strncmp(psrpc_server_id(s), "SRV_", 4) == 0);
+    psrpc_server_free(s);
+    s = NULL;
     so = (psrpc_server_options)PSRPC_SERVER_OPTIONS_INIT;
     so.timeout_ms = -1;
     EXPECT_ERR(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_INVALID_ARGUMENT);
