@@ -174,6 +174,20 @@ typedef struct psrpc_error {
     size_t details_count;
 } psrpc_error;
 
+/**
+ * An owned deep copy of error (status, code, message, details with their
+ * type URLs and bytes), e.g. to keep an error delivered to a callback after
+ * the callback returned. One allocation; free it with psrpc_error_free.
+ * error NULL or out NULL: PSRPC_INVALID_ARGUMENT (*out is NULL on failure).
+ * NULL code/message/type_url in the source are copied as "". Any thread.
+ */
+PSRPC_API psrpc_status psrpc_error_copy(psrpc_error **out, const psrpc_error *error);
+/**
+ * Frees an error made by psrpc_error_copy or returned by
+ * psrpc_client_call_sync_ex (never one borrowed in a callback). NULL: no-op.
+ */
+PSRPC_API void psrpc_error_free(psrpc_error *error);
+
 /* ------------------------------------------------------------------------ */
 /* Messages: immutable, refcounted byte buffers                              */
 /* ------------------------------------------------------------------------ */

@@ -34,6 +34,8 @@ static const char *const covered[] = {
     "psrpc_stream_set_callbacks", "psrpc_stream_send", "psrpc_stream_close",
     "psrpc_stream_free", "psrpc_stream_id", "psrpc_stream_node_id", "psrpc_stream_method",
     "psrpc_stream_metadata_count", "psrpc_stream_metadata_at", "psrpc_stream_metadata_get",
+    /* issue 20 additions: covered by test_local_ext.c */
+    "psrpc_error_copy", "psrpc_error_free",
 };
 
 /* The call returns `code`, sets a non-empty last error and its status. */
@@ -209,6 +211,12 @@ TEST(abi_null_pure_and_msg) {
                PSRPC_INVALID_ARGUMENT);
     psrpc_bus_options bo;
     EXPECT_ERR(psrpc_bus_options_init(&bo, 0), PSRPC_INVALID_ARGUMENT);
+
+    psrpc_error *ec = (psrpc_error *)0x1;
+    EXPECT_ERR(psrpc_error_copy(&ec, NULL), PSRPC_INVALID_ARGUMENT);
+    CHECK(ec == NULL);
+    EXPECT_ERR(psrpc_error_copy(NULL, NULL), PSRPC_INVALID_ARGUMENT);
+    psrpc_error_free(NULL);
 
     EXPECT_ERR(psrpc_selection_choose(NULL, "SRV_x"), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_selection_fail(NULL, PSRPC_UNAVAILABLE, "x"), PSRPC_INVALID_ARGUMENT);
