@@ -35,7 +35,7 @@ static const char *const covered[] = {
     "psrpc_stream_free", "psrpc_stream_id", "psrpc_stream_node_id", "psrpc_stream_method",
     "psrpc_stream_metadata_count", "psrpc_stream_metadata_at", "psrpc_stream_metadata_get",
     /* issue 20 additions: covered by test_local_ext.c */
-    "psrpc_error_copy", "psrpc_error_free",
+    "psrpc_error_copy", "psrpc_error_free", "psrpc_client_call_sync_ex",
 };
 
 /* The call returns `code`, sets a non-empty last error and its status. */
@@ -405,6 +405,14 @@ TEST(abi_null_client) {
     CHECK(out == NULL);
     EXPECT_ERR(psrpc_client_call_sync(&out, l->cl, NULL, "x", 1, NULL), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_client_call_sync(&out, l->cl, &m, NULL, 1, NULL), PSRPC_INVALID_ARGUMENT);
+    psrpc_error *sx = NULL;
+    EXPECT_ERR(psrpc_client_call_sync_ex(NULL, NULL, l->cl, &m, "x", 1, NULL),
+               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_client_call_sync_ex(&out, &sx, NULL, &m, "x", 1, NULL),
+               PSRPC_INVALID_ARGUMENT);
+    CHECK(out == NULL);
+    CHECK(sx != NULL && sx->status == PSRPC_INVALID_ARGUMENT);
+    psrpc_error_free(sx);
 
     psrpc_sub *s = (psrpc_sub *)0x1;
     EXPECT_ERR(psrpc_client_subscribe(NULL, l->cl, &sm, NULL, 0, nop_msg, NULL, NULL, nop_release),

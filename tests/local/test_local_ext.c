@@ -170,4 +170,177 @@ TEST(error_copy_arguments) {
     psrpc_error_free(NULL); /* no-op */
 }
 
+/* ------------------------------------------------------------------------ */
+/* psrpc_client_call_sync_ex                                                 */
+/* ------------------------------------------------------------------------ */
+
+TEST(sync_ex_custom_code_and_details) {
+    fx *f = fx_new_handler(custom_fail_handler, NULL, echo_method(), 0);
+    REQUIRE(fx_ok(f));
+    psrpc_msg *out = (psrpc_msg *)(uintptr_t)1;
+    psrpc_error *err = (psrpc_error *)(uintptr_t)1;
+    int rc = psrpc_client_call_sync_ex(&out, &err, f->cl, echo_method(), "x", 1, NULL);
+    CHECK_EQ_INT(rc, PSRPC_UNKNOWN);
+    CHECK(out == NULL);
+    REQUIRE(err != NULL);
+    CHECK_EQ_INT(err->status, PSRPC_UNKNOWN);
+    CHECK_EQ_STR(err->code, "my_custom_code");
+    CHECK_EQ_STR(err->message, "custom failure \xc3\xbc");
+    CHECK_EQ_STR(psrpc_last_error(), "custom failure \xc3\xbc");
+    CHECK_EQ_INT(psrpc_last_error_status(), PSRPC_UNKNOWN);
+    REQUIRE(err->details_count == 2);
+    CHECK_EQ_STR(err->details[0].type_url, "type.googleapis.com/google.protobuf.StringValue");
+    CHECK_EQ_INT(err->details[0].value_len, sizeof detail_a);
+    CHECK(memcmp(err->details[0].value, detail_a, sizeof detail_a) == 0);
+    CHECK_EQ_STR(err->details[1].type_url, "type.googleapis.com/test.Binary");
+    CHECK(memcmp(err->details[1].value, detail_b, sizeof detail_b) == 0);
+    psrpc_error_free(err);
+
+    /* success: a response, no error object */
+    err = (psrpc_error *)(uintptr_t)1;
+    rc = psrpc_client_call_sync_ex(&out, &err, f->cl, echo_method(), "ok", 2, NULL);
+    CHECK_EQ_INT(rc, PSRPC_OK);
+    CHECK(err == NULL);
+    REQUIRE(out);
+    CHECK_EQ_INT(psrpc_msg_size(out), 4);
+    CHECK(memcmp(psrpc_msg_data(out), "fine", 4) == 0);
+    psrpc_msg_release(out);
+
+    /* error_out NULL: behaves as psrpc_client_call_sync */
+    rc = psrpc_client_call_sync_ex(&out, NULL, f->cl, echo_method(), "x", 1, NULL);
+    CHECK_EQ_INT(rc, PSRPC_UNKNOWN);
+    CHECK(out == NULL);
+    CHECK_EQ_INT(atomic_load(&f->srv->answer_errors), 0);
+    fx_free(f);
+}
+
+TEST(sync_ex_deadline_and_no_servers) {
+    fx *f = fx_new_handler(NULL, NULL, echo_method(), 0); /* TU_HOLD: never answers */
+    REQUIRE(fx_ok(f));
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.timeout_ms = tu_ms(300);
+    psrpc_msg *out = NULL;
+    psrpc_error *err = NULL;
+    int rc = psrpc_client_call_sync_ex(&out, &err, f->cl, echo_method(), "x", 1, &o);
+    CHECK_EQ_INT(rc, PSRPC_DEADLINE_EXCEEDED);
+    CHECK(out == NULL);
+    REQUIRE(err);
+    CHECK_EQ_INT(err->status, PSRPC_DEADLINE_EXCEEDED);
+    CHECK_EQ_STR(err->code, "deadline_exceeded");
+    CHECK(err->message[0] != 0);
+    CHECK_EQ_INT(err->details_count, 0);
+    psrpc_error_free(err);
+
+    /* a method nobody serves */
+    psrpc_method other = tu_method("Nobody", PSRPC_ROUTING_QUEUE, 0);
+    o.timeout_ms = tu_ms(2000);
+    err = NULL;
+    rc = psrpc_client_call_sync_ex(&out, &err, f->cl, &other, "x", 1, &o);
+    CHECK_EQ_INT(rc, PSRPC_UNAVAILABLE);
+    REQUIRE(err);
+    CHECK_EQ_INT(err->status, PSRPC_UNAVAILABLE);
+    CHECK_EQ_STR(err->code, "unavailable");
+    CHECK(tu_contains_ci(err->message, "no "));
+    psrpc_error_free(err);
+    fx_free(f);
+}
+
+typedef struct closer_job {
+    psrpc_client *cl;
+    tu_srv *srv;
+} closer_job;
+
+static void *close_client_later(void *arg) {
+    closer_job *j = (closer_job *)arg;
+    WAIT_UNTIL(tu_srv_nheld(j->srv) == 1, 5000);
+    psrpc_client_close(j->cl, NULL, NULL);
+    return NULL;
+}
+
+TEST(sync_ex_canceled_by_close) {
+    fx *f = fx_new_handler(NULL, NULL, echo_method(), 0);
+    REQUIRE(fx_ok(f));
+    closer_job j = {f->cl, f->srv};
+    pthread_t t;
+    REQUIRE(pthread_create(&t, NULL, close_client_later, &j) == 0);
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.timeout_ms = tu_ms(10000);
+    psrpc_msg *out = NULL;
+    psrpc_error *err = NULL;
+    int rc = psrpc_client_call_sync_ex(&out, &err, f->cl, echo_method(), "x", 1, &o);
+    pthread_join(t, NULL);
+    CHECK_EQ_INT(rc, PSRPC_CANCELED);
+    REQUIRE(err);
+    CHECK_EQ_INT(err->status, PSRPC_CANCELED);
+    CHECK_EQ_STR(err->code, "canceled");
+    CHECK(err->message[0] != 0);
+    psrpc_error_free(err);
+    fx_free(f);
+}
+
+/* Refusals before anything is sent also produce an error object. */
+typedef struct loop_sync {
+    psrpc_client *cl;
+    atomic_int done;
+    int rc;
+    int status;
+    char code[64];
+} loop_sync;
+
+static void sync_in_handler(psrpc_request *req, void *ud) {
+    loop_sync *l = (loop_sync *)ud;
+    psrpc_msg *out = NULL;
+    psrpc_error *err = NULL;
+    l->rc = psrpc_client_call_sync_ex(&out, &err, l->cl, echo_method(), "x", 1, NULL);
+    if (err) {
+        l->status = err->status;
+        snprintf(l->code, sizeof l->code, "%s", err->code);
+    }
+    psrpc_error_free(err);
+    psrpc_request_respond(req, NULL, 0);
+    atomic_fetch_add(&l->done, 1);
+}
+
+TEST(sync_ex_local_refusals) {
+    fx *f = fx_new_handler(NULL, NULL, echo_method(), 0);
+    REQUIRE(fx_ok(f));
+    psrpc_msg *out = (psrpc_msg *)(uintptr_t)1;
+    psrpc_error *err = NULL;
+    int rc = psrpc_client_call_sync_ex(&out, &err, f->cl, NULL, "x", 1, NULL);
+    CHECK_EQ_INT(rc, PSRPC_INVALID_ARGUMENT);
+    CHECK(out == NULL);
+    REQUIRE(err);
+    CHECK_EQ_INT(err->status, PSRPC_INVALID_ARGUMENT);
+    CHECK_EQ_STR(err->code, "invalid_argument");
+    CHECK_EQ_STR(err->message, psrpc_last_error());
+    CHECK(err->message[0] != 0);
+    psrpc_error_free(err);
+    err = NULL;
+    CHECK_EQ_INT(psrpc_client_call_sync_ex(NULL, &err, f->cl, echo_method(), "x", 1, NULL),
+                 PSRPC_INVALID_ARGUMENT);
+    REQUIRE(err);
+    CHECK_EQ_STR(err->code, "invalid_argument");
+    psrpc_error_free(err);
+
+    /* on a loop thread: WOULD_DEADLOCK, a local-only status: code "internal" */
+    psrpc_server *s2 = NULL;
+    REQUIRE(psrpc_server_create(&s2, f->sbus, f->service, NULL) == PSRPC_OK);
+    loop_sync *l = (loop_sync *)calloc(1, sizeof *l);
+    l->cl = f->cl;
+    psrpc_method m2 = tu_method("Nested", PSRPC_ROUTING_QUEUE, 0);
+    REQUIRE(psrpc_server_register(s2, &m2, NULL, 0, sync_in_handler, NULL, NULL, l, NULL) ==
+            PSRPC_OK);
+    REQUIRE(psrpc_server_wait_ready(s2, tu_ms(5000)) == PSRPC_OK);
+    out = NULL;
+    CHECK_EQ_INT(psrpc_client_call_sync(&out, f->cl, &m2, NULL, 0, NULL), PSRPC_OK);
+    psrpc_msg_release(out);
+    REQUIRE(tu_wait_count(&l->done, 1, 5000));
+    CHECK_EQ_INT(l->rc, PSRPC_WOULD_DEADLOCK);
+    CHECK_EQ_INT(l->status, PSRPC_WOULD_DEADLOCK);
+    CHECK_EQ_STR(l->code, "internal");
+    psrpc_server_free(s2);
+    fx_free(f);
+    free(l);
+}
+
 TEST_MAIN()
