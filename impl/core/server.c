@@ -839,6 +839,7 @@ static void register_task(void *arg) {
     do {                                                                              \
         PSRPC__CHECK_ARG(s, "server is NULL");                                        \
         PSRPC__CHECK_ARG((s)->magic == SERVER_MAGIC, "handle is not a psrpc_server"); \
+        PSRPC__CHECK_NOT_FORKED((s)->bus);                                            \
     } while (0)
 
 psrpc_status psrpc_server_options_init(psrpc_server_options *opts, size_t struct_size) {

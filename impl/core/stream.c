@@ -471,6 +471,7 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     do {                                                                              \
         PSRPC__CHECK_ARG(s, "stream is NULL");                                        \
         PSRPC__CHECK_ARG((s)->magic == STREAM_MAGIC, "handle is not a psrpc_stream"); \
+        PSRPC__CHECK_NOT_FORKED((s)->bus);                                            \
     } while (0)
 
 psrpc_status psrpc_stream_send(psrpc_stream *stream, const void *data, size_t len,

@@ -16,7 +16,7 @@ static const char *const covered[] = {
     "psrpc_last_error_status", "psrpc_clear_error", "psrpc_msg_new", "psrpc_msg_data",
     "psrpc_msg_size", "psrpc_msg_retain", "psrpc_msg_release", "psrpc_bus_options_init",
     "psrpc_bus_open", "psrpc_bus_close", "psrpc_bus_free", "psrpc_bus_get_stats",
-    "psrpc_bus_watch", "psrpc_bus_wait_ready",
+    "psrpc_bus_watch", "psrpc_bus_wait_ready", "psrpc_bus_release",
     "psrpc_client_options_init", "psrpc_selection_choose", "psrpc_selection_fail",
     "psrpc_call_options_init", "psrpc_selection_options_init", "psrpc_client_create",
     "psrpc_client_id", "psrpc_client_call", "psrpc_client_call_multi", "psrpc_client_cancel",
@@ -243,6 +243,7 @@ TEST(abi_null_pure_and_msg) {
 
     /* void functions with NULL are no-ops */
     psrpc_bus_free(NULL);
+    psrpc_bus_release(NULL);
     psrpc_client_free(NULL);
     psrpc_server_free(NULL);
     psrpc_sub_free(NULL);
