@@ -34,6 +34,8 @@ static const char *const covered[] = {
     "psrpc_stream_set_callbacks", "psrpc_stream_send", "psrpc_stream_close",
     "psrpc_stream_free", "psrpc_stream_id", "psrpc_stream_node_id", "psrpc_stream_method",
     "psrpc_stream_metadata_count", "psrpc_stream_metadata_at", "psrpc_stream_metadata_get",
+    /* issue 20 additions: covered by test_local_ext.c */
+    "psrpc_error_copy", "psrpc_error_free", "psrpc_client_call_sync_ex",
 };
 
 /* The call returns `code`, sets a non-empty last error and its status. */
@@ -210,6 +212,12 @@ TEST(abi_null_pure_and_msg) {
                PSRPC_INVALID_ARGUMENT);
     psrpc_bus_options bo;
     EXPECT_ERR(psrpc_bus_options_init(&bo, 0), PSRPC_INVALID_ARGUMENT);
+
+    psrpc_error *ec = (psrpc_error *)0x1;
+    EXPECT_ERR(psrpc_error_copy(&ec, NULL), PSRPC_INVALID_ARGUMENT);
+    CHECK(ec == NULL);
+    EXPECT_ERR(psrpc_error_copy(NULL, NULL), PSRPC_INVALID_ARGUMENT);
+    psrpc_error_free(NULL);
 
     EXPECT_ERR(psrpc_selection_choose(NULL, "SRV_x"), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_selection_fail(NULL, PSRPC_UNAVAILABLE, "x"), PSRPC_INVALID_ARGUMENT);
@@ -398,6 +406,14 @@ TEST(abi_null_client) {
     CHECK(out == NULL);
     EXPECT_ERR(psrpc_client_call_sync(&out, l->cl, NULL, "x", 1, NULL), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_client_call_sync(&out, l->cl, &m, NULL, 1, NULL), PSRPC_INVALID_ARGUMENT);
+    psrpc_error *sx = NULL;
+    EXPECT_ERR(psrpc_client_call_sync_ex(NULL, NULL, l->cl, &m, "x", 1, NULL),
+               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_client_call_sync_ex(&out, &sx, NULL, &m, "x", 1, NULL),
+               PSRPC_INVALID_ARGUMENT);
+    CHECK(out == NULL);
+    CHECK(sx != NULL && sx->status == PSRPC_INVALID_ARGUMENT);
+    psrpc_error_free(sx);
 
     psrpc_sub *s = (psrpc_sub *)0x1;
     EXPECT_ERR(psrpc_client_subscribe(NULL, l->cl, &sm, NULL, 0, nop_msg, NULL, NULL, nop_release),
