@@ -403,9 +403,15 @@ typedef struct psrpc_bus_stats {
     uint64_t dropped_unknown;        /* responses/claims for no pending request */
     uint64_t requests_in_flight;     /* client calls outstanding */
     uint64_t streams_open;
+    /* V2: requests a server dropped instead of claiming because it already
+     * held 10,000 requests or 64 MiB awaiting their ClaimResponse (anyone who
+     * can publish on a request channel could otherwise park requests there
+     * until their expiry, at most 5 minutes each). */
+    uint64_t dropped_held_limit;
 } psrpc_bus_stats;
 
 #define PSRPC_BUS_STATS_SIZE_V1 112
+#define PSRPC_BUS_STATS_SIZE_V2 120
 
 /** Reads the counters. Any thread. */
 PSRPC_API psrpc_status psrpc_bus_get_stats(psrpc_bus *bus, psrpc_bus_stats *out);

@@ -182,7 +182,8 @@ TEST(abi_struct_sizes) {
     CHECK_EQ_INT(sizeof(psrpc_server_options), PSRPC_SERVER_OPTIONS_SIZE_V1);
     CHECK_EQ_INT(sizeof(psrpc_call_options), PSRPC_CALL_OPTIONS_SIZE_V1);
     CHECK_EQ_INT(sizeof(psrpc_selection_options), PSRPC_SELECTION_OPTIONS_SIZE_V1);
-    CHECK_EQ_INT(sizeof(psrpc_bus_stats), PSRPC_BUS_STATS_SIZE_V1);
+    CHECK_EQ_INT(sizeof(psrpc_bus_stats), PSRPC_BUS_STATS_SIZE_V2);
+    CHECK_EQ_INT(offsetof(psrpc_bus_stats, dropped_held_limit), PSRPC_BUS_STATS_SIZE_V1);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -257,7 +258,7 @@ TEST(abi_null_bus) {
     EXPECT_FAIL(psrpc_bus_open(&b, "bogus://host", NULL));
     CHECK(b == NULL);
     EXPECT_ERR(psrpc_bus_close(NULL, NULL, NULL), PSRPC_INVALID_ARGUMENT);
-    psrpc_bus_stats st = {sizeof st, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    psrpc_bus_stats st = {sizeof st, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     EXPECT_ERR(psrpc_bus_get_stats(NULL, &st), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_bus_watch(NULL, nop_state, NULL, nop_release), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_bus_wait_ready(NULL, 10), PSRPC_INVALID_ARGUMENT);
@@ -903,6 +904,13 @@ TEST(abi_stats_smaller_struct) {
     CHECK_EQ_INT(psrpc_bus_get_stats(b, &s), PSRPC_OK);
     CHECK_EQ_INT(s.requests_in_flight, 0);
     CHECK_EQ_INT(s.dropped_malformed, 0);
+    /* a caller built against V1 gets V1's fields and nothing past them */
+    memset(&s, 0xab, sizeof s);
+    s.struct_size = PSRPC_BUS_STATS_SIZE_V1;
+    CHECK_EQ_INT(psrpc_bus_get_stats(b, &s), PSRPC_OK);
+    CHECK_EQ_INT(s.struct_size, PSRPC_BUS_STATS_SIZE_V1);
+    CHECK_EQ_INT(s.streams_open, 0);
+    CHECK(s.dropped_held_limit == 0xababababababababULL);
     psrpc_bus_free(b);
 }
 
