@@ -343,4 +343,239 @@ TEST(sync_ex_local_refusals) {
     free(l);
 }
 
+/* ------------------------------------------------------------------------ */
+/* psrpc_request_abandon                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* Held requests abandoned from the test thread (not the loop thread): the
+ * caller sees the status and message; status 0 / unknown values become
+ * internal, a NULL message the status description. */
+TEST(abandon_handler_stage_from_another_thread) {
+    fx *f = fx_new_handler(NULL, NULL, echo_method(), 5000);
+    REQUIRE(fx_ok(f));
+    enum { N = 4 };
+    tu_call *c = tu_calls_new(N);
+    for (int i = 0; i < N; i++) {
+        REQUIRE(tu_call_async(f->cl, echo_method(), "x", NULL, &c[i]) == PSRPC_OK);
+        REQUIRE(WAIT_UNTIL(tu_srv_nheld(f->srv) == 1, 5000));
+        psrpc_request *q = tu_srv_pop(f->srv);
+        REQUIRE(q);
+        switch (i) {
+        case 0:
+            psrpc_request_abandon(q, PSRPC_UNAVAILABLE, "handler went away");
+            break;
+        case 1:
+            psrpc_request_abandon(q, 0, NULL);
+            break;
+        case 2:
+            psrpc_request_abandon(q, -555, "odd status");
+            break;
+        default:
+            psrpc_request_abandon(q, PSRPC_WOULD_DEADLOCK, "");
+            break;
+        }
+        REQUIRE(tu_wait_count(&c[i].count, 1, 5000));
+    }
+    CHECK_EQ_INT(c[0].status, PSRPC_UNAVAILABLE);
+    CHECK_EQ_STR(c[0].code, "unavailable");
+    CHECK_EQ_STR(c[0].message, "handler went away");
+    CHECK_EQ_INT(c[1].status, PSRPC_INTERNAL);
+    CHECK_EQ_STR(c[1].code, "internal");
+    CHECK_EQ_STR(c[1].message, psrpc_status_str(PSRPC_INTERNAL));
+    CHECK_EQ_INT(c[2].status, PSRPC_INTERNAL);
+    CHECK_EQ_STR(c[2].message, "odd status");
+    /* a local-only status travels as "internal" */
+    CHECK_EQ_INT(c[3].status, PSRPC_INTERNAL);
+    CHECK_EQ_STR(c[3].code, "internal");
+    CHECK_EQ_STR(c[3].message, psrpc_status_str(PSRPC_WOULD_DEADLOCK));
+    fx_free(f);
+    for (int i = 0; i < N; i++)
+        CHECK_EQ_INT(atomic_load(&c[i].count), 1);
+    free(c);
+}
+
+/* Once consumed, every further answer is recognised as stale: abandon is a
+ * no-op, respond/fail/claim return INVALID_ARGUMENT, the caller gets the first
+ * answer only, and (ASan) nothing is read after free or freed twice. */
+TEST(abandon_after_consumed_is_noop) {
+    fx *f = fx_new_handler(NULL, NULL, echo_method(), 5000);
+    REQUIRE(fx_ok(f));
+    tu_call *c = tu_calls_new(2);
+    /* respond, then abandon twice: still pending or already freed */
+    REQUIRE(tu_call_async(f->cl, echo_method(), "x", NULL, &c[0]) == PSRPC_OK);
+    REQUIRE(WAIT_UNTIL(tu_srv_nheld(f->srv) == 1, 5000));
+    psrpc_request *q = tu_srv_pop(f->srv);
+    REQUIRE(psrpc_request_respond(q, "first", 5) == PSRPC_OK);
+    psrpc_request_abandon(q, PSRPC_ABORTED, "second");
+    REQUIRE(tu_wait_count(&c[0].count, 1, 5000));
+    th_sleep_ms(50); /* the loop has freed it by now */
+    psrpc_request_abandon(q, PSRPC_ABORTED, "third");
+    psrpc_clear_error();
+    CHECK_EQ_INT(psrpc_request_respond(q, "fourth", 6), PSRPC_INVALID_ARGUMENT);
+    CHECK(psrpc_last_error()[0] != 0);
+    CHECK_EQ_INT(psrpc_request_fail(q, PSRPC_ABORTED, "fifth"), PSRPC_INVALID_ARGUMENT);
+    CHECK_EQ_INT(psrpc_request_claim(q, 1.0f), PSRPC_INVALID_ARGUMENT);
+    CHECK_EQ_INT(c[0].status, PSRPC_OK);
+    CHECK_EQ_STR(c[0].response, "first");
+    /* abandon, then abandon and respond */
+    REQUIRE(tu_call_async(f->cl, echo_method(), "x", NULL, &c[1]) == PSRPC_OK);
+    REQUIRE(WAIT_UNTIL(tu_srv_nheld(f->srv) == 1, 5000));
+    q = tu_srv_pop(f->srv);
+    psrpc_request_abandon(q, PSRPC_NOT_FOUND, "gone");
+    psrpc_request_abandon(q, PSRPC_ABORTED, "again");
+    CHECK_EQ_INT(psrpc_request_respond(q, "late", 4), PSRPC_INVALID_ARGUMENT);
+    REQUIRE(tu_wait_count(&c[1].count, 1, 5000));
+    CHECK_EQ_INT(c[1].status, PSRPC_NOT_FOUND);
+    CHECK_EQ_STR(c[1].message, "gone");
+    th_sleep_ms(100);
+    fx_free(f);
+    CHECK_EQ_INT(atomic_load(&c[0].count), 1);
+    CHECK_EQ_INT(atomic_load(&c[1].count), 1);
+    free(c);
+}
+
+/* Many threads race to consume the same requests: exactly one answer each. */
+typedef struct race_arg {
+    psrpc_request *q;
+    int kind;
+    atomic_int *oks;
+} race_arg;
+
+static void *race_thread(void *arg) {
+    race_arg *a = (race_arg *)arg;
+    if (a->kind == 0)
+        psrpc_request_abandon(a->q, PSRPC_ABORTED, "abandoned");
+    else if (psrpc_request_respond(a->q, "won", 3) == PSRPC_OK)
+        atomic_fetch_add(a->oks, 1);
+    return NULL;
+}
+
+TEST(abandon_races_with_respond) {
+    fx *f = fx_new_handler(NULL, NULL, echo_method(), 5000);
+    REQUIRE(fx_ok(f));
+    enum { N = 20, T = 4 };
+    tu_call *c = tu_calls_new(N);
+    atomic_int oks = 0;
+    int responded = 0;
+    for (int i = 0; i < N; i++) {
+        REQUIRE(tu_call_async(f->cl, echo_method(), "x", NULL, &c[i]) == PSRPC_OK);
+        REQUIRE(WAIT_UNTIL(tu_srv_nheld(f->srv) == 1, 5000));
+        psrpc_request *q = tu_srv_pop(f->srv);
+        pthread_t t[T];
+        race_arg a[T];
+        for (int k = 0; k < T; k++) {
+            a[k] = (race_arg){q, k % 2, &oks};
+            REQUIRE(pthread_create(&t[k], NULL, race_thread, &a[k]) == 0);
+        }
+        for (int k = 0; k < T; k++)
+            pthread_join(t[k], NULL);
+        REQUIRE(tu_wait_count(&c[i].count, 1, 5000));
+        if (c[i].status == PSRPC_OK) {
+            responded++;
+            CHECK_EQ_STR(c[i].response, "won");
+        } else {
+            CHECK_EQ_INT(c[i].status, PSRPC_ABORTED);
+        }
+    }
+    CHECK_EQ_INT(atomic_load(&oks), responded);
+    th_sleep_ms(100);
+    fx_free(f);
+    for (int i = 0; i < N; i++)
+        CHECK_EQ_INT(atomic_load(&c[i].count), 1);
+    free(c);
+}
+
+/* Affinity stage: an abandoning server does not claim; another server
+ * answers, or (alone) the caller gets no servers. */
+typedef struct aff_srv {
+    psrpc_server *server;
+    char id[128];
+    bool abandon;
+    atomic_int affinity_calls;
+    atomic_int handled;
+} aff_srv;
+
+static void aff_cb(psrpc_request *req, void *ud) {
+    aff_srv *a = (aff_srv *)ud;
+    atomic_fetch_add(&a->affinity_calls, 1);
+    if (a->abandon)
+        psrpc_request_abandon(req, PSRPC_ABORTED, "not me");
+    else
+        psrpc_request_claim(req, 1.0f);
+}
+
+static void aff_handler(psrpc_request *req, void *ud) {
+    aff_srv *a = (aff_srv *)ud;
+    atomic_fetch_add(&a->handled, 1);
+    psrpc_request_respond(req, a->id, strlen(a->id));
+}
+
+static aff_srv *aff_srv_new(psrpc_bus *bus, const char *svc, const psrpc_method *m, bool ab) {
+    aff_srv *a = (aff_srv *)calloc(1, sizeof *a);
+    a->abandon = ab;
+    if (psrpc_server_create(&a->server, bus, svc, NULL) != PSRPC_OK)
+        return a;
+    snprintf(a->id, sizeof a->id, "%s", psrpc_server_id(a->server));
+    if (psrpc_server_register(a->server, m, NULL, 0, aff_handler, aff_cb, NULL, a, NULL) !=
+            PSRPC_OK ||
+        psrpc_server_wait_ready(a->server, tu_ms(5000)) != PSRPC_OK) {
+        psrpc_server_free(a->server);
+        a->server = NULL;
+    }
+    return a;
+}
+
+TEST(abandon_affinity_stage) {
+    psrpc_bus *b[3];
+    REQUIRE(open_bus_group(b, 3) == 0);
+    char svc[64];
+    tu_service(svc, sizeof svc);
+    psrpc_method m = tu_method("Pick", PSRPC_ROUTING_AFFINITY, 0);
+    aff_srv *quitter = aff_srv_new(b[0], svc, &m, true);
+    REQUIRE(quitter->server);
+    psrpc_client *cl = tu_client(b[2], svc, 3000, 300);
+    REQUIRE(cl);
+    /* alone: nobody claims */
+    tu_call *c = tu_calls_new(2);
+    REQUIRE(tu_call_wait(cl, &m, "x", NULL, &c[0], 5000));
+    CHECK_EQ_INT(c[0].status, PSRPC_UNAVAILABLE);
+    CHECK_EQ_INT(atomic_load(&quitter->affinity_calls), 1);
+    /* with a second server: it answers */
+    aff_srv *taker = aff_srv_new(b[1], svc, &m, false);
+    REQUIRE(taker->server);
+    REQUIRE(tu_call_wait(cl, &m, "x", NULL, &c[1], 5000));
+    CHECK_EQ_INT(c[1].status, PSRPC_OK);
+    CHECK_EQ_STR(c[1].response, taker->id);
+    CHECK_EQ_INT(atomic_load(&quitter->handled), 0);
+    CHECK_EQ_INT(atomic_load(&taker->handled), 1);
+    psrpc_client_free(cl);
+    psrpc_server_free(quitter->server);
+    psrpc_server_free(taker->server);
+    for (int i = 0; i < 3; i++)
+        psrpc_bus_free(b[i]);
+    CHECK_EQ_INT(atomic_load(&c[0].count), 1);
+    CHECK_EQ_INT(atomic_load(&c[1].count), 1);
+    free(c);
+    free(quitter);
+    free(taker);
+}
+
+/* A held request abandoned after a forced server close: no crash, no leak. */
+TEST(abandon_after_forced_close) {
+    fx *f = fx_new_handler(NULL, NULL, echo_method(), tu_ms(500));
+    REQUIRE(fx_ok(f));
+    tu_call *c = tu_calls_new(1);
+    REQUIRE(tu_call_async(f->cl, echo_method(), "x", NULL, c) == PSRPC_OK);
+    REQUIRE(WAIT_UNTIL(tu_srv_nheld(f->srv) == 1, 5000));
+    psrpc_request *q = tu_srv_pop(f->srv);
+    REQUIRE(psrpc_server_close(f->srv->server, PSRPC_CLOSE_FORCE, NULL, NULL) == PSRPC_OK);
+    psrpc_server_free(f->srv->server);
+    f->srv->server = NULL;
+    psrpc_request_abandon(q, PSRPC_ABORTED, "too late");
+    REQUIRE(tu_wait_count(&c->count, 1, 5000));
+    CHECK(c->status != PSRPC_OK);
+    fx_free(f);
+    free(c);
+}
+
 TEST_MAIN()
