@@ -763,7 +763,8 @@ typedef struct psrpc_stream psrpc_stream;
  * to accept it (the peer's send completes); return non-zero when you cannot
  * take it now: it is not acknowledged, the peer's send fails with
  * deadline_exceeded and the stream stays open (livekit/psrpc's slow consumer;
- * counted as dropped_slow_consumer).
+ * counted as dropped_slow_consumer). To decide later (on another thread),
+ * call psrpc_stream_defer inside the callback and psrpc_stream_ack after.
  */
 typedef int (*psrpc_stream_message_cb)(psrpc_stream *stream, const psrpc_msg *msg,
                                        void *user_data);
@@ -845,6 +846,30 @@ PSRPC_API psrpc_status psrpc_stream_send(psrpc_stream *stream, const void *data,
  */
 PSRPC_API psrpc_status psrpc_stream_close(psrpc_stream *stream, int status,
                                           const char *message);
+
+/**
+ * Deferred acks: inside a stream's on_message callback (client or server
+ * side), for the message being delivered, takes a token; the callback's
+ * return value is then ignored and the message is acknowledged (accept != 0:
+ * the peer's send completes) or refused (accept == 0: not acknowledged, the
+ * peer's send fails as for a slow consumer, counted as
+ * dropped_slow_consumer) when psrpc_stream_ack is called, from any thread,
+ * at any later time, while the caller still holds its stream reference.
+ * Outside on_message (or for another stream): PSRPC_FAILED_PRECONDITION.
+ * Deferring twice in one callback returns the same token. Messages keep
+ * being delivered meanwhile; acks are sent in the order of the
+ * psrpc_stream_ack calls. A deferred message not acked before the peer's
+ * send timeout makes the peer's send fail with deadline_exceeded (the
+ * stream stays open; a later accept sends nothing). Tokens live until they
+ * are acked or the stream ends.
+ */
+PSRPC_API psrpc_status psrpc_stream_defer(psrpc_stream *stream, uint64_t *token_out);
+/**
+ * Acknowledges (accept != 0) or refuses (accept == 0) a deferred message. A
+ * token is valid once: acking it twice, or after the stream closed, returns
+ * PSRPC_NOT_FOUND and sends nothing.
+ */
+PSRPC_API psrpc_status psrpc_stream_ack(psrpc_stream *stream, uint64_t token, int accept);
 
 /** Closes cleanly if still open and drops the caller's reference. NULL is a no-op. */
 PSRPC_API void psrpc_stream_free(psrpc_stream *stream);

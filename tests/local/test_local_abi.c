@@ -36,7 +36,7 @@ static const char *const covered[] = {
     "psrpc_stream_metadata_count", "psrpc_stream_metadata_at", "psrpc_stream_metadata_get",
     /* issue 20 additions: covered by test_local_ext.c */
     "psrpc_error_copy", "psrpc_error_free", "psrpc_client_call_sync_ex",
-    "psrpc_request_abandon",
+    "psrpc_request_abandon", "psrpc_stream_defer", "psrpc_stream_ack",
 };
 
 /* The call returns `code`, sets a non-empty last error and its status. */
