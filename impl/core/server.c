@@ -5,6 +5,7 @@
 
 #include "chan_cache.h"
 #include "core.h"
+#include "live_set.h"
 #include "map.h"
 #include "stream.h"
 
@@ -159,6 +160,7 @@ static void reg_release(reg *r) {
 }
 
 static void request_free(psrpc_request *q) {
+    psrpc__live_del(q); /* from now on calls on q are recognised as stale */
     q->magic = 0;
     free(q->stream_id);
     free(q->request_id);
@@ -663,6 +665,8 @@ static psrpc_request *request_new(reg *r, const request_fields *f) {
     }
     if (ok)
         ok = psrpc_msg_new(&q->payload, f->payload, f->payload_len) == PSRPC_OK;
+    if (ok)
+        ok = psrpc__live_add(q);
     if (!ok) {
         request_free(q);
         return NULL;
@@ -1360,14 +1364,9 @@ static void answer_task(void *arg) {
     free(a);
 }
 
-/* Consumes q's handler stage with a packed Response. */
+/* Sends a packed Response for q, taken in its handler stage (request_take). */
 static int answer(psrpc_request *q, Internal__Response *resp) {
     psrpc_server *s = q->server;
-    int expected = STAGE_HANDLER;
-    if (!atomic_compare_exchange_strong(&q->stage, &expected, STAGE_DONE))
-        return psrpc__error(PSRPC_INVALID_ARGUMENT,
-                            "request is not waiting for an answer (already answered, or in "
-                            "its affinity stage)");
     answer_task_arg *a = calloc(1, sizeof *a);
     int rc = a ? PSRPC_OK : PSRPC_RESOURCE_EXHAUSTED;
     resp->request_id = q->request_id;
@@ -1415,48 +1414,57 @@ static int answer(psrpc_request *q, Internal__Response *resp) {
     return psrpc__error(result, "cannot send the answer");
 }
 
-psrpc_status psrpc_request_respond(psrpc_request *request, const void *data, size_t len) {
-    CHECK_REQ(request);
-    PSRPC__CHECK_ARG(data || len == 0, "data is NULL with a non-zero length");
-    Internal__Response resp = INTERNAL__RESPONSE__INIT;
-    resp.raw_response.data = (uint8_t *)data;
-    resp.raw_response.len = len;
-    return answer(request, &resp);
+static void claim_answer_task(void *arg) {
+    psrpc_request *q = arg;
+    send_claim(q);
 }
 
-psrpc_status psrpc_request_fail(psrpc_request *request, int status, const char *message) {
-    CHECK_REQ(request);
-    PSRPC__CHECK_ARG(status < 0, "status %d is not an error", status);
-    return psrpc_request_fail_details(request, psrpc_status_code(status), message, NULL, 0);
-}
-
-psrpc_status psrpc_request_fail_details(psrpc_request *request, const char *code,
-                                        const char *message, const psrpc_error_detail *details,
-                                        size_t details_count) {
-    CHECK_REQ(request);
-    PSRPC__CHECK_ARG(code, "code is NULL (use \"unknown\" or a psrpc code string)");
-    PSRPC__CHECK_ARG(details || details_count == 0, "details is NULL with a non-zero count");
-    if (!*code)
-        code = "unknown";
-    PSRPC__CHECK_ARG(psrpc__utf8_valid(code, strlen(code)), "code is not valid UTF-8");
-    if (!message || !*message)
-        message = psrpc_status_str(psrpc_status_from_code(code));
-    PSRPC__CHECK_ARG(psrpc__utf8_valid(message, strlen(message)), "message is not valid UTF-8");
-    for (size_t i = 0; i < details_count; i++) {
-        PSRPC__CHECK_ARG(details[i].type_url &&
-                             psrpc__utf8_valid(details[i].type_url, strlen(details[i].type_url)),
-                         "detail %zu has no valid type_url", i);
-        PSRPC__CHECK_ARG(details[i].value || details[i].value_len == 0,
-                         "detail %zu has NULL value with a non-zero length", i);
+/* Takes q out of the stage in which the user holds it (any thread), under
+ * the live-set lock so a consumed and freed request is never touched.
+ * Returns STAGE_HANDLER (now DONE: the caller answers it), STAGE_AFFINITY
+ * (now CLAIMING: the caller posts its claim) or 0: NULL, not a live request,
+ * or already consumed (nothing to do). */
+static int request_take(psrpc_request *q) {
+    int got = 0;
+    if (psrpc__live_lock(q) && q->magic == REQUEST_MAGIC) {
+        int expected = STAGE_HANDLER;
+        if (atomic_compare_exchange_strong(&q->stage, &expected, STAGE_DONE)) {
+            got = STAGE_HANDLER;
+        } else {
+            expected = STAGE_AFFINITY;
+            if (atomic_compare_exchange_strong(&q->stage, &expected, STAGE_CLAIMING))
+                got = STAGE_AFFINITY;
+        }
     }
+    psrpc__live_unlock(q);
+    return got;
+}
+
+static int not_live(const psrpc_request *q) {
+    if (!q)
+        return psrpc__error(PSRPC_INVALID_ARGUMENT, "request is NULL");
+    return psrpc__error(PSRPC_INVALID_ARGUMENT,
+                        "request is not waiting for an answer (already consumed, or not a "
+                        "psrpc_request)");
+}
+
+/* q taken in its affinity stage: posts its claim (affinity < 0 declines). */
+static int post_claim(psrpc_request *q, float affinity) {
+    q->affinity = affinity != affinity ? -1.0f : affinity; /* NaN declines */
+    int rc = psrpc__bus_post(q->server->bus, claim_answer_task, q);
+    if (rc != PSRPC_OK)
+        request_release(q);
+    return rc;
+}
+
+/* Sends a failure for q, taken in its handler stage. code, message and
+ * details must be valid (see psrpc_request_fail_details). */
+static int send_failure(psrpc_request *q, const char *code, const char *message,
+                        const psrpc_error_detail *details, size_t details_count) {
     Internal__Any *anys = details_count ? calloc(details_count, sizeof *anys) : NULL;
     Internal__Any **ptrs = details_count ? calloc(details_count, sizeof *ptrs) : NULL;
-    if (details_count && (!anys || !ptrs)) {
-        free(anys);
-        free(ptrs);
-        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
-    }
-    for (size_t i = 0; i < details_count; i++) {
+    bool oom = details_count && (!anys || !ptrs);
+    for (size_t i = 0; !oom && i < details_count; i++) {
         internal__any__init(&anys[i]);
         anys[i].type_url = (char *)details[i].type_url;
         anys[i].value.data = (uint8_t *)details[i].value;
@@ -1466,31 +1474,136 @@ psrpc_status psrpc_request_fail_details(psrpc_request *request, const char *code
     Internal__Response resp = INTERNAL__RESPONSE__INIT;
     resp.code = (char *)code;
     resp.error = (char *)message;
-    resp.n_error_details = details_count;
-    resp.error_details = ptrs;
-    int rc = answer(request, &resp);
+    if (!oom) {
+        resp.n_error_details = details_count;
+        resp.error_details = ptrs;
+    }
+    int rc = answer(q, &resp);
     free(anys);
     free(ptrs);
+    if (oom && rc == PSRPC_OK)
+        rc = psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory: sent without the details");
     return rc;
 }
 
-static void claim_answer_task(void *arg) {
-    psrpc_request *q = arg;
-    send_claim(q);
+/* A refused argument: consumes q all the same (handler stage: fails it with
+ * PSRPC_INTERNAL saying what was wrong; affinity stage: declines) and returns
+ * PSRPC_INVALID_ARGUMENT. */
+static int refuse(psrpc_request *q, int stage, const char *fn, const char *what) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s: %s", fn, what);
+    if (stage == STAGE_HANDLER)
+        send_failure(q, "internal", msg, NULL, 0);
+    else
+        post_claim(q, -1.0f);
+    return psrpc__error(PSRPC_INVALID_ARGUMENT, "%s (the request was consumed: %s)", msg,
+                        stage == STAGE_HANDLER ? "failed with PSRPC_INTERNAL" : "declined");
+}
+
+psrpc_status psrpc_request_respond(psrpc_request *request, const void *data, size_t len) {
+    static const char fn[] = "psrpc_request_respond";
+    int stage = request_take(request);
+    if (!stage)
+        return not_live(request);
+    if (stage == STAGE_AFFINITY)
+        return refuse(request, stage, fn,
+                      "called in the affinity stage (answer it with psrpc_request_claim)");
+    if (!data && len)
+        return refuse(request, stage, fn, "data is NULL with a non-zero length");
+    Internal__Response resp = INTERNAL__RESPONSE__INIT;
+    resp.raw_response.data = (uint8_t *)data;
+    resp.raw_response.len = len;
+    return answer(request, &resp);
+}
+
+/* The checks of psrpc_request_fail_details; NULL when fine, else what is
+ * wrong (in buf). Normalises an empty code and an empty message. */
+static const char *check_failure(const char **code, const char **message,
+                                 const psrpc_error_detail *details, size_t details_count, char *buf,
+                                 size_t n) {
+    if (!*code)
+        return "code is NULL (use \"unknown\" or a psrpc code string)";
+    if (!details && details_count)
+        return "details is NULL with a non-zero count";
+    if (!**code)
+        *code = "unknown";
+    if (!psrpc__utf8_valid(*code, strlen(*code)))
+        return "code is not valid UTF-8";
+    if (!*message || !**message)
+        *message = psrpc_status_str(psrpc_status_from_code(*code));
+    if (!psrpc__utf8_valid(*message, strlen(*message)))
+        return "message is not valid UTF-8";
+    for (size_t i = 0; i < details_count; i++) {
+        if (!details[i].type_url ||
+            !psrpc__utf8_valid(details[i].type_url, strlen(details[i].type_url))) {
+            snprintf(buf, n, "detail %zu has no valid type_url", i);
+            return buf;
+        }
+        if (!details[i].value && details[i].value_len) {
+            snprintf(buf, n, "detail %zu has NULL value with a non-zero length", i);
+            return buf;
+        }
+    }
+    return NULL;
+}
+
+static int fail_common(psrpc_request *request, const char *fn, const char *code,
+                       const char *message, const psrpc_error_detail *details,
+                       size_t details_count) {
+    int stage = request_take(request);
+    if (!stage)
+        return not_live(request);
+    if (stage == STAGE_AFFINITY)
+        return refuse(request, stage, fn,
+                      "called in the affinity stage (answer it with psrpc_request_claim)");
+    char buf[96];
+    const char *wrong = check_failure(&code, &message, details, details_count, buf, sizeof buf);
+    if (wrong)
+        return refuse(request, stage, fn, wrong);
+    return send_failure(request, code, message, details, details_count);
+}
+
+psrpc_status psrpc_request_fail(psrpc_request *request, int status, const char *message) {
+    if (status >= 0) {
+        int stage = request_take(request);
+        if (!stage)
+            return not_live(request);
+        char what[64];
+        snprintf(what, sizeof what, "status %d is not an error", status);
+        return refuse(request, stage, "psrpc_request_fail", what);
+    }
+    return fail_common(request, "psrpc_request_fail", psrpc_status_code(status), message, NULL, 0);
+}
+
+psrpc_status psrpc_request_fail_details(psrpc_request *request, const char *code,
+                                        const char *message, const psrpc_error_detail *details,
+                                        size_t details_count) {
+    return fail_common(request, "psrpc_request_fail_details", code, message, details,
+                       details_count);
 }
 
 psrpc_status psrpc_request_claim(psrpc_request *request, float affinity) {
-    CHECK_REQ(request);
-    int expected = STAGE_AFFINITY;
-    if (!atomic_compare_exchange_strong(&request->stage, &expected, STAGE_CLAIMING))
-        return psrpc__error(PSRPC_INVALID_ARGUMENT, "request is not waiting for an affinity");
-    request->affinity = affinity;
-    if (affinity != affinity) /* NaN declines */
-        request->affinity = -1.0f;
-    int rc = psrpc__bus_post(request->server->bus, claim_answer_task, request);
-    if (rc != PSRPC_OK) {
-        request_release(request);
-        return rc;
+    int stage = request_take(request);
+    if (!stage)
+        return not_live(request);
+    if (stage == STAGE_HANDLER)
+        return refuse(request, stage, "psrpc_request_claim",
+                      "called in the handler stage (answer it with psrpc_request_respond or "
+                      "psrpc_request_fail)");
+    return post_claim(request, affinity);
+}
+
+void psrpc_request_abandon(psrpc_request *request, int status, const char *message) {
+    int stage = request_take(request);
+    if (stage == STAGE_AFFINITY) {
+        post_claim(request, -1.0f);
+    } else if (stage == STAGE_HANDLER) {
+        /* status 0, positive or not a psrpc status: internal */
+        if (status >= 0 ||
+            (status != PSRPC_UNKNOWN && strcmp(psrpc_status_name(status), "PSRPC_UNKNOWN") == 0))
+            status = PSRPC_INTERNAL;
+        if (!message || !*message || !psrpc__utf8_valid(message, strlen(message)))
+            message = psrpc_status_str(status);
+        send_failure(request, psrpc_status_code(status), message, NULL, 0);
     }
-    return PSRPC_OK;
 }

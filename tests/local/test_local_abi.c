@@ -36,6 +36,7 @@ static const char *const covered[] = {
     "psrpc_stream_metadata_count", "psrpc_stream_metadata_at", "psrpc_stream_metadata_get",
     /* issue 20 additions: covered by test_local_ext.c */
     "psrpc_error_copy", "psrpc_error_free", "psrpc_client_call_sync_ex",
+    "psrpc_request_abandon", "psrpc_stream_defer", "psrpc_stream_ack",
 };
 
 /* The call returns `code`, sets a non-empty last error and its status. */
@@ -241,6 +242,7 @@ TEST(abi_null_pure_and_msg) {
     EXPECT_ERR(psrpc_request_fail_details(NULL, "not_found", "x", NULL, 0),
                PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_request_claim(NULL, 1.0f), PSRPC_INVALID_ARGUMENT);
+    psrpc_request_abandon(NULL, PSRPC_ABORTED, "x"); /* no-op */
 
     /* void functions with NULL are no-ops */
     psrpc_bus_free(NULL);
@@ -664,6 +666,9 @@ TEST(abi_wrong_handle_kind) {
     EXPECT_ERR(psrpc_client_create(&c, (psrpc_bus *)l->cl, "Svc", NULL), PSRPC_INVALID_ARGUMENT);
     CHECK(psrpc_client_id((psrpc_client *)l->srv) == NULL);
     CHECK(psrpc_server_id((psrpc_server *)l->cl) == NULL);
+    EXPECT_ERR(psrpc_request_respond((psrpc_request *)l->srv, "x", 1), PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_request_claim((psrpc_request *)l->bus, 1.0f), PSRPC_INVALID_ARGUMENT);
+    psrpc_request_abandon((psrpc_request *)l->cl, PSRPC_ABORTED, "x"); /* no-op */
     /* everything still works afterwards */
     CHECK_EQ_INT(psrpc_client_cancel(l->cl, 1), PSRPC_OK);
     live_free(l);
