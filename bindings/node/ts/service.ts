@@ -288,7 +288,13 @@ export function decodeOptions(buf: Uint8Array): PsrpcOptions {
 /** The psrpc options of a method descriptor (defaults when it has none). */
 export function psrpcOptions(m: DescMethod): PsrpcOptions {
   const unknown = (m.proto.options as any)?.$unknown as { no: number; wireType: number; data: Uint8Array }[] | undefined;
-  const parts = (unknown ?? []).filter((u) => u.no === OPTIONS_EXTENSION_NUMBER && u.wireType === 2).map((u) => u.data);
+  // protobuf-es keeps an unknown length-delimited field's bytes with their length prefix.
+  const parts = (unknown ?? [])
+    .filter((u) => u.no === OPTIONS_EXTENSION_NUMBER && u.wireType === 2)
+    .map((u) => {
+      const [n, i] = varint(u.data, 0);
+      return i + n === u.data.length ? u.data.subarray(i) : u.data;
+    });
   const total = parts.reduce((n, p) => n + p.length, 0);
   const buf = new Uint8Array(total);
   let off = 0;
