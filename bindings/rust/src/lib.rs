@@ -53,3 +53,12 @@ pub use psrpc_sys as sys;
 /// Re-exported for generated code.
 #[doc(hidden)]
 pub use prost;
+
+/// Includes the code `psrpc-build` generated for a proto package
+/// (`psrpc::include_proto!("example");` for `package example;`).
+#[macro_export]
+macro_rules! include_proto {
+    ($package:tt) => {
+        include!(concat!(env!("OUT_DIR"), concat!("/", $package, ".rs")));
+    };
+}
