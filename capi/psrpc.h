@@ -174,6 +174,20 @@ typedef struct psrpc_error {
     size_t details_count;
 } psrpc_error;
 
+/**
+ * An owned deep copy of error (status, code, message, details with their
+ * type URLs and bytes), e.g. to keep an error delivered to a callback after
+ * the callback returned. One allocation; free it with psrpc_error_free.
+ * error NULL or out NULL: PSRPC_INVALID_ARGUMENT (*out is NULL on failure).
+ * NULL code/message/type_url in the source are copied as "". Any thread.
+ */
+PSRPC_API psrpc_status psrpc_error_copy(psrpc_error **out, const psrpc_error *error);
+/**
+ * Frees an error made by psrpc_error_copy or returned by
+ * psrpc_client_call_sync_ex (never one borrowed in a callback). NULL: no-op.
+ */
+PSRPC_API void psrpc_error_free(psrpc_error *error);
+
 /* ------------------------------------------------------------------------ */
 /* Messages: immutable, refcounted byte buffers                              */
 /* ------------------------------------------------------------------------ */
@@ -372,7 +386,9 @@ typedef struct psrpc_client_options {
     uint32_t flags;               /* reserved, 0 */
     int64_t timeout_ms;           /* default request timeout; 0 = 3000 */
     int64_t selection_timeout_ms; /* default AffinityTimeout; 0 = 1000 */
-    const char *client_id;        /* NULL = "CLI_" + 12 random alphanumerics */
+    const char *client_id;        /* NULL or "" = "CLI_" + 12 random alphanumerics; any
+                                     UTF-8 without whitespace, control characters, empty
+                                     or wildcard ("*", ">") dot-separated parts */
 } psrpc_client_options;
 
 #define PSRPC_CLIENT_OPTIONS_INIT {sizeof(psrpc_client_options), 0, 0, 0, NULL}
@@ -519,6 +535,24 @@ PSRPC_API psrpc_status psrpc_client_call_sync(psrpc_msg **out, psrpc_client *cli
                                               const psrpc_method *method, const void *data,
                                               size_t len, const psrpc_call_options *opts);
 
+/**
+ * psrpc_client_call_sync that also returns the error object. On PSRPC_OK:
+ * *out is the response (release with psrpc_msg_release) and *error_out is
+ * NULL. On failure: *out is NULL and, when error_out is not NULL, *error_out
+ * is an owned psrpc_error to free with psrpc_error_free: the code string
+ * exactly as received, the message and the details of a server's error;
+ * failures of our own (timeout, no servers, cancel, a refused argument)
+ * carry their status's wire code, or "internal" for local-only statuses
+ * (PSRPC_WOULD_DEADLOCK, PSRPC_NOT_SUPPORTED). The return value is the
+ * error's status, and psrpc_last_error() holds its message. *error_out is
+ * NULL after a failure only if memory ran out. out NULL:
+ * PSRPC_INVALID_ARGUMENT (nothing is sent).
+ */
+PSRPC_API psrpc_status psrpc_client_call_sync_ex(psrpc_msg **out, psrpc_error **error_out,
+                                                 psrpc_client *client, const psrpc_method *method,
+                                                 const void *data, size_t len,
+                                                 const psrpc_call_options *opts);
+
 typedef struct psrpc_sub psrpc_sub;
 
 /** A subscription message; msg is borrowed for the callback. */
@@ -570,7 +604,8 @@ typedef struct psrpc_server_options {
     uint32_t struct_size; /* sizeof(psrpc_server_options) */
     uint32_t flags;       /* PSRPC_SERVER_* */
     int64_t timeout_ms;   /* server stream timeout; 0 = 3000 */
-    const char *server_id; /* NULL = "SRV_" + 12 random alphanumerics */
+    const char *server_id; /* NULL or "" = "SRV_" + 12 random alphanumerics; any UTF-8
+                              string (as Go: it travels in messages, not channel names) */
 } psrpc_server_options;
 
 #define PSRPC_SERVER_OPTIONS_INIT {sizeof(psrpc_server_options), 0, 0, NULL}

@@ -234,23 +234,6 @@ static void start_task(void *arg) {
     psrpc__bus_release(bus);
 }
 
-static char *mask_url(const char *url) {
-    /* scheme://user:secret@host → scheme://user:***@host */
-    const char *scheme_end = strstr(url, "://");
-    const char *at = scheme_end ? strchr(scheme_end + 3, '@') : NULL;
-    if (!at)
-        return psrpc__strdup(url);
-    const char *userinfo = scheme_end + 3;
-    const char *colon = memchr(userinfo, ':', (size_t)(at - userinfo));
-    size_t keep = (size_t)((colon ? colon : userinfo) - url);
-    size_t n = keep + 5 + strlen(at) + 1;
-    char *out = malloc(n);
-    if (!out)
-        return NULL;
-    snprintf(out, n, "%.*s%s%s", (int)keep, url, colon ? ":***" : "***", at);
-    return out;
-}
-
 psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_options *opts) {
     PSRPC__CHECK_ARG(out, "out is NULL");
     *out = NULL;
@@ -277,7 +260,7 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
     bus->children.next = bus->children.prev = &bus->children;
     pthread_mutex_init(&bus->state_mu, NULL);
     pthread_cond_init(&bus->state_cond, NULL);
-    bus->url_safe = mask_url(url);
+    bus->url_safe = psrpc__url_mask(url);
     if (!bus->url_safe) {
         free(bus);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
@@ -294,9 +277,15 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
         rc = psrpc__nats_open(bus, url);
 #endif
     } else {
+        /* Only the scheme is named: the rest may hold a secret. */
         const char *sep = strstr(url, "://");
-        rc = psrpc__error(PSRPC_INVALID_ARGUMENT, "unsupported bus URL scheme in \"%.*s\"",
-                          sep ? (int)(sep - url) : 16, url);
+        if (sep && sep - url <= 32 && !memchr(url, '@', (size_t)(sep - url)))
+            rc = psrpc__error(PSRPC_INVALID_ARGUMENT, "unsupported bus URL scheme \"%.*s\"",
+                              (int)(sep - url), url);
+        else
+            rc = psrpc__error(PSRPC_INVALID_ARGUMENT,
+                              "bus URL without a supported scheme (local://, redis://, "
+                              "rediss://, nats://, tls://)");
     }
     if (rc != PSRPC_OK) {
         pthread_mutex_destroy(&bus->state_mu);

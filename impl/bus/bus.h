@@ -145,6 +145,13 @@ int psrpc__bus_inject(psrpc_bus *bus, const psrpc__channel *ch, const void *data
  * failure (*oom true); partial output is wiped. Any thread. */
 char *psrpc__url_unescape(const char *s, size_t n, bool *oom);
 
+/* A copy of a bus URL fit for messages: every credential block masked with
+ * the rule its transport's parser uses (Redis: user information up to the
+ * last '@'; NATS: the same, for each comma-separated server). The user name
+ * stays, the password or token becomes "***". NULL on allocation failure.
+ * Any thread. */
+char *psrpc__url_mask(const char *url);
+
 /* Transports. Each *_open parses its URL (and bus->opts), sets
  * bus->transport and bus->transport_state, and returns 0 or a status with
  * psrpc__error set; it runs on the caller's thread before the loop starts. */

@@ -604,7 +604,7 @@ static psrpc_request *request_new(reg *r, const request_fields *f) {
     q->sent_at = f->sent_at;
     q->expiry = f->expiry;
     q->skip_claim = f->skip_claim;
-    int64_t clamp = psrpc__now_ns() + EXPIRY_CLAMP_NS;
+    int64_t clamp = psrpc__sat_add(psrpc__now_ns(), EXPIRY_CLAMP_NS);
     if (q->expiry > clamp)
         q->expiry = clamp;
     bool ok = q->request_id && q->client_id && q->method;
@@ -857,7 +857,9 @@ psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char 
     PSRPC__CHECK_ARG(o.timeout_ms >= 0, "timeout_ms is negative");
     PSRPC__CHECK_ARG((o.flags & ~PSRPC_SERVER_SKIP_CLAIM) == 0, "unknown server flags 0x%x",
                      (unsigned)o.flags);
-    if (o.server_id && (rc = psrpc__check_name("server_id", o.server_id)) != PSRPC_OK)
+    if (o.server_id && !*o.server_id)
+        o.server_id = NULL; /* as Go: an empty id means a generated one */
+    if (o.server_id && (rc = psrpc__check_server_id(o.server_id)) != PSRPC_OK)
         return rc;
     if (atomic_load(&bus->state) != PSRPC__OPEN || atomic_load(&bus->freed))
         return psrpc__error(PSRPC_CANCELED, "bus is closed");
@@ -879,7 +881,7 @@ psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char 
         free(s);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     }
-    s->timeout_ms = o.timeout_ms ? o.timeout_ms : 3000;
+    s->timeout_ms = o.timeout_ms ? psrpc__clamp_timeout_ms(o.timeout_ms) : 3000;
     s->flags = o.flags;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cond, NULL);
@@ -1270,7 +1272,8 @@ psrpc_status psrpc_request_metadata_at(const psrpc_request *q, size_t index, con
 const char *psrpc_request_metadata_get(const psrpc_request *q, const char *key) {
     if (!q || q->magic != REQUEST_MAGIC || !key)
         return NULL;
-    for (size_t i = 0; i < q->meta_count; i++)
+    /* The last of duplicate keys wins, as in Go (a map filled in wire order). */
+    for (size_t i = q->meta_count; i-- > 0;)
         if (strcmp(q->meta_keys[i], key) == 0)
             return q->meta_values[i];
     return NULL;
@@ -1284,7 +1287,7 @@ int64_t psrpc_request_expiry_ns(const psrpc_request *q) {
 int64_t psrpc_request_remaining_ms(const psrpc_request *q) {
     if (!q || q->magic != REQUEST_MAGIC)
         return 0;
-    return (q->expiry - psrpc__now_ns()) / 1000000;
+    return psrpc__sat_add(q->expiry, -psrpc__now_ns()) / 1000000;
 }
 
 typedef struct answer_task_arg {

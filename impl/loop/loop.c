@@ -121,8 +121,21 @@ static void close_stray(uv_handle_t *h, void *arg) {
         uv_close(h, NULL);
 }
 
+void psrpc__sigpipe_block(sigset_t *old) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, old);
+}
+
+void psrpc__sigmask_restore(const sigset_t *old) { pthread_sigmask(SIG_SETMASK, old, NULL); }
+
 static void *thread_main(void *arg) {
     psrpc__loop *loop = arg;
+    /* Already blocked (inherited from psrpc__loop_start); again in case the
+     * creator's mask changed in between. */
+    sigset_t ignored;
+    psrpc__sigpipe_block(&ignored);
     current_loop = loop;
     uv_run(&loop->uv, UV_RUN_DEFAULT);
     /* Anything still open is a bug elsewhere; close it so the loop can end. */
@@ -165,7 +178,12 @@ int psrpc__loop_start(psrpc__loop **out) {
     uv_unref((uv_handle_t *)&loop->prepare); /* the async keeps the loop alive */
     pthread_mutex_init(&loop->mu, NULL);
     pthread_cond_init(&loop->cond, NULL);
+    /* The thread starts with SIGPIPE blocked (and so does every thread it
+     * creates, e.g. nats.c's reconnect thread). */
+    sigset_t old;
+    psrpc__sigpipe_block(&old);
     int rc = pthread_create(&loop->thread, NULL, thread_main, loop);
+    psrpc__sigmask_restore(&old);
     if (rc != 0) {
         uv_close((uv_handle_t *)&loop->async, NULL);
         uv_close((uv_handle_t *)&loop->prepare, NULL);

@@ -3,13 +3,22 @@
 #ifndef PSRPC_IMPL_LOOP_H
 #define PSRPC_IMPL_LOOP_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <uv.h>
 
 typedef struct psrpc__loop psrpc__loop;
 typedef void (*psrpc__task_fn)(void *arg);
 
-/* Starts the thread. Returns 0 or a psrpc_status. */
+/* Blocks SIGPIPE on the calling thread, saving its mask in *old (restore
+ * with psrpc__sigmask_restore). Threads inherit the mask of the thread that
+ * creates them: library threads are created with SIGPIPE blocked. */
+void psrpc__sigpipe_block(sigset_t *old);
+void psrpc__sigmask_restore(const sigset_t *old);
+
+/* Starts the thread, with SIGPIPE blocked: a write to a socket the peer
+ * reset fails with EPIPE instead of killing the process (SIGPIPE raised by
+ * write(2) is directed at the writing thread). Returns 0 or a psrpc_status. */
 int psrpc__loop_start(psrpc__loop **out);
 
 /* Runs fn(arg) on the loop thread, in posting order. Any thread. Returns 0, or

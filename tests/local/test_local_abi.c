@@ -34,6 +34,8 @@ static const char *const covered[] = {
     "psrpc_stream_set_callbacks", "psrpc_stream_send", "psrpc_stream_close",
     "psrpc_stream_free", "psrpc_stream_id", "psrpc_stream_node_id", "psrpc_stream_method",
     "psrpc_stream_metadata_count", "psrpc_stream_metadata_at", "psrpc_stream_metadata_get",
+    /* issue 20 additions: covered by test_local_ext.c */
+    "psrpc_error_copy", "psrpc_error_free", "psrpc_client_call_sync_ex",
 };
 
 /* The call returns `code`, sets a non-empty last error and its status. */
@@ -209,6 +211,12 @@ TEST(abi_null_pure_and_msg) {
                PSRPC_INVALID_ARGUMENT);
     psrpc_bus_options bo;
     EXPECT_ERR(psrpc_bus_options_init(&bo, 0), PSRPC_INVALID_ARGUMENT);
+
+    psrpc_error *ec = (psrpc_error *)0x1;
+    EXPECT_ERR(psrpc_error_copy(&ec, NULL), PSRPC_INVALID_ARGUMENT);
+    CHECK(ec == NULL);
+    EXPECT_ERR(psrpc_error_copy(NULL, NULL), PSRPC_INVALID_ARGUMENT);
+    psrpc_error_free(NULL);
 
     EXPECT_ERR(psrpc_selection_choose(NULL, "SRV_x"), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_selection_fail(NULL, PSRPC_UNAVAILABLE, "x"), PSRPC_INVALID_ARGUMENT);
@@ -397,6 +405,14 @@ TEST(abi_null_client) {
     CHECK(out == NULL);
     EXPECT_ERR(psrpc_client_call_sync(&out, l->cl, NULL, "x", 1, NULL), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_client_call_sync(&out, l->cl, &m, NULL, 1, NULL), PSRPC_INVALID_ARGUMENT);
+    psrpc_error *sx = NULL;
+    EXPECT_ERR(psrpc_client_call_sync_ex(NULL, NULL, l->cl, &m, "x", 1, NULL),
+               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_client_call_sync_ex(&out, &sx, NULL, &m, "x", 1, NULL),
+               PSRPC_INVALID_ARGUMENT);
+    CHECK(out == NULL);
+    CHECK(sx != NULL && sx->status == PSRPC_INVALID_ARGUMENT);
+    psrpc_error_free(sx);
 
     psrpc_sub *s = (psrpc_sub *)0x1;
     EXPECT_ERR(psrpc_client_subscribe(NULL, l->cl, &sm, NULL, 0, nop_msg, NULL, NULL, nop_release),
@@ -431,7 +447,9 @@ TEST(abi_null_server) {
     EXPECT_ERR(psrpc_server_create(&s, l->bus, "bad name", NULL), PSRPC_INVALID_ARGUMENT);
     psrpc_server_free(s);
     psrpc_server_options so = PSRPC_SERVER_OPTIONS_INIT;
-    const char *bad_ids[] = {"bad id!", "", "SRV_a.b", "SRV_a|b", "SRV_*"};
+    /* Any UTF-8 id is accepted, as in Go (ids travel in messages only);
+     * invalid UTF-8 cannot go into a protobuf string. */
+    const char *bad_ids[] = {"\xff", "SRV_\xc0\xaf"};
     for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++) {
         so.server_id = bad_ids[i];
         s = NULL;
@@ -441,6 +459,20 @@ TEST(abi_null_server) {
             psrpc_server_free(s);
         }
     }
+    const char *good_ids[] = {"srv-1.a", "SRV_a|b", "SRV_*", "bad id!", "软件"};
+    for (size_t i = 0; i < sizeof good_ids / sizeof good_ids[0]; i++) {
+        so.server_id = good_ids[i];
+        s = NULL;
+        CHECK_EQ_INT(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_OK);
+        CHECK_EQ_STR(psrpc_server_id(s), good_ids[i]);
+        psrpc_server_free(s);
+    }
+    so.server_id = ""; /* as Go: generated */
+    s = NULL;
+    CHECK_EQ_INT(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_OK);
+    CHECK(s && strncmp(psrpc_server_id(s), "SRV_", 4) == 0);
+    psrpc_server_free(s);
+    s = NULL;
     so = (psrpc_server_options)PSRPC_SERVER_OPTIONS_INIT;
     so.timeout_ms = -1;
     EXPECT_ERR(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_INVALID_ARGUMENT);

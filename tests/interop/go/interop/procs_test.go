@@ -156,6 +156,7 @@ type srvSpec struct {
 	affinity string // "" = the server's default (1.0)
 	topics   []string
 	extra    []string
+	id       string // "" = generated
 }
 
 // servers starts the given servers (kinds resolved by the direction), waits
@@ -172,6 +173,9 @@ func (e *env) servers(t *testing.T, specs ...srvSpec) []*proc {
 			kind = e.serverKind(i)
 		}
 		id := fmt.Sprintf("SRV_%s%d_%s", kind, i, randID(6))
+		if s.id != "" {
+			id = s.id
+		}
 		args := []string{"--bus", e.busURL, "--server-id", id}
 		if s.affinity != "" {
 			args = append(args, "--affinity", s.affinity)
