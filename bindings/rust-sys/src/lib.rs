@@ -379,6 +379,8 @@ functions! {
     pub fn psrpc_last_error() -> *const c_char;
     pub fn psrpc_last_error_status() -> c_int;
     pub fn psrpc_clear_error();
+    pub fn psrpc_error_copy(out: *mut *mut psrpc_error, error: *const psrpc_error) -> psrpc_status;
+    pub fn psrpc_error_free(error: *mut psrpc_error);
 
     pub fn psrpc_msg_new(out: *mut *mut psrpc_msg, data: *const c_void, len: usize) -> psrpc_status;
     pub fn psrpc_msg_data(msg: *const psrpc_msg) -> *const u8;
@@ -405,6 +407,7 @@ functions! {
     pub fn psrpc_client_call_multi(call_id_out: *mut u64, client: *mut psrpc_client, method: *const psrpc_method, data: *const c_void, len: usize, opts: *const psrpc_call_options, on_result: psrpc_call_cb, on_done: psrpc_call_cb, user_data: *mut c_void) -> psrpc_status;
     pub fn psrpc_client_cancel(client: *mut psrpc_client, call_id: u64) -> psrpc_status;
     pub fn psrpc_client_call_sync(out: *mut *mut psrpc_msg, client: *mut psrpc_client, method: *const psrpc_method, data: *const c_void, len: usize, opts: *const psrpc_call_options) -> psrpc_status;
+    pub fn psrpc_client_call_sync_ex(out: *mut *mut psrpc_msg, error_out: *mut *mut psrpc_error, client: *mut psrpc_client, method: *const psrpc_method, data: *const c_void, len: usize, opts: *const psrpc_call_options) -> psrpc_status;
     pub fn psrpc_client_subscribe(out: *mut *mut psrpc_sub, client: *mut psrpc_client, method: *const psrpc_method, topics: *const *const c_char, topic_count: usize, on_message: psrpc_message_cb, on_ready: psrpc_done_cb, user_data: *mut c_void, release: psrpc_release_cb) -> psrpc_status;
     pub fn psrpc_sub_wait_ready(sub: *mut psrpc_sub, timeout_ms: i64) -> psrpc_status;
     pub fn psrpc_sub_close(sub: *mut psrpc_sub, closed_cb: psrpc_closed_cb, user_data: *mut c_void) -> psrpc_status;

@@ -568,6 +568,32 @@ impl Client {
         Call { state: CallFuture::Pending { rx, id, client: self.inner.clone(), done: false }, decode }
     }
 
+    /// A blocking unary call for code outside any async runtime (never call
+    /// it from a handler or another async task: it blocks the thread until
+    /// the response or the deadline; a custom `select` function is not used).
+    /// Fails with `internal` on a loop thread.
+    pub fn call_blocking<Req: Codec, Resp: Codec>(&self, method: &Method, request: &Req, options: &CallOptions) -> Result<Resp> {
+        let raw = RawCallOptions::new(options, None)?;
+        let data = encode(request);
+        let m = method.raw();
+        let mut out = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        let st = unsafe {
+            sys::psrpc_client_call_sync_ex(&mut out, &mut err, self.inner.ptr, &m, data.as_ptr().cast(), data.len(), &raw.raw)
+        };
+        if st != sys::PSRPC_OK {
+            if err.is_null() {
+                return Err(Error::last(st));
+            }
+            let e = unsafe { Error::from_raw(err, std::ptr::null()) };
+            unsafe { sys::psrpc_error_free(err) };
+            return Err(e);
+        }
+        let payload = unsafe { Payload::retain(out) };
+        unsafe { sys::psrpc_msg_release(out) };
+        decode::<Resp>(&payload, Code::MalformedResult, "response")
+    }
+
     /// A multi call (MULTI routing): every server's response as it arrives.
     pub fn call_multi<Req: Codec, Resp: Codec>(&self, method: &Method, request: &Req, options: &CallOptions) -> MultiCall<Resp> {
         let (tx, rx) = mpsc::unbounded();

@@ -116,6 +116,14 @@ async fn errors(kind: &str) {
     // The server survived the panic.
     let ok: Msg = client.call(&m, &msg("fine", 3), &CallOptions::new()).await.unwrap();
     assert_eq!(ok.text, "fine");
+    // The blocking call keeps code, message and details too.
+    let (c2, m2) = (client.clone(), m.clone());
+    let e = tokio::task::spawn_blocking(move || c2.call_blocking::<Msg, Msg>(&m2, &msg("", 0), &CallOptions::new())).await.unwrap().unwrap_err();
+    assert_eq!((e.code.clone(), e.message.as_str(), e.details.len()), (Code::NotFound, "no such thing: 日本", 2));
+    assert_eq!(e.details[1].value, vec![0, 1, 2, 255]);
+    let (c2, m2) = (client.clone(), m.clone());
+    let ok = tokio::task::spawn_blocking(move || c2.call_blocking::<Msg, Msg>(&m2, &msg("sync", 3), &CallOptions::new())).await.unwrap().unwrap();
+    assert_eq!(ok.text, "sync");
     // An undecodable request: malformed_request from the server.
     let e = client.call_raw(&m, &[0xff, 0xff, 0xff], &CallOptions::new()).await.unwrap_err();
     assert_eq!(e.code, Code::MalformedRequest, "{e}");

@@ -1,7 +1,7 @@
 //! Typed psrpc services from `.proto` files, for a crate's `build.rs` (as
 //! `tonic-build` is for gRPC):
 //!
-//! ```no_run
+//! ```text
 //! // build.rs
 //! fn main() {
 //!     psrpc_build::compile_protos(&["proto/counter.proto"], &["proto"]).unwrap();
@@ -22,6 +22,7 @@
 //!   streams);
 //! - trait `Foo`: the handlers to implement (async), with affinity functions
 //!   for affinity methods, and `FooServer` to register them and publish.
+#![warn(missing_docs)]
 use prost::Message;
 use std::collections::HashMap;
 use std::fmt::Write as _;
