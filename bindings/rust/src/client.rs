@@ -286,6 +286,22 @@ unsafe extern "C" fn call_cb(
     })
 }
 
+/// Cancels a call from anywhere (see [`Call::cancel_handle`]).
+#[derive(Clone)]
+pub struct CancelHandle {
+    target: Option<(Arc<ClientInner>, u64)>,
+}
+
+impl CancelHandle {
+    /// Cancels the call: if still outstanding it completes with `canceled`
+    /// "request canceled". Finished calls are not affected.
+    pub fn cancel(&self) {
+        if let Some((client, id)) = &self.target {
+            unsafe { sys::psrpc_client_cancel(client.ptr, *id) };
+        }
+    }
+}
+
 /// A unary call in flight: a future of the response. Dropping it before it
 /// completes cancels the request (`psrpc_client_cancel`).
 #[must_use = "a call is cancelled when dropped"]
@@ -297,6 +313,17 @@ pub struct Call<T> {
 enum CallFuture {
     Failed(Option<Error>),
     Pending { rx: oneshot::Receiver<CallResult>, id: u64, client: Arc<ClientInner>, done: bool },
+}
+
+impl<T> Call<T> {
+    /// A handle that cancels this call while the future is still awaited
+    /// (the future then resolves with `canceled`).
+    pub fn cancel_handle(&self) -> CancelHandle {
+        match &self.state {
+            CallFuture::Pending { id, client, .. } => CancelHandle { target: Some((client.clone(), *id)) },
+            CallFuture::Failed(_) => CancelHandle { target: None },
+        }
+    }
 }
 
 impl<T> Future for Call<T> {
@@ -373,17 +400,35 @@ unsafe extern "C" fn multi_done_cb(
 }
 
 /// A multi call in flight: a stream of every server's response (or error),
-/// ending when the call's timeout ends the collection. If the call ends
-/// otherwise (cancelled, client closed) the cause is the last item. Dropping
-/// it cancels the call.
+/// ending when the call's timeout ends the collection. If the call ended
+/// otherwise (cancelled, client closed, refused) [`MultiCall::cause`] says
+/// why once the stream has ended. Dropping it cancels the call.
 #[must_use = "a multi call is cancelled when dropped"]
 pub struct MultiCall<T> {
     rx: Option<mpsc::UnboundedReceiver<MultiEvent>>,
     id: u64,
     client: Arc<ClientInner>,
     failed: Option<Error>,
+    cause: Option<Error>,
     done: bool,
     _t: PhantomData<fn() -> T>,
+}
+
+impl<T> MultiCall<T> {
+    /// Why the call ended early (None while running or after a normal end).
+    pub fn cause(&self) -> Option<&Error> {
+        self.cause.as_ref()
+    }
+
+    /// A handle that cancels this call while it is being consumed (the
+    /// stream then ends and [`MultiCall::cause`] is `canceled`).
+    pub fn cancel_handle(&self) -> CancelHandle {
+        if self.failed.is_some() || self.done {
+            CancelHandle { target: None }
+        } else {
+            CancelHandle { target: Some((self.client.clone(), self.id)) }
+        }
+    }
 }
 
 impl<T: Codec> Stream for MultiCall<T> {
@@ -392,7 +437,9 @@ impl<T: Codec> Stream for MultiCall<T> {
         let this = self.get_mut();
         if let Some(e) = this.failed.take() {
             this.done = true;
-            return Poll::Ready(Some(Err(e)));
+            this.rx = None;
+            this.cause = Some(e);
+            return Poll::Ready(None);
         }
         let Some(rx) = this.rx.as_mut() else { return Poll::Ready(None) };
         match futures::StreamExt::poll_next_unpin(rx, cx) {
@@ -406,7 +453,8 @@ impl<T: Codec> Stream for MultiCall<T> {
             Poll::Ready(Some(MultiEvent::Done(e))) => {
                 this.done = true;
                 this.rx = None;
-                Poll::Ready(e.map(Err))
+                this.cause = e;
+                Poll::Ready(None)
             }
             Poll::Ready(None) => {
                 this.done = true;
@@ -419,7 +467,7 @@ impl<T: Codec> Stream for MultiCall<T> {
 
 impl<T> Drop for MultiCall<T> {
     fn drop(&mut self) {
-        if !self.done && self.failed.is_none() {
+        if !self.done && self.failed.is_none() && self.rx.is_some() {
             unsafe { sys::psrpc_client_cancel(self.client.ptr, self.id) };
         }
     }
@@ -599,7 +647,7 @@ impl Client {
         let (tx, rx) = mpsc::unbounded();
         let select = self.select_state(options);
         let sel_ud = select.as_ref().map(|b| &**b as *const SelectState as *mut c_void);
-        let mut call = MultiCall { rx: Some(rx), id: 0, client: self.inner.clone(), failed: None, done: false, _t: PhantomData };
+        let mut call = MultiCall { rx: Some(rx), id: 0, client: self.inner.clone(), failed: None, cause: None, done: false, _t: PhantomData };
         let raw = match RawCallOptions::new(options, sel_ud) {
             Ok(r) => r,
             Err(e) => {

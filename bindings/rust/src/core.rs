@@ -204,6 +204,30 @@ impl Method {
     }
 }
 
+/// One row of a generated method table (what protoc-gen-psrpc derives).
+#[derive(Debug, Clone)]
+pub struct MethodInfo {
+    /// Wire name of the service.
+    pub service: &'static str,
+    /// The method.
+    pub method: Method,
+    /// Full protobuf name of the input type.
+    pub input_type: &'static str,
+    /// Full protobuf name of the output type.
+    pub output_type: &'static str,
+    /// Number of topic parameters (0 without topics).
+    pub topic_params: u32,
+}
+
+impl MethodInfo {
+    /// livekit/psrpc's RegisterMethod flags: (affinity, multi, require_claim, queue).
+    pub fn register_flags(&self) -> (bool, bool, bool, bool) {
+        let r = self.method.routing();
+        let multi = r == Routing::Multi;
+        (r == Routing::Affinity, multi, !multi && !self.method.flags().contains(MethodFlags::SINGLE_SERVER), r == Routing::Queue)
+    }
+}
+
 /// A boxed, sendable future (what [`Spawn`] runs).
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 

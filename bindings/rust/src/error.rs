@@ -105,12 +105,20 @@ pub struct Error {
     pub details: Vec<prost_types::Any>,
     /// The id of the server that answered with this error, when known.
     pub server_id: Option<String>,
+    local: bool,
 }
 
 impl Error {
     /// An error with a code and a message.
     pub fn new(code: Code, message: impl Into<String>) -> Error {
-        Error { code, message: message.into(), details: Vec::new(), server_id: None }
+        Error { code, message: message.into(), details: Vec::new(), server_id: None, local: false }
+    }
+
+    /// Whether libpsrpc refused the operation before anything was sent (bad
+    /// argument, closed handle, message too large…), as opposed to an outcome
+    /// that came over the bus (a server's error, a timeout, a cancellation).
+    pub fn is_local(&self) -> bool {
+        self.local
     }
 
     /// Adds a detail (any prost message, packed as `google.protobuf.Any`).
@@ -142,14 +150,14 @@ impl Error {
                 if d.value.is_null() || d.value_len == 0 { Vec::new() } else { std::slice::from_raw_parts(d.value, d.value_len).to_vec() };
             details.push(prost_types::Any { type_url: cstr(d.type_url), value });
         }
-        Error { code, message: cstr(e.message), details, server_id: opt_cstr(server_id) }
+        Error { code, message: cstr(e.message), details, server_id: opt_cstr(server_id), local: false }
     }
 
     /// The error of the calling thread's last failed libpsrpc call.
     pub(crate) fn last(status: c_int) -> Error {
         let msg = unsafe { cstr(sys::psrpc_last_error()) };
         let msg = if msg.is_empty() { unsafe { cstr(sys::psrpc_status_str(status)) } } else { msg };
-        Error::new(Code::from_status(status), msg)
+        Error { local: true, ..Error::new(Code::from_status(status), msg) }
     }
 
     pub(crate) fn closed(what: &str) -> Error {
@@ -157,7 +165,7 @@ impl Error {
     }
 
     pub(crate) fn invalid(msg: impl Into<String>) -> Error {
-        Error::new(Code::InvalidArgument, msg)
+        Error { local: true, ..Error::new(Code::InvalidArgument, msg) }
     }
 }
 

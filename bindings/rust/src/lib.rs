@@ -43,8 +43,8 @@ mod server;
 mod stream;
 
 pub use crate::bus::{Bus, BusOptions, BusStats};
-pub use crate::client::{Call, CallOptions, Claim, Client, ClientOptions, MultiCall, MultiItem, Reply, SelectFn, SelectionOptions, Subscription};
-pub use crate::core::{BoxFuture, Codec, Method, MethodFlags, Payload, RawMessage, Routing, Spawn};
+pub use crate::client::{Call, CallOptions, CancelHandle, Claim, Client, ClientOptions, MultiCall, MultiItem, Reply, SelectFn, SelectionOptions, Subscription};
+pub use crate::core::{BoxFuture, Codec, Method, MethodFlags, MethodInfo, Payload, RawMessage, Routing, Spawn};
 pub use crate::error::{Code, Error, Result};
 pub use crate::server::{Context, HandlerFuture, Metadata, Request, Server, ServerOptions};
 pub use crate::stream::{SendFuture, Stream, StreamReceiver, StreamSender};

@@ -160,7 +160,19 @@ async fn deadline_and_cancel(kind: &str) {
     let e = client.call::<Msg, Msg>(&m, &msg("", 1500), &CallOptions::new().deadline(dl)).await.unwrap_err();
     assert_eq!(e.code, Code::DeadlineExceeded, "{e}");
     assert!(t0.elapsed() < Duration::from_millis(1300));
+    // Cancel through a handle: the future resolves with canceled.
+    let call = client.call::<Msg, Msg>(&m, &msg("", 2000), &CallOptions::new().timeout(Duration::from_secs(10)));
+    let h = call.cancel_handle();
+    let t0 = Instant::now();
+    let (r, _) = futures::join!(call, async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        h.cancel()
+    });
+    let e = r.unwrap_err();
+    assert_eq!((e.code.clone(), e.message.as_str()), (Code::Canceled, "request canceled"), "{e}");
+    assert!(t0.elapsed() < Duration::from_millis(1500));
     // Cancel on drop: the call is no longer in flight long before its timeout.
+    tokio::time::sleep(Duration::from_millis(2000)).await; // the cancelled handler's sleep ends
     let before = started.load(Ordering::SeqCst);
     let r = tokio::time::timeout(
         Duration::from_millis(300),
@@ -284,6 +296,20 @@ async fn multi_and_topics(kind: &str) {
     // Topics route to the owner.
     let r: Msg = client.call(&t, &msg("", 0), &CallOptions::new().topic("region é 1")).await.unwrap();
     assert_eq!((r.text.as_str(), r.n), ("region é 1", 1));
+    // A cancel handle ends the multi call early; the cause says why.
+    let mut call = client.call_multi::<Msg, Msg>(&m, &msg("", 0), &CallOptions::new().timeout(Duration::from_secs(10)));
+    let h = call.cancel_handle();
+    assert!(call.next().await.unwrap().is_ok());
+    h.cancel();
+    let t0 = Instant::now();
+    while call.next().await.is_some() {}
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let e = call.cause().unwrap();
+    assert_eq!((e.code.clone(), e.message.as_str(), e.is_local()), (Code::Canceled, "request canceled", false));
+    // A refused multi call: the stream ends at once, the cause is local.
+    let mut call = client.call_multi::<Msg, Msg>(&m, &msg("", 0), &CallOptions::new().topic("bad\0topic"));
+    assert!(call.next().await.is_none());
+    assert!(call.cause().unwrap().is_local());
     // Dropping a multi call cancels it.
     let mut call = client.call_multi::<Msg, Msg>(&m, &msg("", 0), &CallOptions::new().timeout(Duration::from_secs(10)));
     let first = call.next().await.unwrap().unwrap();

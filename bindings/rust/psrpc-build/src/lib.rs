@@ -45,6 +45,9 @@ pub struct MethodInfo {
     pub stream: bool,
     /// `topic_params.single_server`.
     pub single_server: bool,
+    /// Number of topic parameters: len(topic_params.names), or 1 with
+    /// topics and no names, 0 without topics.
+    pub topic_params: u32,
     /// Full protobuf name of the input type (no leading dot).
     pub input_type: String,
     /// Full protobuf name of the output type (no leading dot).
@@ -109,6 +112,8 @@ struct PsrpcOptions {
 }
 #[derive(Clone, PartialEq, Message)]
 struct TopicParams {
+    #[prost(string, repeated, tag = "2")]
+    names: Vec<String>,
     #[prost(bool, tag = "4")]
     single_server: bool,
 }
@@ -166,7 +171,12 @@ pub fn method_table(descriptor_set: &[u8]) -> io::Result<HashMap<(String, String
                         subscription: o.subscription,
                         topics: o.topics,
                         stream: o.stream,
-                        single_server: o.topic_params.map(|p| p.single_server).unwrap_or(false),
+                        single_server: o.topic_params.as_ref().map(|p| p.single_server).unwrap_or(false),
+                        topic_params: match (o.topics, o.topic_params.as_ref().map_or(0, |p| p.names.len())) {
+                            (false, _) => 0,
+                            (true, 0) => 1,
+                            (true, n) => n as u32,
+                        },
                         input_type: m.input_type.clone().unwrap_or_default().trim_start_matches('.').to_string(),
                         output_type: m.output_type.clone().unwrap_or_default().trim_start_matches('.').to_string(),
                     },
@@ -313,6 +323,20 @@ impl prost_build::ServiceGenerator for Generator {
                 i.output_type
             );
         }
+        let _ = writeln!(b, "    /// Every method of the service, in .proto order.");
+        let _ = writeln!(b, "    pub const TABLE: &[::psrpc::MethodInfo] = &[");
+        for (m, i) in &methods {
+            let _ = writeln!(
+                b,
+                "        ::psrpc::MethodInfo {{ service: super::{}_SERVICE, method: {}, input_type: {:?}, output_type: {:?}, topic_params: {} }},",
+                upper(name),
+                upper(&m.proto_name),
+                i.input_type,
+                i.output_type,
+                i.topic_params
+            );
+        }
+        let _ = writeln!(b, "    ];");
         let _ = writeln!(b, "}}");
 
         // Client.
