@@ -681,6 +681,17 @@ impl Client {
     /// Subscribes to a subscription method under `topics`; resolves once the
     /// broker confirmed the subscription.
     pub async fn subscribe<T: Codec, S: AsRef<str>>(&self, method: &Method, topics: &[S]) -> Result<Subscription<T>> {
+        let (sub, ready) = self.start_subscribe(method, topics)?;
+        ready.await.unwrap_or_else(|_| Err(Error::closed("subscription")))?;
+        Ok(sub)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_subscribe<T: Codec, S: AsRef<str>>(
+        &self,
+        method: &Method,
+        topics: &[S],
+    ) -> Result<(Subscription<T>, oneshot::Receiver<Result<()>>)> {
         let (tx, rx) = mpsc::unbounded();
         let (rtx, rrx) = oneshot::channel();
         let topics = CStrings::new(topics, "topic")?;
@@ -701,9 +712,7 @@ impl Client {
             )
         };
         check(st)?;
-        let sub = Subscription { ptr: out, rx, _client: self.inner.clone(), _t: PhantomData };
-        rrx.await.unwrap_or_else(|_| Err(Error::closed("subscription")))?;
-        Ok(sub)
+        Ok((Subscription { ptr: out, rx, _client: self.inner.clone(), _t: PhantomData }, rrx))
     }
 
     /// Closes the client: outstanding calls fail with `canceled`

@@ -323,6 +323,17 @@ impl Server {
     }
 
     async fn register_raw<S: AsRef<str>>(&self, method: &Method, topics: &[S], kind: Kind, affinity: Option<AffinityFn>) -> Result<()> {
+        let rx = self.start_register(method, topics, kind, affinity)?;
+        rx.await.unwrap_or_else(|_| Err(Error::closed("server")))
+    }
+
+    fn start_register<S: AsRef<str>>(
+        &self,
+        method: &Method,
+        topics: &[S],
+        kind: Kind,
+        affinity: Option<AffinityFn>,
+    ) -> Result<oneshot::Receiver<Result<()>>> {
         let topics = CStrings::new(topics, "topic")?;
         let (tx, rx) = oneshot::channel();
         let is_stream = matches!(kind, Kind::Stream(_));
@@ -365,7 +376,7 @@ impl Server {
             }
         };
         check(st)?;
-        rx.await.unwrap_or_else(|_| Err(Error::closed("server")))
+        Ok(rx)
     }
 
     /// Registers a handler of a unary or multi method under `topics`

@@ -342,6 +342,12 @@ impl Client {
     /// Opens a stream to one server of a stream method; resolves once a
     /// server acknowledged the open (or it failed).
     pub async fn open_stream<Out: Codec, In: Codec>(&self, method: &Method, options: &CallOptions) -> Result<Stream<Out, In>> {
+        let (shared, opened) = self.start_stream(method, options)?;
+        opened.await.unwrap_or_else(|_| Err(Error::closed("stream")))?;
+        Ok(Stream::from_shared(shared))
+    }
+
+    fn start_stream(&self, method: &Method, options: &CallOptions) -> Result<(Arc<StreamShared>, oneshot::Receiver<Result<()>>)> {
         let raw = RawCallOptions::new(options, None)?;
         let (tx, rx) = mpsc::unbounded();
         let (otx, orx) = oneshot::channel();
@@ -363,9 +369,6 @@ impl Client {
             )
         };
         crate::error::check(st)?;
-        drop(raw);
-        let shared = Arc::new(StreamShared { stream: OwnedStream(SendPtr(out)), rx: Mutex::new(Some(rx)), cause });
-        orx.await.unwrap_or_else(|_| Err(Error::closed("stream")))?;
-        Ok(Stream::from_shared(shared))
+        Ok((Arc::new(StreamShared { stream: OwnedStream(SendPtr(out)), rx: Mutex::new(Some(rx)), cause }), orx))
     }
 }

@@ -528,3 +528,21 @@ macro_rules! suite {
 }
 
 suite!(local, redis, nats);
+
+/// Every future of the API can be spawned on a multi-threaded runtime.
+#[allow(dead_code, clippy::diverging_sub_expression, unreachable_code)]
+fn futures_are_send(client: Client, server: Server, bus: Bus, m: Method) {
+    fn send<T: Send>(_: T) {}
+    send(client.call::<Msg, Msg>(&m, &msg("", 0), &CallOptions::new()));
+    send(client.call_multi::<Msg, Msg>(&m, &msg("", 0), &CallOptions::new()));
+    send(client.subscribe::<Msg, &str>(&m, &[]));
+    send(client.open_stream::<Msg, Msg>(&m, &CallOptions::new()));
+    send(client.close());
+    send(server.register(&m, NO_TOPICS, |r: Request<Msg>, _| async move { Ok(r.message) }));
+    send(server.close(false));
+    send(bus.close());
+    send(bus.wait_ready(Duration::from_secs(1)));
+    let s: psrpc::Stream<Msg, Msg> = unimplemented!();
+    send(s.send(&msg("", 0)));
+    send(s);
+}

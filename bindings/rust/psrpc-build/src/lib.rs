@@ -418,6 +418,7 @@ impl prost_build::ServiceGenerator for Generator {
             upper(name)
         );
         let _ = writeln!(b, "    /// The untyped server.\n    pub fn server(&self) -> &::psrpc::Server {{\n        &self.server\n    }}");
+        let _ = writeln!(b, "    /// The service implementation.\n    pub fn service(&self) -> &::std::sync::Arc<T> {{\n        &self.service\n    }}");
         let mut all = Vec::new();
         for (m, i) in &methods {
             let (inp, out) = (&m.input_type, &m.output_type);
