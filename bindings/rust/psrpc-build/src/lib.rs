@@ -302,9 +302,9 @@ impl prost_build::ServiceGenerator for Generator {
         }
         let b = buf;
         let _ = writeln!(b, "/// Wire name of service `{full}`.");
-        let _ = writeln!(b, "pub const {}_SERVICE: &str = {:?};", upper(name), wire_service);
+        let _ = writeln!(b, "#[allow(dead_code)]\npub const {}_SERVICE: &str = {:?};", upper(name), wire_service);
         let _ = writeln!(b, "/// The psrpc methods of service `{full}` (what protoc-gen-psrpc derives from the method options).");
-        let _ = writeln!(b, "pub mod {mods} {{");
+        let _ = writeln!(b, "#[allow(dead_code)]\npub mod {mods} {{");
         for (m, i) in &methods {
             let routing = ["Queue", "Affinity", "Multi"][i.routing as usize];
             let mut flags = vec!["::psrpc::MethodFlags::NONE".to_string()];
@@ -342,8 +342,8 @@ impl prost_build::ServiceGenerator for Generator {
         // Client.
         let client = format!("{name}Client");
         let _ = writeln!(b, "/// Typed client of service `{full}`.");
-        let _ = writeln!(b, "#[derive(Clone)]\npub struct {client} {{\n    client: ::psrpc::Client,\n}}");
-        let _ = writeln!(b, "impl {client} {{");
+        let _ = writeln!(b, "#[derive(Clone)]\n#[allow(dead_code)]\npub struct {client} {{\n    client: ::psrpc::Client,\n}}");
+        let _ = writeln!(b, "#[allow(dead_code)]\nimpl {client} {{");
         let _ = writeln!(b, "    /// Creates a client on `bus`.");
         let _ = writeln!(
             b,
@@ -385,7 +385,7 @@ impl prost_build::ServiceGenerator for Generator {
 
         // Server trait.
         let _ = writeln!(b, "/// The handlers of service `{full}`.");
-        let _ = writeln!(b, "pub trait {name}: Send + Sync + 'static {{");
+        let _ = writeln!(b, "#[allow(dead_code)]\npub trait {name}: Send + Sync + 'static {{");
         for (m, i) in &methods {
             let (inp, out) = (&m.input_type, &m.output_type);
             let f = &m.name;
@@ -410,8 +410,8 @@ impl prost_build::ServiceGenerator for Generator {
         // Server.
         let server = format!("{name}Server");
         let _ = writeln!(b, "/// Serves a [`{name}`] implementation: registers its handlers, publishes.");
-        let _ = writeln!(b, "pub struct {server}<T: {name}> {{\n    server: ::psrpc::Server,\n    service: ::std::sync::Arc<T>,\n}}");
-        let _ = writeln!(b, "impl<T: {name}> {server}<T> {{");
+        let _ = writeln!(b, "#[allow(dead_code)]\npub struct {server}<T: {name}> {{\n    server: ::psrpc::Server,\n    service: ::std::sync::Arc<T>,\n}}");
+        let _ = writeln!(b, "#[allow(dead_code)]\nimpl<T: {name}> {server}<T> {{");
         let _ = writeln!(
             b,
             "    /// Creates the server on `bus` (nothing registered yet).\n    pub fn new(bus: &::psrpc::Bus, service: T, options: ::psrpc::ServerOptions) -> ::psrpc::Result<Self> {{\n        Ok(Self {{ server: ::psrpc::Server::new(bus, {}_SERVICE, options)?, service: ::std::sync::Arc::new(service) }})\n    }}",
