@@ -629,6 +629,7 @@ psrpc_status psrpc_bus_get_stats(psrpc_bus *bus, psrpc_bus_stats *out) {
     s.dropped_unknown = atomic_load(&bus->stats.dropped_unknown);
     s.requests_in_flight = atomic_load(&bus->stats.requests_in_flight);
     s.streams_open = atomic_load(&bus->stats.streams_open);
+    s.dropped_held_limit = atomic_load(&bus->stats.dropped_held_limit);
     memcpy(out, &s, s.struct_size);
     return PSRPC_OK;
 }

@@ -57,6 +57,7 @@ typedef struct psrpc__stats {
     atomic_uint_fast64_t dropped_malformed, dropped_oversize, dropped_slow_consumer;
     atomic_uint_fast64_t dropped_expired, dropped_unknown;
     atomic_uint_fast64_t requests_in_flight, streams_open;
+    atomic_uint_fast64_t dropped_held_limit;
 } psrpc__stats;
 
 #define PSRPC__STAT_ADD(bus, field, n) atomic_fetch_add(&(bus)->stats.field, (n))
