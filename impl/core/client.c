@@ -28,6 +28,7 @@ struct psrpc_client {
     int64_t timeout_ms;
     int64_t selection_timeout_ms;
     psrpc__child child;
+    psrpc__task_node free_node; /* psrpc_client_free's close */
 
     /* Loop thread. */
     int state;
@@ -142,6 +143,7 @@ struct psrpc_sub {
     psrpc__bus_sub *bus_sub;
     psrpc__closed_waiter *closed_waiters;
     sub_t *next;
+    psrpc__task_node free_node; /* psrpc_sub_free's close */
 };
 
 /* ---------------------------------------------------------------- refs */
@@ -965,20 +967,28 @@ static void child_close(psrpc__child *child, void (*done)(psrpc__child *)) {
 
 typedef struct close_req {
     psrpc_client *client;
-    psrpc_closed_cb cb;
-    void *user_data;
+    psrpc__closed_waiter *waiter;
 } close_req;
 
 static void close_task(void *arg) {
     close_req *r = arg;
     psrpc_client *c = r->client;
-    psrpc__waiters_add(&c->closed_waiters, r->cb, r->user_data);
+    psrpc__waiters_push(&c->closed_waiters, r->waiter);
     if (c->state == PSRPC__OPEN)
         client_do_close(c);
     else
         run_closed_waiters(&c->closed_waiters);
     client_release(c);
     free(r);
+}
+
+/* psrpc_client_free's close: posted with the client's own task node, so it
+ * cannot fail for lack of memory. */
+static void free_close_task(void *arg) {
+    psrpc_client *c = arg;
+    if (c->state == PSRPC__OPEN)
+        client_do_close(c);
+    client_release(c);
 }
 
 static void start_task(void *arg) {
@@ -1765,14 +1775,10 @@ psrpc_status psrpc_sub_wait_ready(psrpc_sub *sub, int64_t timeout_ms) {
 
 typedef struct sub_close_req {
     sub_t *sub;
-    psrpc_closed_cb cb;
-    void *user_data;
+    psrpc__closed_waiter *waiter;
 } sub_close_req;
 
-static void sub_close_task(void *arg) {
-    sub_close_req *r = arg;
-    sub_t *s = r->sub;
-    psrpc__waiters_add(&s->closed_waiters, r->cb, r->user_data);
+static void sub_close_now(sub_t *s) {
     if (!s->finished) {
         psrpc_client *c = s->client;
         for (sub_t **p = &c->subs; *p; p = &(*p)->next) {
@@ -1785,26 +1791,44 @@ static void sub_close_task(void *arg) {
     } else {
         run_closed_waiters(&s->closed_waiters);
     }
+}
+
+static void sub_close_task(void *arg) {
+    sub_close_req *r = arg;
+    sub_t *s = r->sub;
+    psrpc__waiters_push(&s->closed_waiters, r->waiter);
+    sub_close_now(s);
     sub_release(s);
     free(r);
+}
+
+/* psrpc_sub_free's close, on the subscription's own task node. */
+static void sub_free_close_task(void *arg) {
+    sub_t *s = arg;
+    sub_close_now(s);
+    sub_release(s);
 }
 
 psrpc_status psrpc_sub_close(psrpc_sub *sub, psrpc_closed_cb closed_cb, void *user_data) {
     CHECK_SUB(sub);
     atomic_store(&sub->closing, true);
+    bool failed;
     sub_close_req *r = calloc(1, sizeof *r);
-    if (!r)
+    if (r)
+        r->waiter = psrpc__waiter_new(closed_cb, user_data, &failed);
+    if (!r || failed) {
+        free(r);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
     r->sub = sub;
-    r->cb = closed_cb;
-    r->user_data = user_data;
     atomic_fetch_add(&sub->refs, 1);
     int rc = psrpc__bus_post(sub->client->bus, sub_close_task, r);
     if (rc != PSRPC_OK) {
         sub_release(sub);
+        free(r->waiter);
         free(r);
-        if (!closed_cb)
-            return PSRPC_OK;
+        if (!closed_cb && rc == PSRPC_CANCELED)
+            return PSRPC_OK; /* the bus is closed: the subscription finished with it */
     }
     return rc;
 }
@@ -1814,8 +1838,13 @@ void psrpc_sub_free(psrpc_sub *sub) {
         return;
     if (atomic_exchange(&sub->freed, true))
         return;
-    if (!atomic_load(&sub->closing))
-        psrpc_sub_close(sub, NULL, NULL);
+    /* Always, even after psrpc_sub_close (which may have failed for lack of
+     * memory): closing twice is harmless, and this post cannot fail for it. */
+    atomic_store(&sub->closing, true);
+    atomic_fetch_add(&sub->refs, 1);
+    if (psrpc__loop_post_node(sub->client->bus->loop, &sub->free_node, sub_free_close_task, sub) !=
+        PSRPC_OK)
+        sub_release(sub);
     sub_release(sub);
 }
 
@@ -1824,19 +1853,23 @@ void psrpc_sub_free(psrpc_sub *sub) {
 psrpc_status psrpc_client_close(psrpc_client *client, psrpc_closed_cb closed_cb, void *user_data) {
     CHECK_CLIENT(client);
     atomic_store(&client->closing, true);
+    bool failed;
     close_req *r = calloc(1, sizeof *r);
-    if (!r)
+    if (r)
+        r->waiter = psrpc__waiter_new(closed_cb, user_data, &failed);
+    if (!r || failed) {
+        free(r);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
     r->client = client;
-    r->cb = closed_cb;
-    r->user_data = user_data;
     client_retain(client);
     int rc = psrpc__bus_post(client->bus, close_task, r);
     if (rc != PSRPC_OK) {
         client_release(client);
+        free(r->waiter);
         free(r);
-        if (!closed_cb)
-            return PSRPC_OK;
+        if (!closed_cb && rc == PSRPC_CANCELED)
+            return PSRPC_OK; /* the bus is closed: the client closed with it */
     }
     return rc;
 }
@@ -1846,7 +1879,12 @@ void psrpc_client_free(psrpc_client *client) {
         return;
     if (atomic_exchange(&client->freed, true))
         return;
-    if (!atomic_load(&client->closing))
-        psrpc_client_close(client, NULL, NULL);
+    /* Always, even after psrpc_client_close (which may have failed for lack
+     * of memory): closing twice is harmless, and this post cannot fail for it. */
+    atomic_store(&client->closing, true);
+    client_retain(client);
+    if (psrpc__loop_post_node(client->bus->loop, &client->free_node, free_close_task, client) !=
+        PSRPC_OK)
+        client_release(client); /* the bus is closed: the client closed with it */
     client_release(client);
 }

@@ -34,6 +34,7 @@ struct psrpc_stream {
     char **meta_keys, **meta_values;
     size_t meta_count;
     psrpc__stream_owner owner;
+    psrpc__task_node free_node; /* psrpc_stream_free's close */
 
     /* Callbacks: set once (server side from any thread, under mu). */
     pthread_mutex_t mu;
@@ -550,23 +551,35 @@ typedef struct close_arg {
     psrpc__err *cause; /* NULL = clean */
 } close_arg;
 
+/* Ends the stream with cause (NULL: clean), loop thread. */
+static void close_now(psrpc_stream *s, const psrpc__err *cause) {
+    if (s->state == PSRPC__STREAM_OPENING) {
+        /* The open is still in progress: end it now; the owner stops the open. */
+        psrpc__err *made = cause ? NULL : psrpc__err_new(PSRPC_CANCELED, "stream closed");
+        psrpc__err fallback = {PSRPC_CANCELED, "canceled", "stream closed", NULL, 0};
+        if (s->owner.abort_open)
+            s->owner.abort_open(s->owner.owner, s);
+        psrpc__stream_end(s, cause ? cause : made ? made : &fallback, true);
+        psrpc__err_free(made);
+    } else if (s->state == PSRPC__STREAM_OPEN) {
+        psrpc__stream_end(s, cause, true);
+    }
+}
+
 static void close_task(void *arg) {
     close_arg *a = arg;
     psrpc_stream *s = a->stream;
-    if (s->state == PSRPC__STREAM_OPENING) {
-        /* The open is still in progress: end it now; the owner stops the open. */
-        psrpc__err *e = a->cause ? a->cause : psrpc__err_new(PSRPC_CANCELED, "stream closed");
-        if (s->owner.abort_open)
-            s->owner.abort_open(s->owner.owner, s);
-        psrpc__stream_end(s, e, true);
-        if (e != a->cause)
-            psrpc__err_free(e);
-    } else if (s->state == PSRPC__STREAM_OPEN) {
-        psrpc__stream_end(s, a->cause, true);
-    }
+    close_now(s, a->cause);
     psrpc__err_free(a->cause);
     psrpc__stream_release(s);
     free(a);
+}
+
+/* psrpc_stream_free's clean close, on the stream's own task node. */
+static void free_close_task(void *arg) {
+    psrpc_stream *s = arg;
+    close_now(s, NULL);
+    psrpc__stream_release(s);
 }
 
 psrpc_status psrpc_stream_close(psrpc_stream *stream, int status, const char *message) {
@@ -593,6 +606,8 @@ psrpc_status psrpc_stream_close(psrpc_stream *stream, int status, const char *me
         psrpc__err_free(a->cause);
         free(a);
         psrpc__stream_release(stream);
+        if (rc != PSRPC_CANCELED)
+            return rc;   /* out of memory: not closed (psrpc_stream_free still closes it) */
         return PSRPC_OK; /* the bus is closed: the stream already ended */
     }
     return PSRPC_OK;
@@ -760,8 +775,13 @@ void psrpc_stream_free(psrpc_stream *stream) {
         return;
     if (atomic_exchange(&stream->freed, true))
         return;
-    if (!atomic_load(&stream->close_requested))
-        psrpc_stream_close(stream, 0, NULL);
+    /* Always, even after psrpc_stream_close (which may have failed for lack
+     * of memory): closing twice is harmless, and this post cannot fail for it. */
+    atomic_store(&stream->close_requested, true);
+    psrpc__stream_retain(stream);
+    if (psrpc__loop_post_node(stream->bus->loop, &stream->free_node, free_close_task, stream) !=
+        PSRPC_OK)
+        psrpc__stream_release(stream); /* the bus is closed: the stream ended with it */
     psrpc__stream_release(stream);
 }
 
