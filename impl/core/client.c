@@ -671,12 +671,15 @@ static void on_response(void *ctx, const uint8_t *data, size_t len) {
             PSRPC__STAT_ADD(c->bus, dropped_unknown, 1);
         }
     } else if (k->state == CALL_WAIT_RESPONSE) {
-        psrpc__err *e = failed ? psrpc__err_from_response(r) : NULL;
+        psrpc__err *made = failed ? psrpc__err_from_response(r) : NULL;
         psrpc_msg *msg = NULL;
         if (!failed && psrpc_msg_new(&msg, r->raw_response.data, r->raw_response.len) != 0)
-            e = psrpc__err_new(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
-        if (failed && !e)
-            e = psrpc__err_new(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+            made = psrpc__err_new(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        if (failed && !made)
+            made = psrpc__err_new(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        /* Out of memory even for that: a static error, never a NULL pair. */
+        psrpc__err oom = {PSRPC_RESOURCE_EXHAUSTED, "resource_exhausted", "out of memory", NULL, 0};
+        psrpc__err *e = made ? made : (failed || !msg) ? &oom : NULL;
         if (k->multi) {
             psrpc_error view;
             if (e)
@@ -686,7 +689,7 @@ static void on_response(void *ctx, const uint8_t *data, size_t len) {
             call_complete(k, e ? NULL : msg, e, r->server_id);
         }
         psrpc_msg_release(msg);
-        psrpc__err_free(e);
+        psrpc__err_free(made);
     }
     psrpc__wire_free(&r->base);
 }
@@ -911,6 +914,17 @@ static void client_do_close(psrpc_client *c) {
             if (calls[i]->state != CALL_DONE)
                 call_fail(calls[i], PSRPC_CANCELED, "client is closed");
         free(calls);
+    } else {
+        /* Out of memory for the list: one at a time (completing removes each). */
+        psrpc__map_iter it;
+        psrpc__map_entry *e;
+        while (psrpc__map_iter_init(&it, &c->by_id), (e = psrpc__map_iter_next(&it))) {
+            call *k = e->value;
+            if (k->state == CALL_DONE) /* not expected: completing removes it */
+                psrpc__map_del(&c->by_id, k->id_key);
+            else
+                call_fail(k, PSRPC_CANCELED, "client is closed"); /* removes, may free */
+        }
     }
     /* Open streams end cleanly, as a closing Go client does ("stream closed"). */
     n = c->streams.count;
@@ -924,6 +938,12 @@ static void client_do_close(psrpc_client *c) {
         for (i = 0; i < n; i++)
             psrpc__stream_end(streams[i], NULL, true);
         free(streams);
+    } else {
+        psrpc__map_iter it;
+        psrpc__map_entry *e;
+        while (psrpc__map_iter_init(&it, &c->streams), (e = psrpc__map_iter_next(&it))) {
+            psrpc__stream_end(e->value, NULL, true); /* detaches it, may free it */
+        }
     }
     psrpc__bus_unsubscribe(c->bus, c->str_sub);
     c->str_sub = NULL;
@@ -1607,12 +1627,12 @@ static void sub_set_ready(sub_t *s, int status, const char *message) {
         return;
     }
     psrpc__err *e = psrpc__err_new(status, "%s", message ? message : "subscribe failed");
-    if (e) {
-        psrpc_error view;
-        psrpc__err_view(e, &view);
-        s->on_ready(&view, s->user_data);
-        psrpc__err_free(e);
-    }
+    psrpc_error view = {
+        status, 0, psrpc_status_code(status), message ? message : "subscribe failed", NULL, 0};
+    if (e)
+        psrpc__err_view(e, &view); /* else (out of memory) the static view */
+    s->on_ready(&view, s->user_data);
+    psrpc__err_free(e);
 }
 
 /* Stops delivery and runs release and closed callbacks (loop thread). */

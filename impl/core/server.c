@@ -235,12 +235,13 @@ static void report_ready(psrpc_server *s, reg *r, int status, const char *messag
             r->on_ready(NULL, r->user_data);
         } else {
             psrpc__err *e = psrpc__err_new(status, "%s", message ? message : "subscribe failed");
-            psrpc_error view;
-            if (e) {
-                psrpc__err_view(e, &view);
-                r->on_ready(&view, r->user_data);
-                psrpc__err_free(e);
-            }
+            psrpc_error view = {
+                status, 0, psrpc_status_code(status), message ? message : "subscribe failed",
+                NULL,   0};
+            if (e)
+                psrpc__err_view(e, &view); /* else (out of memory) the static view */
+            r->on_ready(&view, r->user_data);
+            psrpc__err_free(e);
         }
     }
     pthread_mutex_lock(&s->mu);
@@ -299,8 +300,25 @@ static void end_streams(psrpc_server *s, reg *r) {
     if (!n)
         return;
     psrpc_stream **list = calloc(n, sizeof *list);
-    if (!list)
+    psrpc__err fallback = {PSRPC_UNAVAILABLE, "unavailable", "EOF", NULL, 0};
+    if (!list) {
+        /* Out of memory for the list: one at a time, from the start again
+         * after each (ending one detaches it from the table). */
+        for (bool again = true; again;) {
+            again = false;
+            psrpc__map_iter it;
+            psrpc__map_iter_init(&it, &s->streams);
+            for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));) {
+                srv_stream *ss = e->value;
+                if (r && ss->reg != r)
+                    continue;
+                psrpc__stream_end(ss->stream, &fallback, true); /* detaches it */
+                again = true;
+                break;
+            }
+        }
         return;
+    }
     psrpc__map_iter it;
     psrpc__map_iter_init(&it, &s->streams);
     for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));) {
@@ -309,7 +327,6 @@ static void end_streams(psrpc_server *s, reg *r) {
             list[i++] = ss->stream;
     }
     psrpc__err *eof = psrpc__err_new(PSRPC_UNAVAILABLE, "EOF");
-    psrpc__err fallback = {PSRPC_UNAVAILABLE, "unavailable", "EOF", NULL, 0};
     for (size_t j = 0; j < i; j++)
         psrpc__stream_end(list[j], eof ? eof : &fallback, true);
     psrpc__err_free(eof);
@@ -455,6 +472,12 @@ static void server_begin_close(psrpc_server *s, bool force) {
             for (i = 0; i < n; i++)
                 claim_forget(pending[i]);
             free(pending);
+        } else if (n) {
+            /* Out of memory for the list: one at a time (forgetting removes each). */
+            psrpc__map_iter it;
+            psrpc__map_entry *e;
+            while (psrpc__map_iter_init(&it, &s->claims), (e = psrpc__map_iter_next(&it)))
+                claim_forget(e->value);
         }
         if (!s->forced && atomic_load(&s->inflight) > 0) {
             /* Wait for in-flight handlers, at most until the last expiry. */

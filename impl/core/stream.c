@@ -35,6 +35,7 @@ struct psrpc_stream {
     size_t meta_count;
     psrpc__stream_owner owner;
     psrpc__task_node free_node; /* psrpc_stream_free's close */
+    psrpc__err oom_cause;       /* the cause when copying one failed (static strings) */
 
     /* Callbacks: set once (server side from any thread, under mu). */
     pthread_mutex_t mu;
@@ -113,7 +114,8 @@ void psrpc__stream_release(psrpc_stream *s) {
         psrpc_msg_release(s->held[i].msg);
     psrpc__map_clear(&s->acks);
     deferred_clear(s);
-    psrpc__err_free(s->cause);
+    if (s->cause != &s->oom_cause)
+        psrpc__err_free(s->cause);
     psrpc__strv_free(s->meta_keys, s->meta_count);
     psrpc__strv_free(s->meta_values, s->meta_count);
     psrpc__channel_clear(&s->peer);
@@ -449,13 +451,12 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     psrpc__err *c =
         cause ? psrpc__err_copy(cause) : psrpc__err_new(PSRPC_CANCELED, "stream closed");
     if (!c) {
-        /* Out of memory: keep a minimal cause so callbacks still see one. */
-        c = calloc(1, sizeof *c);
-        if (c) {
-            c->status = PSRPC_UNKNOWN;
-            c->code = psrpc__strdup("unknown");
-            c->message = psrpc__strdup("stream closed");
-        }
+        /* Out of memory: a cause held in the stream, so callbacks still see one. */
+        s->oom_cause =
+            (psrpc__err){cause ? cause->status : PSRPC_CANCELED,
+                         (char *)psrpc_status_code(cause ? cause->status : PSRPC_CANCELED),
+                         "stream closed (out of memory copying the cause)", NULL, 0};
+        c = &s->oom_cause;
     }
     s->cause = c;
     if (send_close)
@@ -471,6 +472,13 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
         for (i = 0; i < n; i++)
             send_finish(ops[i], s->cause);
         free(ops);
+    } else {
+        /* Out of memory for the list: one at a time (send_finish removes each). */
+        psrpc__map_iter it;
+        psrpc__map_entry *e;
+        while (psrpc__map_iter_init(&it, &s->acks), (e = psrpc__map_iter_next(&it))) {
+            send_finish(e->value, s->cause); /* removes it first, then may free it */
+        }
     }
     while (s->queued) {
         send_op *op = s->queued;

@@ -194,7 +194,7 @@ static void round_teardown(round_t *r, int n) {
  * allocations on other threads vary a little between runs). */
 typedef int (*scenario_fn)(round_t *r, int n); /* returns how many allocations failed */
 
-static void sweep(const char *name, scenario_fn op, bool with_client) {
+static void sweep_mode(const char *name, scenario_fn op, bool with_client, bool persistent) {
     int quiet = 0, n = 1, injected = 0;
     for (; n <= MAX_N && quiet < 2 && !th_failed_current; n++) {
         round_t r;
@@ -203,13 +203,22 @@ static void sweep(const char *name, scenario_fn op, bool with_client) {
             th_failed_current = 1;
             return;
         }
+        af_persist(persistent);
         int fired = op(&r, n);
+        af_persist(false);
         injected += fired > 0;
         quiet = fired ? 0 : quiet + 1;
         round_teardown(&r, n);
     }
-    fprintf(stderr, "  %s: %d runs, %d with a failed allocation\n", name, n - 1, injected);
+    fprintf(stderr, "  %s%s: %d runs, %d with a failed allocation\n", name,
+            persistent ? " (every allocation from the N-th on fails)" : "", n - 1, injected);
     CHECK(injected > 0);
+}
+
+static void sweep(const char *name, scenario_fn op, bool with_client) {
+    sweep_mode(name, op, with_client, false);
+    if (!th_failed_current)
+        sweep_mode(name, op, with_client, true);
 }
 
 /* Waits for v to reach 1 (liveness bound). */

@@ -7,7 +7,9 @@
  * library.
  *
  *   af_arm(n, thread)  the n-th allocation from now fails (n >= 1); with
- *                      thread != 0 only allocations on that thread count
+ *                      thread only allocations on the calling thread count
+ *   af_persist(on)     from the n-th on, every allocation fails (until
+ *                      af_disarm): the failure paths themselves run out
  *   af_disarm()        no more failures; returns whether one was injected
  *
  * Include in exactly one translation unit of the executable. */
@@ -30,10 +32,17 @@ static atomic_long af_countdown;     /* > 0: armed; the allocation taking it to 
 static atomic_int af_fired;          /* failures injected since af_arm */
 static atomic_bool af_any_thread;    /* count allocations of every thread */
 static _Atomic(pthread_t) af_thread; /* else only this one's */
+static atomic_bool af_persistent;    /* keep failing after the n-th */
 
 static inline bool af_fail_now(void) {
-    if (atomic_load_explicit(&af_countdown, memory_order_relaxed) <= 0)
+    long left = atomic_load_explicit(&af_countdown, memory_order_relaxed);
+    if (left <= 0)
         return false;
+    if (left == 1 && atomic_load(&af_persistent) &&
+        (atomic_load(&af_any_thread) || pthread_equal(pthread_self(), atomic_load(&af_thread)))) {
+        atomic_fetch_add(&af_fired, 1);
+        return true;
+    }
     if (!atomic_load(&af_any_thread) && !pthread_equal(pthread_self(), atomic_load(&af_thread)))
         return false;
     if (atomic_fetch_sub(&af_countdown, 1) == 1) {
@@ -66,6 +75,8 @@ static inline void af_arm(long n, bool on_thread) {
     atomic_store(&af_any_thread, !on_thread);
     atomic_store(&af_countdown, n);
 }
+
+static inline void af_persist(bool on) { atomic_store(&af_persistent, on); }
 
 static inline int af_disarm(void) {
     atomic_store(&af_countdown, 0);
