@@ -871,6 +871,17 @@ PSRPC_API psrpc_status psrpc_stream_defer(psrpc_stream *stream, uint64_t *token_
  */
 PSRPC_API psrpc_status psrpc_stream_ack(psrpc_stream *stream, uint64_t token, int accept);
 
+/**
+ * psrpc_stream_close with any wire code string: code NULL or "" closes
+ * cleanly (message ignored; the peer sees PSRPC_CANCELED "stream closed");
+ * otherwise code is carried unchanged (the peer's cause has that code and
+ * its status, PSRPC_UNKNOWN for codes it does not know) with message (NULL
+ * -> ""). code and message must be valid UTF-8. Idempotent as
+ * psrpc_stream_close.
+ */
+PSRPC_API psrpc_status psrpc_stream_close_code(psrpc_stream *stream, const char *code,
+                                               const char *message);
+
 /** Closes cleanly if still open and drops the caller's reference. NULL is a no-op. */
 PSRPC_API void psrpc_stream_free(psrpc_stream *stream);
 
