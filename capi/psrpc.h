@@ -27,6 +27,14 @@
  *   while the library holds a lock, and never from inside the API call that
  *   scheduled it. Callbacks must not block: they stall every handle on the bus.
  *
+ *   Library threads block SIGPIPE: a connection the broker resets makes a
+ *   write fail (and the bus reconnect) instead of killing the process; the
+ *   application's own threads and signal dispositions are left alone.
+ *
+ *   fork(): handles opened before a fork are unusable in the child (their
+ *   loop threads exist only in the parent); every call on them fails at once
+ *   with PSRPC_FAILED_PRECONDITION. See psrpc_bus_release.
+ *
  * OWNERSHIP
  *   - Handles are opaque. Bytes and strings passed in are copied before the
  *     call returns. Bytes and strings passed to a callback are borrowed for the
@@ -320,12 +328,39 @@ PSRPC_API psrpc_status psrpc_bus_close(psrpc_bus *bus, psrpc_closed_cb closed_cb
 
 /**
  * Drops the caller's reference, closing first if needed. NULL is a no-op.
- * Never waits for the network. If called on a thread other than the bus's
- * loop thread, waits until the loop thread has stopped and been joined (so no
- * callback of this bus runs after it returns); on the loop thread (from a
- * callback) the thread is detached and exits by itself.
+ * On a thread that is not a loop thread: waits until the bus has closed and
+ * its loop thread has stopped and been joined, so no callback of this bus
+ * runs after it returns (the close is bounded: a NATS bus flushes for at most
+ * about 0.5 s and waits at most about 3 s for nats.c's last callbacks).
+ * On ANY loop thread (inside a callback of this bus or of another bus) it
+ * never waits: it behaves like psrpc_bus_release. In a child process after
+ * fork() it returns at once (see psrpc_bus_release).
  */
 PSRPC_API void psrpc_bus_free(psrpc_bus *bus);
+
+/**
+ * Non-blocking psrpc_bus_free: closes the bus and drops the caller's
+ * reference without waiting for the loop thread, which finishes the close,
+ * frees the bus and exits by itself. Safe on any thread, including any bus's
+ * loop thread, inside callbacks. NULL: no-op. After it returns the caller
+ * must not use the handle; callbacks of this bus may still run until its
+ * close completes (pass a closed_cb to psrpc_bus_close first to know when).
+ * A process that exits right after it may end while the loop thread is
+ * still closing; use psrpc_bus_free off the loop threads for a clean exit.
+ *
+ * fork(): a bus (and every handle on it) inherited from the parent process
+ * is unusable in the child: its loop thread does not exist there. Every call
+ * on it fails at once with PSRPC_FAILED_PRECONDITION ("bus was opened in the
+ * parent process (fork)"), *_sync and *_wait_* included; callbacks of calls
+ * made before the fork never run in the child. psrpc_bus_free and
+ * psrpc_bus_release (and the other *_free) return at once in the child and
+ * touch neither the parent's threads nor its sockets: the inherited memory is
+ * left as it is (a copy, reclaimed when the child exits or execs). Open a new
+ * bus in the child instead (local or Redis; nats.c's own library threads do
+ * not survive fork either, so a process that used NATS before forking cannot
+ * use NATS in the child: open NATS buses only after forking).
+ */
+PSRPC_API void psrpc_bus_release(psrpc_bus *bus);
 
 /* Bus states reported to a state callback. */
 #define PSRPC_BUS_CONNECTED 1    /* the transport is connected and subscribed */
@@ -369,9 +404,15 @@ typedef struct psrpc_bus_stats {
     uint64_t dropped_unknown;        /* responses/claims for no pending request */
     uint64_t requests_in_flight;     /* client calls outstanding */
     uint64_t streams_open;
+    /* V2: requests a server dropped instead of claiming because it already
+     * held 10,000 requests or 64 MiB awaiting their ClaimResponse (anyone who
+     * can publish on a request channel could otherwise park requests there
+     * until their expiry, at most 5 minutes each). */
+    uint64_t dropped_held_limit;
 } psrpc_bus_stats;
 
 #define PSRPC_BUS_STATS_SIZE_V1 112
+#define PSRPC_BUS_STATS_SIZE_V2 120
 
 /** Reads the counters. Any thread. */
 PSRPC_API psrpc_status psrpc_bus_get_stats(psrpc_bus *bus, psrpc_bus_stats *out);
@@ -387,7 +428,9 @@ typedef struct psrpc_client_options {
     uint32_t flags;               /* reserved, 0 */
     int64_t timeout_ms;           /* default request timeout; 0 = 3000 */
     int64_t selection_timeout_ms; /* default AffinityTimeout; 0 = 1000 */
-    const char *client_id;        /* NULL = "CLI_" + 12 random alphanumerics */
+    const char *client_id;        /* NULL or "" = "CLI_" + 12 random alphanumerics; any
+                                     UTF-8 without whitespace, control characters, empty
+                                     or wildcard ("*", ">") dot-separated parts */
 } psrpc_client_options;
 
 #define PSRPC_CLIENT_OPTIONS_INIT {sizeof(psrpc_client_options), 0, 0, 0, NULL}
@@ -603,7 +646,8 @@ typedef struct psrpc_server_options {
     uint32_t struct_size; /* sizeof(psrpc_server_options) */
     uint32_t flags;       /* PSRPC_SERVER_* */
     int64_t timeout_ms;   /* server stream timeout; 0 = 3000 */
-    const char *server_id; /* NULL = "SRV_" + 12 random alphanumerics */
+    const char *server_id; /* NULL or "" = "SRV_" + 12 random alphanumerics; any UTF-8
+                              string (as Go: it travels in messages, not channel names) */
 } psrpc_server_options;
 
 #define PSRPC_SERVER_OPTIONS_INIT {sizeof(psrpc_server_options), 0, 0, NULL}

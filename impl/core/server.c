@@ -41,7 +41,12 @@ struct psrpc_server {
     bool started;
     bool forced;
     reg *regs;
-    psrpc__map claims;  /* request_id → psrpc_request waiting for a ClaimResponse */
+    psrpc__map claims; /* request_id → psrpc_request waiting for a ClaimResponse */
+    /* What the claims table holds, capped (PSRPC__HOLD_MAX_*): anyone who can
+     * publish on a request channel parks requests here until their expiry.
+     * Written on the loop thread, read by tests from any thread. */
+    atomic_size_t held_count, held_bytes;
+    size_t hold_max_count, hold_max_bytes;
     psrpc__map streams; /* stream_id → srv_stream (accepted, not yet ended) */
     /* Request ids whose ClaimResponse came before the request itself (the
      * client chose another server while this one was still behind): the
@@ -111,6 +116,7 @@ struct psrpc_request {
     uv_timer_t claim_timer;
     bool claim_timer_on;
     bool in_claims;
+    size_t held_bytes; /* counted in the server's held_bytes while in_claims */
 };
 
 static void server_release(psrpc_server *s);
@@ -179,14 +185,33 @@ static void claim_timer_closed(uv_handle_t *h) {
     request_release(q);
 }
 
+/* Takes q out of the claims table (loop thread). */
+static void claims_remove(psrpc_request *q) {
+    if (!q->in_claims)
+        return;
+    /* in_claims means the map entry under its id is q (send_claim drops a
+     * duplicate id instead of replacing the entry). */
+    psrpc_server *s = q->server;
+    psrpc__map_del(&s->claims, q->request_id);
+    q->in_claims = false;
+    atomic_fetch_sub(&s->held_count, 1);
+    atomic_fetch_sub(&s->held_bytes, q->held_bytes);
+}
+
+/* Roughly what a held request occupies: the request, its strings, payload. */
+static size_t request_bytes(const psrpc_request *q) {
+    size_t n = sizeof *q + strlen(q->request_id) + strlen(q->client_id) + strlen(q->method) + 3 +
+               (q->payload ? sizeof(psrpc_msg) + q->payload->len : 0);
+    for (size_t i = 0; i < q->meta_count; i++)
+        n += strlen(q->meta_keys[i]) + strlen(q->meta_values[i]) + 2 + 2 * sizeof(char *);
+    if (q->stream_id)
+        n += strlen(q->stream_id) + 1;
+    return n;
+}
+
 /* Drops the loop's hold on a request waiting for its claim (loop thread). */
 static void claim_forget(psrpc_request *q) {
-    if (q->in_claims) {
-        /* in_claims means the map entry under its id is q (send_claim drops a
-         * duplicate id instead of replacing the entry). */
-        psrpc__map_del(&q->server->claims, q->request_id);
-        q->in_claims = false;
-    }
+    claims_remove(q);
     if (q->claim_timer_on) {
         q->claim_timer_on = false;
         uv_timer_stop(&q->claim_timer);
@@ -554,11 +579,23 @@ static void send_claim(psrpc_request *q) {
         request_release(q);
         return;
     }
+    size_t qb = request_bytes(q);
+    if (atomic_load(&s->held_count) >= s->hold_max_count ||
+        atomic_load(&s->held_bytes) + qb > s->hold_max_bytes) {
+        /* Over the cap: not claimed (the client picks another server or
+         * times out), counted. */
+        PSRPC__STAT_ADD(s->bus, dropped_held_limit, 1);
+        request_release(q);
+        return;
+    }
     if (psrpc__map_put(&s->claims, q->request_id, q) != PSRPC_OK) {
         request_release(q);
         return;
     }
     q->in_claims = true;
+    q->held_bytes = qb;
+    atomic_fetch_add(&s->held_count, 1);
+    atomic_fetch_add(&s->held_bytes, qb);
     uv_timer_init(psrpc__loop_uv(s->bus->loop), &q->claim_timer);
     q->claim_timer.data = q;
     q->claim_timer_on = true;
@@ -606,7 +643,7 @@ static psrpc_request *request_new(reg *r, const request_fields *f) {
     q->sent_at = f->sent_at;
     q->expiry = f->expiry;
     q->skip_claim = f->skip_claim;
-    int64_t clamp = psrpc__now_ns() + EXPIRY_CLAMP_NS;
+    int64_t clamp = psrpc__sat_add(psrpc__now_ns(), EXPIRY_CLAMP_NS);
     if (q->expiry > clamp)
         q->expiry = clamp;
     bool ok = q->request_id && q->client_id && q->method;
@@ -766,8 +803,7 @@ static void on_claim_response(void *ctx, const uint8_t *data, size_t len) {
         return;
     }
     /* Hand the loop's reference to the user for the handler stage. */
-    psrpc__map_del(&s->claims, q->request_id);
-    q->in_claims = false;
+    claims_remove(q);
     atomic_fetch_add(&q->refs, 1);
     claim_forget(q);
     if (q->stream_id)
@@ -843,6 +879,7 @@ static void register_task(void *arg) {
     do {                                                                              \
         PSRPC__CHECK_ARG(s, "server is NULL");                                        \
         PSRPC__CHECK_ARG((s)->magic == SERVER_MAGIC, "handle is not a psrpc_server"); \
+        PSRPC__CHECK_NOT_FORKED((s)->bus);                                            \
     } while (0)
 
 psrpc_status psrpc_server_options_init(psrpc_server_options *opts, size_t struct_size) {
@@ -861,7 +898,9 @@ psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char 
     PSRPC__CHECK_ARG(o.timeout_ms >= 0, "timeout_ms is negative");
     PSRPC__CHECK_ARG((o.flags & ~PSRPC_SERVER_SKIP_CLAIM) == 0, "unknown server flags 0x%x",
                      (unsigned)o.flags);
-    if (o.server_id && (rc = psrpc__check_name("server_id", o.server_id)) != PSRPC_OK)
+    if (o.server_id && !*o.server_id)
+        o.server_id = NULL; /* as Go: an empty id means a generated one */
+    if (o.server_id && (rc = psrpc__check_server_id(o.server_id)) != PSRPC_OK)
         return rc;
     if (atomic_load(&bus->state) != PSRPC__OPEN || atomic_load(&bus->freed))
         return psrpc__error(PSRPC_CANCELED, "bus is closed");
@@ -883,7 +922,9 @@ psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char 
         free(s);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     }
-    s->timeout_ms = o.timeout_ms ? o.timeout_ms : 3000;
+    s->timeout_ms = o.timeout_ms ? psrpc__clamp_timeout_ms(o.timeout_ms) : 3000;
+    s->hold_max_count = PSRPC__HOLD_MAX_COUNT;
+    s->hold_max_bytes = PSRPC__HOLD_MAX_BYTES;
     s->flags = o.flags;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cond, NULL);
@@ -897,6 +938,16 @@ psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char 
     psrpc__bus_retain(bus);
     *out = s;
     return PSRPC_OK;
+}
+
+void psrpc__server_set_hold_limits(psrpc_server *s, size_t max_count, size_t max_bytes) {
+    s->hold_max_count = max_count;
+    s->hold_max_bytes = max_bytes;
+}
+
+void psrpc__server_held(const psrpc_server *s, size_t *count, size_t *bytes) {
+    *count = atomic_load(&s->held_count);
+    *bytes = atomic_load(&s->held_bytes);
 }
 
 const char *psrpc_server_id(const psrpc_server *server) {
@@ -1274,7 +1325,8 @@ psrpc_status psrpc_request_metadata_at(const psrpc_request *q, size_t index, con
 const char *psrpc_request_metadata_get(const psrpc_request *q, const char *key) {
     if (!q || q->magic != REQUEST_MAGIC || !key)
         return NULL;
-    for (size_t i = 0; i < q->meta_count; i++)
+    /* The last of duplicate keys wins, as in Go (a map filled in wire order). */
+    for (size_t i = q->meta_count; i-- > 0;)
         if (strcmp(q->meta_keys[i], key) == 0)
             return q->meta_values[i];
     return NULL;
@@ -1288,7 +1340,7 @@ int64_t psrpc_request_expiry_ns(const psrpc_request *q) {
 int64_t psrpc_request_remaining_ms(const psrpc_request *q) {
     if (!q || q->magic != REQUEST_MAGIC)
         return 0;
-    return (q->expiry - psrpc__now_ns()) / 1000000;
+    return psrpc__sat_add(q->expiry, -psrpc__now_ns()) / 1000000;
 }
 
 typedef struct answer_task_arg {

@@ -38,6 +38,9 @@ struct psrpc_stream {
     /* Callbacks: set once (server side from any thread, under mu). */
     pthread_mutex_t mu;
     bool cbs_set;
+    /* The stream ended before its callbacks were set (under mu): the close
+     * and the release are owed to the callbacks set later. */
+    bool close_owed;
     psrpc_done_cb on_open;
     psrpc_stream_message_cb on_message;
     psrpc_stream_close_cb on_close;
@@ -138,7 +141,7 @@ psrpc_stream *psrpc__stream_new(const psrpc__stream_params *p) {
     s->stream_id = psrpc__strdup(p->stream_id);
     s->node_id = psrpc__strdup(p->node_id);
     s->method = psrpc__strdup(p->method);
-    s->timeout_ms = p->timeout_ms;
+    s->timeout_ms = psrpc__clamp_timeout_ms(p->timeout_ms);
     s->meta_keys = p->meta_keys;
     s->meta_values = p->meta_values;
     s->meta_count = p->meta_count;
@@ -266,7 +269,7 @@ static void send_now(send_op *op) {
     is.stream_id = s->stream_id;
     is.request_id = op->request_id;
     is.sent_at = now;
-    is.expiry = now + timeout * 1000000;
+    is.expiry = psrpc__sat_add(now, psrpc__ms_to_ns(timeout));
     is.body_case = INTERNAL__STREAM__BODY_MESSAGE;
     is.message = &body;
     int rc = publish_stream(s, &is);
@@ -420,7 +423,7 @@ static void publish_close(psrpc_stream *s, const psrpc__err *c) {
     is.stream_id = s->stream_id;
     is.request_id = rid;
     is.sent_at = now;
-    is.expiry = now + s->timeout_ms * 1000000;
+    is.expiry = psrpc__sat_add(now, psrpc__ms_to_ns(s->timeout_ms));
     is.body_case = INTERNAL__STREAM__BODY_CLOSE;
     is.close = &body;
     publish_stream(s, &is);
@@ -493,6 +496,8 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     s->on_close = NULL;
     s->on_message = NULL;
     s->release = NULL;
+    if (!cbs)
+        s->close_owed = true; /* delivered by psrpc_stream_set_callbacks */
     pthread_mutex_unlock(&s->mu);
     if (cbs && on_close)
         on_close(s, s->cause ? &view : NULL, ud);
@@ -509,6 +514,7 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     do {                                                                              \
         PSRPC__CHECK_ARG(s, "stream is NULL");                                        \
         PSRPC__CHECK_ARG((s)->magic == STREAM_MAGIC, "handle is not a psrpc_stream"); \
+        PSRPC__CHECK_NOT_FORKED((s)->bus);                                            \
     } while (0)
 
 psrpc_status psrpc_stream_send(psrpc_stream *stream, const void *data, size_t len,
@@ -526,7 +532,7 @@ psrpc_status psrpc_stream_send(psrpc_stream *stream, const void *data, size_t le
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     }
     op->stream = stream;
-    op->timeout_ms = timeout_ms;
+    op->timeout_ms = psrpc__clamp_timeout_ms(timeout_ms);
     op->cb = on_done;
     op->user_data = user_data;
     psrpc__stream_retain(stream);
@@ -623,6 +629,33 @@ static void flush_held_task(void *arg) {
     psrpc__stream_release(s);
 }
 
+/* Runs the close and the release the stream owes to callbacks set after it
+ * ended (once: they are taken under mu). The cause was set before close_owed
+ * and never changes afterwards. */
+static void deliver_owed_close(psrpc_stream *s) {
+    pthread_mutex_lock(&s->mu);
+    psrpc_stream_close_cb on_close = s->on_close;
+    psrpc_release_cb release = s->release;
+    void *ud = s->user_data;
+    s->on_close = NULL;
+    s->on_message = NULL;
+    s->release = NULL;
+    pthread_mutex_unlock(&s->mu);
+    psrpc_error view;
+    if (s->cause)
+        psrpc__err_view(s->cause, &view);
+    if (on_close)
+        on_close(s, s->cause ? &view : NULL, ud);
+    if (release)
+        release(ud);
+}
+
+static void owed_close_task(void *arg) {
+    psrpc_stream *s = arg;
+    deliver_owed_close(s);
+    psrpc__stream_release(s);
+}
+
 psrpc_status psrpc_stream_set_callbacks(psrpc_stream *stream, psrpc_stream_message_cb on_message,
                                         psrpc_stream_close_cb on_close, void *user_data,
                                         psrpc_release_cb release) {
@@ -641,8 +674,19 @@ psrpc_status psrpc_stream_set_callbacks(psrpc_stream *stream, psrpc_stream_messa
     stream->on_close = on_close;
     stream->user_data = user_data;
     stream->release = release;
+    bool owed = stream->close_owed;
     pthread_mutex_unlock(&stream->mu);
     psrpc__stream_retain(stream);
+    if (owed) {
+        /* The peer (or the server) ended the stream before the callbacks
+         * were set: the close still runs, on the loop thread as always, or
+         * here when the bus is already gone. */
+        if (psrpc__bus_post(stream->bus, owed_close_task, stream) != PSRPC_OK) {
+            deliver_owed_close(stream);
+            psrpc__stream_release(stream);
+        }
+        return PSRPC_OK;
+    }
     if (psrpc__bus_post(stream->bus, flush_held_task, stream) != PSRPC_OK)
         psrpc__stream_release(stream);
     return PSRPC_OK;
@@ -771,7 +815,8 @@ psrpc_status psrpc_stream_metadata_at(const psrpc_stream *s, size_t index, const
 const char *psrpc_stream_metadata_get(const psrpc_stream *s, const char *key) {
     if (!s || s->magic != STREAM_MAGIC || !key)
         return NULL;
-    for (size_t i = 0; i < s->meta_count; i++)
+    /* The last of duplicate keys wins, as in Go (a map filled in wire order). */
+    for (size_t i = s->meta_count; i-- > 0;)
         if (strcmp(s->meta_keys[i], key) == 0)
             return s->meta_values[i];
     return NULL;

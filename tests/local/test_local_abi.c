@@ -16,7 +16,7 @@ static const char *const covered[] = {
     "psrpc_last_error_status", "psrpc_clear_error", "psrpc_msg_new", "psrpc_msg_data",
     "psrpc_msg_size", "psrpc_msg_retain", "psrpc_msg_release", "psrpc_bus_options_init",
     "psrpc_bus_open", "psrpc_bus_close", "psrpc_bus_free", "psrpc_bus_get_stats",
-    "psrpc_bus_watch", "psrpc_bus_wait_ready",
+    "psrpc_bus_watch", "psrpc_bus_wait_ready", "psrpc_bus_release",
     "psrpc_client_options_init", "psrpc_selection_choose", "psrpc_selection_fail",
     "psrpc_call_options_init", "psrpc_selection_options_init", "psrpc_client_create",
     "psrpc_client_id", "psrpc_client_call", "psrpc_client_call_multi", "psrpc_client_cancel",
@@ -184,7 +184,8 @@ TEST(abi_struct_sizes) {
     CHECK_EQ_INT(sizeof(psrpc_server_options), PSRPC_SERVER_OPTIONS_SIZE_V1);
     CHECK_EQ_INT(sizeof(psrpc_call_options), PSRPC_CALL_OPTIONS_SIZE_V1);
     CHECK_EQ_INT(sizeof(psrpc_selection_options), PSRPC_SELECTION_OPTIONS_SIZE_V1);
-    CHECK_EQ_INT(sizeof(psrpc_bus_stats), PSRPC_BUS_STATS_SIZE_V1);
+    CHECK_EQ_INT(sizeof(psrpc_bus_stats), PSRPC_BUS_STATS_SIZE_V2);
+    CHECK_EQ_INT(offsetof(psrpc_bus_stats, dropped_held_limit), PSRPC_BUS_STATS_SIZE_V1);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -246,6 +247,7 @@ TEST(abi_null_pure_and_msg) {
 
     /* void functions with NULL are no-ops */
     psrpc_bus_free(NULL);
+    psrpc_bus_release(NULL);
     psrpc_client_free(NULL);
     psrpc_server_free(NULL);
     psrpc_sub_free(NULL);
@@ -259,7 +261,7 @@ TEST(abi_null_bus) {
     EXPECT_FAIL(psrpc_bus_open(&b, "bogus://host", NULL));
     CHECK(b == NULL);
     EXPECT_ERR(psrpc_bus_close(NULL, NULL, NULL), PSRPC_INVALID_ARGUMENT);
-    psrpc_bus_stats st = {sizeof st, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    psrpc_bus_stats st = {sizeof st, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     EXPECT_ERR(psrpc_bus_get_stats(NULL, &st), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_bus_watch(NULL, nop_state, NULL, nop_release), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_bus_wait_ready(NULL, 10), PSRPC_INVALID_ARGUMENT);
@@ -450,7 +452,9 @@ TEST(abi_null_server) {
     EXPECT_ERR(psrpc_server_create(&s, l->bus, "bad name", NULL), PSRPC_INVALID_ARGUMENT);
     psrpc_server_free(s);
     psrpc_server_options so = PSRPC_SERVER_OPTIONS_INIT;
-    const char *bad_ids[] = {"bad id!", "", "SRV_a.b", "SRV_a|b", "SRV_*"};
+    /* Any UTF-8 id is accepted, as in Go (ids travel in messages only);
+     * invalid UTF-8 cannot go into a protobuf string. */
+    const char *bad_ids[] = {"\xff", "SRV_\xc0\xaf"};
     for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++) {
         so.server_id = bad_ids[i];
         s = NULL;
@@ -460,6 +464,20 @@ TEST(abi_null_server) {
             psrpc_server_free(s);
         }
     }
+    const char *good_ids[] = {"srv-1.a", "SRV_a|b", "SRV_*", "bad id!", "软件"};
+    for (size_t i = 0; i < sizeof good_ids / sizeof good_ids[0]; i++) {
+        so.server_id = good_ids[i];
+        s = NULL;
+        CHECK_EQ_INT(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_OK);
+        CHECK_EQ_STR(psrpc_server_id(s), good_ids[i]);
+        psrpc_server_free(s);
+    }
+    so.server_id = ""; /* as Go: generated */
+    s = NULL;
+    CHECK_EQ_INT(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_OK);
+    CHECK(s && strncmp(psrpc_server_id(s), "SRV_", 4) == 0);
+    psrpc_server_free(s);
+    s = NULL;
     so = (psrpc_server_options)PSRPC_SERVER_OPTIONS_INIT;
     so.timeout_ms = -1;
     EXPECT_ERR(psrpc_server_create(&s, l->bus, "Svc", &so), PSRPC_INVALID_ARGUMENT);
@@ -892,6 +910,13 @@ TEST(abi_stats_smaller_struct) {
     CHECK_EQ_INT(psrpc_bus_get_stats(b, &s), PSRPC_OK);
     CHECK_EQ_INT(s.requests_in_flight, 0);
     CHECK_EQ_INT(s.dropped_malformed, 0);
+    /* a caller built against V1 gets V1's fields and nothing past them */
+    memset(&s, 0xab, sizeof s);
+    s.struct_size = PSRPC_BUS_STATS_SIZE_V1;
+    CHECK_EQ_INT(psrpc_bus_get_stats(b, &s), PSRPC_OK);
+    CHECK_EQ_INT(s.struct_size, PSRPC_BUS_STATS_SIZE_V1);
+    CHECK_EQ_INT(s.streams_open, 0);
+    CHECK(s.dropped_held_limit == 0xababababababababULL);
     psrpc_bus_free(b);
 }
 
