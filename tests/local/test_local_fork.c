@@ -74,7 +74,9 @@ static int child_main(handles *h) {
     bad += !fast_fail(psrpc_sub_wait_ready(h->sub, 5000), t0, "sub_wait_ready");
     t0 = th_now_ms();
     bad += !fast_fail(psrpc_bus_watch(h->sb, state_cb, NULL, NULL), t0, "bus_watch");
-    psrpc_bus_stats st = {sizeof st, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    psrpc_bus_stats st;
+    memset(&st, 0, sizeof st);
+    st.struct_size = sizeof st;
     t0 = th_now_ms();
     bad += !fast_fail(psrpc_bus_get_stats(h->sb, &st), t0, "bus_get_stats");
     psrpc_client *c2 = NULL;
