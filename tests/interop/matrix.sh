@@ -255,7 +255,7 @@ run_cell() {
             envs+=(PSRPC_INTEROP_MIXED=0 PSRPC_INTEROP_CLIENTS="$client" PSRPC_INTEROP_SERVERS="$server")
         fi
         [ -n "$scenarios" ] && envs+=(PSRPC_INTEROP_SCENARIOS="$scenarios")
-        (cd "$here/go/interop" && env "${envs[@]}" PSRPC_INTEROP_DIRECTION= \
+        (cd "$here/go/interop" && env "${envs[@]}" \
             "$testbin" -test.count=1 -test.v -test.timeout 600s -test.run '^TestInterop$') >"$log" 2>&1
         rc=$?
     fi
