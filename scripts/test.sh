@@ -14,10 +14,11 @@
 #      pytest suite (bindings/python/run_tests.sh), the interop matrix
 #      (tests/interop/matrix.sh --ci: every non-Go language against Go both
 #      ways on Redis and NATS, plus the mixed cell of every language per
-#      broker; results in build/interop-matrix), the "local", "nats" and
-#      "redis" labels in build-tsan (any TSan report fails), and valgrind
-#      memcheck over the unit and local test executables and the add_value
-#      example (PSRPC_TEST_TIME_FACTOR=10)
+#      broker; results in build/interop-matrix), the Rust binding's suite
+#      (bindings/rust/run_tests.sh), the "local", "nats" and "redis" labels in
+#      build-tsan (any TSan report fails), and valgrind memcheck over the unit
+#      and local test executables and the add_value example
+#      (PSRPC_TEST_TIME_FACTOR=10)
 #   5. runs the benchmarks once, short (bench/run.sh --quick, about 3
 #      minutes): proves they build and every libpsrpc and raw cell produces a
 #      result; no thresholds (results go to build/bench-quick, not the tree)
@@ -167,6 +168,10 @@ if [ "$plain_ok" -eq 1 ]; then
 else
     skip interop-matrix "build-plain failed"
 fi
+
+# The Rust binding: cargo test over local://, Redis and NATS, clippy, doc,
+# package, the add_value example (also against C), Go interop cells.
+step rust-tests "$root/bindings/rust/run_tests.sh"
 
 if [ "$tsan_ok" -eq 1 ]; then
     tsan_options="halt_on_error=1:exitcode=66:second_deadlock_stack=1"

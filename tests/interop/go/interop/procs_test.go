@@ -160,6 +160,7 @@ type srvSpec struct {
 	affinity string // "" = the server's default (1.0)
 	topics   []string
 	extra    []string
+	id       string // "" = generated
 }
 
 // servers starts the given servers (languages cycled over the cell's server
@@ -190,6 +191,9 @@ func (e *env) servers(t *testing.T, specs ...srvSpec) []*proc {
 			kind = e.serverKind(i)
 		}
 		id := fmt.Sprintf("SRV_%s%d_%s", kind, i, randID(6))
+		if s.id != "" {
+			id = s.id
+		}
 		e.idKinds.Store(id, kind)
 		args := append([]string{}, slots[kind].Server[1:]...)
 		args = append(args, "--bus", e.busURL, "--server-id", id)

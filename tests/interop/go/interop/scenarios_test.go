@@ -147,6 +147,7 @@ func TestInterop(t *testing.T) {
 		{"compression", scCompression},
 		{"skip_claim", scSkipClaim},
 		{"client_ids", scClientIDs},
+		{"server_ids", scServerIDs},
 		{"graceful_shutdown", scGraceful},
 	}
 	// U14 needs the generated Go UnimplementedConformanceServer: the scenario
@@ -1219,6 +1220,31 @@ func scClientIDs(t *testing.T, e *env) {
 		}
 		closeClient(t, c)
 	}
+}
+
+// Server ids with '-' and '.' (Go accepts any id; it travels in messages,
+// never in channel names): every client kind reaches every server kind and
+// sees the id unchanged, on a queue method and with affinity selection.
+func scServerIDs(t *testing.T, e *env) {
+	specs := []srvSpec{}
+	for i, k := range e.dir.serverKinds {
+		specs = append(specs, srvSpec{kind: k, id: fmt.Sprintf("srv-%d.%s-%s", i+1, k, randID(4))})
+	}
+	procs := e.servers(t, specs...)
+	e.forClients(t, func(t *testing.T, c Client) {
+		seen := map[string]bool{}
+		for i := 0; i < 20 && len(seen) < len(procs); i++ {
+			r, err := c.Echo("Echo", &conformance.EchoRequest{Tag: "ids"}, CallOpts{Timeout: 3 * time.Second})
+			if err != nil || !contains(ids(procs), r.ServerId) {
+				t.Fatalf("Echo: %v %v (servers %v)", r, err, ids(procs))
+			}
+			seen[r.ServerId] = true
+		}
+		r, err := c.Echo("Claim", &conformance.EchoRequest{Tag: "ids"}, CallOpts{Timeout: 3 * time.Second})
+		if err != nil || !contains(ids(procs), r.ServerId) {
+			t.Errorf("Claim: %v %v (servers %v)", r, err, ids(procs))
+		}
+	})
 }
 
 // --- Graceful shutdown: in-flight requests finish ----------------------------

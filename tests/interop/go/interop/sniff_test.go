@@ -129,6 +129,7 @@ func startSniffer(t *testing.T, e *env) *sniffer {
 		if err != nil {
 			t.Fatal(err)
 		}
+		o.Protocol = 2 // go-redis v9.20.0 drops messages over RESP3 (issue 22)
 		rc := redis.NewClient(o)
 		ps := rc.PSubscribe(context.Background(), "*")
 		if _, err := ps.Receive(context.Background()); err != nil { // the subscription confirmation
