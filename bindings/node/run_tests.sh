@@ -10,7 +10,8 @@
 #   4. runs the node:test suite over local://, Redis and NATS.
 # Brokers: PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (defaults
 # redis://127.0.0.1:6379, nats://127.0.0.1:4222); a broker that does not answer
-# FAILS its tests. Extra arguments go to node --test (e.g. test/rpc.test.mjs).
+# FAILS its tests. Extra arguments go to node --test (e.g. test/rpc.test.mjs);
+# PSRPC_NODE_INSTALL_ONLY=1 stops after the build.
 # Needs node >= 18 with npm, and the Debian packages of scripts/setup-deps.sh.
 set -euo pipefail
 
@@ -27,6 +28,13 @@ fi
 # cmake-js and tsc rebuild incrementally).
 npm install --no-audit --no-fund --ignore-scripts --loglevel=error
 PSRPC_NODE_JOBS=${PSRPC_NODE_JOBS:-2} node scripts/build.js --force
+# examples/node imports 'psrpc' and '@bufbuild/protobuf': link them there (what
+# `npm install` in examples/node does, without the network)
+ex=$here/../../examples/node/node_modules
+mkdir -p "$ex/@bufbuild"
+ln -sfn "$here" "$ex/psrpc"
+ln -sfn "$here/node_modules/@bufbuild/protobuf" "$ex/@bufbuild/protobuf"
+[ "${PSRPC_NODE_INSTALL_ONLY:-0}" = 1 ] && exit 0
 
 # 3. npm install of this directory into a project outside the tree.
 if [ "${PSRPC_NODE_SKIP_INSTALL_CHECK:-0}" != 1 ]; then
