@@ -26,7 +26,15 @@ const TOPICAL = ['RegionEcho', 'RegionFanout'];
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const emit = (line) => process.stdout.write(line + '\n');
 
+// "--affinity -1": a value that starts with a dash, as the C programs take it.
+const argv = [];
+for (let i = 2; i < process.argv.length; i++) {
+  const a = process.argv[i];
+  if (/^--[a-z-]+$/.test(a) && i + 1 < process.argv.length && /^-\d/.test(process.argv[i + 1])) argv.push(`${a}=${process.argv[++i]}`);
+  else argv.push(a);
+}
 const { values: args } = parseArgs({
+  args: argv,
   options: {
     bus: { type: 'string', default: 'redis://127.0.0.1:6379' },
     'server-id': { type: 'string' },
@@ -124,8 +132,9 @@ async function chat(stream) {
   } catch (e) {
     if (!(e instanceof PsrpcError)) throw e;
   }
-  const cause = await stream.closed;
-  emit(JSON.stringify({ event: 'chat-end', code: cause ? cause.code : '', message: cause ? cause.message : '', max_seq: String(maxSeq) }));
+  // a clean close (stream.closed resolves undefined) reads as canceled "stream closed", as in C
+  const cause = (await stream.closed) ?? new PsrpcError(Code.Canceled, 'stream closed');
+  emit(JSON.stringify({ event: 'chat-end', code: cause.code, message: cause.message, max_seq: String(maxSeq) }));
 }
 
 const handlers = { Echo: echo, Claim: echo, Fanout: echo, RegionEcho: echo, RegionFanout: echo, Add: add, Publish: publish, Chat: chat };
