@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <string>
 #include <utility>
@@ -1311,6 +1312,124 @@ Napi::Value StatusInfo(const Napi::CallbackInfo &info) {
     return o;
 }
 
+// ---- benchmark hooks (bench/node): the C side of the overhead comparison ----
+// A server whose handlers are C (no JavaScript per request), and a C client
+// loop on the same client handle, so that Node and C are measured against
+// the same server on the same buses.
+
+void bench_echo(psrpc_request *r, void *) {
+    const psrpc_msg *p = psrpc_request_payload(r);
+    psrpc_request_respond(r, psrpc_msg_data(p), psrpc_msg_size(p));
+}
+int bench_st_msg(psrpc_stream *, const psrpc_msg *, void *) { return 0; }
+void bench_st_close(psrpc_stream *s, const psrpc_error *, void *) { psrpc_stream_free(s); }
+void bench_st_accept(psrpc_stream *s, void *) {
+    if (psrpc_stream_set_callbacks(s, bench_st_msg, bench_st_close, nullptr, nullptr) != PSRPC_OK)
+        psrpc_stream_free(s);
+}
+
+// benchServe(server, method): registers the C echo (or stream acceptor); blocks until ready.
+Napi::Value BenchServe(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    ServerBox *sb = server_arg(env, info[0]);
+    if (!sb) return env.Undefined();
+    MethodArg m;
+    if (!get_method(env, info[1], m)) return env.Undefined();
+    int st = (m.m.flags & PSRPC_METHOD_STREAM)
+                 ? psrpc_server_register_stream(sb->server, &m.m, nullptr, 0, bench_st_accept, nullptr, nullptr,
+                                                nullptr, nullptr)
+                 : psrpc_server_register(sb->server, &m.m, nullptr, 0, bench_echo, nullptr, nullptr, nullptr, nullptr);
+    if (st == PSRPC_OK) st = psrpc_server_wait_ready(sb->server, 10000);
+    if (st != PSRPC_OK) return throw_status(env, st, "bench"), env.Undefined();
+    return env.Undefined();
+}
+
+struct BenchRun {
+    psrpc_client *client;
+    psrpc_stream *stream;
+    psrpc_method method;
+    std::string data;
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> ops{0}, errors{0};
+    std::atomic<int> outstanding{0};
+};
+void bench_issue(BenchRun *b);
+void bench_call_done(uint64_t, const psrpc_msg *, const psrpc_error *e, const char *, void *ud) {
+    BenchRun *b = static_cast<BenchRun *>(ud);
+    (e ? b->errors : b->ops)++;
+    b->outstanding--;
+    bench_issue(b);
+}
+void bench_send_done(const psrpc_error *e, void *ud) { bench_call_done(0, nullptr, e, nullptr, ud); }
+void bench_issue(BenchRun *b) {
+    if (b->stop.load()) return;
+    b->outstanding++;
+    int st = b->stream ? psrpc_stream_send(b->stream, b->data.data(), b->data.size(), 0, bench_send_done, b)
+                       : psrpc_client_call(nullptr, b->client, &b->method, b->data.data(), b->data.size(), nullptr,
+                                           bench_call_done, b);
+    if (st != PSRPC_OK) {
+        b->outstanding--;
+        b->errors++;
+    }
+}
+int bench_cs_msg(psrpc_stream *, const psrpc_msg *, void *) { return 0; }
+void bench_cs_close(psrpc_stream *, const psrpc_error *, void *) {}
+
+// benchRunC(client, method, payload, inflight, warmupMs, durationMs) ->
+// [ops, seconds, errors]: C calls (or stream sends) kept inflight at a time,
+// issued from the completion callbacks; blocks the calling thread.
+Napi::Value BenchRunC(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    ClientBox *cb = client_arg(env, info[0]);
+    if (!cb) return env.Undefined();
+    MethodArg m;
+    if (!get_method(env, info[1], m)) return env.Undefined();
+    const uint8_t *data = nullptr;
+    size_t len = 0;
+    if (!get_bytes(info[2], data, len)) return type_error(env, "payload must be a Uint8Array"), env.Undefined();
+    int inflight = info[3].ToNumber().Int32Value();
+    int64_t warm = num_i64(info[4]), dur = num_i64(info[5]);
+    auto *b = new BenchRun;
+    b->client = cb->client;
+    b->stream = nullptr;
+    b->method = m.m;
+    b->method.name = m.name.c_str();
+    b->data.assign(reinterpret_cast<const char *>(data), len);
+    if (m.m.flags & PSRPC_METHOD_STREAM) {
+        psrpc_call_options so = PSRPC_CALL_OPTIONS_INIT;
+        so.timeout_ms = 5000;
+        int st = psrpc_client_open_stream(&b->stream, cb->client, &b->method, &so, nullptr, bench_cs_msg, bench_cs_close,
+                                          nullptr, nullptr);
+        if (st != PSRPC_OK) {
+            delete b;
+            return throw_status(env, st, "bench"), env.Undefined();
+        }
+    }
+    for (int i = 0; i < inflight; i++) bench_issue(b);
+    struct timespec w = {static_cast<time_t>(warm / 1000), static_cast<long>((warm % 1000) * 1000000)};
+    nanosleep(&w, nullptr);
+    uint64_t o0 = b->ops.load();
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct timespec d = {static_cast<time_t>(dur / 1000), static_cast<long>((dur % 1000) * 1000000)};
+    nanosleep(&d, nullptr);
+    uint64_t n = b->ops.load() - o0;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    b->stop = true;
+    while (b->outstanding.load() > 0) {
+        struct timespec z = {0, 1000000};
+        nanosleep(&z, nullptr);
+    }
+    uint64_t errs = b->errors.load();
+    if (b->stream) psrpc_stream_free(b->stream);
+    delete b;
+    Napi::Array r = Napi::Array::New(env, 3);
+    r.Set(0u, Napi::Number::New(env, static_cast<double>(n)));
+    r.Set(1u, Napi::Number::New(env, (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9));
+    r.Set(2u, Napi::Number::New(env, static_cast<double>(errs)));
+    return r;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #define EXPORT(n) exports.Set(#n, Napi::Function::New(env, n, #n))
     EXPORT(BusOpen);
@@ -1339,6 +1458,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     EXPORT(SelectionChoose);
     EXPORT(SelectionFail);
     EXPORT(StatusInfo);
+    EXPORT(BenchServe);
+    EXPORT(BenchRunC);
 #undef EXPORT
     return exports;
 }
