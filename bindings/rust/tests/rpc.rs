@@ -110,7 +110,10 @@ async fn errors(kind: &str) {
     let e = client.call::<Msg, Msg>(&m, &msg("", 1), &CallOptions::new()).await.unwrap_err();
     assert_eq!(e.code, Code::Other("my_custom_code".into()));
     assert_eq!(e.code.as_str(), "my_custom_code");
-    let e = client.call::<Msg, Msg>(&m, &msg("", 2), &CallOptions::new()).await.unwrap_err();
+    // (A long timeout: printing the panic, with a backtrace under RUST_BACKTRACE
+    // and a slow sanitizer build, can take seconds.)
+    let slow = CallOptions::new().timeout(Duration::from_secs(30));
+    let e = client.call::<Msg, Msg>(&m, &msg("", 2), &slow).await.unwrap_err();
     assert_eq!(e.code, Code::Internal);
     assert!(e.message.contains("handler blew up"), "{e}");
     // The server survived the panic.
