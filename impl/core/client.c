@@ -991,6 +991,7 @@ static void start_task(void *arg) {
     do {                                                                              \
         PSRPC__CHECK_ARG(c, "client is NULL");                                        \
         PSRPC__CHECK_ARG((c)->magic == CLIENT_MAGIC, "handle is not a psrpc_client"); \
+        PSRPC__CHECK_NOT_FORKED((c)->bus);                                            \
     } while (0)
 
 psrpc_status psrpc_client_options_init(psrpc_client_options *opts, size_t struct_size) {
@@ -1735,6 +1736,7 @@ psrpc_status psrpc_client_subscribe(psrpc_sub **out, psrpc_client *client,
     do {                                                                        \
         PSRPC__CHECK_ARG(s, "sub is NULL");                                     \
         PSRPC__CHECK_ARG((s)->magic == SUB_MAGIC, "handle is not a psrpc_sub"); \
+        PSRPC__CHECK_NOT_FORKED((s)->client->bus);                              \
     } while (0)
 
 psrpc_status psrpc_sub_wait_ready(psrpc_sub *sub, int64_t timeout_ms) {

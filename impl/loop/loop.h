@@ -39,6 +39,17 @@ void psrpc__loop_wait(psrpc__loop *loop);
  * loop thread: the thread frees the loop itself when it exits. */
 void psrpc__loop_free(psrpc__loop *loop);
 
+/* Frees the loop without ever waiting: stops it; if its thread already
+ * finished, frees it now, else the thread (detached) frees it when it exits.
+ * Any thread. */
+void psrpc__loop_release(psrpc__loop *loop);
+
+/* Has fn(arg) run on the loop thread once the loop has ended (uv_run
+ * returned and every handle is closed), before the thread exits; the thread
+ * still counts as this loop's thread then. One hook per loop. Returns false
+ * (fn will not run) if the thread already got that far. Any thread. */
+bool psrpc__loop_on_exit(psrpc__loop *loop, psrpc__task_fn fn, void *arg);
+
 uv_loop_t *psrpc__loop_uv(psrpc__loop *loop);
 /* The loop that owns uv (a uv loop made by psrpc__loop_start). */
 psrpc__loop *psrpc__loop_of(uv_loop_t *uv);

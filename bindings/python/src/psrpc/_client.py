@@ -113,6 +113,44 @@ def call_options(timeout: Optional[float], topics: Topics, metadata: Optional[Ma
             deadline_ns)
 
 
+_USE = {"multi": "multi_call", "stream": "open_stream", "subscription": "subscribe",
+        "unary": "call"}
+
+
+def method_kind(m: Method) -> str:
+    if m.stream:
+        return "stream"
+    if m.subscription:
+        return "subscription"
+    return "multi" if m.multi else "unary"
+
+
+def require_kind(m: Method, want: str) -> None:
+    """InvalidArgument naming the Python method to use when m is not of the
+    kind the operation needs."""
+    have = method_kind(m)
+    if have != want:
+        raise InvalidArgument(f"{m.name} is a {have} method, not a {want} method: "
+                              f"use {_USE[have]}()")
+
+
+def connect_wait(client: "Client", timeout: Optional[float]) -> Optional[float]:
+    """Before a call on a bus whose first connection attempt has not ended
+    yet: waits for its outcome (so that an unreachable broker fails the call
+    with the connection error at once); returns the timeout left for the
+    call (None: the client's default, nothing waited)."""
+    bus = client._bus
+    if bus._watch.settled.is_set() or _core.on_loop_thread():
+        return timeout
+    eff = timeout if timeout is not None else client._timeout
+    waited = bus._wait_connect(eff)
+    if not bus._watch.settled.is_set():
+        raise DeadlineExceeded(f"bus {bus.url} not connected within {eff:g} s")
+    if timeout is None and waited < 0.001:
+        return None
+    return max(eff - waited, 0.001)
+
+
 class _Handle:
     """A C handle freed when the Python object goes (closing is separate, so
     concurrent users never see freed memory)."""
@@ -154,6 +192,7 @@ class Client(_Handle):
         if client_id is not None or timeout is not None or selection_timeout is not None:
             opts = (_ms(timeout), _ms(selection_timeout, "selection_timeout"), client_id)
         self._ptr = bus._with(_core.psrpc_client_create, self._service.name, opts)
+        self._timeout = 3.0 if timeout is None else timeout  # the library's default
         self._closed = False
         self._bus = bus
         bus._adopt(self)
@@ -184,7 +223,9 @@ class Client(_Handle):
         absolute Unix time (seconds) the call never outlives, or a handler's
         ``Context`` so a nested call inherits its caller's deadline."""
         m = self.method(method)
+        require_kind(m, "unary")
         data = m.encode_request(request)
+        timeout = connect_wait(self, timeout)
         opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
         resp, err, sid = _core.call_blocking(self._check(), m._c, data, opts)
         if err is not None:
@@ -199,7 +240,9 @@ class Client(_Handle):
         """Sends a unary request; returns a ``concurrent.futures.Future`` whose
         ``cancel()`` cancels the request."""
         m = self.method(method)
+        require_kind(m, "unary")
         data = m.encode_request(request)
+        timeout = connect_wait(self, timeout)
         opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
         fut = CallFuture()
         fut.set_running_or_notify_cancel()
@@ -233,7 +276,9 @@ class Client(_Handle):
         """Sends a multi request: iterate over the result for every server's
         answer (``MultiResult``) as it arrives, until the timeout ends it."""
         m = self.method(method)
+        require_kind(m, "multi")
         data = m.encode_request(request)
+        timeout = connect_wait(self, timeout)
         opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
         q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
 
@@ -252,6 +297,8 @@ class Client(_Handle):
         subscription. Messages beyond ``max_queue`` unread ones are dropped
         (counted in ``Subscription.dropped``)."""
         m = self.method(method)
+        require_kind(m, "subscription")
+        connect_wait(self, timeout)
         return Subscription(self, m, topic_list(topics), timeout, max_queue)
 
     # ---- streams ----

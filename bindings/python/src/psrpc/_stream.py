@@ -7,7 +7,8 @@ import threading
 from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
 
 from . import _core
-from ._client import KIND_MESSAGE, KIND_READY, KIND_RELEASED, _END, Topics, _ms, call_options
+from ._client import (KIND_MESSAGE, KIND_READY, KIND_RELEASED, _END, Topics, _ms, call_options,
+                      connect_wait, require_kind)
 from ._errors import Canceled, PsrpcError, Status, from_wire, to_failure
 from ._method import Method, topic_list
 
@@ -172,8 +173,8 @@ class Stream:
 def open_stream(client: Any, method: Method, *, timeout: Optional[float], topics: Topics,
                 metadata: Optional[Mapping[str, str]], selection: Any, wait_for_ready: bool,
                 max_queue: int) -> Stream:
-    if not method.stream:
-        raise PsrpcError(f"{method.name} is not a stream method", code="invalid_argument")
+    require_kind(method, "stream")
+    connect_wait(client, timeout)
     opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
     sink = _StreamSink(max_queue)
     core = _core.psrpc_client_open_stream(client._check(), method._c, opts, sink)
@@ -223,12 +224,23 @@ class _StreamRegistration:
             self.released.set()
 
     def run(self, stream: Stream) -> None:
+        from ._server import _tls, report
+
+        _tls.in_handler = True
+        try:
+            self._run(stream, report)
+        finally:
+            _tls.in_handler = False
+
+    def _run(self, stream: Stream, report: Callable[..., None]) -> None:
         try:
             self.handler(stream)
         except Exception as e:
+            report(e, self.method, self.server_id, "stream handler")
             stream.close(e)
             return
         except BaseException as e:
+            report(e, self.method, self.server_id, "stream handler")
             stream.close(e)
             raise
         stream.close()

@@ -26,14 +26,15 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
+import signal
 import threading
 from typing import (Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Mapping,
-                    Optional, Set, Tuple, Union)
+                    Optional, Sequence, Set, Tuple, Union)
 
 from . import _client, _core, _server
 from ._bus import Bus
 from ._client import (KIND_MESSAGE, KIND_READY, KIND_RELEASED, MultiResult, SelectionOptions,
-                      Topics, _ms, call_options)
+                      Topics, _ms, call_options, require_kind)
 from ._errors import Canceled, DeadlineExceeded, PsrpcError, Status, from_wire, to_failure
 from ._method import Method, ServiceLike, topic_list
 from ._server import Context
@@ -60,6 +61,27 @@ def _settle(fut: "asyncio.Future[Any]", value: Any) -> None:
         fut.set_result(value)
 
 
+async def _connect_wait(client: _client.Client, timeout: Optional[float]) -> Optional[float]:
+    """psrpc._client.connect_wait without blocking the event loop."""
+    w = client._bus._watch
+    if w.settled.is_set():
+        return timeout
+    loop = asyncio.get_running_loop()
+    fut: "asyncio.Future[Any]" = loop.create_future()
+    if not w.when_settled(lambda: _post(loop, _settle, fut, None)):
+        return timeout
+    eff = timeout if timeout is not None else client._timeout
+    t0 = loop.time()
+    try:
+        await asyncio.wait_for(fut, eff)
+    except asyncio.TimeoutError:
+        raise DeadlineExceeded(f"bus {client._bus.url} not connected within {eff:g} s") from None
+    waited = loop.time() - t0
+    if timeout is None and waited < 0.001:
+        return None
+    return max(eff - waited, 0.001)
+
+
 class Client:
     """An asyncio client (see ``psrpc.Client`` for the arguments)."""
 
@@ -82,7 +104,9 @@ class Client:
         """Sends a unary request and returns the response. Cancelling the
         awaiting task cancels the request. ``deadline``: see ``psrpc.Client.call``."""
         m = self._c.method(method)
+        require_kind(m, "unary")
         data = m.encode_request(request)
+        timeout = await _connect_wait(self._c, timeout)
         opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
         loop = asyncio.get_running_loop()
         fut: "asyncio.Future[Any]" = loop.create_future()
@@ -108,6 +132,7 @@ class Client:
                    wait_for_ready: bool = False, deadline: Any = None) -> "MultiCall":
         """Sends a multi request: ``async for result in client.multi_call(...)``."""
         m = self._c.method(method)
+        require_kind(m, "multi")
         data = m.encode_request(request)
         opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
         loop = asyncio.get_running_loop()
@@ -124,6 +149,8 @@ class Client:
                         timeout: float = 5.0, max_queue: int = 10000) -> "Subscription":
         """Subscribes; ``async for message in subscription``."""
         m = self._c.method(method)
+        require_kind(m, "subscription")
+        await _connect_wait(self._c, timeout)
         sub = Subscription(self._c, m, topic_list(topics), max_queue)
         try:
             await asyncio.wait_for(asyncio.shield(sub._ready), timeout)
@@ -141,8 +168,8 @@ class Client:
                           wait_for_ready: bool = False, max_queue: int = 100) -> "Stream":
         """Opens a bidirectional stream and waits until a server accepted it."""
         m = self._c.method(method)
-        if not m.stream:
-            raise PsrpcError(f"{m.name} is not a stream method", code="invalid_argument")
+        require_kind(m, "stream")
+        await _connect_wait(self._c, timeout)
         opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
         sink = _StreamSink(asyncio.get_running_loop(), max_queue)
         core = _core.psrpc_client_open_stream(self._c._check(), m._c, opts, sink)
@@ -532,21 +559,19 @@ class _AsyncRegistration:
         try:
             result = await self._call(self.handler, m.decode_request(req.payload),
                                       Context(req, m, self.server_id))
-            data = m.encode_response(result)
         except BaseException as e:
+            _server.report(e, m, self.server_id)
             _server.fail(req, e)
             if not isinstance(e, Exception):
                 raise
             return
-        try:
-            req.respond(data)
-        except PsrpcError:
-            pass
+        _server.respond(req, m, result, self.server_id)
 
     async def _run_stream(self, stream: Stream) -> None:
         try:
             await self._call(self.handler, stream)
         except BaseException as e:
+            _server.report(e, self.method, self.server_id, "stream handler")
             stream.close(e if isinstance(e, Exception) else Canceled("handler canceled"))
             if not isinstance(e, Exception):
                 raise
@@ -591,6 +616,7 @@ class Server:
         self._exec = executor
         # The blocking server's handle management (its own pool stays unused).
         self._s = _server.Server(bus, service, executor=_NO_EXECUTOR, **kwargs)
+        self._s._aio_loop = self._loop
         self.id = self._s.id
         self._tasks: Set["asyncio.Task[Any]"] = set()
         self._pending: List[_AsyncRegistration] = []
@@ -658,8 +684,11 @@ class Server:
 
     async def close(self, *, force: bool = False, timeout: Optional[float] = None) -> None:
         """Stops serving; unless ``force``, waits until in-flight requests
-        were answered (the handlers keep running on this loop meanwhile)."""
+        were answered and their answers sent (the handlers keep running on
+        this loop meanwhile). After ``timeout`` seconds the close is forced
+        (``DeadlineExceeded``)."""
         self._s._closed = True
+        self._s._wake.set()
         self._s._bus._forget(self._s)
         ptr = self._s._ptr
         if ptr is None:
@@ -670,7 +699,52 @@ class Server:
                                      lambda: _post(self._loop, _settle, fut, None))
         except PsrpcError:
             return
-        await asyncio.wait_for(asyncio.shield(fut), timeout)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            try:
+                _core.psrpc_server_close(ptr, _core.PSRPC_CLOSE_FORCE, None)
+            except PsrpcError:
+                pass
+            raise DeadlineExceeded(
+                f"server {self.id}: requests still in flight after {timeout:g} s") from None
+
+    async def serve_forever(self, *, grace: Optional[float] = None,
+                            signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        """Serves until SIGINT or SIGTERM (or until the server or its bus is
+        closed elsewhere, or the task is cancelled), then closes gracefully:
+        requests in flight are answered and sent (waiting up to ``grace``
+        seconds, default: their deadlines) before it returns. The signal
+        handlers (``loop.add_signal_handler``) are removed when it returns;
+        where they cannot be installed (not the main thread) it just waits."""
+        stop = asyncio.Event()
+        installed: List[int] = []
+        for sig in signals:
+            try:
+                self._loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        try:
+            while not self._s._wake.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.25)
+                    break
+                except asyncio.TimeoutError:
+                    pass
+        except asyncio.CancelledError:
+            await self._close_after_serving(grace)
+            raise
+        finally:
+            for sig in installed:
+                self._loop.remove_signal_handler(sig)
+        await self._close_after_serving(grace)
+
+    async def _close_after_serving(self, grace: Optional[float]) -> None:
+        try:
+            await self.close(timeout=grace)
+        except DeadlineExceeded as e:
+            log.warning("psrpc: %s", e.message)
 
     @property
     def closed(self) -> bool:
