@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 import threading
 
@@ -158,13 +157,9 @@ async def run(args, pb) -> int:
         await server.wait_ready(15)
         emit("ready")
 
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        # Graceful: in-flight requests (delayed answers included) finish.
-        await server.close(timeout=30)
+        # Until SIGTERM/SIGINT, then graceful: in-flight requests (delayed
+        # answers included) finish and are sent.
+        await server.serve_forever(grace=30)
         await updates.close(timeout=10)
         return 0
     finally:

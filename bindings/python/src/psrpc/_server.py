@@ -29,7 +29,8 @@ KIND_REQUEST = 0
 KIND_AFFINITY = 1
 
 F = TypeVar("F", bound=Callable[..., Any])
-Handler = Callable[[Any, "Context"], Any]
+# handler(request, context), or handler(stream) for stream methods
+Handler = Callable[..., Any]
 AffinityFunc = Callable[[Any, "Context"], Optional[float]]
 
 
