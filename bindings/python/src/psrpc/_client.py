@@ -493,7 +493,7 @@ class Subscription(_Handle, Generic[R]):
         if not _core.on_loop_thread():
             if not self._sink.ready.wait(timeout):
                 self.close()
-                raise DeadlineExceeded("subscription was not confirmed in time")
+                raise client._bus._not_confirmed(f"subscription to {method.name}")
             if self._sink.error is not None:
                 self.close()
                 raise self._sink.error

@@ -273,7 +273,7 @@ class Server(_Handle):
         if _core.on_loop_thread():
             return
         if not reg.ready.wait(timeout):
-            raise DeadlineExceeded(f"registration of {reg.method.name} was not confirmed in time")
+            raise self._bus._not_confirmed(f"registration of {reg.method.name}")
         if reg.error is not None:
             raise reg.error
 

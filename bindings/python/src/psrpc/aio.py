@@ -156,7 +156,7 @@ class Client:
             await asyncio.wait_for(asyncio.shield(sub._ready), timeout)
         except asyncio.TimeoutError:
             sub.close()
-            raise DeadlineExceeded("subscription was not confirmed in time") from None
+            raise self._c._bus._not_confirmed(f"subscription to {m.name}") from None
         except BaseException:
             sub.close()
             raise
@@ -674,7 +674,7 @@ class Server:
         try:
             err = await asyncio.wait_for(asyncio.shield(ready), timeout)
         except asyncio.TimeoutError:
-            raise DeadlineExceeded("registration was not confirmed in time") from None
+            raise self._s._bus._not_confirmed("registration") from None
         if err is not None:
             raise err
 
