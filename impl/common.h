@@ -83,4 +83,29 @@ psrpc_msg *psrpc__msg_alloc(size_t len);
 int64_t psrpc__now_ns(void);
 int64_t psrpc__mono_ms(void);
 
+/* Deadline arithmetic. A timeout is clamped at the API to 50 years ("no
+ * practical deadline": INT64_MAX from a binding's Duration::MAX or Infinity),
+ * so now + timeout never overflows in milliseconds or nanoseconds; sums and
+ * products of times saturate instead of wrapping (signed overflow is UB). */
+#define PSRPC__TIMEOUT_MAX_MS ((int64_t)50 * 365 * 24 * 3600 * 1000)
+
+static inline int64_t psrpc__clamp_timeout_ms(int64_t ms) {
+    return ms > PSRPC__TIMEOUT_MAX_MS ? PSRPC__TIMEOUT_MAX_MS : ms;
+}
+
+static inline int64_t psrpc__sat_add(int64_t a, int64_t b) {
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r))
+        return b > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+
+/* ms in nanoseconds, saturated. */
+static inline int64_t psrpc__ms_to_ns(int64_t ms) {
+    int64_t r;
+    if (__builtin_mul_overflow(ms, (int64_t)1000000, &r))
+        return ms > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+
 #endif

@@ -12,7 +12,8 @@
 #      up by tests/interop/setup.sh), every test but interop in build-asan
 #      (PSRPC_TEST_TIME_FACTOR=3), the "local", "nats" and "redis" labels in
 #      build-tsan (any TSan report fails), the Python binding's pytest suite
-#      (bindings/python/run_tests.sh), and valgrind memcheck over the unit and
+#      (bindings/python/run_tests.sh), the Rust binding's suite
+#      (bindings/rust/run_tests.sh), and valgrind memcheck over the unit and
 #      local test executables and the add_value example
 #      (PSRPC_TEST_TIME_FACTOR=10)
 #   5. runs the benchmarks once, short (bench/run.sh --quick, about 3
@@ -155,6 +156,10 @@ fi
 # The Python binding: its own venv, pip install ./bindings/python, pytest over
 # local://, Redis and NATS.
 step python-tests "$root/bindings/python/run_tests.sh"
+
+# The Rust binding: cargo test over local://, Redis and NATS, clippy, doc,
+# package, the add_value example (also against C), Go interop cells.
+step rust-tests "$root/bindings/rust/run_tests.sh"
 
 if [ "$tsan_ok" -eq 1 ]; then
     tsan_options="halt_on_error=1:exitcode=66:second_deadlock_stack=1"

@@ -165,8 +165,10 @@ func openBus() psrpc.MessageBus {
 		if err != nil {
 			die("redis url", err)
 		}
+		// Protocol 2: go-redis v9.20.0 over RESP3 drops a pub/sub message
+		// now and then (issue 22, docs/interop.md).
 		rc := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: []string{o.Addr},
-			Password: o.Password, DB: o.DB})
+			Password: o.Password, DB: o.DB, Protocol: 2})
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := rc.Ping(ctx).Err(); err != nil {

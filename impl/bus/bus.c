@@ -12,9 +12,32 @@ typedef struct sub_wrap {
     void *ctx;
 } sub_wrap;
 
+/* ---- fork ---- */
+
+static atomic_uint fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void after_fork_child(void) { atomic_fetch_add(&fork_gen, 1); }
+
+static void fork_init(void) { pthread_atfork(NULL, NULL, after_fork_child); }
+
+unsigned psrpc__fork_generation(void) {
+    return atomic_load_explicit(&fork_gen, memory_order_relaxed);
+}
+
+int psrpc__bus_fork_error(void) {
+    return psrpc__error(PSRPC_FAILED_PRECONDITION,
+                        "bus was opened in the parent process (fork): its loop thread does not "
+                        "exist in this process; open a new bus here");
+}
+
 void psrpc__bus_retain(psrpc_bus *bus) { atomic_fetch_add(&bus->refs, 1); }
 
 static void bus_destroy(psrpc_bus *bus) {
+    /* Inherited across fork(): the transport state and the loop belong to
+     * threads and sockets of the parent. Leave the copy as it is. */
+    if (psrpc__bus_forked(bus))
+        return;
     if (bus->transport && bus->transport->destroy)
         bus->transport->destroy(bus);
     psrpc__loop *loop = bus->loop;
@@ -23,7 +46,14 @@ static void bus_destroy(psrpc_bus *bus) {
     pthread_cond_destroy(&bus->state_cond);
     free(bus->url_safe);
     free(bus);
-    psrpc__loop_free(loop);
+    /* Never join on a loop thread (this one's, from its exit hook, or another
+     * bus's, where a child handle dropped the last reference): the thread
+     * frees its loop itself. Elsewhere the loop has stopped (the last
+     * reference goes after the close), so the join is short. */
+    if (psrpc__on_any_loop_thread())
+        psrpc__loop_release(loop);
+    else
+        psrpc__loop_free(loop);
 }
 
 void psrpc__bus_release(psrpc_bus *bus) {
@@ -32,6 +62,7 @@ void psrpc__bus_release(psrpc_bus *bus) {
 }
 
 int psrpc__bus_post(psrpc_bus *bus, psrpc__task_fn fn, void *arg) {
+    PSRPC__CHECK_NOT_FORKED(bus);
     return psrpc__loop_post(bus->loop, fn, arg);
 }
 
@@ -234,23 +265,6 @@ static void start_task(void *arg) {
     psrpc__bus_release(bus);
 }
 
-static char *mask_url(const char *url) {
-    /* scheme://user:secret@host → scheme://user:***@host */
-    const char *scheme_end = strstr(url, "://");
-    const char *at = scheme_end ? strchr(scheme_end + 3, '@') : NULL;
-    if (!at)
-        return psrpc__strdup(url);
-    const char *userinfo = scheme_end + 3;
-    const char *colon = memchr(userinfo, ':', (size_t)(at - userinfo));
-    size_t keep = (size_t)((colon ? colon : userinfo) - url);
-    size_t n = keep + 5 + strlen(at) + 1;
-    char *out = malloc(n);
-    if (!out)
-        return NULL;
-    snprintf(out, n, "%.*s%s%s", (int)keep, url, colon ? ":***" : "***", at);
-    return out;
-}
-
 psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_options *opts) {
     PSRPC__CHECK_ARG(out, "out is NULL");
     *out = NULL;
@@ -268,16 +282,18 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
     if (o.queue_capacity == 0)
         o.queue_capacity = 10000;
 
+    pthread_once(&fork_once, fork_init);
     psrpc_bus *bus = calloc(1, sizeof *bus);
     if (!bus)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     bus->magic = PSRPC__BUS_MAGIC;
+    bus->fork_gen = psrpc__fork_generation();
     atomic_init(&bus->refs, 1);
     bus->opts = o;
     bus->children.next = bus->children.prev = &bus->children;
     pthread_mutex_init(&bus->state_mu, NULL);
     pthread_cond_init(&bus->state_cond, NULL);
-    bus->url_safe = mask_url(url);
+    bus->url_safe = psrpc__url_mask(url);
     if (!bus->url_safe) {
         free(bus);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
@@ -294,9 +310,15 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
         rc = psrpc__nats_open(bus, url);
 #endif
     } else {
+        /* Only the scheme is named: the rest may hold a secret. */
         const char *sep = strstr(url, "://");
-        rc = psrpc__error(PSRPC_INVALID_ARGUMENT, "unsupported bus URL scheme in \"%.*s\"",
-                          sep ? (int)(sep - url) : 16, url);
+        if (sep && sep - url <= 32 && !memchr(url, '@', (size_t)(sep - url)))
+            rc = psrpc__error(PSRPC_INVALID_ARGUMENT, "unsupported bus URL scheme \"%.*s\"",
+                              (int)(sep - url), url);
+        else
+            rc = psrpc__error(PSRPC_INVALID_ARGUMENT,
+                              "bus URL without a supported scheme (local://, redis://, "
+                              "rediss://, nats://, tls://)");
     }
     if (rc != PSRPC_OK) {
         pthread_mutex_destroy(&bus->state_mu);
@@ -375,6 +397,7 @@ psrpc_status psrpc_bus_watch(psrpc_bus *bus, psrpc_bus_state_cb cb, void *user_d
                              psrpc_release_cb release) {
     PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
     PSRPC__CHECK_ARG(cb, "cb is NULL");
+    PSRPC__CHECK_NOT_FORKED(bus);
     watch_req *w = calloc(1, sizeof *w);
     if (!w)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
@@ -391,6 +414,7 @@ psrpc_status psrpc_bus_watch(psrpc_bus *bus, psrpc_bus_state_cb cb, void *user_d
 psrpc_status psrpc_bus_wait_ready(psrpc_bus *bus, int64_t timeout_ms) {
     PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
     PSRPC__CHECK_ARG(timeout_ms >= 0, "timeout_ms is negative");
+    PSRPC__CHECK_NOT_FORKED(bus);
     if (psrpc__on_any_loop_thread())
         return psrpc__error(PSRPC_WOULD_DEADLOCK,
                             "psrpc_bus_wait_ready called on a loop thread would deadlock");
@@ -539,23 +563,54 @@ static int post_close(psrpc_bus *bus, psrpc_closed_cb cb, void *user_data) {
 
 psrpc_status psrpc_bus_close(psrpc_bus *bus, psrpc_closed_cb closed_cb, void *user_data) {
     CHECK_BUS(bus);
+    PSRPC__CHECK_NOT_FORKED(bus);
     return post_close(bus, closed_cb, user_data);
+}
+
+/* The loop thread's exit hook of a released bus: drops the caller's
+ * reference once the loop has ended (every handle closed). */
+static void release_at_exit(void *arg) { psrpc__bus_release(arg); }
+
+void psrpc_bus_release(psrpc_bus *bus) {
+    if (!bus || bus->magic != PSRPC__BUS_MAGIC)
+        return;
+    if (psrpc__bus_forked(bus)) {
+        atomic_store(&bus->freed, true); /* nothing here to close or join */
+        return;
+    }
+    /* Ours until we return: the loop may end (and drop the caller's
+     * reference) as soon as freed is set. */
+    psrpc__bus_retain(bus);
+    if (!atomic_exchange(&bus->freed, true)) {
+        if (!psrpc__loop_on_exit(bus->loop, release_at_exit, bus))
+            psrpc__bus_release(bus); /* the loop already ended */
+        else if (post_close(bus, NULL, NULL) != PSRPC_OK)
+            psrpc__loop_stop(bus->loop);
+    }
+    psrpc__bus_release(bus);
 }
 
 void psrpc_bus_free(psrpc_bus *bus) {
     if (!bus || bus->magic != PSRPC__BUS_MAGIC)
         return;
+    /* On any loop thread (a callback of this bus or of another one) waiting
+     * for this loop could stall that loop for the whole close, or deadlock
+     * (two buses freeing each other): detach instead. */
+    if (psrpc__on_any_loop_thread() || psrpc__bus_forked(bus)) {
+        psrpc_bus_release(bus);
+        return;
+    }
     if (atomic_exchange(&bus->freed, true))
         return;
     if (post_close(bus, NULL, NULL) != PSRPC_OK)
         psrpc__loop_stop(bus->loop);
-    if (!psrpc__loop_on_thread(bus->loop))
-        psrpc__loop_wait(bus->loop);
+    psrpc__loop_wait(bus->loop);
     psrpc__bus_release(bus);
 }
 
 psrpc_status psrpc_bus_get_stats(psrpc_bus *bus, psrpc_bus_stats *out) {
     CHECK_BUS(bus);
+    PSRPC__CHECK_NOT_FORKED(bus);
     PSRPC__CHECK_ARG(out, "out is NULL");
     PSRPC__CHECK_ARG(out->struct_size >= 2 * sizeof(uint32_t), "out->struct_size is not set");
     psrpc_bus_stats s;
@@ -574,6 +629,7 @@ psrpc_status psrpc_bus_get_stats(psrpc_bus *bus, psrpc_bus_stats *out) {
     s.dropped_unknown = atomic_load(&bus->stats.dropped_unknown);
     s.requests_in_flight = atomic_load(&bus->stats.requests_in_flight);
     s.streams_open = atomic_load(&bus->stats.streams_open);
+    s.dropped_held_limit = atomic_load(&bus->stats.dropped_held_limit);
     memcpy(out, &s, s.struct_size);
     return PSRPC_OK;
 }

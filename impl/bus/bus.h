@@ -57,6 +57,7 @@ typedef struct psrpc__stats {
     atomic_uint_fast64_t dropped_malformed, dropped_oversize, dropped_slow_consumer;
     atomic_uint_fast64_t dropped_expired, dropped_unknown;
     atomic_uint_fast64_t requests_in_flight, streams_open;
+    atomic_uint_fast64_t dropped_held_limit;
 } psrpc__stats;
 
 #define PSRPC__STAT_ADD(bus, field, n) atomic_fetch_add(&(bus)->stats.field, (n))
@@ -80,6 +81,7 @@ struct psrpc_bus {
     atomic_int refs;   /* user + children + in-flight tasks */
     atomic_int state;  /* PSRPC__OPEN / CLOSING / CLOSED */
     atomic_bool freed; /* psrpc_bus_free was called */
+    unsigned fork_gen; /* psrpc__fork_generation() when opened */
     psrpc__loop *loop;
     psrpc_bus_options opts;
     char *url_safe; /* the URL with secrets masked, for messages */
@@ -106,6 +108,25 @@ struct psrpc_bus {
 };
 
 #define PSRPC__BUS_MAGIC 0x50425553u /* "PBUS" */
+
+/* fork(): every child process bumps a generation counter (pthread_atfork).
+ * A bus opened under another generation was inherited from a parent: its
+ * loop thread does not exist here, and its mutexes may have been held by
+ * parent threads when the process forked. Every public function on such a
+ * bus (or a handle on it) fails at once, before taking any lock or posting,
+ * with PSRPC_FAILED_PRECONDITION; frees return at once, leaving the copied
+ * memory as it is. Any thread. */
+unsigned psrpc__fork_generation(void);
+static inline bool psrpc__bus_forked(const psrpc_bus *bus) {
+    return bus->fork_gen != psrpc__fork_generation();
+}
+/* Sets psrpc__error and returns PSRPC_FAILED_PRECONDITION. */
+int psrpc__bus_fork_error(void);
+#define PSRPC__CHECK_NOT_FORKED(bus)        \
+    do {                                    \
+        if (psrpc__bus_forked(bus))         \
+            return psrpc__bus_fork_error(); \
+    } while (0)
 
 void psrpc__bus_retain(psrpc_bus *bus);
 void psrpc__bus_release(psrpc_bus *bus);
@@ -144,6 +165,13 @@ int psrpc__bus_inject(psrpc_bus *bus, const psrpc__channel *ch, const void *data
  * string. NULL on a bad escape or an escaped NUL (*oom false) or on allocation
  * failure (*oom true); partial output is wiped. Any thread. */
 char *psrpc__url_unescape(const char *s, size_t n, bool *oom);
+
+/* A copy of a bus URL fit for messages: every credential block masked with
+ * the rule its transport's parser uses (Redis: user information up to the
+ * last '@'; NATS: the same, for each comma-separated server). The user name
+ * stays, the password or token becomes "***". NULL on allocation failure.
+ * Any thread. */
+char *psrpc__url_mask(const char *url);
 
 /* Transports. Each *_open parses its URL (and bus->opts), sets
  * bus->transport and bus->transport_state, and returns 0 or a status with

@@ -1191,6 +1191,18 @@ static const psrpc__transport psrpc__transport_nats = {
 };
 
 int psrpc__nats_open(psrpc_bus *bus, const char *url) {
+    /* nats.c starts its library threads (timers, asynchronous callbacks,
+     * garbage collection) on first use, from the calling thread: open it
+     * with SIGPIPE blocked so that they inherit the mask. (The threads it
+     * creates later come from our loop and worker threads, which block it.)
+     * Idempotent: later calls only check. */
+    sigset_t old;
+    psrpc__sigpipe_block(&old);
+    natsStatus os = nats_Open(-1);
+    psrpc__sigmask_restore(&old);
+    if (os != NATS_OK)
+        return psrpc__error(PSRPC_INTERNAL, "nats: the nats.c library failed to initialize: %s",
+                            natsStatus_GetText(os));
     nats_state *st = calloc(1, sizeof *st);
     if (!st)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");

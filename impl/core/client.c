@@ -44,6 +44,11 @@ struct psrpc_client {
     psrpc__bus_sub *str_sub;
     bool str_ready;
     call *waiting; /* calls queued until the reply channels are confirmed */
+    /* The broker refused the reply (or the stream) subscription: every later
+     * call (stream open) fails at once with this refusal, as the calls that
+     * waited did, instead of timing out (status 0 = not refused). */
+    int refused_status, str_refused_status;
+    char *refused_message, *str_refused_message;
     /* Deadlines: one timer for the client, armed for the earliest call of a
      * list kept in deadline order (calls mostly share a timeout, so a new
      * call goes to the tail in O(1)). */
@@ -153,6 +158,8 @@ static void client_release(psrpc_client *c) {
     psrpc__channel_clear(&c->res_ch);
     psrpc__channel_clear(&c->claim_ch);
     psrpc__chan_cache_clear(&c->chans);
+    free(c->refused_message);
+    free(c->str_refused_message);
     free(c->service);
     free(c->id);
     psrpc_bus *bus = c->bus;
@@ -535,7 +542,7 @@ static void call_send(call *k) {
     req.request_id = k->request_id;
     req.client_id = c->id;
     req.sent_at = now;
-    req.expiry = now + left_ms * 1000000;
+    req.expiry = psrpc__sat_add(now, psrpc__ms_to_ns(left_ms));
     if (k->deadline_ns > 0 && req.expiry > k->deadline_ns)
         req.expiry = k->deadline_ns; /* never outlive the caller's deadline */
     req.multi = k->multi;
@@ -733,11 +740,23 @@ static void on_stream_message(void *ctx, const uint8_t *data, size_t len) {
     psrpc__wire_free(&is->base);
 }
 
+/* Records the first refusal of a reply or stream subscription (loop thread). */
+static void note_refusal(int *status_out, char **message_out, int status, const char *message,
+                         const char *fallback) {
+    if (*status_out != PSRPC_OK)
+        return;
+    *status_out = status < 0 ? status : PSRPC_UNAVAILABLE;
+    /* On allocation failure the fallback text is used at each call instead. */
+    *message_out = psrpc__strdup(message && *message ? message : fallback);
+}
+
 static void str_ready(void *ctx, int status, const char *message) {
     psrpc_client *c = ctx;
     if (c->state != PSRPC__OPEN)
         return;
     if (status != PSRPC_OK) {
+        note_refusal(&c->str_refused_status, &c->str_refused_message, status, message,
+                     "cannot subscribe to streams");
         /* Fail the stream opens that wait for the channel. */
         call *k = c->waiting, *next;
         for (; k; k = next) {
@@ -787,9 +806,12 @@ static void owner_detach(void *o, psrpc_stream *st) {
 
 /* Subscribes the client stream channel once (loop thread). */
 static void ensure_stream_channel(psrpc_client *c) {
-    if (c->str_sub || c->state != PSRPC__OPEN)
+    if (c->str_sub || c->state != PSRPC__OPEN || c->str_refused_status != PSRPC_OK)
         return;
     c->str_sub = psrpc__bus_subscribe(c->bus, &c->str_ch, false, on_stream_message, str_ready, c);
+    if (!c->str_sub)
+        note_refusal(&c->str_refused_status, &c->str_refused_message, psrpc_last_error_status(),
+                     psrpc_last_error(), "cannot subscribe to streams");
 }
 
 /* ---------------------------------------------------------------- lifecycle */
@@ -825,7 +847,9 @@ static void reply_ready(void *ctx, int status, const char *message) {
     if (c->state != PSRPC__OPEN)
         return;
     if (status != PSRPC_OK) {
-        /* Fail what waits; later calls retry nothing: the client is unusable. */
+        /* Fail what waits; later calls fail at once with the same refusal. */
+        note_refusal(&c->refused_status, &c->refused_message, status, message,
+                     "cannot subscribe to replies");
         while (c->waiting)
             call_fail(c->waiting, status, message ? message : "cannot subscribe to replies");
         return;
@@ -854,8 +878,11 @@ static void client_start(psrpc_client *c) {
     c->res_sub = psrpc__bus_subscribe(c->bus, &c->res_ch, false, on_response, reply_ready, c);
     c->claim_sub =
         psrpc__bus_subscribe(c->bus, &c->claim_ch, false, on_claim_request, reply_ready, c);
-    if (!c->res_sub || !c->claim_sub)
-        c->ready_pending = -1000; /* never ready; calls time out with the reason below */
+    if (!c->res_sub || !c->claim_sub) {
+        c->ready_pending = -1000; /* never ready: calls fail with the reason */
+        note_refusal(&c->refused_status, &c->refused_message, psrpc_last_error_status(),
+                     psrpc_last_error(), "cannot subscribe to replies");
+    }
 }
 
 static void sub_finish(sub_t *s);
@@ -964,6 +991,7 @@ static void start_task(void *arg) {
     do {                                                                              \
         PSRPC__CHECK_ARG(c, "client is NULL");                                        \
         PSRPC__CHECK_ARG((c)->magic == CLIENT_MAGIC, "handle is not a psrpc_client"); \
+        PSRPC__CHECK_NOT_FORKED((c)->bus);                                            \
     } while (0)
 
 psrpc_status psrpc_client_options_init(psrpc_client_options *opts, size_t struct_size) {
@@ -991,6 +1019,8 @@ psrpc_status psrpc_client_create(psrpc_client **out, psrpc_bus *bus, const char 
         return rc;
     PSRPC__CHECK_ARG(o.timeout_ms >= 0, "timeout_ms is negative");
     PSRPC__CHECK_ARG(o.selection_timeout_ms >= 0, "selection_timeout_ms is negative");
+    if (o.client_id && !*o.client_id)
+        o.client_id = NULL; /* as Go: an empty id means a generated one */
     if (o.client_id && (rc = psrpc__check_client_id(o.client_id)) != PSRPC_OK)
         return rc;
     if (atomic_load(&bus->state) != PSRPC__OPEN || atomic_load(&bus->freed))
@@ -1007,8 +1037,9 @@ psrpc_status psrpc_client_create(psrpc_client **out, psrpc_bus *bus, const char 
         c->id = psrpc__strdup(o.client_id);
     else if ((c->id = malloc(4 + PSRPC__ID_RANDOM_LEN + 1)))
         psrpc__new_id(c->id, "CLI_");
-    c->timeout_ms = o.timeout_ms ? o.timeout_ms : 3000;
-    c->selection_timeout_ms = o.selection_timeout_ms ? o.selection_timeout_ms : 1000;
+    c->timeout_ms = o.timeout_ms ? psrpc__clamp_timeout_ms(o.timeout_ms) : 3000;
+    c->selection_timeout_ms =
+        o.selection_timeout_ms ? psrpc__clamp_timeout_ms(o.selection_timeout_ms) : 1000;
     psrpc__map_init(&c->by_request);
     psrpc__map_init(&c->by_id);
     psrpc__map_init(&c->streams);
@@ -1056,12 +1087,23 @@ static void call_task(void *arg) {
         return;
     }
     dl_insert(k, uv_now(psrpc__loop_uv(c->bus->loop)) + (uint64_t)k->timeout_ms);
+    if (c->refused_status != PSRPC_OK) {
+        call_fail(k, c->refused_status,
+                  c->refused_message ? c->refused_message : "cannot subscribe to replies");
+        return;
+    }
     if (k->stream) {
         if (psrpc__map_put(&c->streams, psrpc__stream_id(k->stream), k->stream) != PSRPC_OK) {
             call_fail(k, PSRPC_RESOURCE_EXHAUSTED, "out of memory");
             return;
         }
         ensure_stream_channel(c);
+        if (c->str_refused_status != PSRPC_OK) {
+            call_fail(k, c->str_refused_status,
+                      c->str_refused_message ? c->str_refused_message
+                                             : "cannot subscribe to streams");
+            return;
+        }
     }
     if (c->ready && (!k->stream || c->str_ready)) {
         call_send(k);
@@ -1170,16 +1212,18 @@ static int submit(uint64_t *call_id_out, psrpc_client *client, const psrpc_metho
     k->cb = cb;
     k->on_done = on_done;
     k->user_data = user_data;
-    k->timeout_ms = o.timeout_ms ? o.timeout_ms : client->timeout_ms;
+    k->timeout_ms = o.timeout_ms ? psrpc__clamp_timeout_ms(o.timeout_ms) : client->timeout_ms;
     if (o.deadline_ns > 0) {
         /* As Go with a context deadline: the call ends by then. */
-        int64_t left = (o.deadline_ns - psrpc__now_ns()) / 1000000;
+        int64_t left = psrpc__sat_add(o.deadline_ns, -psrpc__now_ns()) / 1000000;
         if (left < k->timeout_ms)
             k->timeout_ms = left > 0 ? left : 0;
         k->deadline_ns = o.deadline_ns;
     }
-    k->deadline_ms = psrpc__mono_ms() + k->timeout_ms;
+    k->deadline_ms = psrpc__sat_add(psrpc__mono_ms(), k->timeout_ms);
     if (o.selection) {
+        sel.affinity_timeout_ms = psrpc__clamp_timeout_ms(sel.affinity_timeout_ms);
+        sel.short_circuit_timeout_ms = psrpc__clamp_timeout_ms(sel.short_circuit_timeout_ms);
         k->sel = sel;
     } else {
         bool affinity = k->method.routing == PSRPC_ROUTING_AFFINITY;
@@ -1332,8 +1376,10 @@ typedef struct sync_slot {
     pthread_mutex_t mu;
     pthread_cond_t cond;
     bool done;
+    bool want_error; /* keep an owned copy of the error object */
     int status;
     char message[512];
+    psrpc_error *error; /* owned copy (want_error), NULL if the copy failed */
     psrpc_msg *response;
 } sync_slot;
 
@@ -1342,9 +1388,13 @@ static void sync_done(uint64_t id, const psrpc_msg *response, const psrpc_error 
     (void)id;
     (void)server_id;
     sync_slot *s = user_data;
+    psrpc_error *copy = NULL;
+    if (error && s->want_error && psrpc_error_copy(&copy, error) != PSRPC_OK)
+        copy = NULL; /* out of memory: the caller builds one from status + message */
     pthread_mutex_lock(&s->mu);
     if (error) {
         s->status = error->status;
+        s->error = copy;
         snprintf(s->message, sizeof s->message, "%s", error->message);
     } else {
         s->response = psrpc_msg_retain(response);
@@ -1354,17 +1404,31 @@ static void sync_done(uint64_t id, const psrpc_msg *response, const psrpc_error 
     pthread_mutex_unlock(&s->mu);
 }
 
-psrpc_status psrpc_client_call_sync(psrpc_msg **out, psrpc_client *client,
-                                    const psrpc_method *method, const void *data, size_t len,
-                                    const psrpc_call_options *opts) {
-    PSRPC__CHECK_ARG(out, "out is NULL");
-    *out = NULL;
+/* An owned error object for a failure that has no wire error (a local
+ * refusal, or a copy that ran out of memory): the status's wire code
+ * ("internal" for local-only statuses). NULL if memory ran out. */
+static psrpc_error *local_error(int status, const char *message) {
+    psrpc_error view;
+    memset(&view, 0, sizeof view);
+    view.status = status;
+    view.code = psrpc_status_code(status);
+    view.message = message;
+    psrpc_error *e = NULL;
+    if (psrpc_error_copy(&e, &view) != PSRPC_OK)
+        return NULL;
+    return e;
+}
+
+static int call_sync(psrpc_msg **out, psrpc_error **error_out, psrpc_client *client,
+                     const psrpc_method *method, const void *data, size_t len,
+                     const psrpc_call_options *opts) {
     if (psrpc__on_any_loop_thread())
         return psrpc__error(PSRPC_WOULD_DEADLOCK,
                             "psrpc_client_call_sync called on a loop thread (inside a callback) "
                             "would deadlock; use psrpc_client_call");
     sync_slot s;
     memset(&s, 0, sizeof s);
+    s.want_error = error_out != NULL;
     pthread_mutex_init(&s.mu, NULL);
     pthread_cond_init(&s.cond, NULL);
     int rc = psrpc_client_call(NULL, client, method, data, len, opts, sync_done, &s);
@@ -1373,13 +1437,44 @@ psrpc_status psrpc_client_call_sync(psrpc_msg **out, psrpc_client *client,
         while (!s.done)
             pthread_cond_wait(&s.cond, &s.mu);
         pthread_mutex_unlock(&s.mu);
-        if (s.status != PSRPC_OK)
+        if (s.status != PSRPC_OK) {
+            if (error_out)
+                *error_out = s.error ? s.error : local_error(s.status, s.message);
             rc = psrpc__error(s.status, "%s", s.message);
-        else
+        } else {
             *out = s.response;
+        }
     }
     pthread_mutex_destroy(&s.mu);
     pthread_cond_destroy(&s.cond);
+    return rc;
+}
+
+psrpc_status psrpc_client_call_sync(psrpc_msg **out, psrpc_client *client,
+                                    const psrpc_method *method, const void *data, size_t len,
+                                    const psrpc_call_options *opts) {
+    PSRPC__CHECK_ARG(out, "out is NULL");
+    *out = NULL;
+    return call_sync(out, NULL, client, method, data, len, opts);
+}
+
+psrpc_status psrpc_client_call_sync_ex(psrpc_msg **out, psrpc_error **error_out,
+                                       psrpc_client *client, const psrpc_method *method,
+                                       const void *data, size_t len,
+                                       const psrpc_call_options *opts) {
+    if (error_out)
+        *error_out = NULL;
+    if (out)
+        *out = NULL;
+    int rc = out ? call_sync(out, error_out, client, method, data, len, opts)
+                 : psrpc__error(PSRPC_INVALID_ARGUMENT, "out is NULL");
+    if (rc != PSRPC_OK && error_out && !*error_out) {
+        /* refused before anything was sent: the last error says why */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", psrpc_last_error());
+        *error_out = local_error(rc, msg);
+        psrpc__error(rc, "%s", msg);
+    }
     return rc;
 }
 
@@ -1641,6 +1736,7 @@ psrpc_status psrpc_client_subscribe(psrpc_sub **out, psrpc_client *client,
     do {                                                                        \
         PSRPC__CHECK_ARG(s, "sub is NULL");                                     \
         PSRPC__CHECK_ARG((s)->magic == SUB_MAGIC, "handle is not a psrpc_sub"); \
+        PSRPC__CHECK_NOT_FORKED((s)->client->bus);                              \
     } while (0)
 
 psrpc_status psrpc_sub_wait_ready(psrpc_sub *sub, int64_t timeout_ms) {

@@ -57,16 +57,43 @@ int psrpc__check_name(const char *what, const char *s) {
     return PSRPC_OK;
 }
 
+/* Client ids: what Go accepts (any string; "" means generated), less what
+ * would break the NATS subject "CLI.<service>.<id>.RES" that Go builds from
+ * the raw id (Redis channels escape it, as Go's Legacy name): whitespace and
+ * control characters (invalid in a subject), a token that is exactly "*" or
+ * ">" (a wildcard: the client would receive other clients' replies) and empty
+ * tokens. Everything else is carried exactly as Go does (channel.c). */
 int psrpc__check_client_id(const char *s) {
-    PSRPC__CHECK_ARG(s && *s, "client_id is NULL or empty");
+    PSRPC__CHECK_ARG(s, "client_id is NULL");
+    size_t n = strlen(s);
+    PSRPC__CHECK_ARG(psrpc__utf8_valid(s, n), "client_id is not valid UTF-8");
     bool ok = true;
     for (const char *p = s; ok && *p; p++)
-        ok = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-             *p == '_' || *p == '-' || *p == '.';
+        ok = (unsigned char)*p > ' ' && *p != 0x7f;
     PSRPC__CHECK_ARG(ok,
-                     "client_id \"%.64s\" may only hold [A-Za-z0-9_.-]: it is put into "
-                     "NATS subjects unescaped",
+                     "client_id \"%.64s\" holds whitespace or control characters (invalid in "
+                     "NATS subjects)",
                      s);
+    for (const char *tok = s; *s && ok;) {
+        const char *dot = strchr(tok, '.');
+        size_t len = dot ? (size_t)(dot - tok) : strlen(tok);
+        ok = len > 0 && !(len == 1 && (*tok == '*' || *tok == '>'));
+        if (!dot)
+            break;
+        tok = dot + 1;
+    }
+    PSRPC__CHECK_ARG(ok,
+                     "client_id \"%.64s\" has an empty or wildcard (\"*\", \">\") "
+                     "dot-separated part (the NATS reply subject would be invalid or a wildcard)",
+                     s);
+    return PSRPC_OK;
+}
+
+/* Server ids: any string Go accepts ("" means generated); they travel in
+ * message fields only, never in channel names. Protobuf strings must be UTF-8. */
+int psrpc__check_server_id(const char *s) {
+    PSRPC__CHECK_ARG(s, "server_id is NULL");
+    PSRPC__CHECK_ARG(psrpc__utf8_valid(s, strlen(s)), "server_id is not valid UTF-8");
     return PSRPC_OK;
 }
 
@@ -74,6 +101,7 @@ int psrpc__check_create(void *out, psrpc_bus *bus, const char *service) {
     PSRPC__CHECK_ARG(out, "out is NULL");
     *(void **)out = NULL;
     PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
+    PSRPC__CHECK_NOT_FORKED(bus);
     return psrpc__check_name("service", service);
 }
 

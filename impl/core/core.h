@@ -21,12 +21,23 @@ bool psrpc__method_require_claim(const psrpc__method *m);
 
 /* Validates a topic array (any thread). */
 int psrpc__check_topics(const char *const *topics, size_t count);
-/* Validates a service name, method name or server id: [A-Za-z_][A-Za-z0-9_]*
+/* Validates a service or method name: [A-Za-z_][A-Za-z0-9_]*
  * (test plan F6: Go puts them into subjects unescaped). Any thread. */
 int psrpc__check_name(const char *what, const char *s);
-/* Validates a custom client id: [A-Za-z0-9_.-]+ (a dot adds a NATS subject
- * token on both sides, as with Go; wildcards and spaces are refused). */
+/* Validates a custom client id: UTF-8 without whitespace, control characters,
+ * empty or wildcard dot-separated parts (a dot adds a NATS subject token on
+ * both sides, as with Go). */
 int psrpc__check_client_id(const char *s);
+/* A server id: valid UTF-8 ("" = generated). */
+int psrpc__check_server_id(const char *s);
+
+/* The cap on requests a server holds while waiting for their ClaimResponse
+ * (documented in capi/psrpc.h, psrpc_bus_stats.dropped_held_limit). */
+#define PSRPC__HOLD_MAX_COUNT 10000
+#define PSRPC__HOLD_MAX_BYTES ((size_t)64 << 20)
+/* Tests: other limits (before the first registration), and what is held now. */
+void psrpc__server_set_hold_limits(psrpc_server *s, size_t max_count, size_t max_bytes);
+void psrpc__server_held(const psrpc_server *s, size_t *count, size_t *bytes);
 
 /* The checks every psrpc_X_create(out, bus, service, ...) starts with. */
 int psrpc__check_create(void *out, psrpc_bus *bus, const char *service);

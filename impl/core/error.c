@@ -163,3 +163,73 @@ void psrpc__err_view(const psrpc__err *e, psrpc_error *view) {
     view->details = e->details;
     view->details_count = e->details_count;
 }
+
+/* ---- owned copies of public error objects ---- */
+
+/* One allocation: the psrpc_error, its details array, then every string and
+ * byte value, so psrpc_error_free is a single free(). */
+psrpc_status psrpc_error_copy(psrpc_error **out, const psrpc_error *error) {
+    PSRPC__CHECK_ARG(out, "out is NULL");
+    *out = NULL;
+    PSRPC__CHECK_ARG(error, "error is NULL");
+    PSRPC__CHECK_ARG(error->details || error->details_count == 0,
+                     "error has NULL details with a non-zero count");
+    const char *code = error->code ? error->code : "";
+    const char *message = error->message ? error->message : "";
+    size_t n = error->details_count;
+    if (n > (SIZE_MAX - sizeof(psrpc_error)) / sizeof(psrpc_error_detail))
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "error has too many details");
+    size_t head = sizeof(psrpc_error) + n * sizeof(psrpc_error_detail);
+    size_t total = head;
+    size_t code_len = strlen(code), msg_len = strlen(message);
+#define ADD_SIZE(x)                                                                      \
+    do {                                                                                 \
+        if ((x) > SIZE_MAX - total)                                                      \
+            return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "error is too large to copy"); \
+        total += (x);                                                                    \
+    } while (0)
+    ADD_SIZE(code_len + 1);
+    ADD_SIZE(msg_len + 1);
+    for (size_t i = 0; i < n; i++) {
+        const psrpc_error_detail *d = &error->details[i];
+        PSRPC__CHECK_ARG(d->value || d->value_len == 0,
+                         "detail %zu has NULL value with a non-zero length", i);
+        ADD_SIZE(strlen(d->type_url ? d->type_url : "") + 1);
+        ADD_SIZE(d->value_len);
+    }
+    ADD_SIZE(1); /* so even an empty last value points inside the block */
+#undef ADD_SIZE
+    char *mem = malloc(total);
+    if (!mem)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory copying an error");
+    psrpc_error *e = (psrpc_error *)mem;
+    psrpc_error_detail *dd = n ? (psrpc_error_detail *)(mem + sizeof(psrpc_error)) : NULL;
+    char *p = mem + head;
+    memset(e, 0, sizeof *e);
+    e->status = error->status;
+    e->code = p;
+    memcpy(p, code, code_len + 1);
+    p += code_len + 1;
+    e->message = p;
+    memcpy(p, message, msg_len + 1);
+    p += msg_len + 1;
+    for (size_t i = 0; i < n; i++) {
+        const psrpc_error_detail *d = &error->details[i];
+        const char *url = d->type_url ? d->type_url : "";
+        size_t ul = strlen(url) + 1;
+        memcpy(p, url, ul);
+        dd[i].type_url = p;
+        p += ul;
+        dd[i].value = (const uint8_t *)p;
+        dd[i].value_len = d->value_len;
+        if (d->value_len)
+            memcpy(p, d->value, d->value_len);
+        p += d->value_len;
+    }
+    e->details = dd;
+    e->details_count = n;
+    *out = e;
+    return PSRPC_OK;
+}
+
+void psrpc_error_free(psrpc_error *error) { free(error); }

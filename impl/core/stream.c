@@ -38,6 +38,9 @@ struct psrpc_stream {
     /* Callbacks: set once (server side from any thread, under mu). */
     pthread_mutex_t mu;
     bool cbs_set;
+    /* The stream ended before its callbacks were set (under mu): the close
+     * and the release are owed to the callbacks set later. */
+    bool close_owed;
     psrpc_done_cb on_open;
     psrpc_stream_message_cb on_message;
     psrpc_stream_close_cb on_close;
@@ -53,7 +56,37 @@ struct psrpc_stream {
     send_op *queued_tail;
     held_msg held[HOLD_CAPACITY];
     size_t held_count;
+
+    /* Deferred acks (psrpc_stream_defer), under mu: token → deferred_ack. */
+    psrpc__map deferred;
+    uint64_t next_token;
 };
+
+/* A received message whose ack waits for psrpc_stream_ack. */
+typedef struct deferred_ack {
+    char request_id[32];
+    int64_t sent_at, expiry;
+} deferred_ack;
+
+/* The message being delivered to on_message on this (loop) thread, so
+ * psrpc_stream_defer knows what to defer. */
+typedef struct delivery {
+    psrpc_stream *stream;
+    const char *request_id;
+    int64_t sent_at, expiry;
+    uint64_t token; /* 0: not deferred */
+} delivery;
+
+static _Thread_local delivery *tl_delivery;
+
+/* Frees every deferred ack (under mu): their tokens are no longer valid. */
+static void deferred_clear(psrpc_stream *s) {
+    psrpc__map_iter it;
+    psrpc__map_iter_init(&it, &s->deferred);
+    for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));)
+        free(e->value);
+    psrpc__map_clear(&s->deferred);
+}
 
 struct send_op {
     psrpc_stream *stream;
@@ -78,6 +111,7 @@ void psrpc__stream_release(psrpc_stream *s) {
     for (size_t i = 0; i < s->held_count; i++)
         psrpc_msg_release(s->held[i].msg);
     psrpc__map_clear(&s->acks);
+    deferred_clear(s);
     psrpc__err_free(s->cause);
     psrpc__strv_free(s->meta_keys, s->meta_count);
     psrpc__strv_free(s->meta_values, s->meta_count);
@@ -107,7 +141,7 @@ psrpc_stream *psrpc__stream_new(const psrpc__stream_params *p) {
     s->stream_id = psrpc__strdup(p->stream_id);
     s->node_id = psrpc__strdup(p->node_id);
     s->method = psrpc__strdup(p->method);
-    s->timeout_ms = p->timeout_ms;
+    s->timeout_ms = psrpc__clamp_timeout_ms(p->timeout_ms);
     s->meta_keys = p->meta_keys;
     s->meta_values = p->meta_values;
     s->meta_count = p->meta_count;
@@ -115,6 +149,7 @@ psrpc_stream *psrpc__stream_new(const psrpc__stream_params *p) {
     s->state = p->server_side ? PSRPC__STREAM_OPEN : PSRPC__STREAM_OPENING;
     pthread_mutex_init(&s->mu, NULL);
     psrpc__map_init(&s->acks);
+    psrpc__map_init(&s->deferred);
     if (!s->stream_id || !s->node_id || !s->method ||
         psrpc__channel_copy(&s->peer, p->peer) != PSRPC_OK) {
         atomic_store(&s->refs, 1);
@@ -234,7 +269,7 @@ static void send_now(send_op *op) {
     is.stream_id = s->stream_id;
     is.request_id = op->request_id;
     is.sent_at = now;
-    is.expiry = now + timeout * 1000000;
+    is.expiry = psrpc__sat_add(now, psrpc__ms_to_ns(timeout));
     is.body_case = INTERNAL__STREAM__BODY_MESSAGE;
     is.message = &body;
     int rc = publish_stream(s, &is);
@@ -262,19 +297,28 @@ static void send_task(void *arg) {
 
 /* ---------------------------------------------------------------- receive */
 
-static bool deliver(psrpc_stream *s, psrpc_msg *msg) {
+/* Hands msg to on_message and acknowledges it if accepted (unless the
+ * callback deferred the ack with psrpc_stream_defer). */
+static void deliver(psrpc_stream *s, psrpc_msg *msg, const char *request_id, int64_t sent_at,
+                    int64_t expiry) {
+    delivery d = {s, request_id, sent_at, expiry, 0};
+    delivery *outer = tl_delivery;
+    tl_delivery = &d;
     int rc = s->on_message ? s->on_message(s, msg, s->user_data) : 0;
+    tl_delivery = outer;
+    if (d.token)
+        return; /* psrpc_stream_ack decides */
     if (rc != 0)
         PSRPC__STAT_ADD(s->bus, dropped_slow_consumer, 1);
-    return rc == 0;
+    else
+        send_ack(s, request_id, sent_at, expiry);
 }
 
 static void flush_held(psrpc_stream *s) {
     size_t n = s->held_count, i = 0;
     for (; i < n && s->state == PSRPC__STREAM_OPEN; i++) {
         held_msg *h = &s->held[i];
-        if (deliver(s, h->msg))
-            send_ack(s, h->request_id, h->sent_at, h->expiry);
+        deliver(s, h->msg, h->request_id, h->sent_at, h->expiry);
         psrpc_msg_release(h->msg);
         h->msg = NULL;
     }
@@ -309,8 +353,7 @@ void psrpc__stream_handle(psrpc_stream *s, const Internal__Stream *is) {
         callbacks = s->cbs_set;
         pthread_mutex_unlock(&s->mu);
         if (callbacks && s->held_count == 0) {
-            if (deliver(s, msg))
-                send_ack(s, is->request_id, is->sent_at, is->expiry);
+            deliver(s, msg, is->request_id, is->sent_at, is->expiry);
             psrpc_msg_release(msg);
         } else if (s->held_count < HOLD_CAPACITY) {
             held_msg *h = &s->held[s->held_count++];
@@ -380,7 +423,7 @@ static void publish_close(psrpc_stream *s, const psrpc__err *c) {
     is.stream_id = s->stream_id;
     is.request_id = rid;
     is.sent_at = now;
-    is.expiry = now + s->timeout_ms * 1000000;
+    is.expiry = psrpc__sat_add(now, psrpc__ms_to_ns(s->timeout_ms));
     is.body_case = INTERNAL__STREAM__BODY_CLOSE;
     is.close = &body;
     publish_stream(s, &is);
@@ -395,6 +438,9 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     if (s->ended)
         return;
     s->ended = true;
+    pthread_mutex_lock(&s->mu);
+    deferred_clear(s); /* acks after the close: PSRPC_NOT_FOUND */
+    pthread_mutex_unlock(&s->mu);
     bool was_open = s->state == PSRPC__STREAM_OPEN;
     s->state = PSRPC__STREAM_CLOSED;
     if (was_open)
@@ -450,6 +496,8 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     s->on_close = NULL;
     s->on_message = NULL;
     s->release = NULL;
+    if (!cbs)
+        s->close_owed = true; /* delivered by psrpc_stream_set_callbacks */
     pthread_mutex_unlock(&s->mu);
     if (cbs && on_close)
         on_close(s, s->cause ? &view : NULL, ud);
@@ -466,6 +514,7 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     do {                                                                              \
         PSRPC__CHECK_ARG(s, "stream is NULL");                                        \
         PSRPC__CHECK_ARG((s)->magic == STREAM_MAGIC, "handle is not a psrpc_stream"); \
+        PSRPC__CHECK_NOT_FORKED((s)->bus);                                            \
     } while (0)
 
 psrpc_status psrpc_stream_send(psrpc_stream *stream, const void *data, size_t len,
@@ -483,7 +532,7 @@ psrpc_status psrpc_stream_send(psrpc_stream *stream, const void *data, size_t le
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     }
     op->stream = stream;
-    op->timeout_ms = timeout_ms;
+    op->timeout_ms = psrpc__clamp_timeout_ms(timeout_ms);
     op->cb = on_done;
     op->user_data = user_data;
     psrpc__stream_retain(stream);
@@ -556,6 +605,33 @@ static void flush_held_task(void *arg) {
     psrpc__stream_release(s);
 }
 
+/* Runs the close and the release the stream owes to callbacks set after it
+ * ended (once: they are taken under mu). The cause was set before close_owed
+ * and never changes afterwards. */
+static void deliver_owed_close(psrpc_stream *s) {
+    pthread_mutex_lock(&s->mu);
+    psrpc_stream_close_cb on_close = s->on_close;
+    psrpc_release_cb release = s->release;
+    void *ud = s->user_data;
+    s->on_close = NULL;
+    s->on_message = NULL;
+    s->release = NULL;
+    pthread_mutex_unlock(&s->mu);
+    psrpc_error view;
+    if (s->cause)
+        psrpc__err_view(s->cause, &view);
+    if (on_close)
+        on_close(s, s->cause ? &view : NULL, ud);
+    if (release)
+        release(ud);
+}
+
+static void owed_close_task(void *arg) {
+    psrpc_stream *s = arg;
+    deliver_owed_close(s);
+    psrpc__stream_release(s);
+}
+
 psrpc_status psrpc_stream_set_callbacks(psrpc_stream *stream, psrpc_stream_message_cb on_message,
                                         psrpc_stream_close_cb on_close, void *user_data,
                                         psrpc_release_cb release) {
@@ -574,10 +650,108 @@ psrpc_status psrpc_stream_set_callbacks(psrpc_stream *stream, psrpc_stream_messa
     stream->on_close = on_close;
     stream->user_data = user_data;
     stream->release = release;
+    bool owed = stream->close_owed;
     pthread_mutex_unlock(&stream->mu);
     psrpc__stream_retain(stream);
+    if (owed) {
+        /* The peer (or the server) ended the stream before the callbacks
+         * were set: the close still runs, on the loop thread as always, or
+         * here when the bus is already gone. */
+        if (psrpc__bus_post(stream->bus, owed_close_task, stream) != PSRPC_OK) {
+            deliver_owed_close(stream);
+            psrpc__stream_release(stream);
+        }
+        return PSRPC_OK;
+    }
     if (psrpc__bus_post(stream->bus, flush_held_task, stream) != PSRPC_OK)
         psrpc__stream_release(stream);
+    return PSRPC_OK;
+}
+
+psrpc_status psrpc_stream_defer(psrpc_stream *stream, uint64_t *token_out) {
+    PSRPC__CHECK_ARG(token_out, "token_out is NULL");
+    *token_out = 0;
+    CHECK_STREAM(stream);
+    delivery *d = tl_delivery;
+    if (!d || d->stream != stream)
+        return psrpc__error(PSRPC_FAILED_PRECONDITION,
+                            "psrpc_stream_defer is only valid inside this stream's on_message "
+                            "callback, for the message it delivers");
+    if (d->token) {
+        *token_out = d->token; /* deferred already: the same token */
+        return PSRPC_OK;
+    }
+    deferred_ack *a = calloc(1, sizeof *a);
+    if (!a)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    snprintf(a->request_id, sizeof a->request_id, "%s", d->request_id);
+    a->sent_at = d->sent_at;
+    a->expiry = d->expiry;
+    char key[24];
+    pthread_mutex_lock(&stream->mu);
+    uint64_t token = ++stream->next_token;
+    snprintf(key, sizeof key, "%llu", (unsigned long long)token);
+    int rc = psrpc__map_put(&stream->deferred, key, a);
+    pthread_mutex_unlock(&stream->mu);
+    if (rc != PSRPC_OK) {
+        free(a);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    d->token = token;
+    *token_out = token;
+    return PSRPC_OK;
+}
+
+typedef struct ack_arg {
+    psrpc_stream *stream;
+    deferred_ack ack;
+} ack_arg;
+
+static void ack_task(void *arg) {
+    ack_arg *a = arg;
+    psrpc_stream *s = a->stream;
+    if (s->state == PSRPC__STREAM_OPEN) {
+        if (psrpc__now_ns() < a->ack.expiry)
+            send_ack(s, a->ack.request_id, a->ack.sent_at, a->ack.expiry);
+        else
+            PSRPC__STAT_ADD(s->bus, dropped_expired, 1); /* the peer gave up already */
+    }
+    psrpc__stream_release(s);
+    free(a);
+}
+
+psrpc_status psrpc_stream_ack(psrpc_stream *stream, uint64_t token, int accept) {
+    CHECK_STREAM(stream);
+    char key[24];
+    snprintf(key, sizeof key, "%llu", (unsigned long long)token);
+    pthread_mutex_lock(&stream->mu);
+    deferred_ack *d = token ? psrpc__map_del(&stream->deferred, key) : NULL;
+    pthread_mutex_unlock(&stream->mu);
+    if (!d)
+        return psrpc__error(PSRPC_NOT_FOUND,
+                            "no deferred message with token %llu on this stream (acknowledged "
+                            "already, or the stream closed)",
+                            (unsigned long long)token);
+    if (!accept) {
+        PSRPC__STAT_ADD(stream->bus, dropped_slow_consumer, 1);
+        free(d);
+        return PSRPC_OK;
+    }
+    ack_arg *a = malloc(sizeof *a);
+    if (!a) {
+        free(d);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED,
+                            "out of memory; the message is not acknowledged");
+    }
+    a->stream = stream;
+    a->ack = *d;
+    free(d);
+    psrpc__stream_retain(stream);
+    if (psrpc__bus_post(stream->bus, ack_task, a) != PSRPC_OK) {
+        psrpc__stream_release(stream);
+        free(a);
+        return psrpc__error(PSRPC_NOT_FOUND, "the stream is closed (its bus is closed)");
+    }
     return PSRPC_OK;
 }
 
@@ -617,7 +791,8 @@ psrpc_status psrpc_stream_metadata_at(const psrpc_stream *s, size_t index, const
 const char *psrpc_stream_metadata_get(const psrpc_stream *s, const char *key) {
     if (!s || s->magic != STREAM_MAGIC || !key)
         return NULL;
-    for (size_t i = 0; i < s->meta_count; i++)
+    /* The last of duplicate keys wins, as in Go (a map filled in wire order). */
+    for (size_t i = s->meta_count; i-- > 0;)
         if (strcmp(s->meta_keys[i], key) == 0)
             return s->meta_values[i];
     return NULL;

@@ -88,6 +88,7 @@ void psrpc__deadline_in(struct timespec *ts, int64_t timeout_ms) {
     clock_gettime(CLOCK_REALTIME, ts);
     if (timeout_ms < 0)
         timeout_ms = 0;
+    timeout_ms = psrpc__clamp_timeout_ms(timeout_ms);
     int64_t ns = ts->tv_nsec + (timeout_ms % 1000) * 1000000;
     ts->tv_sec += (time_t)(timeout_ms / 1000 + ns / 1000000000);
     ts->tv_nsec = ns % 1000000000;

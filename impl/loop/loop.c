@@ -27,10 +27,13 @@ struct psrpc__loop {
     task *head, *tail;
     task *spare; /* finished task nodes kept for reuse (under mu) */
     size_t nspare;
-    bool stopping;  /* under mu: no more posts */
-    bool finished;  /* under mu: the thread left uv_run */
-    bool self_free; /* under mu: the thread frees the loop on exit (it detached itself) */
-    bool joined;    /* under mu: another thread joined it */
+    bool stopping;          /* under mu: no more posts */
+    bool finished;          /* under mu: the thread left uv_run */
+    bool self_free;         /* under mu: the thread frees the loop on exit (it detached itself) */
+    bool joined;            /* under mu: another thread joined it */
+    psrpc__task_fn exit_fn; /* under mu: psrpc__loop_on_exit */
+    void *exit_arg;
+    bool exiting; /* under mu: the thread took the exit hook */
 };
 
 static _Thread_local const psrpc__loop *current_loop;
@@ -121,14 +124,34 @@ static void close_stray(uv_handle_t *h, void *arg) {
         uv_close(h, NULL);
 }
 
+void psrpc__sigpipe_block(sigset_t *old) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, old);
+}
+
+void psrpc__sigmask_restore(const sigset_t *old) { pthread_sigmask(SIG_SETMASK, old, NULL); }
+
 static void *thread_main(void *arg) {
     psrpc__loop *loop = arg;
+    /* Already blocked (inherited from psrpc__loop_start); again in case the
+     * creator's mask changed in between. */
+    sigset_t ignored;
+    psrpc__sigpipe_block(&ignored);
     current_loop = loop;
     uv_run(&loop->uv, UV_RUN_DEFAULT);
     /* Anything still open is a bug elsewhere; close it so the loop can end. */
     uv_walk(&loop->uv, close_stray, NULL);
     uv_run(&loop->uv, UV_RUN_DEFAULT);
     uv_loop_close(&loop->uv);
+    pthread_mutex_lock(&loop->mu);
+    loop->exiting = true;
+    psrpc__task_fn exit_fn = loop->exit_fn;
+    void *exit_arg = loop->exit_arg;
+    pthread_mutex_unlock(&loop->mu);
+    if (exit_fn)
+        exit_fn(exit_arg); /* may free the loop's owner, and ask to free the loop */
     current_loop = NULL;
     /* libcrypto keeps per-thread state (SHA-256 of the Redis lock, TLS):
      * release it before the thread ends, or it shows as a leak. */
@@ -165,7 +188,12 @@ int psrpc__loop_start(psrpc__loop **out) {
     uv_unref((uv_handle_t *)&loop->prepare); /* the async keeps the loop alive */
     pthread_mutex_init(&loop->mu, NULL);
     pthread_cond_init(&loop->cond, NULL);
+    /* The thread starts with SIGPIPE blocked (and so does every thread it
+     * creates, e.g. nats.c's reconnect thread). */
+    sigset_t old;
+    psrpc__sigpipe_block(&old);
     int rc = pthread_create(&loop->thread, NULL, thread_main, loop);
+    psrpc__sigmask_restore(&old);
     if (rc != 0) {
         uv_close((uv_handle_t *)&loop->async, NULL);
         uv_close((uv_handle_t *)&loop->prepare, NULL);
@@ -256,6 +284,43 @@ void psrpc__loop_free(psrpc__loop *loop) {
     pthread_cond_destroy(&loop->cond);
     free_chain(loop->spare);
     free(loop);
+}
+
+void psrpc__loop_release(psrpc__loop *loop) {
+    if (!loop)
+        return;
+    psrpc__loop_stop(loop);
+    pthread_mutex_lock(&loop->mu);
+    if (loop->self_free) {
+        pthread_mutex_unlock(&loop->mu);
+        return;
+    }
+    if (!loop->joined)
+        pthread_detach(loop->thread);
+    loop->joined = true;
+    if (!loop->finished) {
+        /* The thread frees it when it exits (it reads self_free under mu). */
+        loop->self_free = true;
+        pthread_mutex_unlock(&loop->mu);
+        return;
+    }
+    /* Finished: the thread no longer touches the loop. */
+    pthread_mutex_unlock(&loop->mu);
+    pthread_mutex_destroy(&loop->mu);
+    pthread_cond_destroy(&loop->cond);
+    free_chain(loop->spare);
+    free(loop);
+}
+
+bool psrpc__loop_on_exit(psrpc__loop *loop, psrpc__task_fn fn, void *arg) {
+    pthread_mutex_lock(&loop->mu);
+    bool ok = !loop->exiting;
+    if (ok) {
+        loop->exit_fn = fn;
+        loop->exit_arg = arg;
+    }
+    pthread_mutex_unlock(&loop->mu);
+    return ok;
 }
 
 uv_loop_t *psrpc__loop_uv(psrpc__loop *loop) { return &loop->uv; }

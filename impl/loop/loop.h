@@ -3,13 +3,22 @@
 #ifndef PSRPC_IMPL_LOOP_H
 #define PSRPC_IMPL_LOOP_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <uv.h>
 
 typedef struct psrpc__loop psrpc__loop;
 typedef void (*psrpc__task_fn)(void *arg);
 
-/* Starts the thread. Returns 0 or a psrpc_status. */
+/* Blocks SIGPIPE on the calling thread, saving its mask in *old (restore
+ * with psrpc__sigmask_restore). Threads inherit the mask of the thread that
+ * creates them: library threads are created with SIGPIPE blocked. */
+void psrpc__sigpipe_block(sigset_t *old);
+void psrpc__sigmask_restore(const sigset_t *old);
+
+/* Starts the thread, with SIGPIPE blocked: a write to a socket the peer
+ * reset fails with EPIPE instead of killing the process (SIGPIPE raised by
+ * write(2) is directed at the writing thread). Returns 0 or a psrpc_status. */
 int psrpc__loop_start(psrpc__loop **out);
 
 /* Runs fn(arg) on the loop thread, in posting order. Any thread. Returns 0, or
@@ -29,6 +38,17 @@ void psrpc__loop_wait(psrpc__loop *loop);
 /* Frees the loop. Off the loop thread: waits for the thread to exit. On the
  * loop thread: the thread frees the loop itself when it exits. */
 void psrpc__loop_free(psrpc__loop *loop);
+
+/* Frees the loop without ever waiting: stops it; if its thread already
+ * finished, frees it now, else the thread (detached) frees it when it exits.
+ * Any thread. */
+void psrpc__loop_release(psrpc__loop *loop);
+
+/* Has fn(arg) run on the loop thread once the loop has ended (uv_run
+ * returned and every handle is closed), before the thread exits; the thread
+ * still counts as this loop's thread then. One hook per loop. Returns false
+ * (fn will not run) if the thread already got that far. Any thread. */
+bool psrpc__loop_on_exit(psrpc__loop *loop, psrpc__task_fn fn, void *arg);
 
 uv_loop_t *psrpc__loop_uv(psrpc__loop *loop);
 /* The loop that owns uv (a uv loop made by psrpc__loop_start). */

@@ -102,7 +102,8 @@ func main() {
 		{"foo", "bar"}, {"svc", "M"}, {"MyService", "NormalRPC"}, {"my.service", "get-stats"},
 		{"a|b", "région"},
 	}
-	clients := []string{"bar", "CLI_x", "CLI_a1B2c3D4e5F6", "my.client", "a|b", "us-east-1", ""}
+	clients := []string{"bar", "CLI_x", "CLI_a1B2c3D4e5F6", "my.client", "a|b", "us-east-1", "",
+		"srv-1.a", "软件.é-x", "a+b~c"}
 	topics := [][]string{
 		nil, {}, {"a"}, {"a", "b"}, {"a", "b", "c"}, {""}, {"", "a"}, {"a", "", "b"}, {"a", ""},
 		{"", ""}, {"us-east-1"}, {"us-east.1"}, {"région 1"}, {"a|b"}, {"*"}, {">"},
