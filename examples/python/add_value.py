@@ -17,7 +17,6 @@ add_value.proto at start (or an add_value_pb2 module on sys.path).
 
 import argparse
 import os
-import signal
 import sys
 import threading
 
@@ -66,14 +65,11 @@ def demo(bus):
 
 def serve(bus):
     server = make_server(bus)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     print("ready", flush=True)
-    while not stop.wait(1.0):
-        pass
-    print("add_value: stopping", file=sys.stderr)
-    server.close(timeout=10)
+    # Until SIGINT/SIGTERM; then a graceful close: requests in flight are
+    # answered (up to 10 s) before the bus closes.
+    server.serve_forever(grace=10)
+    print("add_value: stopped", file=sys.stderr)
 
 
 def call(bus, n):

@@ -11,7 +11,8 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional
 
 from . import _core
-from ._errors import Canceled, InvalidArgument, PsrpcError, from_wire
+from ._errors import (Canceled, DeadlineExceeded, InvalidArgument, PsrpcError, Unavailable,
+                      from_wire)
 
 __all__ = ["Bus", "BusState"]
 
@@ -210,6 +211,16 @@ class Bus:
         t0 = time.monotonic()
         w.settled.wait(5.0 if timeout is None else timeout)
         return time.monotonic() - t0
+
+    def _not_confirmed(self, what: str) -> PsrpcError:
+        """The error for a registration or subscription the broker did not
+        confirm in time: Unavailable with the connection error while the bus
+        is disconnected, else DeadlineExceeded."""
+        w = self._watch
+        if w.state == BusState.DISCONNECTED and w.error is not None:
+            return Unavailable(f"{what} was not confirmed in time: bus {self.url} is not "
+                               f"connected: {w.error.message}")
+        return DeadlineExceeded(f"{what} was not confirmed in time")
 
     def stats(self) -> Dict[str, int]:
         """The bus counters (messages, drops by reason, reconnects, ...)."""

@@ -29,7 +29,8 @@ KIND_REQUEST = 0
 KIND_AFFINITY = 1
 
 F = TypeVar("F", bound=Callable[..., Any])
-Handler = Callable[[Any, "Context"], Any]
+# handler(request, context), or handler(stream) for stream methods
+Handler = Callable[..., Any]
 AffinityFunc = Callable[[Any, "Context"], Optional[float]]
 
 
@@ -272,7 +273,7 @@ class Server(_Handle):
         if _core.on_loop_thread():
             return
         if not reg.ready.wait(timeout):
-            raise DeadlineExceeded(f"registration of {reg.method.name} was not confirmed in time")
+            raise self._bus._not_confirmed(f"registration of {reg.method.name}")
         if reg.error is not None:
             raise reg.error
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Tuple, TypeVar, Union
 
 from . import _core
 from ._client import (KIND_MESSAGE, KIND_READY, KIND_RELEASED, _END, Topics, _ms, call_options,
@@ -69,11 +69,19 @@ class _StreamSink:
         return None
 
 
-class Stream:
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+class Stream(Generic[S, R]):
     """One side of a bidirectional stream: ``send()`` waits until the peer
     acknowledged the message; iterate (or ``recv()``) to receive. Iteration
     ends when the stream closes cleanly and raises the cause otherwise.
-    ``close()`` (or the end of a ``with`` block) closes it."""
+    ``close()`` (or the end of a ``with`` block) closes it.
+
+    Typed as ``Stream[S, R]``: it sends ``S`` messages and receives ``R``
+    ones (a client's stream ``Stream[Request, Response]``, a stream
+    handler's ``Stream[Response, Request]``)."""
 
     def __init__(self, core: Any, method: Method, sink: _StreamSink, server_side: bool) -> None:
         self._core = core
@@ -122,24 +130,25 @@ class Stream:
         c = self._sink.cause
         return None if is_clean_close(c) else c
 
-    def send(self, message: Any, *, timeout: Optional[float] = None) -> None:
+    def send(self, message: S, *, timeout: Optional[float] = None) -> None:
         """Sends and waits for the peer's acknowledgement (``DeadlineExceeded``
         after ``timeout``, default the stream's timeout)."""
         err = self._core.send_blocking(bytes(self._encode(message)), _ms(timeout))
         if err is not None:
             raise from_wire(err)
 
-    def recv(self, timeout: Optional[float] = None) -> Any:
+    def recv(self, timeout: Optional[float] = None) -> R:
         """The next message. ``queue.Empty`` after ``timeout``; once the
         stream closed: the cause (``Canceled`` for a clean close)."""
         if not self._ended:
             item = self._sink.q.get(timeout=timeout)
             if item is not _END:
-                return self._decode(item)
+                msg: R = self._decode(item)
+                return msg
             self._ended = True
         raise self._sink.cause or Canceled("stream closed")
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[R]:
         while True:
             try:
                 yield self.recv()
@@ -160,7 +169,7 @@ class Stream:
     def wait_closed(self, timeout: Optional[float] = None) -> bool:
         return self._sink.closed.wait(timeout)
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> "Stream[S, R]":
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -172,7 +181,7 @@ class Stream:
 
 def open_stream(client: Any, method: Method, *, timeout: Optional[float], topics: Topics,
                 metadata: Optional[Mapping[str, str]], selection: Any, wait_for_ready: bool,
-                max_queue: int) -> Stream:
+                max_queue: int) -> "Stream[Any, Any]":
     require_kind(method, "stream")
     connect_wait(client, timeout)
     opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
@@ -187,7 +196,7 @@ def open_stream(client: Any, method: Method, *, timeout: Optional[float], topics
 
 
 class _StreamRegistration:
-    def __init__(self, method: Method, handler: Callable[[Stream], Any],
+    def __init__(self, method: Method, handler: Callable[["Stream[Any, Any]"], Any],
                  affinity: Optional[Callable[..., Any]], topics: Optional[Tuple[str, ...]],
                  server_id: str, submit: Callable[..., Any], max_queue: int) -> None:
         from ._server import _Registration
@@ -223,7 +232,7 @@ class _StreamRegistration:
             self.ready.set()
             self.released.set()
 
-    def run(self, stream: Stream) -> None:
+    def run(self, stream: "Stream[Any, Any]") -> None:
         from ._server import _tls, report
 
         _tls.in_handler = True
@@ -232,7 +241,7 @@ class _StreamRegistration:
         finally:
             _tls.in_handler = False
 
-    def _run(self, stream: Stream, report: Callable[..., None]) -> None:
+    def _run(self, stream: "Stream[Any, Any]", report: Callable[..., None]) -> None:
         try:
             self.handler(stream)
         except Exception as e:
@@ -246,7 +255,7 @@ class _StreamRegistration:
         stream.close()
 
 
-def register_stream(server: Any, method: Method, handler: Callable[[Stream], Any], *,
+def register_stream(server: Any, method: Method, handler: Callable[["Stream[Any, Any]"], Any], *,
                     topics: Topics, affinity: Optional[Callable[..., Any]], wait: bool,
                     timeout: float, max_queue: int = 100) -> None:
     t = topic_list(topics)
