@@ -132,7 +132,7 @@ for (const [busName, url] of BUSES) {
           return {};
         }
         await new Promise((resolve) => {
-          ctx.signal.addEventListener('abort', () => { sawAbort = ctx.signal.reason; resolve(); }, { once: true });
+          ctx.signal.addEventListener('abort', () => { sawAbort = ctx.signal.reason; setTimeout(resolve, 300); }, { once: true });
           setTimeout(resolve, req.delayMs);
         });
         return {};
