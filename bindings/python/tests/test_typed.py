@@ -314,3 +314,13 @@ def test_codegen_odd_names_imports_and_services(tmp_path, url):
     p = subprocess.run([sys.executable, "use_odd.py", url], cwd=tmp_path, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+def test_package_itself_is_mypy_strict_clean():
+    """The package ships py.typed: its own annotations hold under --strict."""
+    src = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "src", "psrpc"))
+    with tempfile.TemporaryDirectory() as d:
+        p = subprocess.run([os.path.join(BIN, "mypy"), "--strict", "--cache-dir",
+                            os.path.join(d, "cache"), src], capture_output=True, text=True,
+                           timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
