@@ -16,6 +16,9 @@
 #      Go client → Rust server and Rust client → Go servers. Needs the Go side
 #      (tests/interop/setup.sh, run here). PSRPC_RUST_INTEROP=0 skips it
 #      (reported as skipped, and the script fails).
+#   6. only with PSRPC_RUST_ASAN=1: psrpc-sys + psrpc tests again against
+#      libpsrpc built with ASan + UBSan (clang; target dir bindings/target-asan),
+#      the ASan runtime linked into the test programs (leaks checked at exit).
 # Brokers: PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (defaults
 # redis://127.0.0.1:6379, nats://127.0.0.1:4222); a broker that does not
 # answer fails the tests. Needs cargo (Rust >= 1.77), the Debian packages of
@@ -127,6 +130,16 @@ if [ "${PSRPC_RUST_INTEROP:-1}" = 1 ]; then
 else
     failed=$((failed + 1))
     failures+=("interop (skipped: PSRPC_RUST_INTEROP=0)")
+fi
+
+asan() {
+    CC=${PSRPC_SAN_CC:-clang} PSRPC_SYS_VENDORED=1 PSRPC_SYS_CMAKE_ARGS="PSRPC_SANITIZE=address" \
+        CARGO_TARGET_DIR="$bindings/target-asan" \
+        RUSTFLAGS="-Clinker=${PSRPC_SAN_CC:-clang} -Clink-arg=-fsanitize=address,undefined" \
+        nice cargo test --locked -p psrpc-sys -p psrpc
+}
+if [ "${PSRPC_RUST_ASAN:-0}" = 1 ]; then
+    phase asan asan
 fi
 
 echo

@@ -52,6 +52,18 @@ export type Target = (kind: number, ...args: any[]) => unknown;
 // handlers must not be collected while the process waits for them.
 const active = new Set<Bus>();
 
+// The native side holds the dispatch function strongly (its threadsafe
+// function): it must reach the bus only weakly, from a scope of its own (a
+// closure created in the constructor would share the constructor's context,
+// and with it `this`), so that a bus dropped without close can be collected.
+function makeDispatch(weak: WeakRef<Bus>) {
+  return (kind: number, id: number, a?: any, b?: any, c?: any, d?: any): unknown => {
+    const bus = weak.deref();
+    if (bus === undefined) return false;
+    return (bus as any)._dispatch(kind, id, a, b, c, d);
+  };
+}
+
 const STATES: Record<number, BusState> = { 1: 'connected', 2: 'disconnected', 3: 'closed' };
 
 /**
@@ -81,12 +93,7 @@ export class Bus extends EventEmitter {
     super();
     this.url = url;
     this._closed = new Promise((r) => (this._closedResolve = r));
-    const weak = new WeakRef(this);
-    const dispatch = (kind: number, id: number, a?: any, b?: any, c?: any, d?: any): unknown => {
-      const bus = weak.deref();
-      if (bus === undefined) return false;
-      return bus._dispatch(kind, id, a, b, c, d);
-    };
+    const dispatch = makeDispatch(new WeakRef(this));
     this._box = callNative(() => native.BusOpen(url, options, dispatch));
     this._updateRef();
   }
