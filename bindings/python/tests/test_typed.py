@@ -89,6 +89,23 @@ def test_mypy_strict_catches_wrong_field_request_type_and_method(gen):
     assert mypy(gen, "dynamic.py")["dynamic.py"] == []
 
 
+def test_mypy_strict_on_add_value_example(tmp_path):
+    """examples/python/add_value.py (the .proto shared with C and Go) is typed
+    too: clean, and a wrong request type or response field is caught."""
+    psrpc.codegen.generate([os.path.join(ROOT, "examples", "add_value.proto")], str(tmp_path))
+    src = open(os.path.join(ROOT, "examples", "python", "add_value.py")).read()
+    (tmp_path / "add_value.py").write_text(src)
+    old = "print(client.AddValue(pb.AddRequest(increment=n)).value)"
+    assert old in src
+    (tmp_path / "bad_add.py").write_text(
+        src.replace(old, "print(client.AddValue(pb.AddResult(value=n)).valeu)"))
+    errors = mypy(str(tmp_path), "add_value.py", "bad_add.py")
+    assert errors["add_value.py"] == []
+    assert any('incompatible type "AddResult"; expected "AddRequest"' in e
+               for e in errors["bad_add.py"])
+    assert any('has no attribute "valeu"' in e for e in errors["bad_add.py"])
+
+
 def test_options_pb2_shipped_and_mypy_clean(tmp_path):
     from psrpc import options_pb2
 
