@@ -27,6 +27,14 @@
  *   while the library holds a lock, and never from inside the API call that
  *   scheduled it. Callbacks must not block: they stall every handle on the bus.
  *
+ *   Library threads block SIGPIPE: a connection the broker resets makes a
+ *   write fail (and the bus reconnect) instead of killing the process; the
+ *   application's own threads and signal dispositions are left alone.
+ *
+ *   fork(): handles opened before a fork are unusable in the child (their
+ *   loop threads exist only in the parent); every call on them fails at once
+ *   with PSRPC_FAILED_PRECONDITION. See psrpc_bus_release.
+ *
  * OWNERSHIP
  *   - Handles are opaque. Bytes and strings passed in are copied before the
  *     call returns. Bytes and strings passed to a callback are borrowed for the
@@ -39,10 +47,27 @@
  *     loop thread, after the last invocation of cb has returned.
  *   - A psrpc_request handed to a handler must be answered exactly once, with
  *     psrpc_request_respond() or psrpc_request_fail(), from any thread, at any
- *     later time. Either call consumes it. An affinity callback answers with
- *     psrpc_request_claim() in the same way.
+ *     later time. An affinity callback answers with psrpc_request_claim() in
+ *     the same way. psrpc_request_abandon() answers either stage (a binding's
+ *     finalizer). See "Requests are always consumed" below.
  *   - *_free may be called in any order (a bus before its clients is fine):
  *     memory is reclaimed when the last internal reference drops.
+ *
+ * STRUCT SIZES
+ *   Option and stats structs start with struct_size (sizeof as the caller
+ *   compiled it); fields are only ever added at the end. The
+ *   PSRPC_*_SIZE_V1 constants are the sizes of the first version of each
+ *   struct ON THIS PLATFORM: they follow this platform's C struct layout
+ *   (pointer size, alignment; the values written here are those of LP64
+ *   Linux/macOS) and are not portable numbers. A binding that builds the
+ *   structs itself must compute them from the platform's layout.
+ *
+ * LINKING
+ *   libpsrpc.so exports only psrpc_* symbols. libpsrpc.a is one object
+ *   whose only global symbols are psrpc_*: its internals (and the protobuf-c
+ *   code generated from its wire schema) cannot collide with the program's
+ *   own symbols. Linking it statically needs the dependencies listed by
+ *   `pkg-config --static --libs psrpc` (protobuf-c's runtime included).
  *
  * ERRORS
  *   Functions return psrpc_status: 0 on success, a negative code on failure.
@@ -319,12 +344,39 @@ PSRPC_API psrpc_status psrpc_bus_close(psrpc_bus *bus, psrpc_closed_cb closed_cb
 
 /**
  * Drops the caller's reference, closing first if needed. NULL is a no-op.
- * Never waits for the network. If called on a thread other than the bus's
- * loop thread, waits until the loop thread has stopped and been joined (so no
- * callback of this bus runs after it returns); on the loop thread (from a
- * callback) the thread is detached and exits by itself.
+ * On a thread that is not a loop thread: waits until the bus has closed and
+ * its loop thread has stopped and been joined, so no callback of this bus
+ * runs after it returns (the close is bounded: a NATS bus flushes for at most
+ * about 0.5 s and waits at most about 3 s for nats.c's last callbacks).
+ * On ANY loop thread (inside a callback of this bus or of another bus) it
+ * never waits: it behaves like psrpc_bus_release. In a child process after
+ * fork() it returns at once (see psrpc_bus_release).
  */
 PSRPC_API void psrpc_bus_free(psrpc_bus *bus);
+
+/**
+ * Non-blocking psrpc_bus_free: closes the bus and drops the caller's
+ * reference without waiting for the loop thread, which finishes the close,
+ * frees the bus and exits by itself. Safe on any thread, including any bus's
+ * loop thread, inside callbacks. NULL: no-op. After it returns the caller
+ * must not use the handle; callbacks of this bus may still run until its
+ * close completes (pass a closed_cb to psrpc_bus_close first to know when).
+ * A process that exits right after it may end while the loop thread is
+ * still closing; use psrpc_bus_free off the loop threads for a clean exit.
+ *
+ * fork(): a bus (and every handle on it) inherited from the parent process
+ * is unusable in the child: its loop thread does not exist there. Every call
+ * on it fails at once with PSRPC_FAILED_PRECONDITION ("bus was opened in the
+ * parent process (fork)"), *_sync and *_wait_* included; callbacks of calls
+ * made before the fork never run in the child. psrpc_bus_free and
+ * psrpc_bus_release (and the other *_free) return at once in the child and
+ * touch neither the parent's threads nor its sockets: the inherited memory is
+ * left as it is (a copy, reclaimed when the child exits or execs). Open a new
+ * bus in the child instead (local or Redis; nats.c's own library threads do
+ * not survive fork either, so a process that used NATS before forking cannot
+ * use NATS in the child: open NATS buses only after forking).
+ */
+PSRPC_API void psrpc_bus_release(psrpc_bus *bus);
 
 /* Bus states reported to a state callback. */
 #define PSRPC_BUS_CONNECTED 1    /* the transport is connected and subscribed */
@@ -368,9 +420,15 @@ typedef struct psrpc_bus_stats {
     uint64_t dropped_unknown;        /* responses/claims for no pending request */
     uint64_t requests_in_flight;     /* client calls outstanding */
     uint64_t streams_open;
+    /* V2: requests a server dropped instead of claiming because it already
+     * held 10,000 requests or 64 MiB awaiting their ClaimResponse (anyone who
+     * can publish on a request channel could otherwise park requests there
+     * until their expiry, at most 5 minutes each). */
+    uint64_t dropped_held_limit;
 } psrpc_bus_stats;
 
 #define PSRPC_BUS_STATS_SIZE_V1 112
+#define PSRPC_BUS_STATS_SIZE_V2 120
 
 /** Reads the counters. Any thread. */
 PSRPC_API psrpc_status psrpc_bus_get_stats(psrpc_bus *bus, psrpc_bus_stats *out);
@@ -621,7 +679,7 @@ PSRPC_API psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus,
 /** The server id used on the wire; valid for the server's lifetime. */
 PSRPC_API const char *psrpc_server_id(const psrpc_server *server);
 
-/** A request to handle. Answer it exactly once (respond/fail), from any thread. */
+/** A request to handle. Answer it exactly once (respond/fail/abandon), from any thread. */
 typedef void (*psrpc_handler_cb)(psrpc_request *request, void *user_data);
 
 /**
@@ -703,6 +761,21 @@ PSRPC_API int64_t psrpc_request_expiry_ns(const psrpc_request *request);
 /** Milliseconds left until the deadline (negative once past). */
 PSRPC_API int64_t psrpc_request_remaining_ms(const psrpc_request *request);
 
+/*
+ * Requests are always consumed. psrpc_request_respond, _fail, _fail_details,
+ * _claim and _abandon consume a non-NULL request WHATEVER THEY RETURN; the
+ * handle must not be used after any of them. When an argument is refused
+ * (or the call does not fit the request's stage: respond/fail in the
+ * affinity stage, claim in the handler stage) the request is still
+ * consumed: in the handler stage it is failed with PSRPC_INTERNAL and a
+ * message saying what was wrong (the caller sees that), in the affinity
+ * stage it is declined; the call returns PSRPC_INVALID_ARGUMENT. A request
+ * already consumed is recognised without touching freed memory (the library
+ * keeps a set of live requests): the call does nothing and returns
+ * PSRPC_INVALID_ARGUMENT (abandon: no-op). As a freed request's address may
+ * later be reused by a new request, call them at most once per request.
+ */
+
 /** Answers with a serialized response. Consumes the request. */
 PSRPC_API psrpc_status psrpc_request_respond(psrpc_request *request, const void *data,
                                              size_t len);
@@ -716,7 +789,8 @@ PSRPC_API psrpc_status psrpc_request_fail(psrpc_request *request, int status,
 /**
  * Fails the request with any code string (carried unchanged; "" means
  * "unknown"; NULL is refused), a message and details (google.protobuf.Any
- * values). Consumes the request, unless it returns PSRPC_INVALID_ARGUMENT.
+ * values). Consumes the request (also when it refuses an argument: then
+ * the request fails with PSRPC_INTERNAL saying why).
  */
 PSRPC_API psrpc_status psrpc_request_fail_details(psrpc_request *request, const char *code,
                                                   const char *message,
@@ -727,6 +801,16 @@ PSRPC_API psrpc_status psrpc_request_fail_details(psrpc_request *request, const 
  * the request: if the server is chosen, the handler receives it again.
  */
 PSRPC_API psrpc_status psrpc_request_claim(psrpc_request *request, float affinity);
+
+/**
+ * Gives up a request, in any stage, from any thread (a binding's finalizer
+ * or Drop). Handler stage: fails it with status and message (status 0,
+ * positive or not a psrpc status: PSRPC_INTERNAL; message NULL, "" or not
+ * UTF-8: the status description). Affinity stage: declines (no claim for
+ * this server; another server may answer). Already consumed or NULL: no-op.
+ * Always consumes.
+ */
+PSRPC_API void psrpc_request_abandon(psrpc_request *request, int status, const char *message);
 
 /* ------------------------------------------------------------------------ */
 /* Bidirectional streams (methods with PSRPC_METHOD_STREAM)                  */
@@ -739,7 +823,8 @@ typedef struct psrpc_stream psrpc_stream;
  * to accept it (the peer's send completes); return non-zero when you cannot
  * take it now: it is not acknowledged, the peer's send fails with
  * deadline_exceeded and the stream stays open (livekit/psrpc's slow consumer;
- * counted as dropped_slow_consumer).
+ * counted as dropped_slow_consumer). To decide later (on another thread),
+ * call psrpc_stream_defer inside the callback and psrpc_stream_ack after.
  */
 typedef int (*psrpc_stream_message_cb)(psrpc_stream *stream, const psrpc_msg *msg,
                                        void *user_data);
@@ -821,6 +906,41 @@ PSRPC_API psrpc_status psrpc_stream_send(psrpc_stream *stream, const void *data,
  */
 PSRPC_API psrpc_status psrpc_stream_close(psrpc_stream *stream, int status,
                                           const char *message);
+
+/**
+ * Deferred acks: inside a stream's on_message callback (client or server
+ * side), for the message being delivered, takes a token; the callback's
+ * return value is then ignored and the message is acknowledged (accept != 0:
+ * the peer's send completes) or refused (accept == 0: not acknowledged, the
+ * peer's send fails as for a slow consumer, counted as
+ * dropped_slow_consumer) when psrpc_stream_ack is called, from any thread,
+ * at any later time, while the caller still holds its stream reference.
+ * Outside on_message (or for another stream): PSRPC_FAILED_PRECONDITION.
+ * Deferring twice in one callback returns the same token. Messages keep
+ * being delivered meanwhile; acks are sent in the order of the
+ * psrpc_stream_ack calls. A deferred message not acked before the peer's
+ * send timeout makes the peer's send fail with deadline_exceeded (the
+ * stream stays open; a later accept sends nothing). Tokens live until they
+ * are acked or the stream ends.
+ */
+PSRPC_API psrpc_status psrpc_stream_defer(psrpc_stream *stream, uint64_t *token_out);
+/**
+ * Acknowledges (accept != 0) or refuses (accept == 0) a deferred message. A
+ * token is valid once: acking it twice, or after the stream closed, returns
+ * PSRPC_NOT_FOUND and sends nothing.
+ */
+PSRPC_API psrpc_status psrpc_stream_ack(psrpc_stream *stream, uint64_t token, int accept);
+
+/**
+ * psrpc_stream_close with any wire code string: code NULL or "" closes
+ * cleanly (message ignored; the peer sees PSRPC_CANCELED "stream closed");
+ * otherwise code is carried unchanged (the peer's cause has that code and
+ * its status, PSRPC_UNKNOWN for codes it does not know) with message (NULL
+ * -> ""). code and message must be valid UTF-8. Idempotent as
+ * psrpc_stream_close.
+ */
+PSRPC_API psrpc_status psrpc_stream_close_code(psrpc_stream *stream, const char *code,
+                                               const char *message);
 
 /** Closes cleanly if still open and drops the caller's reference. NULL is a no-op. */
 PSRPC_API void psrpc_stream_free(psrpc_stream *stream);

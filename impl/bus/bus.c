@@ -12,9 +12,32 @@ typedef struct sub_wrap {
     void *ctx;
 } sub_wrap;
 
+/* ---- fork ---- */
+
+static atomic_uint fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void after_fork_child(void) { atomic_fetch_add(&fork_gen, 1); }
+
+static void fork_init(void) { pthread_atfork(NULL, NULL, after_fork_child); }
+
+unsigned psrpc__fork_generation(void) {
+    return atomic_load_explicit(&fork_gen, memory_order_relaxed);
+}
+
+int psrpc__bus_fork_error(void) {
+    return psrpc__error(PSRPC_FAILED_PRECONDITION,
+                        "bus was opened in the parent process (fork): its loop thread does not "
+                        "exist in this process; open a new bus here");
+}
+
 void psrpc__bus_retain(psrpc_bus *bus) { atomic_fetch_add(&bus->refs, 1); }
 
 static void bus_destroy(psrpc_bus *bus) {
+    /* Inherited across fork(): the transport state and the loop belong to
+     * threads and sockets of the parent. Leave the copy as it is. */
+    if (psrpc__bus_forked(bus))
+        return;
     if (bus->transport && bus->transport->destroy)
         bus->transport->destroy(bus);
     psrpc__loop *loop = bus->loop;
@@ -23,7 +46,14 @@ static void bus_destroy(psrpc_bus *bus) {
     pthread_cond_destroy(&bus->state_cond);
     free(bus->url_safe);
     free(bus);
-    psrpc__loop_free(loop);
+    /* Never join on a loop thread (this one's, from its exit hook, or another
+     * bus's, where a child handle dropped the last reference): the thread
+     * frees its loop itself. Elsewhere the loop has stopped (the last
+     * reference goes after the close), so the join is short. */
+    if (psrpc__on_any_loop_thread())
+        psrpc__loop_release(loop);
+    else
+        psrpc__loop_free(loop);
 }
 
 void psrpc__bus_release(psrpc_bus *bus) {
@@ -32,6 +62,7 @@ void psrpc__bus_release(psrpc_bus *bus) {
 }
 
 int psrpc__bus_post(psrpc_bus *bus, psrpc__task_fn fn, void *arg) {
+    PSRPC__CHECK_NOT_FORKED(bus);
     return psrpc__loop_post(bus->loop, fn, arg);
 }
 
@@ -251,10 +282,12 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
     if (o.queue_capacity == 0)
         o.queue_capacity = 10000;
 
+    pthread_once(&fork_once, fork_init);
     psrpc_bus *bus = calloc(1, sizeof *bus);
     if (!bus)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     bus->magic = PSRPC__BUS_MAGIC;
+    bus->fork_gen = psrpc__fork_generation();
     atomic_init(&bus->refs, 1);
     bus->opts = o;
     bus->children.next = bus->children.prev = &bus->children;
@@ -364,6 +397,7 @@ psrpc_status psrpc_bus_watch(psrpc_bus *bus, psrpc_bus_state_cb cb, void *user_d
                              psrpc_release_cb release) {
     PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
     PSRPC__CHECK_ARG(cb, "cb is NULL");
+    PSRPC__CHECK_NOT_FORKED(bus);
     watch_req *w = calloc(1, sizeof *w);
     if (!w)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
@@ -380,6 +414,7 @@ psrpc_status psrpc_bus_watch(psrpc_bus *bus, psrpc_bus_state_cb cb, void *user_d
 psrpc_status psrpc_bus_wait_ready(psrpc_bus *bus, int64_t timeout_ms) {
     PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
     PSRPC__CHECK_ARG(timeout_ms >= 0, "timeout_ms is negative");
+    PSRPC__CHECK_NOT_FORKED(bus);
     if (psrpc__on_any_loop_thread())
         return psrpc__error(PSRPC_WOULD_DEADLOCK,
                             "psrpc_bus_wait_ready called on a loop thread would deadlock");
@@ -417,17 +452,27 @@ psrpc_status psrpc_bus_wait_ready(psrpc_bus *bus, int64_t timeout_ms) {
 
 typedef struct close_req {
     psrpc_bus *bus;
-    psrpc_closed_cb cb;
-    void *user_data;
+    psrpc__closed_waiter *waiter;
     bool then_stop;
 } close_req;
 
-void psrpc__waiters_add(psrpc__closed_waiter **list, psrpc_closed_cb cb, void *user_data) {
+psrpc__closed_waiter *psrpc__waiter_new(psrpc_closed_cb cb, void *user_data, bool *failed) {
+    *failed = false;
+    if (!cb)
+        return NULL;
     psrpc__closed_waiter *w = calloc(1, sizeof *w);
-    if (!w)
-        return; /* out of memory: the close still happens, without this callback */
+    if (!w) {
+        *failed = true;
+        return NULL;
+    }
     w->cb = cb;
     w->user_data = user_data;
+    return w;
+}
+
+void psrpc__waiters_push(psrpc__closed_waiter **list, psrpc__closed_waiter *w) {
+    if (!w)
+        return;
     w->next = *list;
     *list = w;
 }
@@ -490,7 +535,7 @@ static void close_children(psrpc_bus *bus) {
 static void close_task(void *arg) {
     close_req *r = arg;
     psrpc_bus *bus = r->bus;
-    psrpc__waiters_add(&bus->closed_waiters, r->cb, r->user_data);
+    psrpc__waiters_push(&bus->closed_waiters, r->waiter);
     int state = atomic_load(&bus->state);
     if (state == PSRPC__CLOSED) {
         run_closed_waiters(bus);
@@ -505,16 +550,20 @@ static void close_task(void *arg) {
 }
 
 static int post_close(psrpc_bus *bus, psrpc_closed_cb cb, void *user_data) {
+    bool failed;
     close_req *r = calloc(1, sizeof *r);
-    if (!r)
+    if (r)
+        r->waiter = psrpc__waiter_new(cb, user_data, &failed);
+    if (!r || failed) {
+        free(r);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
     r->bus = bus;
-    r->cb = cb;
-    r->user_data = user_data;
     psrpc__bus_retain(bus);
     int rc = psrpc__bus_post(bus, close_task, r);
     if (rc != PSRPC_OK) {
         psrpc__bus_release(bus);
+        free(r->waiter);
         free(r);
     }
     return rc;
@@ -528,23 +577,54 @@ static int post_close(psrpc_bus *bus, psrpc_closed_cb cb, void *user_data) {
 
 psrpc_status psrpc_bus_close(psrpc_bus *bus, psrpc_closed_cb closed_cb, void *user_data) {
     CHECK_BUS(bus);
+    PSRPC__CHECK_NOT_FORKED(bus);
     return post_close(bus, closed_cb, user_data);
+}
+
+/* The loop thread's exit hook of a released bus: drops the caller's
+ * reference once the loop has ended (every handle closed). */
+static void release_at_exit(void *arg) { psrpc__bus_release(arg); }
+
+void psrpc_bus_release(psrpc_bus *bus) {
+    if (!bus || bus->magic != PSRPC__BUS_MAGIC)
+        return;
+    if (psrpc__bus_forked(bus)) {
+        atomic_store(&bus->freed, true); /* nothing here to close or join */
+        return;
+    }
+    /* Ours until we return: the loop may end (and drop the caller's
+     * reference) as soon as freed is set. */
+    psrpc__bus_retain(bus);
+    if (!atomic_exchange(&bus->freed, true)) {
+        if (!psrpc__loop_on_exit(bus->loop, release_at_exit, bus))
+            psrpc__bus_release(bus); /* the loop already ended */
+        else if (post_close(bus, NULL, NULL) != PSRPC_OK)
+            psrpc__loop_stop(bus->loop);
+    }
+    psrpc__bus_release(bus);
 }
 
 void psrpc_bus_free(psrpc_bus *bus) {
     if (!bus || bus->magic != PSRPC__BUS_MAGIC)
         return;
+    /* On any loop thread (a callback of this bus or of another one) waiting
+     * for this loop could stall that loop for the whole close, or deadlock
+     * (two buses freeing each other): detach instead. */
+    if (psrpc__on_any_loop_thread() || psrpc__bus_forked(bus)) {
+        psrpc_bus_release(bus);
+        return;
+    }
     if (atomic_exchange(&bus->freed, true))
         return;
     if (post_close(bus, NULL, NULL) != PSRPC_OK)
         psrpc__loop_stop(bus->loop);
-    if (!psrpc__loop_on_thread(bus->loop))
-        psrpc__loop_wait(bus->loop);
+    psrpc__loop_wait(bus->loop);
     psrpc__bus_release(bus);
 }
 
 psrpc_status psrpc_bus_get_stats(psrpc_bus *bus, psrpc_bus_stats *out) {
     CHECK_BUS(bus);
+    PSRPC__CHECK_NOT_FORKED(bus);
     PSRPC__CHECK_ARG(out, "out is NULL");
     PSRPC__CHECK_ARG(out->struct_size >= 2 * sizeof(uint32_t), "out->struct_size is not set");
     psrpc_bus_stats s;
@@ -563,6 +643,7 @@ psrpc_status psrpc_bus_get_stats(psrpc_bus *bus, psrpc_bus_stats *out) {
     s.dropped_unknown = atomic_load(&bus->stats.dropped_unknown);
     s.requests_in_flight = atomic_load(&bus->stats.requests_in_flight);
     s.streams_open = atomic_load(&bus->stats.streams_open);
+    s.dropped_held_limit = atomic_load(&bus->stats.dropped_held_limit);
     memcpy(out, &s, s.struct_size);
     return PSRPC_OK;
 }

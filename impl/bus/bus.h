@@ -57,6 +57,7 @@ typedef struct psrpc__stats {
     atomic_uint_fast64_t dropped_malformed, dropped_oversize, dropped_slow_consumer;
     atomic_uint_fast64_t dropped_expired, dropped_unknown;
     atomic_uint_fast64_t requests_in_flight, streams_open;
+    atomic_uint_fast64_t dropped_held_limit;
 } psrpc__stats;
 
 #define PSRPC__STAT_ADD(bus, field, n) atomic_fetch_add(&(bus)->stats.field, (n))
@@ -70,9 +71,14 @@ typedef struct psrpc__closed_waiter {
     void *user_data;
 } psrpc__closed_waiter;
 
-/* A handle's list of closed callbacks (loop thread): add one per close call,
- * run them all (once each) when the handle has closed. */
-void psrpc__waiters_add(psrpc__closed_waiter **list, psrpc_closed_cb cb, void *user_data);
+/* A handle's list of closed callbacks (loop thread): one per close call, run
+ * all (once each) when the handle has closed. The waiter is made by the close
+ * call on the caller's thread (which fails with RESOURCE_EXHAUSTED if it
+ * cannot), so the close task cannot lose a promised callback for lack of
+ * memory. cb NULL: no waiter (NULL); *failed is set when cb could not get one. */
+psrpc__closed_waiter *psrpc__waiter_new(psrpc_closed_cb cb, void *user_data, bool *failed);
+/* Adds w (NULL: nothing) to the list (loop thread); freed when it runs. */
+void psrpc__waiters_push(psrpc__closed_waiter **list, psrpc__closed_waiter *w);
 void psrpc__waiters_run(psrpc__closed_waiter **list);
 
 struct psrpc_bus {
@@ -80,6 +86,7 @@ struct psrpc_bus {
     atomic_int refs;   /* user + children + in-flight tasks */
     atomic_int state;  /* PSRPC__OPEN / CLOSING / CLOSED */
     atomic_bool freed; /* psrpc_bus_free was called */
+    unsigned fork_gen; /* psrpc__fork_generation() when opened */
     psrpc__loop *loop;
     psrpc_bus_options opts;
     char *url_safe; /* the URL with secrets masked, for messages */
@@ -106,6 +113,25 @@ struct psrpc_bus {
 };
 
 #define PSRPC__BUS_MAGIC 0x50425553u /* "PBUS" */
+
+/* fork(): every child process bumps a generation counter (pthread_atfork).
+ * A bus opened under another generation was inherited from a parent: its
+ * loop thread does not exist here, and its mutexes may have been held by
+ * parent threads when the process forked. Every public function on such a
+ * bus (or a handle on it) fails at once, before taking any lock or posting,
+ * with PSRPC_FAILED_PRECONDITION; frees return at once, leaving the copied
+ * memory as it is. Any thread. */
+unsigned psrpc__fork_generation(void);
+static inline bool psrpc__bus_forked(const psrpc_bus *bus) {
+    return bus->fork_gen != psrpc__fork_generation();
+}
+/* Sets psrpc__error and returns PSRPC_FAILED_PRECONDITION. */
+int psrpc__bus_fork_error(void);
+#define PSRPC__CHECK_NOT_FORKED(bus)        \
+    do {                                    \
+        if (psrpc__bus_forked(bus))         \
+            return psrpc__bus_fork_error(); \
+    } while (0)
 
 void psrpc__bus_retain(psrpc_bus *bus);
 void psrpc__bus_release(psrpc_bus *bus);

@@ -101,6 +101,7 @@ int psrpc__check_create(void *out, psrpc_bus *bus, const char *service) {
     PSRPC__CHECK_ARG(out, "out is NULL");
     *(void **)out = NULL;
     PSRPC__CHECK_ARG(bus && bus->magic == PSRPC__BUS_MAGIC, "bus is NULL or not a psrpc_bus");
+    PSRPC__CHECK_NOT_FORKED(bus);
     return psrpc__check_name("service", service);
 }
 

@@ -31,6 +31,14 @@ int psrpc__check_client_id(const char *s);
 /* A server id: valid UTF-8 ("" = generated). */
 int psrpc__check_server_id(const char *s);
 
+/* The cap on requests a server holds while waiting for their ClaimResponse
+ * (documented in capi/psrpc.h, psrpc_bus_stats.dropped_held_limit). */
+#define PSRPC__HOLD_MAX_COUNT 10000
+#define PSRPC__HOLD_MAX_BYTES ((size_t)64 << 20)
+/* Tests: other limits (before the first registration), and what is held now. */
+void psrpc__server_set_hold_limits(psrpc_server *s, size_t max_count, size_t max_bytes);
+void psrpc__server_held(const psrpc_server *s, size_t *count, size_t *bytes);
+
 /* The checks every psrpc_X_create(out, bus, service, ...) starts with. */
 int psrpc__check_create(void *out, psrpc_bus *bus, const char *service);
 

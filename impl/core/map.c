@@ -1,15 +1,84 @@
 #include "map.h"
 
+#include <pthread.h>
+#include <sys/random.h>
+#include <time.h>
+
 #include "common.h"
 
-static size_t hash(const char *s) {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
+/* Keys come from the network (request and stream ids), and the buckets are a
+ * power of two: an unkeyed hash would let a publisher craft ids that share a
+ * chain and stall the loop thread. SipHash-1-3 with a per-process random key
+ * (drawn once; a forked child keeps its parent's, as it keeps its maps). */
+static uint64_t sip_k0, sip_k1;
+static pthread_once_t sip_once = PTHREAD_ONCE_INIT;
+
+static void sip_seed(void) {
+    uint64_t k[2] = {0, 0};
+    if (getrandom(k, sizeof k, 0) != (ssize_t)sizeof k) {
+        /* No entropy source: the clock and an address, better than none. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        k[0] ^= (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)ts.tv_sec;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        k[1] ^= (uint64_t)ts.tv_nsec ^ (uint64_t)(uintptr_t)&ts;
     }
-    return (size_t)h;
+    sip_k0 = k[0];
+    sip_k1 = k[1];
 }
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND           \
+    do {                   \
+        v0 += v1;          \
+        v1 = ROTL(v1, 13); \
+        v1 ^= v0;          \
+        v0 = ROTL(v0, 32); \
+        v2 += v3;          \
+        v3 = ROTL(v3, 16); \
+        v3 ^= v2;          \
+        v0 += v3;          \
+        v3 = ROTL(v3, 21); \
+        v3 ^= v0;          \
+        v2 += v1;          \
+        v1 = ROTL(v1, 17); \
+        v1 ^= v2;          \
+        v2 = ROTL(v2, 32); \
+    } while (0)
+
+/* SipHash-1-3 of a NUL-terminated string (length read as it goes). */
+static size_t hash(const char *s) {
+    pthread_once(&sip_once, sip_seed);
+    uint64_t v0 = sip_k0 ^ 0x736f6d6570736575ull, v1 = sip_k1 ^ 0x646f72616e646f6dull;
+    uint64_t v2 = sip_k0 ^ 0x6c7967656e657261ull, v3 = sip_k1 ^ 0x7465646279746573ull;
+    const unsigned char *p = (const unsigned char *)s;
+    uint64_t len = 0;
+    for (;;) {
+        uint64_t m = 0;
+        int i = 0;
+        for (; i < 8 && p[i]; i++)
+            m |= (uint64_t)p[i] << (8 * i);
+        len += (uint64_t)i;
+        if (i < 8) {
+            m |= len << 56;
+            v3 ^= m;
+            SIPROUND;
+            v0 ^= m;
+            break;
+        }
+        v3 ^= m;
+        SIPROUND;
+        v0 ^= m;
+        p += 8;
+    }
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return (size_t)(v0 ^ v1 ^ v2 ^ v3);
+}
+
+uint64_t psrpc__map_hash(const char *key) { return hash(key); }
 
 void psrpc__map_init(psrpc__map *m) { memset(m, 0, sizeof *m); }
 

@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct psrpc__map_entry {
     struct psrpc__map_entry *next;
@@ -27,6 +28,9 @@ void *psrpc__map_get(const psrpc__map *m, const char *key);
 int psrpc__map_put(psrpc__map *m, const char *key, void *value);
 /* Removes and returns the value, or NULL. */
 void *psrpc__map_del(psrpc__map *m, const char *key);
+
+/* The keyed hash of key (SipHash-1-3, per-process random key). For tests. */
+uint64_t psrpc__map_hash(const char *key);
 
 /* Iteration: for (e = first; e; e = next(e)). Do not modify while iterating;
  * collect first. */

@@ -5,6 +5,7 @@
 
 #include "chan_cache.h"
 #include "core.h"
+#include "live_set.h"
 #include "map.h"
 #include "stream.h"
 
@@ -26,6 +27,7 @@ struct psrpc_server {
     int64_t timeout_ms;
     uint32_t flags;
     psrpc__child child;
+    psrpc__task_node free_node; /* psrpc_server_free's close */
 
     /* Any thread, under mu: registered keys and readiness. */
     pthread_mutex_t mu;
@@ -40,7 +42,12 @@ struct psrpc_server {
     bool started;
     bool forced;
     reg *regs;
-    psrpc__map claims;  /* request_id → psrpc_request waiting for a ClaimResponse */
+    psrpc__map claims; /* request_id → psrpc_request waiting for a ClaimResponse */
+    /* What the claims table holds, capped (PSRPC__HOLD_MAX_*): anyone who can
+     * publish on a request channel parks requests here until their expiry.
+     * Written on the loop thread, read by tests from any thread. */
+    atomic_size_t held_count, held_bytes;
+    size_t hold_max_count, hold_max_bytes;
     psrpc__map streams; /* stream_id → srv_stream (accepted, not yet ended) */
     /* Request ids whose ClaimResponse came before the request itself (the
      * client chose another server while this one was still behind): the
@@ -51,8 +58,12 @@ struct psrpc_server {
     size_t decided_next;
     psrpc__chan_cache peers; /* loop thread: the response, claim and stream
                                 channels of the clients it answers */
-    int inflight;            /* requests in the handler stage */
+    /* Requests in the handler stage. Raised on the loop thread; lowered by
+     * the answer's task, or at once by an answer that cannot reach the loop
+     * (out of memory), so it is atomic; a draining close polls it. */
+    atomic_int inflight;
     int64_t latest_expiry_ns;
+    uint64_t drain_until; /* loop time when a graceful close stops waiting */
     uv_timer_t drain_timer;
     bool drain_timer_on;
     psrpc__closed_waiter *closed_waiters;
@@ -110,6 +121,7 @@ struct psrpc_request {
     uv_timer_t claim_timer;
     bool claim_timer_on;
     bool in_claims;
+    size_t held_bytes; /* counted in the server's held_bytes while in_claims */
 };
 
 static void server_release(psrpc_server *s);
@@ -153,6 +165,7 @@ static void reg_release(reg *r) {
 }
 
 static void request_free(psrpc_request *q) {
+    psrpc__live_del(q); /* from now on calls on q are recognised as stale */
     q->magic = 0;
     free(q->stream_id);
     free(q->request_id);
@@ -177,14 +190,33 @@ static void claim_timer_closed(uv_handle_t *h) {
     request_release(q);
 }
 
+/* Takes q out of the claims table (loop thread). */
+static void claims_remove(psrpc_request *q) {
+    if (!q->in_claims)
+        return;
+    /* in_claims means the map entry under its id is q (send_claim drops a
+     * duplicate id instead of replacing the entry). */
+    psrpc_server *s = q->server;
+    psrpc__map_del(&s->claims, q->request_id);
+    q->in_claims = false;
+    atomic_fetch_sub(&s->held_count, 1);
+    atomic_fetch_sub(&s->held_bytes, q->held_bytes);
+}
+
+/* Roughly what a held request occupies: the request, its strings, payload. */
+static size_t request_bytes(const psrpc_request *q) {
+    size_t n = sizeof *q + strlen(q->request_id) + strlen(q->client_id) + strlen(q->method) + 3 +
+               (q->payload ? sizeof(psrpc_msg) + q->payload->len : 0);
+    for (size_t i = 0; i < q->meta_count; i++)
+        n += strlen(q->meta_keys[i]) + strlen(q->meta_values[i]) + 2 + 2 * sizeof(char *);
+    if (q->stream_id)
+        n += strlen(q->stream_id) + 1;
+    return n;
+}
+
 /* Drops the loop's hold on a request waiting for its claim (loop thread). */
 static void claim_forget(psrpc_request *q) {
-    if (q->in_claims) {
-        /* in_claims means the map entry under its id is q (send_claim drops a
-         * duplicate id instead of replacing the entry). */
-        psrpc__map_del(&q->server->claims, q->request_id);
-        q->in_claims = false;
-    }
+    claims_remove(q);
     if (q->claim_timer_on) {
         q->claim_timer_on = false;
         uv_timer_stop(&q->claim_timer);
@@ -203,12 +235,13 @@ static void report_ready(psrpc_server *s, reg *r, int status, const char *messag
             r->on_ready(NULL, r->user_data);
         } else {
             psrpc__err *e = psrpc__err_new(status, "%s", message ? message : "subscribe failed");
-            psrpc_error view;
-            if (e) {
-                psrpc__err_view(e, &view);
-                r->on_ready(&view, r->user_data);
-                psrpc__err_free(e);
-            }
+            psrpc_error view = {
+                status, 0, psrpc_status_code(status), message ? message : "subscribe failed",
+                NULL,   0};
+            if (e)
+                psrpc__err_view(e, &view); /* else (out of memory) the static view */
+            r->on_ready(&view, r->user_data);
+            psrpc__err_free(e);
         }
     }
     pthread_mutex_lock(&s->mu);
@@ -267,8 +300,25 @@ static void end_streams(psrpc_server *s, reg *r) {
     if (!n)
         return;
     psrpc_stream **list = calloc(n, sizeof *list);
-    if (!list)
+    psrpc__err fallback = {PSRPC_UNAVAILABLE, "unavailable", "EOF", NULL, 0};
+    if (!list) {
+        /* Out of memory for the list: one at a time, from the start again
+         * after each (ending one detaches it from the table). */
+        for (bool again = true; again;) {
+            again = false;
+            psrpc__map_iter it;
+            psrpc__map_iter_init(&it, &s->streams);
+            for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));) {
+                srv_stream *ss = e->value;
+                if (r && ss->reg != r)
+                    continue;
+                psrpc__stream_end(ss->stream, &fallback, true); /* detaches it */
+                again = true;
+                break;
+            }
+        }
         return;
+    }
     psrpc__map_iter it;
     psrpc__map_iter_init(&it, &s->streams);
     for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));) {
@@ -277,7 +327,6 @@ static void end_streams(psrpc_server *s, reg *r) {
             list[i++] = ss->stream;
     }
     psrpc__err *eof = psrpc__err_new(PSRPC_UNAVAILABLE, "EOF");
-    psrpc__err fallback = {PSRPC_UNAVAILABLE, "unavailable", "EOF", NULL, 0};
     for (size_t j = 0; j < i; j++)
         psrpc__stream_end(list[j], eof ? eof : &fallback, true);
     psrpc__err_free(eof);
@@ -385,13 +434,18 @@ static void server_finish(psrpc_server *s) {
 }
 
 static void maybe_finish(psrpc_server *s) {
-    if (s->state == PSRPC__CLOSING && (s->forced || s->inflight == 0))
+    if (s->state == PSRPC__CLOSING && (s->forced || atomic_load(&s->inflight) == 0))
         server_finish(s);
 }
 
+/* While a graceful close waits: every DRAIN_POLL_MS (an answer that failed
+ * off the loop lowered inflight without a task), forced at drain_until. */
+#define DRAIN_POLL_MS 50
+
 static void drain_timeout(uv_timer_t *t) {
     psrpc_server *s = t->data;
-    s->forced = true;
+    if (uv_now(t->loop) >= s->drain_until)
+        s->forced = true;
     maybe_finish(s);
 }
 
@@ -418,8 +472,14 @@ static void server_begin_close(psrpc_server *s, bool force) {
             for (i = 0; i < n; i++)
                 claim_forget(pending[i]);
             free(pending);
+        } else if (n) {
+            /* Out of memory for the list: one at a time (forgetting removes each). */
+            psrpc__map_iter it;
+            psrpc__map_entry *e;
+            while (psrpc__map_iter_init(&it, &s->claims), (e = psrpc__map_iter_next(&it)))
+                claim_forget(e->value);
         }
-        if (!s->forced && s->inflight > 0) {
+        if (!s->forced && atomic_load(&s->inflight) > 0) {
             /* Wait for in-flight handlers, at most until the last expiry. */
             int64_t wait_ms = (s->latest_expiry_ns - psrpc__now_ns()) / 1000000 + 100;
             if (wait_ms < 100)
@@ -428,7 +488,8 @@ static void server_begin_close(psrpc_server *s, bool force) {
             s->drain_timer.data = s;
             server_retain(s);
             s->drain_timer_on = true;
-            uv_timer_start(&s->drain_timer, drain_timeout, (uint64_t)wait_ms, 0);
+            s->drain_until = uv_now(s->drain_timer.loop) + (uint64_t)wait_ms;
+            uv_timer_start(&s->drain_timer, drain_timeout, DRAIN_POLL_MS, DRAIN_POLL_MS);
         }
     }
     maybe_finish(s);
@@ -437,19 +498,25 @@ static void server_begin_close(psrpc_server *s, bool force) {
 typedef struct close_req {
     psrpc_server *server;
     bool force;
-    psrpc_closed_cb cb;
-    void *user_data;
+    psrpc__closed_waiter *waiter;
 } close_req;
 
 static void close_task(void *arg) {
     close_req *c = arg;
     psrpc_server *s = c->server;
-    psrpc__waiters_add(&s->closed_waiters, c->cb, c->user_data);
+    psrpc__waiters_push(&s->closed_waiters, c->waiter);
     server_begin_close(s, c->force);
     if (s->state == PSRPC__CLOSED)
         run_closed_waiters(s);
     server_release(s);
     free(c);
+}
+
+/* psrpc_server_free's graceful close, on the server's own task node. */
+static void free_close_task(void *arg) {
+    psrpc_server *s = arg;
+    server_begin_close(s, false);
+    server_release(s);
 }
 
 static void child_close(psrpc__child *child, void (*done)(psrpc__child *)) {
@@ -480,7 +547,7 @@ static void call_handler(psrpc_request *q) {
     psrpc_server *s = q->server;
     reg *r = q->reg;
     atomic_store(&q->stage, STAGE_HANDLER);
-    s->inflight++;
+    atomic_fetch_add(&s->inflight, 1);
     if (q->expiry > s->latest_expiry_ns)
         s->latest_expiry_ns = q->expiry;
     r->handler(q, r->user_data);
@@ -552,11 +619,23 @@ static void send_claim(psrpc_request *q) {
         request_release(q);
         return;
     }
+    size_t qb = request_bytes(q);
+    if (atomic_load(&s->held_count) >= s->hold_max_count ||
+        atomic_load(&s->held_bytes) + qb > s->hold_max_bytes) {
+        /* Over the cap: not claimed (the client picks another server or
+         * times out), counted. */
+        PSRPC__STAT_ADD(s->bus, dropped_held_limit, 1);
+        request_release(q);
+        return;
+    }
     if (psrpc__map_put(&s->claims, q->request_id, q) != PSRPC_OK) {
         request_release(q);
         return;
     }
     q->in_claims = true;
+    q->held_bytes = qb;
+    atomic_fetch_add(&s->held_count, 1);
+    atomic_fetch_add(&s->held_bytes, qb);
     uv_timer_init(psrpc__loop_uv(s->bus->loop), &q->claim_timer);
     q->claim_timer.data = q;
     q->claim_timer_on = true;
@@ -626,6 +705,8 @@ static psrpc_request *request_new(reg *r, const request_fields *f) {
     }
     if (ok)
         ok = psrpc_msg_new(&q->payload, f->payload, f->payload_len) == PSRPC_OK;
+    if (ok)
+        ok = psrpc__live_add(q);
     if (!ok) {
         request_free(q);
         return NULL;
@@ -762,8 +843,7 @@ static void on_claim_response(void *ctx, const uint8_t *data, size_t len) {
         return;
     }
     /* Hand the loop's reference to the user for the handler stage. */
-    psrpc__map_del(&s->claims, q->request_id);
-    q->in_claims = false;
+    claims_remove(q);
     atomic_fetch_add(&q->refs, 1);
     claim_forget(q);
     if (q->stream_id)
@@ -839,6 +919,7 @@ static void register_task(void *arg) {
     do {                                                                              \
         PSRPC__CHECK_ARG(s, "server is NULL");                                        \
         PSRPC__CHECK_ARG((s)->magic == SERVER_MAGIC, "handle is not a psrpc_server"); \
+        PSRPC__CHECK_NOT_FORKED((s)->bus);                                            \
     } while (0)
 
 psrpc_status psrpc_server_options_init(psrpc_server_options *opts, size_t struct_size) {
@@ -882,6 +963,8 @@ psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char 
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     }
     s->timeout_ms = o.timeout_ms ? psrpc__clamp_timeout_ms(o.timeout_ms) : 3000;
+    s->hold_max_count = PSRPC__HOLD_MAX_COUNT;
+    s->hold_max_bytes = PSRPC__HOLD_MAX_BYTES;
     s->flags = o.flags;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cond, NULL);
@@ -895,6 +978,16 @@ psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char 
     psrpc__bus_retain(bus);
     *out = s;
     return PSRPC_OK;
+}
+
+void psrpc__server_set_hold_limits(psrpc_server *s, size_t max_count, size_t max_bytes) {
+    s->hold_max_count = max_count;
+    s->hold_max_bytes = max_bytes;
+}
+
+void psrpc__server_held(const psrpc_server *s, size_t *count, size_t *bytes) {
+    *count = atomic_load(&s->held_count);
+    *bytes = atomic_load(&s->held_bytes);
 }
 
 const char *psrpc_server_id(const psrpc_server *server) {
@@ -1201,19 +1294,23 @@ psrpc_status psrpc_server_close(psrpc_server *server, uint32_t flags, psrpc_clos
     atomic_store(&server->closing, true);
     if (flags & PSRPC_CLOSE_FORCE)
         atomic_store(&server->killed, true);
+    bool failed;
     close_req *c = calloc(1, sizeof *c);
-    if (!c)
+    if (c)
+        c->waiter = psrpc__waiter_new(closed_cb, user_data, &failed);
+    if (!c || failed) {
+        free(c);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
     c->server = server;
     c->force = flags & PSRPC_CLOSE_FORCE;
-    c->cb = closed_cb;
-    c->user_data = user_data;
     server_retain(server);
     int rc = psrpc__bus_post(server->bus, close_task, c);
     if (rc != PSRPC_OK) {
         server_release(server);
+        free(c->waiter);
         free(c);
-        if (!closed_cb)
+        if (!closed_cb && rc == PSRPC_CANCELED)
             return PSRPC_OK; /* the bus closed everything already */
     }
     return rc;
@@ -1224,8 +1321,13 @@ void psrpc_server_free(psrpc_server *server) {
         return;
     if (atomic_exchange(&server->freed, true))
         return;
-    if (!atomic_load(&server->closing))
-        psrpc_server_close(server, 0, NULL, NULL);
+    /* Always, even after psrpc_server_close (which may have failed for lack
+     * of memory): closing twice is harmless, and this post cannot fail for it. */
+    atomic_store(&server->closing, true);
+    server_retain(server);
+    if (psrpc__loop_post_node(server->bus->loop, &server->free_node, free_close_task, server) !=
+        PSRPC_OK)
+        server_release(server); /* the bus is closed: the server closed with it */
     server_release(server);
 }
 
@@ -1304,21 +1406,16 @@ static void answer_task(void *arg) {
         if (ch)
             psrpc__bus_publish(s->bus, ch, a->bytes);
     }
-    s->inflight--;
+    atomic_fetch_sub(&s->inflight, 1);
     maybe_finish(s);
     psrpc_msg_release(a->bytes);
     request_release(a->req);
     free(a);
 }
 
-/* Consumes q's handler stage with a packed Response. */
+/* Sends a packed Response for q, taken in its handler stage (request_take). */
 static int answer(psrpc_request *q, Internal__Response *resp) {
     psrpc_server *s = q->server;
-    int expected = STAGE_HANDLER;
-    if (!atomic_compare_exchange_strong(&q->stage, &expected, STAGE_DONE))
-        return psrpc__error(PSRPC_INVALID_ARGUMENT,
-                            "request is not waiting for an answer (already answered, or in "
-                            "its affinity stage)");
     answer_task_arg *a = calloc(1, sizeof *a);
     int rc = a ? PSRPC_OK : PSRPC_RESOURCE_EXHAUSTED;
     resp->request_id = q->request_id;
@@ -1346,68 +1443,83 @@ static int answer(psrpc_request *q, Internal__Response *resp) {
     bool killed = atomic_load(&s->killed);
     if (a && a->bytes) {
         a->req = q;
-        if (psrpc__bus_post(s->bus, answer_task, a) == PSRPC_OK) {
+        int prc = psrpc__bus_post(s->bus, answer_task, a);
+        if (prc == PSRPC_OK) {
             if (killed)
                 return psrpc__error(PSRPC_CANCELED, "server is closed; answer discarded");
             if (result != PSRPC_OK)
                 return psrpc__error(result, "response exceeds the maximum message size");
             return PSRPC_OK;
         }
-        result = PSRPC_CANCELED;
+        result = prc == PSRPC_FAILED_PRECONDITION ? prc : PSRPC_CANCELED;
     }
-    /* Could not hand it to the loop: the bus is gone. */
+    /* Could not hand it to the loop (out of memory, or the bus is gone): the
+     * request leaves the handler stage here, or a graceful close would wait
+     * for it until its expiry (the draining close polls inflight). */
+    atomic_fetch_sub(&s->inflight, 1);
     if (a) {
         psrpc_msg_release(a->bytes);
         free(a);
     }
     request_release(q);
+    if (result == PSRPC_FAILED_PRECONDITION)
+        return psrpc__bus_fork_error(); /* a request inherited across fork() */
     if (result == PSRPC_CANCELED || killed)
         return psrpc__error(PSRPC_CANCELED, "server is closed; answer discarded");
     return psrpc__error(result, "cannot send the answer");
 }
 
-psrpc_status psrpc_request_respond(psrpc_request *request, const void *data, size_t len) {
-    CHECK_REQ(request);
-    PSRPC__CHECK_ARG(data || len == 0, "data is NULL with a non-zero length");
-    Internal__Response resp = INTERNAL__RESPONSE__INIT;
-    resp.raw_response.data = (uint8_t *)data;
-    resp.raw_response.len = len;
-    return answer(request, &resp);
+static void claim_answer_task(void *arg) {
+    psrpc_request *q = arg;
+    send_claim(q);
 }
 
-psrpc_status psrpc_request_fail(psrpc_request *request, int status, const char *message) {
-    CHECK_REQ(request);
-    PSRPC__CHECK_ARG(status < 0, "status %d is not an error", status);
-    return psrpc_request_fail_details(request, psrpc_status_code(status), message, NULL, 0);
-}
-
-psrpc_status psrpc_request_fail_details(psrpc_request *request, const char *code,
-                                        const char *message, const psrpc_error_detail *details,
-                                        size_t details_count) {
-    CHECK_REQ(request);
-    PSRPC__CHECK_ARG(code, "code is NULL (use \"unknown\" or a psrpc code string)");
-    PSRPC__CHECK_ARG(details || details_count == 0, "details is NULL with a non-zero count");
-    if (!*code)
-        code = "unknown";
-    PSRPC__CHECK_ARG(psrpc__utf8_valid(code, strlen(code)), "code is not valid UTF-8");
-    if (!message || !*message)
-        message = psrpc_status_str(psrpc_status_from_code(code));
-    PSRPC__CHECK_ARG(psrpc__utf8_valid(message, strlen(message)), "message is not valid UTF-8");
-    for (size_t i = 0; i < details_count; i++) {
-        PSRPC__CHECK_ARG(details[i].type_url &&
-                             psrpc__utf8_valid(details[i].type_url, strlen(details[i].type_url)),
-                         "detail %zu has no valid type_url", i);
-        PSRPC__CHECK_ARG(details[i].value || details[i].value_len == 0,
-                         "detail %zu has NULL value with a non-zero length", i);
+/* Takes q out of the stage in which the user holds it (any thread), under
+ * the live-set lock so a consumed and freed request is never touched.
+ * Returns STAGE_HANDLER (now DONE: the caller answers it), STAGE_AFFINITY
+ * (now CLAIMING: the caller posts its claim) or 0: NULL, not a live request,
+ * or already consumed (nothing to do). */
+static int request_take(psrpc_request *q) {
+    int got = 0;
+    if (psrpc__live_lock(q) && q->magic == REQUEST_MAGIC) {
+        int expected = STAGE_HANDLER;
+        if (atomic_compare_exchange_strong(&q->stage, &expected, STAGE_DONE)) {
+            got = STAGE_HANDLER;
+        } else {
+            expected = STAGE_AFFINITY;
+            if (atomic_compare_exchange_strong(&q->stage, &expected, STAGE_CLAIMING))
+                got = STAGE_AFFINITY;
+        }
     }
+    psrpc__live_unlock(q);
+    return got;
+}
+
+static int not_live(const psrpc_request *q) {
+    if (!q)
+        return psrpc__error(PSRPC_INVALID_ARGUMENT, "request is NULL");
+    return psrpc__error(PSRPC_INVALID_ARGUMENT,
+                        "request is not waiting for an answer (already consumed, or not a "
+                        "psrpc_request)");
+}
+
+/* q taken in its affinity stage: posts its claim (affinity < 0 declines). */
+static int post_claim(psrpc_request *q, float affinity) {
+    q->affinity = affinity != affinity ? -1.0f : affinity; /* NaN declines */
+    int rc = psrpc__bus_post(q->server->bus, claim_answer_task, q);
+    if (rc != PSRPC_OK)
+        request_release(q);
+    return rc;
+}
+
+/* Sends a failure for q, taken in its handler stage. code, message and
+ * details must be valid (see psrpc_request_fail_details). */
+static int send_failure(psrpc_request *q, const char *code, const char *message,
+                        const psrpc_error_detail *details, size_t details_count) {
     Internal__Any *anys = details_count ? calloc(details_count, sizeof *anys) : NULL;
     Internal__Any **ptrs = details_count ? calloc(details_count, sizeof *ptrs) : NULL;
-    if (details_count && (!anys || !ptrs)) {
-        free(anys);
-        free(ptrs);
-        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
-    }
-    for (size_t i = 0; i < details_count; i++) {
+    bool oom = details_count && (!anys || !ptrs);
+    for (size_t i = 0; !oom && i < details_count; i++) {
         internal__any__init(&anys[i]);
         anys[i].type_url = (char *)details[i].type_url;
         anys[i].value.data = (uint8_t *)details[i].value;
@@ -1417,31 +1529,136 @@ psrpc_status psrpc_request_fail_details(psrpc_request *request, const char *code
     Internal__Response resp = INTERNAL__RESPONSE__INIT;
     resp.code = (char *)code;
     resp.error = (char *)message;
-    resp.n_error_details = details_count;
-    resp.error_details = ptrs;
-    int rc = answer(request, &resp);
+    if (!oom) {
+        resp.n_error_details = details_count;
+        resp.error_details = ptrs;
+    }
+    int rc = answer(q, &resp);
     free(anys);
     free(ptrs);
+    if (oom && rc == PSRPC_OK)
+        rc = psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory: sent without the details");
     return rc;
 }
 
-static void claim_answer_task(void *arg) {
-    psrpc_request *q = arg;
-    send_claim(q);
+/* A refused argument: consumes q all the same (handler stage: fails it with
+ * PSRPC_INTERNAL saying what was wrong; affinity stage: declines) and returns
+ * PSRPC_INVALID_ARGUMENT. */
+static int refuse(psrpc_request *q, int stage, const char *fn, const char *what) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s: %s", fn, what);
+    if (stage == STAGE_HANDLER)
+        send_failure(q, "internal", msg, NULL, 0);
+    else
+        post_claim(q, -1.0f);
+    return psrpc__error(PSRPC_INVALID_ARGUMENT, "%s (the request was consumed: %s)", msg,
+                        stage == STAGE_HANDLER ? "failed with PSRPC_INTERNAL" : "declined");
+}
+
+psrpc_status psrpc_request_respond(psrpc_request *request, const void *data, size_t len) {
+    static const char fn[] = "psrpc_request_respond";
+    int stage = request_take(request);
+    if (!stage)
+        return not_live(request);
+    if (stage == STAGE_AFFINITY)
+        return refuse(request, stage, fn,
+                      "called in the affinity stage (answer it with psrpc_request_claim)");
+    if (!data && len)
+        return refuse(request, stage, fn, "data is NULL with a non-zero length");
+    Internal__Response resp = INTERNAL__RESPONSE__INIT;
+    resp.raw_response.data = (uint8_t *)data;
+    resp.raw_response.len = len;
+    return answer(request, &resp);
+}
+
+/* The checks of psrpc_request_fail_details; NULL when fine, else what is
+ * wrong (in buf). Normalises an empty code and an empty message. */
+static const char *check_failure(const char **code, const char **message,
+                                 const psrpc_error_detail *details, size_t details_count, char *buf,
+                                 size_t n) {
+    if (!*code)
+        return "code is NULL (use \"unknown\" or a psrpc code string)";
+    if (!details && details_count)
+        return "details is NULL with a non-zero count";
+    if (!**code)
+        *code = "unknown";
+    if (!psrpc__utf8_valid(*code, strlen(*code)))
+        return "code is not valid UTF-8";
+    if (!*message || !**message)
+        *message = psrpc_status_str(psrpc_status_from_code(*code));
+    if (!psrpc__utf8_valid(*message, strlen(*message)))
+        return "message is not valid UTF-8";
+    for (size_t i = 0; i < details_count; i++) {
+        if (!details[i].type_url ||
+            !psrpc__utf8_valid(details[i].type_url, strlen(details[i].type_url))) {
+            snprintf(buf, n, "detail %zu has no valid type_url", i);
+            return buf;
+        }
+        if (!details[i].value && details[i].value_len) {
+            snprintf(buf, n, "detail %zu has NULL value with a non-zero length", i);
+            return buf;
+        }
+    }
+    return NULL;
+}
+
+static int fail_common(psrpc_request *request, const char *fn, const char *code,
+                       const char *message, const psrpc_error_detail *details,
+                       size_t details_count) {
+    int stage = request_take(request);
+    if (!stage)
+        return not_live(request);
+    if (stage == STAGE_AFFINITY)
+        return refuse(request, stage, fn,
+                      "called in the affinity stage (answer it with psrpc_request_claim)");
+    char buf[96];
+    const char *wrong = check_failure(&code, &message, details, details_count, buf, sizeof buf);
+    if (wrong)
+        return refuse(request, stage, fn, wrong);
+    return send_failure(request, code, message, details, details_count);
+}
+
+psrpc_status psrpc_request_fail(psrpc_request *request, int status, const char *message) {
+    if (status >= 0) {
+        int stage = request_take(request);
+        if (!stage)
+            return not_live(request);
+        char what[64];
+        snprintf(what, sizeof what, "status %d is not an error", status);
+        return refuse(request, stage, "psrpc_request_fail", what);
+    }
+    return fail_common(request, "psrpc_request_fail", psrpc_status_code(status), message, NULL, 0);
+}
+
+psrpc_status psrpc_request_fail_details(psrpc_request *request, const char *code,
+                                        const char *message, const psrpc_error_detail *details,
+                                        size_t details_count) {
+    return fail_common(request, "psrpc_request_fail_details", code, message, details,
+                       details_count);
 }
 
 psrpc_status psrpc_request_claim(psrpc_request *request, float affinity) {
-    CHECK_REQ(request);
-    int expected = STAGE_AFFINITY;
-    if (!atomic_compare_exchange_strong(&request->stage, &expected, STAGE_CLAIMING))
-        return psrpc__error(PSRPC_INVALID_ARGUMENT, "request is not waiting for an affinity");
-    request->affinity = affinity;
-    if (affinity != affinity) /* NaN declines */
-        request->affinity = -1.0f;
-    int rc = psrpc__bus_post(request->server->bus, claim_answer_task, request);
-    if (rc != PSRPC_OK) {
-        request_release(request);
-        return rc;
+    int stage = request_take(request);
+    if (!stage)
+        return not_live(request);
+    if (stage == STAGE_HANDLER)
+        return refuse(request, stage, "psrpc_request_claim",
+                      "called in the handler stage (answer it with psrpc_request_respond or "
+                      "psrpc_request_fail)");
+    return post_claim(request, affinity);
+}
+
+void psrpc_request_abandon(psrpc_request *request, int status, const char *message) {
+    int stage = request_take(request);
+    if (stage == STAGE_AFFINITY) {
+        post_claim(request, -1.0f);
+    } else if (stage == STAGE_HANDLER) {
+        /* status 0, positive or not a psrpc status: internal */
+        if (status >= 0 ||
+            (status != PSRPC_UNKNOWN && strcmp(psrpc_status_name(status), "PSRPC_UNKNOWN") == 0))
+            status = PSRPC_INTERNAL;
+        if (!message || !*message || !psrpc__utf8_valid(message, strlen(message)))
+            message = psrpc_status_str(status);
+        send_failure(request, psrpc_status_code(status), message, NULL, 0);
     }
-    return PSRPC_OK;
 }

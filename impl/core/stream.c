@@ -34,6 +34,8 @@ struct psrpc_stream {
     char **meta_keys, **meta_values;
     size_t meta_count;
     psrpc__stream_owner owner;
+    psrpc__task_node free_node; /* psrpc_stream_free's close */
+    psrpc__err oom_cause;       /* the cause when copying one failed (static strings) */
 
     /* Callbacks: set once (server side from any thread, under mu). */
     pthread_mutex_t mu;
@@ -56,7 +58,37 @@ struct psrpc_stream {
     send_op *queued_tail;
     held_msg held[HOLD_CAPACITY];
     size_t held_count;
+
+    /* Deferred acks (psrpc_stream_defer), under mu: token → deferred_ack. */
+    psrpc__map deferred;
+    uint64_t next_token;
 };
+
+/* A received message whose ack waits for psrpc_stream_ack. */
+typedef struct deferred_ack {
+    char request_id[32];
+    int64_t sent_at, expiry;
+} deferred_ack;
+
+/* The message being delivered to on_message on this (loop) thread, so
+ * psrpc_stream_defer knows what to defer. */
+typedef struct delivery {
+    psrpc_stream *stream;
+    const char *request_id;
+    int64_t sent_at, expiry;
+    uint64_t token; /* 0: not deferred */
+} delivery;
+
+static _Thread_local delivery *tl_delivery;
+
+/* Frees every deferred ack (under mu): their tokens are no longer valid. */
+static void deferred_clear(psrpc_stream *s) {
+    psrpc__map_iter it;
+    psrpc__map_iter_init(&it, &s->deferred);
+    for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));)
+        free(e->value);
+    psrpc__map_clear(&s->deferred);
+}
 
 struct send_op {
     psrpc_stream *stream;
@@ -81,7 +113,9 @@ void psrpc__stream_release(psrpc_stream *s) {
     for (size_t i = 0; i < s->held_count; i++)
         psrpc_msg_release(s->held[i].msg);
     psrpc__map_clear(&s->acks);
-    psrpc__err_free(s->cause);
+    deferred_clear(s);
+    if (s->cause != &s->oom_cause)
+        psrpc__err_free(s->cause);
     psrpc__strv_free(s->meta_keys, s->meta_count);
     psrpc__strv_free(s->meta_values, s->meta_count);
     psrpc__channel_clear(&s->peer);
@@ -118,6 +152,7 @@ psrpc_stream *psrpc__stream_new(const psrpc__stream_params *p) {
     s->state = p->server_side ? PSRPC__STREAM_OPEN : PSRPC__STREAM_OPENING;
     pthread_mutex_init(&s->mu, NULL);
     psrpc__map_init(&s->acks);
+    psrpc__map_init(&s->deferred);
     if (!s->stream_id || !s->node_id || !s->method ||
         psrpc__channel_copy(&s->peer, p->peer) != PSRPC_OK) {
         atomic_store(&s->refs, 1);
@@ -265,19 +300,28 @@ static void send_task(void *arg) {
 
 /* ---------------------------------------------------------------- receive */
 
-static bool deliver(psrpc_stream *s, psrpc_msg *msg) {
+/* Hands msg to on_message and acknowledges it if accepted (unless the
+ * callback deferred the ack with psrpc_stream_defer). */
+static void deliver(psrpc_stream *s, psrpc_msg *msg, const char *request_id, int64_t sent_at,
+                    int64_t expiry) {
+    delivery d = {s, request_id, sent_at, expiry, 0};
+    delivery *outer = tl_delivery;
+    tl_delivery = &d;
     int rc = s->on_message ? s->on_message(s, msg, s->user_data) : 0;
+    tl_delivery = outer;
+    if (d.token)
+        return; /* psrpc_stream_ack decides */
     if (rc != 0)
         PSRPC__STAT_ADD(s->bus, dropped_slow_consumer, 1);
-    return rc == 0;
+    else
+        send_ack(s, request_id, sent_at, expiry);
 }
 
 static void flush_held(psrpc_stream *s) {
     size_t n = s->held_count, i = 0;
     for (; i < n && s->state == PSRPC__STREAM_OPEN; i++) {
         held_msg *h = &s->held[i];
-        if (deliver(s, h->msg))
-            send_ack(s, h->request_id, h->sent_at, h->expiry);
+        deliver(s, h->msg, h->request_id, h->sent_at, h->expiry);
         psrpc_msg_release(h->msg);
         h->msg = NULL;
     }
@@ -312,8 +356,7 @@ void psrpc__stream_handle(psrpc_stream *s, const Internal__Stream *is) {
         callbacks = s->cbs_set;
         pthread_mutex_unlock(&s->mu);
         if (callbacks && s->held_count == 0) {
-            if (deliver(s, msg))
-                send_ack(s, is->request_id, is->sent_at, is->expiry);
+            deliver(s, msg, is->request_id, is->sent_at, is->expiry);
             psrpc_msg_release(msg);
         } else if (s->held_count < HOLD_CAPACITY) {
             held_msg *h = &s->held[s->held_count++];
@@ -398,6 +441,9 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     if (s->ended)
         return;
     s->ended = true;
+    pthread_mutex_lock(&s->mu);
+    deferred_clear(s); /* acks after the close: PSRPC_NOT_FOUND */
+    pthread_mutex_unlock(&s->mu);
     bool was_open = s->state == PSRPC__STREAM_OPEN;
     s->state = PSRPC__STREAM_CLOSED;
     if (was_open)
@@ -405,13 +451,12 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     psrpc__err *c =
         cause ? psrpc__err_copy(cause) : psrpc__err_new(PSRPC_CANCELED, "stream closed");
     if (!c) {
-        /* Out of memory: keep a minimal cause so callbacks still see one. */
-        c = calloc(1, sizeof *c);
-        if (c) {
-            c->status = PSRPC_UNKNOWN;
-            c->code = psrpc__strdup("unknown");
-            c->message = psrpc__strdup("stream closed");
-        }
+        /* Out of memory: a cause held in the stream, so callbacks still see one. */
+        s->oom_cause =
+            (psrpc__err){cause ? cause->status : PSRPC_CANCELED,
+                         (char *)psrpc_status_code(cause ? cause->status : PSRPC_CANCELED),
+                         "stream closed (out of memory copying the cause)", NULL, 0};
+        c = &s->oom_cause;
     }
     s->cause = c;
     if (send_close)
@@ -427,6 +472,13 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
         for (i = 0; i < n; i++)
             send_finish(ops[i], s->cause);
         free(ops);
+    } else {
+        /* Out of memory for the list: one at a time (send_finish removes each). */
+        psrpc__map_iter it;
+        psrpc__map_entry *e;
+        while (psrpc__map_iter_init(&it, &s->acks), (e = psrpc__map_iter_next(&it))) {
+            send_finish(e->value, s->cause); /* removes it first, then may free it */
+        }
     }
     while (s->queued) {
         send_op *op = s->queued;
@@ -471,6 +523,7 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     do {                                                                              \
         PSRPC__CHECK_ARG(s, "stream is NULL");                                        \
         PSRPC__CHECK_ARG((s)->magic == STREAM_MAGIC, "handle is not a psrpc_stream"); \
+        PSRPC__CHECK_NOT_FORKED((s)->bus);                                            \
     } while (0)
 
 psrpc_status psrpc_stream_send(psrpc_stream *stream, const void *data, size_t len,
@@ -506,23 +559,35 @@ typedef struct close_arg {
     psrpc__err *cause; /* NULL = clean */
 } close_arg;
 
+/* Ends the stream with cause (NULL: clean), loop thread. */
+static void close_now(psrpc_stream *s, const psrpc__err *cause) {
+    if (s->state == PSRPC__STREAM_OPENING) {
+        /* The open is still in progress: end it now; the owner stops the open. */
+        psrpc__err *made = cause ? NULL : psrpc__err_new(PSRPC_CANCELED, "stream closed");
+        psrpc__err fallback = {PSRPC_CANCELED, "canceled", "stream closed", NULL, 0};
+        if (s->owner.abort_open)
+            s->owner.abort_open(s->owner.owner, s);
+        psrpc__stream_end(s, cause ? cause : made ? made : &fallback, true);
+        psrpc__err_free(made);
+    } else if (s->state == PSRPC__STREAM_OPEN) {
+        psrpc__stream_end(s, cause, true);
+    }
+}
+
 static void close_task(void *arg) {
     close_arg *a = arg;
     psrpc_stream *s = a->stream;
-    if (s->state == PSRPC__STREAM_OPENING) {
-        /* The open is still in progress: end it now; the owner stops the open. */
-        psrpc__err *e = a->cause ? a->cause : psrpc__err_new(PSRPC_CANCELED, "stream closed");
-        if (s->owner.abort_open)
-            s->owner.abort_open(s->owner.owner, s);
-        psrpc__stream_end(s, e, true);
-        if (e != a->cause)
-            psrpc__err_free(e);
-    } else if (s->state == PSRPC__STREAM_OPEN) {
-        psrpc__stream_end(s, a->cause, true);
-    }
+    close_now(s, a->cause);
     psrpc__err_free(a->cause);
     psrpc__stream_release(s);
     free(a);
+}
+
+/* psrpc_stream_free's clean close, on the stream's own task node. */
+static void free_close_task(void *arg) {
+    psrpc_stream *s = arg;
+    close_now(s, NULL);
+    psrpc__stream_release(s);
 }
 
 psrpc_status psrpc_stream_close(psrpc_stream *stream, int status, const char *message) {
@@ -549,7 +614,33 @@ psrpc_status psrpc_stream_close(psrpc_stream *stream, int status, const char *me
         psrpc__err_free(a->cause);
         free(a);
         psrpc__stream_release(stream);
+        if (rc != PSRPC_CANCELED)
+            return rc;   /* out of memory: not closed (psrpc_stream_free still closes it) */
         return PSRPC_OK; /* the bus is closed: the stream already ended */
+    }
+    return PSRPC_OK;
+}
+
+psrpc_status psrpc_stream_close_code(psrpc_stream *stream, const char *code, const char *message) {
+    CHECK_STREAM(stream);
+    if (!code || !*code)
+        return psrpc_stream_close(stream, 0, NULL);
+    PSRPC__CHECK_ARG(psrpc__utf8_valid(code, strlen(code)), "code is not valid UTF-8");
+    if (!message)
+        message = "";
+    PSRPC__CHECK_ARG(psrpc__utf8_valid(message, strlen(message)), "message is not valid UTF-8");
+    close_arg *a = calloc(1, sizeof *a);
+    if (!a || !(a->cause = psrpc__err_from_code(code, message))) {
+        free(a);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    a->stream = stream;
+    atomic_store(&stream->close_requested, true);
+    psrpc__stream_retain(stream);
+    if (psrpc__bus_post(stream->bus, close_task, a) != PSRPC_OK) {
+        psrpc__err_free(a->cause);
+        free(a);
+        psrpc__stream_release(stream); /* the bus is closed: the stream already ended */
     }
     return PSRPC_OK;
 }
@@ -624,13 +715,105 @@ psrpc_status psrpc_stream_set_callbacks(psrpc_stream *stream, psrpc_stream_messa
     return PSRPC_OK;
 }
 
+psrpc_status psrpc_stream_defer(psrpc_stream *stream, uint64_t *token_out) {
+    PSRPC__CHECK_ARG(token_out, "token_out is NULL");
+    *token_out = 0;
+    CHECK_STREAM(stream);
+    delivery *d = tl_delivery;
+    if (!d || d->stream != stream)
+        return psrpc__error(PSRPC_FAILED_PRECONDITION,
+                            "psrpc_stream_defer is only valid inside this stream's on_message "
+                            "callback, for the message it delivers");
+    if (d->token) {
+        *token_out = d->token; /* deferred already: the same token */
+        return PSRPC_OK;
+    }
+    deferred_ack *a = calloc(1, sizeof *a);
+    if (!a)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    snprintf(a->request_id, sizeof a->request_id, "%s", d->request_id);
+    a->sent_at = d->sent_at;
+    a->expiry = d->expiry;
+    char key[24];
+    pthread_mutex_lock(&stream->mu);
+    uint64_t token = ++stream->next_token;
+    snprintf(key, sizeof key, "%llu", (unsigned long long)token);
+    int rc = psrpc__map_put(&stream->deferred, key, a);
+    pthread_mutex_unlock(&stream->mu);
+    if (rc != PSRPC_OK) {
+        free(a);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    d->token = token;
+    *token_out = token;
+    return PSRPC_OK;
+}
+
+typedef struct ack_arg {
+    psrpc_stream *stream;
+    deferred_ack ack;
+} ack_arg;
+
+static void ack_task(void *arg) {
+    ack_arg *a = arg;
+    psrpc_stream *s = a->stream;
+    if (s->state == PSRPC__STREAM_OPEN) {
+        if (psrpc__now_ns() < a->ack.expiry)
+            send_ack(s, a->ack.request_id, a->ack.sent_at, a->ack.expiry);
+        else
+            PSRPC__STAT_ADD(s->bus, dropped_expired, 1); /* the peer gave up already */
+    }
+    psrpc__stream_release(s);
+    free(a);
+}
+
+psrpc_status psrpc_stream_ack(psrpc_stream *stream, uint64_t token, int accept) {
+    CHECK_STREAM(stream);
+    char key[24];
+    snprintf(key, sizeof key, "%llu", (unsigned long long)token);
+    pthread_mutex_lock(&stream->mu);
+    deferred_ack *d = token ? psrpc__map_del(&stream->deferred, key) : NULL;
+    pthread_mutex_unlock(&stream->mu);
+    if (!d)
+        return psrpc__error(PSRPC_NOT_FOUND,
+                            "no deferred message with token %llu on this stream (acknowledged "
+                            "already, or the stream closed)",
+                            (unsigned long long)token);
+    if (!accept) {
+        PSRPC__STAT_ADD(stream->bus, dropped_slow_consumer, 1);
+        free(d);
+        return PSRPC_OK;
+    }
+    ack_arg *a = malloc(sizeof *a);
+    if (!a) {
+        free(d);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED,
+                            "out of memory; the message is not acknowledged");
+    }
+    a->stream = stream;
+    a->ack = *d;
+    free(d);
+    psrpc__stream_retain(stream);
+    if (psrpc__bus_post(stream->bus, ack_task, a) != PSRPC_OK) {
+        psrpc__stream_release(stream);
+        free(a);
+        return psrpc__error(PSRPC_NOT_FOUND, "the stream is closed (its bus is closed)");
+    }
+    return PSRPC_OK;
+}
+
 void psrpc_stream_free(psrpc_stream *stream) {
     if (!stream || stream->magic != STREAM_MAGIC)
         return;
     if (atomic_exchange(&stream->freed, true))
         return;
-    if (!atomic_load(&stream->close_requested))
-        psrpc_stream_close(stream, 0, NULL);
+    /* Always, even after psrpc_stream_close (which may have failed for lack
+     * of memory): closing twice is harmless, and this post cannot fail for it. */
+    atomic_store(&stream->close_requested, true);
+    psrpc__stream_retain(stream);
+    if (psrpc__loop_post_node(stream->bus->loop, &stream->free_node, free_close_task, stream) !=
+        PSRPC_OK)
+        psrpc__stream_release(stream); /* the bus is closed: the stream ended with it */
     psrpc__stream_release(stream);
 }
 

@@ -11,11 +11,8 @@
 
 #include "common.h"
 
-typedef struct task {
-    struct task *next;
-    psrpc__task_fn fn;
-    void *arg;
-} task;
+/* Pooled nodes (caller_owned false) and the callers' own (loop.h). */
+typedef psrpc__task_node task;
 
 struct psrpc__loop {
     uv_loop_t uv;
@@ -27,10 +24,13 @@ struct psrpc__loop {
     task *head, *tail;
     task *spare; /* finished task nodes kept for reuse (under mu) */
     size_t nspare;
-    bool stopping;  /* under mu: no more posts */
-    bool finished;  /* under mu: the thread left uv_run */
-    bool self_free; /* under mu: the thread frees the loop on exit (it detached itself) */
-    bool joined;    /* under mu: another thread joined it */
+    bool stopping;          /* under mu: no more posts */
+    bool finished;          /* under mu: the thread left uv_run */
+    bool self_free;         /* under mu: the thread frees the loop on exit (it detached itself) */
+    bool joined;            /* under mu: another thread joined it */
+    psrpc__task_fn exit_fn; /* under mu: psrpc__loop_on_exit */
+    void *exit_arg;
+    bool exiting; /* under mu: the thread took the exit hook */
 };
 
 static _Thread_local const psrpc__loop *current_loop;
@@ -88,12 +88,21 @@ static void drain(psrpc__loop *loop) {
             }
             return;
         }
-        done = t;
         while (t) {
+            /* Read before fn runs: fn may free a node its caller owns. */
+            task *next = t->next;
+            bool owned = t->caller_owned;
             t->fn(t->arg);
-            done_last = t;
-            ndone++;
-            t = t->next;
+            if (!owned) {
+                t->next = NULL;
+                if (done_last)
+                    done_last->next = t;
+                else
+                    done = t;
+                done_last = t;
+                ndone++;
+            }
+            t = next;
             ran++;
         }
         if (ran >= DRAIN_BUDGET) {
@@ -142,6 +151,13 @@ static void *thread_main(void *arg) {
     uv_walk(&loop->uv, close_stray, NULL);
     uv_run(&loop->uv, UV_RUN_DEFAULT);
     uv_loop_close(&loop->uv);
+    pthread_mutex_lock(&loop->mu);
+    loop->exiting = true;
+    psrpc__task_fn exit_fn = loop->exit_fn;
+    void *exit_arg = loop->exit_arg;
+    pthread_mutex_unlock(&loop->mu);
+    if (exit_fn)
+        exit_fn(exit_arg); /* may free the loop's owner, and ask to free the loop */
     current_loop = NULL;
     /* libcrypto keeps per-thread state (SHA-256 of the Redis lock, TLS):
      * release it before the thread ends, or it shows as a leak. */
@@ -215,6 +231,7 @@ int psrpc__loop_post(psrpc__loop *loop, psrpc__task_fn fn, void *arg) {
     t->next = NULL;
     t->fn = fn;
     t->arg = arg;
+    t->caller_owned = false;
     if (loop->stopping) {
         t->next = loop->spare;
         loop->spare = t;
@@ -227,6 +244,27 @@ int psrpc__loop_post(psrpc__loop *loop, psrpc__task_fn fn, void *arg) {
     else
         loop->head = t;
     loop->tail = t;
+    if (current_loop != loop)
+        uv_async_send(&loop->async);
+    pthread_mutex_unlock(&loop->mu);
+    return PSRPC_OK;
+}
+
+int psrpc__loop_post_node(psrpc__loop *loop, psrpc__task_node *node, psrpc__task_fn fn, void *arg) {
+    node->next = NULL;
+    node->fn = fn;
+    node->arg = arg;
+    node->caller_owned = true;
+    pthread_mutex_lock(&loop->mu);
+    if (loop->stopping) {
+        pthread_mutex_unlock(&loop->mu);
+        return psrpc__error(PSRPC_CANCELED, "bus is closed");
+    }
+    if (loop->tail)
+        loop->tail->next = node;
+    else
+        loop->head = node;
+    loop->tail = node;
     if (current_loop != loop)
         uv_async_send(&loop->async);
     pthread_mutex_unlock(&loop->mu);
@@ -274,6 +312,43 @@ void psrpc__loop_free(psrpc__loop *loop) {
     pthread_cond_destroy(&loop->cond);
     free_chain(loop->spare);
     free(loop);
+}
+
+void psrpc__loop_release(psrpc__loop *loop) {
+    if (!loop)
+        return;
+    psrpc__loop_stop(loop);
+    pthread_mutex_lock(&loop->mu);
+    if (loop->self_free) {
+        pthread_mutex_unlock(&loop->mu);
+        return;
+    }
+    if (!loop->joined)
+        pthread_detach(loop->thread);
+    loop->joined = true;
+    if (!loop->finished) {
+        /* The thread frees it when it exits (it reads self_free under mu). */
+        loop->self_free = true;
+        pthread_mutex_unlock(&loop->mu);
+        return;
+    }
+    /* Finished: the thread no longer touches the loop. */
+    pthread_mutex_unlock(&loop->mu);
+    pthread_mutex_destroy(&loop->mu);
+    pthread_cond_destroy(&loop->cond);
+    free_chain(loop->spare);
+    free(loop);
+}
+
+bool psrpc__loop_on_exit(psrpc__loop *loop, psrpc__task_fn fn, void *arg) {
+    pthread_mutex_lock(&loop->mu);
+    bool ok = !loop->exiting;
+    if (ok) {
+        loop->exit_fn = fn;
+        loop->exit_arg = arg;
+    }
+    pthread_mutex_unlock(&loop->mu);
+    return ok;
 }
 
 uv_loop_t *psrpc__loop_uv(psrpc__loop *loop) { return &loop->uv; }

@@ -26,6 +26,21 @@ int psrpc__loop_start(psrpc__loop **out);
  * owns arg). */
 int psrpc__loop_post(psrpc__loop *loop, psrpc__task_fn fn, void *arg);
 
+/* A task node the caller owns (embedded in its object): posting it cannot
+ * fail for lack of memory, for the paths that must not (a free, an answer).
+ * The loop never frees it and does not touch it once fn starts, so fn may
+ * free the object holding it. Post a node again only after its fn ran. */
+typedef struct psrpc__task_node {
+    struct psrpc__task_node *next;
+    psrpc__task_fn fn;
+    void *arg;
+    bool caller_owned;
+} psrpc__task_node;
+
+/* psrpc__loop_post with the caller's node: 0, or PSRPC_CANCELED once the
+ * loop is stopping (fn will not run). Any thread. */
+int psrpc__loop_post_node(psrpc__loop *loop, psrpc__task_node *node, psrpc__task_fn fn, void *arg);
+
 /* Asks the loop to stop: tasks already queued still run, then the loop closes
  * its handles and the thread exits. No task can be posted after this call.
  * Any thread. Every other handle on the loop must have been closed by then. */
@@ -38,6 +53,17 @@ void psrpc__loop_wait(psrpc__loop *loop);
 /* Frees the loop. Off the loop thread: waits for the thread to exit. On the
  * loop thread: the thread frees the loop itself when it exits. */
 void psrpc__loop_free(psrpc__loop *loop);
+
+/* Frees the loop without ever waiting: stops it; if its thread already
+ * finished, frees it now, else the thread (detached) frees it when it exits.
+ * Any thread. */
+void psrpc__loop_release(psrpc__loop *loop);
+
+/* Has fn(arg) run on the loop thread once the loop has ended (uv_run
+ * returned and every handle is closed), before the thread exits; the thread
+ * still counts as this loop's thread then. One hook per loop. Returns false
+ * (fn will not run) if the thread already got that far. Any thread. */
+bool psrpc__loop_on_exit(psrpc__loop *loop, psrpc__task_fn fn, void *arg);
 
 uv_loop_t *psrpc__loop_uv(psrpc__loop *loop);
 /* The loop that owns uv (a uv loop made by psrpc__loop_start). */

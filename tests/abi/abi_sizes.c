@@ -14,8 +14,11 @@
 _Static_assert(sizeof(psrpc_method) == PSRPC_METHOD_SIZE_V1, "psrpc_method layout changed");
 _Static_assert(sizeof(psrpc_bus_options) == PSRPC_BUS_OPTIONS_SIZE_V1,
                "psrpc_bus_options layout changed");
-_Static_assert(sizeof(psrpc_bus_stats) == PSRPC_BUS_STATS_SIZE_V1,
+_Static_assert(sizeof(psrpc_bus_stats) == PSRPC_BUS_STATS_SIZE_V2,
                "psrpc_bus_stats layout changed");
+/* V2 appended one field at the end of the V1 layout. */
+_Static_assert(offsetof(psrpc_bus_stats, dropped_held_limit) == PSRPC_BUS_STATS_SIZE_V1,
+               "psrpc_bus_stats grew elsewhere than at the end");
 _Static_assert(sizeof(psrpc_client_options) == PSRPC_CLIENT_OPTIONS_SIZE_V1,
                "psrpc_client_options layout changed");
 _Static_assert(sizeof(psrpc_selection_options) == PSRPC_SELECTION_OPTIONS_SIZE_V1,

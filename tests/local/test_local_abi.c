@@ -16,7 +16,7 @@ static const char *const covered[] = {
     "psrpc_last_error_status", "psrpc_clear_error", "psrpc_msg_new", "psrpc_msg_data",
     "psrpc_msg_size", "psrpc_msg_retain", "psrpc_msg_release", "psrpc_bus_options_init",
     "psrpc_bus_open", "psrpc_bus_close", "psrpc_bus_free", "psrpc_bus_get_stats",
-    "psrpc_bus_watch", "psrpc_bus_wait_ready",
+    "psrpc_bus_watch", "psrpc_bus_wait_ready", "psrpc_bus_release",
     "psrpc_client_options_init", "psrpc_selection_choose", "psrpc_selection_fail",
     "psrpc_call_options_init", "psrpc_selection_options_init", "psrpc_client_create",
     "psrpc_client_id", "psrpc_client_call", "psrpc_client_call_multi", "psrpc_client_cancel",
@@ -36,6 +36,8 @@ static const char *const covered[] = {
     "psrpc_stream_metadata_count", "psrpc_stream_metadata_at", "psrpc_stream_metadata_get",
     /* issue 20 additions: covered by test_local_ext.c */
     "psrpc_error_copy", "psrpc_error_free", "psrpc_client_call_sync_ex",
+    "psrpc_request_abandon", "psrpc_stream_defer", "psrpc_stream_ack",
+    "psrpc_stream_close_code",
 };
 
 /* The call returns `code`, sets a non-empty last error and its status. */
@@ -182,7 +184,8 @@ TEST(abi_struct_sizes) {
     CHECK_EQ_INT(sizeof(psrpc_server_options), PSRPC_SERVER_OPTIONS_SIZE_V1);
     CHECK_EQ_INT(sizeof(psrpc_call_options), PSRPC_CALL_OPTIONS_SIZE_V1);
     CHECK_EQ_INT(sizeof(psrpc_selection_options), PSRPC_SELECTION_OPTIONS_SIZE_V1);
-    CHECK_EQ_INT(sizeof(psrpc_bus_stats), PSRPC_BUS_STATS_SIZE_V1);
+    CHECK_EQ_INT(sizeof(psrpc_bus_stats), PSRPC_BUS_STATS_SIZE_V2);
+    CHECK_EQ_INT(offsetof(psrpc_bus_stats, dropped_held_limit), PSRPC_BUS_STATS_SIZE_V1);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -240,9 +243,11 @@ TEST(abi_null_pure_and_msg) {
     EXPECT_ERR(psrpc_request_fail_details(NULL, "not_found", "x", NULL, 0),
                PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_request_claim(NULL, 1.0f), PSRPC_INVALID_ARGUMENT);
+    psrpc_request_abandon(NULL, PSRPC_ABORTED, "x"); /* no-op */
 
     /* void functions with NULL are no-ops */
     psrpc_bus_free(NULL);
+    psrpc_bus_release(NULL);
     psrpc_client_free(NULL);
     psrpc_server_free(NULL);
     psrpc_sub_free(NULL);
@@ -256,7 +261,7 @@ TEST(abi_null_bus) {
     EXPECT_FAIL(psrpc_bus_open(&b, "bogus://host", NULL));
     CHECK(b == NULL);
     EXPECT_ERR(psrpc_bus_close(NULL, NULL, NULL), PSRPC_INVALID_ARGUMENT);
-    psrpc_bus_stats st = {sizeof st, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    psrpc_bus_stats st = {sizeof st, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     EXPECT_ERR(psrpc_bus_get_stats(NULL, &st), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_bus_watch(NULL, nop_state, NULL, nop_release), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_bus_wait_ready(NULL, 10), PSRPC_INVALID_ARGUMENT);
@@ -662,6 +667,9 @@ TEST(abi_wrong_handle_kind) {
     EXPECT_ERR(psrpc_client_create(&c, (psrpc_bus *)l->cl, "Svc", NULL), PSRPC_INVALID_ARGUMENT);
     CHECK(psrpc_client_id((psrpc_client *)l->srv) == NULL);
     CHECK(psrpc_server_id((psrpc_server *)l->cl) == NULL);
+    EXPECT_ERR(psrpc_request_respond((psrpc_request *)l->srv, "x", 1), PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_request_claim((psrpc_request *)l->bus, 1.0f), PSRPC_INVALID_ARGUMENT);
+    psrpc_request_abandon((psrpc_request *)l->cl, PSRPC_ABORTED, "x"); /* no-op */
     /* everything still works afterwards */
     CHECK_EQ_INT(psrpc_client_cancel(l->cl, 1), PSRPC_OK);
     live_free(l);
@@ -902,6 +910,13 @@ TEST(abi_stats_smaller_struct) {
     CHECK_EQ_INT(psrpc_bus_get_stats(b, &s), PSRPC_OK);
     CHECK_EQ_INT(s.requests_in_flight, 0);
     CHECK_EQ_INT(s.dropped_malformed, 0);
+    /* a caller built against V1 gets V1's fields and nothing past them */
+    memset(&s, 0xab, sizeof s);
+    s.struct_size = PSRPC_BUS_STATS_SIZE_V1;
+    CHECK_EQ_INT(psrpc_bus_get_stats(b, &s), PSRPC_OK);
+    CHECK_EQ_INT(s.struct_size, PSRPC_BUS_STATS_SIZE_V1);
+    CHECK_EQ_INT(s.streams_open, 0);
+    CHECK(s.dropped_held_limit == 0xababababababababULL);
     psrpc_bus_free(b);
 }
 

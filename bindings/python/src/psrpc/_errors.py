@@ -144,12 +144,13 @@ class PsrpcError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
 
-    def __reduce__(self):  # picklable despite keyword-only arguments
+    def __reduce__(self) -> Tuple[Any, ...]:  # picklable despite keyword-only arguments
         return (_rebuild, (type(self), self.message, self.code, self.status,
                            [(d.type_url, d.value) for d in self.details]))
 
 
-def _rebuild(cls, message, code, status, details):
+def _rebuild(cls: Type[PsrpcError], message: str, code: str, status: int,
+             details: List[Tuple[str, bytes]]) -> PsrpcError:
     e = cls.__new__(cls)
     PsrpcError.__init__(e, message, code=code, status=status, details=details)
     return e
@@ -341,8 +342,51 @@ for _cls in (Canceled, Unknown, InvalidArgument, MalformedRequest, DeadlineExcee
         _BY_CODE[_cls.code] = _cls
 
 
+# The C library's texts name its functions and types; a Python user knows
+# these names instead (longest names first: prefixes of others).
+_PY_NAMES = (
+    ("psrpc_client_call_sync", "Client.call"),
+    ("psrpc_client_call_multi", "Client.multi_call"),
+    ("psrpc_client_call", "Client.call"),
+    ("psrpc_client_open_stream", "Client.open_stream"),
+    ("psrpc_client_subscribe", "Client.subscribe"),
+    ("psrpc_server_register_stream", "Server.register"),
+    ("psrpc_server_register", "Server.register"),
+    ("psrpc_server_wait_ready", "Server.wait_ready"),
+    ("psrpc_server_publish", "Server.publish"),
+    ("psrpc_sub_wait_ready", "Client.subscribe"),
+    ("psrpc_bus_wait_ready", "Bus.wait_ready"),
+    ("psrpc_bus_options", "the Bus options"),
+    ("psrpc_call_options", "the call options"),
+    ("psrpc_client_options", "the Client options"),
+    ("psrpc_server_options", "the Server options"),
+    ("psrpc_selection_options", "SelectionOptions"),
+    ("psrpc_selection", "selection"),
+    ("psrpc_method", "psrpc.Method"),
+    ("psrpc_client", "Client"),
+    ("psrpc_server", "Server"),
+    ("psrpc_stream", "Stream"),
+    ("psrpc_sub", "Subscription"),
+    ("psrpc_bus", "Bus"),
+    ("psrpc_request", "request"),
+    ("PSRPC_METHOD_STREAM", "stream=True"),
+    ("PSRPC_METHOD_SUBSCRIPTION", "subscription=True"),
+)
+
+
+def python_names(message: str) -> str:
+    """message with the C library's function and type names replaced by the
+    binding's."""
+    if "psrpc_" not in message and "PSRPC_" not in message:
+        return message
+    for c_name, py_name in _PY_NAMES:
+        message = message.replace(c_name, py_name)
+    return message
+
+
 def from_status(status: int, message: str) -> PsrpcError:
     """The exception for a failed C call (the core's error hook)."""
+    message = python_names(message)
     cls = _BY_STATUS.get(status)
     e = PsrpcError(message, code=Status.code(status), status=status) if cls is None else cls(message)
     e.local = True

@@ -4,27 +4,33 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import signal
 import threading
 import time
 import weakref
-from typing import (Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar,
-                    Union)
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple,
+                    TypeVar, Union, cast)
 
 from . import _core
 from ._client import KIND_READY, KIND_RELEASED, Topics, _Handle, _ms
-from ._errors import (Canceled, DeadlineExceeded, InvalidArgument, PsrpcError, Status,
-                      from_wire, to_failure)
+from ._errors import (Canceled, DeadlineExceeded, InvalidArgument, MalformedResult, PsrpcError,
+                      Status, from_wire, to_failure)
 from ._method import Method, ServiceLike, as_service, resolve, topic_list
 
 __all__ = ["Server", "Context"]
 
 log = logging.getLogger("psrpc")
 
+# Set on a thread while it runs a handler: a close from inside a handler
+# must not wait for the handlers (itself among them) to finish.
+_tls = threading.local()
+
 KIND_REQUEST = 0
 KIND_AFFINITY = 1
 
 F = TypeVar("F", bound=Callable[..., Any])
-Handler = Callable[[Any, "Context"], Any]
+# handler(request, context), or handler(stream) for stream methods
+Handler = Callable[..., Any]
 AffinityFunc = Callable[[Any, "Context"], Optional[float]]
 
 
@@ -40,48 +46,77 @@ class Context:
 
     @property
     def request_id(self) -> str:
-        return self._req.id
+        return cast("str", self._req.id)
 
     @property
     def client_id(self) -> str:
         """The caller's client id."""
-        return self._req.client_id
+        return cast("str", self._req.client_id)
 
     @property
     def topics(self) -> Tuple[str, ...]:
-        return self._req.topics
+        return cast("Tuple[str, ...]", self._req.topics)
 
     @property
     def metadata(self) -> Mapping[str, str]:
-        return self._req.metadata
+        return cast("Mapping[str, str]", self._req.metadata)
 
     @property
     def sent_at(self) -> float:
         """Unix time (seconds) when the caller sent the request."""
-        return self._req.sent_at_ns / 1e9
+        return cast("float", self._req.sent_at_ns / 1e9)
 
     @property
     def deadline(self) -> float:
         """Unix time (seconds) of the request's deadline."""
-        return self._req.expiry_ns / 1e9
+        return cast("float", self._req.expiry_ns / 1e9)
 
     def remaining(self) -> float:
         """Seconds left until the deadline (negative once past)."""
-        return (self._req.expiry_ns - time.time_ns()) / 1e9
+        return cast("float", (self._req.expiry_ns - time.time_ns()) / 1e9)
 
     def __repr__(self) -> str:
         return (f"Context(method={self.method.name!r}, client_id={self.client_id!r}, "
                 f"topics={self.topics!r})")
 
 
-def answer(req: Any, method: Method, fn: Callable[[], Any]) -> None:
+def report(exc: BaseException, method: Method, server_id: str, what: str = "handler") -> None:
+    """Logs a handler failure once, on the ``psrpc`` logger: an exception
+    that is not a ``PsrpcError`` (a deliberate answer) at ERROR with its
+    traceback; psrpc errors and cancellations at DEBUG."""
+    if isinstance(exc, Exception) and not isinstance(exc, PsrpcError):
+        log.error("psrpc: %s of %s (server %s) raised %s: %s", what, method.name, server_id,
+                  type(exc).__name__, exc, exc_info=exc)
+    else:
+        log.debug("psrpc: %s of %s (server %s) answered %r", what, method.name, server_id, exc)
+
+
+def answer(req: Any, method: Method, fn: Callable[[], Any], server_id: str = "") -> None:
     """Runs fn (which returns the response message) and answers req."""
     try:
-        data = method.encode_response(fn())
+        result = fn()
     except BaseException as e:  # noqa: B902 - every failure must answer the request
+        report(e, method, server_id)
         fail(req, e)
         if not isinstance(e, Exception):
             raise
+        return
+    respond(req, method, result, server_id)
+
+
+def respond(req: Any, method: Method, result: Any, server_id: str) -> None:
+    """Answers req with a handler's result; a result that is not the
+    method's response type fails the request (malformed_result) and is
+    logged at ERROR."""
+    try:
+        data = method.encode_response(result)
+    except Exception as e:
+        expected = (method.response_type.DESCRIPTOR.full_name
+                    if method.response_type is not None else "bytes")
+        log.error("psrpc: handler of %s (server %s) returned %s, not a %s: %s", method.name,
+                  server_id, type(result).__name__, expected, e)
+        fail(req, e if isinstance(e, PsrpcError) else MalformedResult(
+            f"handler of {method.name} returned {type(result).__name__}, not {expected}"))
         return
     try:
         req.respond(data)
@@ -91,8 +126,6 @@ def answer(req: Any, method: Method, fn: Callable[[], Any]) -> None:
 
 def fail(req: Any, exc: BaseException) -> None:
     code, message, details = to_failure(exc)
-    if not isinstance(exc, PsrpcError):
-        log.debug("psrpc handler raised", exc_info=exc)
     try:
         req.fail_details(code, message, details)
     except PsrpcError:
@@ -135,7 +168,12 @@ class _Registration:
     def run(self, req: Any) -> None:
         m = self.method
         ctx = Context(req, m, self.server_id)
-        answer(req, m, lambda: self.handler(m.decode_request(req.payload), ctx))
+        _tls.in_handler = True
+        try:
+            answer(req, m, lambda: self.handler(m.decode_request(req.payload), ctx),
+                   self.server_id)
+        finally:
+            _tls.in_handler = False
 
     def claim(self, req: Any) -> None:
         # Runs on the loop thread: affinity functions must be quick.
@@ -187,6 +225,10 @@ class Server(_Handle):
         bus._adopt(self, keep=True)
         self.id: str = _core.psrpc_server_id(self._ptr)
         self._regs: Dict[Tuple[str, Tuple[str, ...]], _Registration] = {}
+        self._wake = threading.Event()  # set once closed: ends serve_forever
+        # The event loop of a psrpc.aio.Server wrapping this one (its handlers
+        # run there: a close on that loop's thread must not block it).
+        self._aio_loop: Any = None
         self._lock = threading.Lock()
         weakref.finalize(self, _shutdown_executor, self._executor, self._own_executor)
 
@@ -231,7 +273,7 @@ class Server(_Handle):
         if _core.on_loop_thread():
             return
         if not reg.ready.wait(timeout):
-            raise DeadlineExceeded(f"registration of {reg.method.name} was not confirmed in time")
+            raise self._bus._not_confirmed(f"registration of {reg.method.name}")
         if reg.error is not None:
             raise reg.error
 
@@ -264,10 +306,14 @@ class Server(_Handle):
 
     def close(self, *, force: bool = False, timeout: Optional[float] = None) -> None:
         """Stops serving. Unless ``force``, waits (up to ``timeout``) until
-        every request handed to a handler was answered. Idempotent; a forced
-        close hurries an ongoing graceful one."""
+        every request handed to a handler was answered, and sends those
+        answers (the library bounds the wait by the requests' deadlines).
+        Idempotent; a forced close hurries an ongoing graceful one. Called
+        from inside a handler (or on the event loop of a ``psrpc.aio``
+        server), it starts the close without waiting."""
         first = not self._closed
         self._closed = True
+        self._wake.set()
         ptr = self._ptr
         if ptr is not None:
             done = threading.Event()
@@ -275,14 +321,44 @@ class Server(_Handle):
                 _core.psrpc_server_close(ptr, _core.PSRPC_CLOSE_FORCE if force else 0, done.set)
             except PsrpcError:
                 done.set()
-            if not _core.on_loop_thread():
+            if not (_core.on_loop_thread() or getattr(_tls, "in_handler", False)
+                    or _on_loop(self._aio_loop)):
                 done.wait(timeout)
         if first and self._own_executor:
             self._executor.shutdown(wait=False)
         self._bus._forget(self)
 
+    def serve_forever(self, *, grace: Optional[float] = None,
+                      signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        """Serves until SIGINT or SIGTERM (or until the server or its bus is
+        closed elsewhere), then closes gracefully: requests in flight are
+        answered (waiting up to ``grace`` seconds, default: their deadlines)
+        before it returns. The signal handlers are installed only while it
+        runs and only on the main thread; elsewhere it just waits for the
+        close, like grpcio's ``wait_for_termination``."""
+        signaled: List[int] = []
+
+        def on_signal(signum: int, frame: Any) -> None:
+            signaled.append(signum)
+            self._wake.set()
+
+        previous: List[Tuple[int, Any]] = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in signals:
+                previous.append((sig, signal.signal(sig, on_signal)))
+        try:
+            while not self._wake.wait(0.25):
+                pass
+        finally:
+            for sig, old in previous:
+                signal.signal(sig, old)
+        if signaled:
+            log.info("psrpc: server %s got signal %d: closing gracefully", self.id, signaled[0])
+        self.close(timeout=grace)
+
     def _bus_closed(self) -> None:
         self._closed = True
+        self._wake.set()
         if self._own_executor:
             self._executor.shutdown(wait=False)
 
@@ -298,6 +374,18 @@ class Server(_Handle):
 
     def __repr__(self) -> str:
         return f"Server({self._service.name!r}, id={getattr(self, 'id', None)!r})"
+
+
+def _on_loop(loop: Any) -> bool:
+    """True on the thread running the asyncio event loop loop."""
+    if loop is None:
+        return False
+    try:
+        import asyncio
+
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _shutdown_executor(executor: concurrent.futures.Executor, own: bool) -> None:

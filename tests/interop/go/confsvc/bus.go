@@ -5,16 +5,20 @@ package confsvc
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net/url"
 	"strings"
 	"time"
 
 	"github.com/livekit/psrpc"
+	psbus "github.com/livekit/psrpc/pkg/bus"
 	"github.com/livekit/psrpc/pkg/bus/natsbus"
 	"github.com/livekit/psrpc/pkg/bus/redisbus"
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // Bus is a psrpc message bus with the connection it borrows.
@@ -77,4 +81,40 @@ func Connect(rawURL string, c Compression) (*Bus, error) {
 		return &Bus{MessageBus: natsbus.New(nc, opts...), close: nc.Close}, nil
 	}
 	return nil, fmt.Errorf("unsupported bus URL %q (redis:// or nats://)", rawURL)
+}
+
+// Barrier returns once every subscription made on this bus before the call
+// is active at the broker. Go subscribes asynchronously (wire spec quirk
+// Q14): on Redis one writer goroutine sends the SUBSCRIBE commands, in order,
+// on the bus's one pub/sub connection; on NATS SUB goes out on the bus's
+// connection without a flush. Barrier subscribes to a channel of its own
+// after them and publishes to it until a message comes back: the broker
+// has then processed its SUBSCRIBE (SUB), and so every earlier one on the
+// same connection. Typically a few milliseconds, instead of a fixed wait.
+func (b *Bus) Barrier(timeout time.Duration) error {
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:])
+	name := "conformance-barrier." + hex.EncodeToString(nonce[:])
+	ch := psbus.Channel{Legacy: name, Server: name}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	sub, err := psbus.Subscribe[*wrapperspb.StringValue](ctx, b.MessageBus, ch, 16)
+	if err != nil {
+		return fmt.Errorf("barrier subscribe: %w", err)
+	}
+	defer sub.Close()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if err := b.Publish(ctx, ch, wrapperspb.String(name)); err != nil {
+			return fmt.Errorf("barrier publish: %w", err)
+		}
+		select {
+		case <-sub.Channel():
+			return nil
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("barrier: no message back on %s within %v", name, timeout)
+		}
+	}
 }

@@ -122,6 +122,11 @@ func newGoClient(busURL string, clientID string, compr confsvc.Compression) (*go
 		bus.Close()
 		return nil, err
 	}
+	// The clients' reply subscriptions are asynchronous (Q14).
+	if err := bus.Barrier(barrierTimeout); err != nil {
+		bus.Close()
+		return nil, err
+	}
 	return &goClient{bus: bus, c: c, u: u, busURL: busURL, compr: compr}, nil
 }
 
@@ -285,8 +290,8 @@ func (s *goSub) Updates() <-chan *conformance.Update { return s.ch }
 func (s *goSub) Close()                              { _ = s.s.Close(); s.u.Close() }
 
 // Subscribe joins with a client object of its own, so that several
-// subscribers are distinct clients (as separate processes would be). The
-// caller waits for the settle time (Go subscribes asynchronously, Q14).
+// subscribers are distinct clients (as separate processes would be), and
+// returns once the subscription is active at the broker (Q14).
 func (g *goClient) Subscribe(method, topic string) (Sub, error) {
 	u, err := conformance.NewConformanceUpdatesClient(g.bus)
 	if err != nil {
@@ -305,6 +310,11 @@ func (g *goClient) Subscribe(method, topic string) (Sub, error) {
 		err = fmt.Errorf("unknown subscription %s", method)
 	}
 	if err != nil {
+		u.Close()
+		return nil, err
+	}
+	if err := g.bus.Barrier(barrierTimeout); err != nil {
+		_ = s.Close()
 		u.Close()
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -16,9 +17,9 @@ import (
 	"github.com/libpsrpc/interop/conformance"
 )
 
-// A conformance server process (C or Go).
+// A conformance server process of a language slot.
 type proc struct {
-	kind   string // "c" or "go"
+	kind   string // its language: "go", "c", "py", ...
 	id     string
 	cmd    *exec.Cmd
 	stderr *syncBuffer
@@ -46,9 +47,10 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// startProc starts a program that prints "ready" when usable and waits for it.
-func startProc(t *testing.T, kind, id, path string, args ...string) *proc {
-	t.Helper()
+// startProc starts a server program that prints "ready" when usable and
+// waits for it; on failure it returns a description (and no process, or one
+// that has exited).
+func startProc(kind, id, path string, args ...string) (*proc, string) {
 	p := &proc{
 		kind:   kind,
 		id:     id,
@@ -63,10 +65,10 @@ func startProc(t *testing.T, kind, id, path string, args ...string) *proc {
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err.Error()
 	}
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", path, err)
+		return nil, fmt.Sprintf("start %s: %v", path, err)
 	}
 	ready := make(chan struct{})
 	go func() {
@@ -93,13 +95,15 @@ func startProc(t *testing.T, kind, id, path string, args ...string) *proc {
 	}()
 	select {
 	case <-ready:
+		return p, ""
 	case <-p.done:
-		t.Fatalf("%s server %s exited before ready: %v\n%s", kind, id, p.err, p.stderr.String())
+		p.stoped = true
+		return nil, fmt.Sprintf("%s server %s exited before ready: %v\n%s", kind, id, p.err, p.stderr.String())
 	case <-time.After(scaled(20 * time.Second)):
 		_ = p.cmd.Process.Kill()
-		t.Fatalf("%s server %s not ready after 20 s\n%s", kind, id, p.stderr.String())
+		<-p.done
+		return nil, fmt.Sprintf("%s server %s not ready after 20 s\n%s", kind, id, p.stderr.String())
 	}
-	return p
 }
 
 // stop sends SIGTERM and expects a graceful exit with status 0.
@@ -159,14 +163,28 @@ type srvSpec struct {
 	id       string // "" = generated
 }
 
-// servers starts the given servers (kinds resolved by the direction), waits
-// until they are ready (plus the settle time Go needs, quirk Q14) and stops
-// them, expecting exit status 0, when the test ends.
+// servers starts the given servers (languages cycled over the cell's server
+// languages unless a spec names one) and waits until each printed "ready"
+// (for Go, after its subscriptions are active: confsvc.Bus.Barrier); they are
+// stopped, expecting exit status 0, when the test ends.
 func (e *env) servers(t *testing.T, specs ...srvSpec) []*proc {
 	t.Helper()
-	e.checkNoForeignServers(t)
 	var procs []*proc
-	anyGo := false
+	t.Cleanup(func() {
+		var wg sync.WaitGroup
+		for _, p := range procs {
+			wg.Add(1)
+			go func(p *proc) { defer wg.Done(); p.stop(t) }(p)
+		}
+		wg.Wait()
+	})
+	// Started in parallel: the startup time of a language runtime (Python
+	// imports, say) is then paid once per pool, not once per server.
+	type started struct {
+		p   *proc
+		err string
+	}
+	results := make([]chan started, len(specs))
 	for i, s := range specs {
 		kind := s.kind
 		if kind == "" {
@@ -176,7 +194,9 @@ func (e *env) servers(t *testing.T, specs ...srvSpec) []*proc {
 		if s.id != "" {
 			id = s.id
 		}
-		args := []string{"--bus", e.busURL, "--server-id", id}
+		e.idKinds.Store(id, kind)
+		args := append([]string{}, slots[kind].Server[1:]...)
+		args = append(args, "--bus", e.busURL, "--server-id", id)
 		if s.affinity != "" {
 			args = append(args, "--affinity", s.affinity)
 		}
@@ -184,24 +204,24 @@ func (e *env) servers(t *testing.T, specs ...srvSpec) []*proc {
 			args = append(args, "--topic", tp)
 		}
 		args = append(args, s.extra...)
-		path := cServerPath
-		if kind == "go" {
-			path = goServerPath
-			anyGo = true
-		}
-		p := startProc(t, kind, id, path, args...)
-		procs = append(procs, p)
+		results[i] = make(chan started, 1)
+		go func(ch chan started, kind, id string, path string, args []string) {
+			p, err := startProc(kind, id, path, args...)
+			ch <- started{p, err}
+		}(results[i], kind, id, slots[kind].Server[0], args)
 	}
-	t.Cleanup(func() {
-		var wg sync.WaitGroup
-		for _, p := range procs {
-			wg.Add(1)
-			go func(p *proc) { defer wg.Done(); p.stop(t) }(p)
+	var failures []string
+	for _, ch := range results {
+		r := <-ch
+		if r.p != nil {
+			procs = append(procs, r.p)
 		}
-		wg.Wait()
-	})
-	if anyGo {
-		time.Sleep(settle)
+		if r.err != "" {
+			failures = append(failures, r.err)
+		}
+	}
+	if len(failures) > 0 {
+		t.Fatal(strings.Join(failures, "\n"))
 	}
 	return procs
 }
@@ -234,13 +254,14 @@ func buildGoServer() (string, error) {
 // checkNoForeignServers fails the test when conformance servers that are not
 // this test's answer on the broker: every conformance run (another build
 // tree's, a binding's) uses the service name Conformance, and its servers
-// would answer our calls.
-func (e *env) checkNoForeignServers(t *testing.T) {
+// would answer our calls. It runs before every scenario, when none of ours
+// run: a Fanout answered by anyone within the probe time.
+func (e *env) checkNoForeignServers(t *testing.T, timeout time.Duration) {
 	t.Helper()
 	if e.probe == nil {
 		return
 	}
-	res, err := e.probe.Multi("Fanout", &conformance.EchoRequest{Tag: "probe"}, CallOpts{Timeout: 300 * time.Millisecond})
+	res, err := e.probe.Multi("Fanout", &conformance.EchoRequest{Tag: "probe"}, CallOpts{Timeout: timeout})
 	if err != nil {
 		t.Fatalf("probe for foreign conformance servers: %v", err)
 	}
@@ -249,6 +270,8 @@ func (e *env) checkNoForeignServers(t *testing.T) {
 		for _, r := range res {
 			if r.Resp != nil {
 				who = append(who, r.Resp.ServerId)
+			} else if r.Err != nil {
+				who = append(who, "error "+r.Err.Error())
 			}
 		}
 		t.Fatalf("conformance servers not started by this test answer on %s: %v (another interop run shares the broker?)", e.busURL, who)

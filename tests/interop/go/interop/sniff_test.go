@@ -53,18 +53,6 @@ func stringField(b []byte, want protowire.Number) string {
 	return ""
 }
 
-// kindOf tells which implementation sent a message from the sender's id:
-// the tests name servers SRV_c…/SRV_go… and clients CLI_c…/CLI_go….
-func kindOf(id string) string {
-	switch {
-	case strings.HasPrefix(id, "SRV_go"), strings.HasPrefix(id, "CLI_go"):
-		return "go"
-	case strings.HasPrefix(id, "SRV_c"), strings.HasPrefix(id, "CLI_c"):
-		return "c"
-	}
-	return "?"
-}
-
 func parseMsg(b []byte) (sniffed, bool) {
 	var s sniffed
 	for len(b) > 0 {
@@ -183,13 +171,14 @@ func (s *sniffer) stop() {
 }
 
 // count returns how many messages of a type (a type URL ending in "/"+name)
-// sent by implementation kind ("go", "c") with a (decompressed) value of at
-// least minSize bytes were seen, and how many of them were compressed.
-func (s *sniffer) count(name, kind string, minSize int) (all, compressed int) {
+// sent by a process whose id from is true for (a client or server of one
+// language) with a (decompressed) value of at least minSize bytes were seen,
+// and how many of them were compressed.
+func (s *sniffer) count(name string, from func(id string) bool, minSize int) (all, compressed int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, m := range s.msgs {
-		if strings.HasSuffix(m.typeURL, "/"+name) && kindOf(m.origin) == kind && len(m.value) >= minSize {
+		if strings.HasSuffix(m.typeURL, "/"+name) && from(m.origin) && len(m.value) >= minSize {
 			all++
 			if m.compressed {
 				compressed++

@@ -7,9 +7,9 @@
 //	test hooks:        [--affinity-delay-ms N] [--skip-claim]
 //	                   [--compress-threshold N] [--unimplemented]
 //
-// Prints "ready" once the server is constructed. Go subscribes
-// asynchronously (wire spec quirk Q14): wait about a second more before the
-// first call. Serves until SIGTERM or SIGINT, then shuts down gracefully and
+// Prints "ready" once the server is constructed and its subscriptions are
+// active at the broker (Go subscribes asynchronously, wire spec quirk Q14:
+// confsvc.Bus.Barrier waits for them). Serves until SIGTERM or SIGINT, then shuts down gracefully and
 // exits 0. Chat stream ends are printed as {"event":"chat-end",...} lines.
 package main
 
@@ -64,6 +64,10 @@ func main() {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	srv, err := confsvc.NewServer(bus, cfg)
 	if err != nil {
+		fmt.Fprintln(os.Stderr, "conformance-server:", err)
+		os.Exit(1)
+	}
+	if err := bus.Barrier(20 * time.Second); err != nil {
 		fmt.Fprintln(os.Stderr, "conformance-server:", err)
 		os.Exit(1)
 	}

@@ -18,9 +18,12 @@ import (
 	"github.com/libpsrpc/interop/conformance"
 )
 
-// cClient drives build/tests/interop/conformance-client over its
-// stdin/stdout (protocol: the comment at the top of conformance_client.c).
-type cClient struct {
+// lineClient drives the conformance client program of a language slot
+// (build/tests/interop/conformance-client for C, conformance_client.py for
+// Python, ...) over its stdin/stdout: the line protocol of docs/interop.md
+// (first written down at the top of conformance_client.c).
+type lineClient struct {
+	kind   string
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	stderr *syncBuffer
@@ -68,9 +71,11 @@ type cResp struct {
 	Published uint32            `json:"published"`
 }
 
-func newCClient(busURL string, args ...string) (*cClient, error) {
-	c := &cClient{
-		cmd:    exec.Command(cClientPath, append([]string{"--bus", busURL}, args...)...),
+func newLineClient(kind, busURL string, args ...string) (*lineClient, error) {
+	argv := append(append(append([]string{}, slots[kind].Client...), "--bus", busURL), args...)
+	c := &lineClient{
+		kind:   kind,
+		cmd:    exec.Command(argv[0], argv[1:]...),
 		stderr: &syncBuffer{},
 		chans:  map[string]chan cEvent{},
 		done:   make(chan struct{}),
@@ -117,16 +122,16 @@ func newCClient(busURL string, args ...string) (*cClient, error) {
 	case <-ready:
 		return c, nil
 	case <-c.done:
-		return nil, fmt.Errorf("conformance-client exited: %s", c.stderr.String())
-	case <-time.After(20 * time.Second):
+		return nil, fmt.Errorf("%s conformance client exited: %s", kind, c.stderr.String())
+	case <-time.After(scaled(20 * time.Second)):
 		_ = c.cmd.Process.Kill()
-		return nil, fmt.Errorf("conformance-client not ready: %s", c.stderr.String())
+		return nil, fmt.Errorf("%s conformance client not ready after 20 s: %s", kind, c.stderr.String())
 	}
 }
 
-func (c *cClient) Kind() string { return "c" }
+func (c *lineClient) Kind() string { return c.kind }
 
-func (c *cClient) Close() {
+func (c *lineClient) Close() {
 	c.send("quit")
 	_ = c.stdin.Close()
 	select {
@@ -140,9 +145,9 @@ func (c *cClient) Close() {
 
 // exitError is how the client process ended after Close: nil for status 0
 // (sanitizer reports, leaks included, make it non-zero).
-func (c *cClient) exitError() error {
+func (c *lineClient) exitError() error {
 	if c.exit != nil {
-		return fmt.Errorf("conformance-client: %v\n%s", c.exit, c.stderr.String())
+		return fmt.Errorf("%s conformance client: %v\n%s", c.kind, c.exit, c.stderr.String())
 	}
 	return nil
 }
@@ -162,7 +167,7 @@ func pct(s string) string {
 	return b.String()
 }
 
-func (c *cClient) newID(prefix string) (string, chan cEvent) {
+func (c *lineClient) newID(prefix string) (string, chan cEvent) {
 	id := fmt.Sprintf("%s%d", prefix, c.seq.Add(1))
 	ch := make(chan cEvent, 8192)
 	c.mu.Lock()
@@ -171,13 +176,13 @@ func (c *cClient) newID(prefix string) (string, chan cEvent) {
 	return id, ch
 }
 
-func (c *cClient) forget(id string) {
+func (c *lineClient) forget(id string) {
 	c.mu.Lock()
 	delete(c.chans, id)
 	c.mu.Unlock()
 }
 
-func (c *cClient) send(line string) {
+func (c *lineClient) send(line string) {
 	c.inMu.Lock()
 	defer c.inMu.Unlock()
 	_, _ = io.WriteString(c.stdin, line+"\n")
@@ -231,7 +236,7 @@ func (e *cError) toCallErr(local bool) *CallErr {
 func (ev cEvent) echoResponse() (*conformance.EchoResponse, *CallErr) {
 	if !ev.OK {
 		if ev.Error == nil {
-			return nil, &CallErr{Code: "harness", Message: "C client reported neither result nor error"}
+			return nil, &CallErr{Code: "harness", Message: "the client reported neither result nor error"}
 		}
 		return nil, ev.Error.toCallErr(ev.Local)
 	}
@@ -249,19 +254,19 @@ func (ev cEvent) echoResponse() (*conformance.EchoResponse, *CallErr) {
 
 // wait returns the next event on ch; a generous bound so a hung C call fails
 // the test instead of hanging it.
-func (c *cClient) wait(ch chan cEvent, what string) cEvent {
+func (c *lineClient) wait(ch chan cEvent, what string) cEvent {
 	select {
 	case ev := <-ch:
 		return ev
 	case <-c.done:
-		return cEvent{Error: &cError{Code: "harness", Message: "conformance-client exited: " + c.stderr.String()}}
+		return cEvent{Error: &cError{Code: "harness", Message: c.kind + " conformance client exited: " + c.stderr.String()}}
 	case <-time.After(60 * time.Second):
-		return cEvent{Error: &cError{Code: "harness", Message: "no outcome from conformance-client for " + what}}
+		return cEvent{Error: &cError{Code: "harness", Message: "no outcome from the " + c.kind + " conformance client for " + what}}
 	}
 }
 
 type cPending struct {
-	c  *cClient
+	c  *lineClient
 	id string
 	ch chan cEvent
 }
@@ -274,17 +279,17 @@ func (p *cPending) Wait() (*conformance.EchoResponse, *CallErr) {
 
 func (p *cPending) Cancel() { p.c.send("cancel id=" + p.id) }
 
-func (c *cClient) EchoAsync(method string, req *conformance.EchoRequest, o CallOpts) Pending {
+func (c *lineClient) EchoAsync(method string, req *conformance.EchoRequest, o CallOpts) Pending {
 	id, ch := c.newID("call")
 	c.send(fmt.Sprintf("call id=%s method=%s%s%s", id, method, optArgs(o), echoArgs(req)))
 	return &cPending{c: c, id: id, ch: ch}
 }
 
-func (c *cClient) Echo(method string, req *conformance.EchoRequest, o CallOpts) (*conformance.EchoResponse, *CallErr) {
+func (c *lineClient) Echo(method string, req *conformance.EchoRequest, o CallOpts) (*conformance.EchoResponse, *CallErr) {
 	return c.EchoAsync(method, req, o).Wait()
 }
 
-func (c *cClient) plainCall(line string, id string, ch chan cEvent) (cResp, *CallErr) {
+func (c *lineClient) plainCall(line string, id string, ch chan cEvent) (cResp, *CallErr) {
 	c.send(line)
 	ev := c.wait(ch, id)
 	c.forget(id)
@@ -301,13 +306,13 @@ func (c *cClient) plainCall(line string, id string, ch chan cEvent) (cResp, *Cal
 	return r, nil
 }
 
-func (c *cClient) Add(inc int32, o CallOpts) (int32, *CallErr) {
+func (c *lineClient) Add(inc int32, o CallOpts) (int32, *CallErr) {
 	id, ch := c.newID("add")
 	r, err := c.plainCall(fmt.Sprintf("call id=%s method=Add increment=%d%s", id, inc, optArgs(o)), id, ch)
 	return r.Value, err
 }
 
-func (c *cClient) Publish(req *conformance.PublishRequest, o CallOpts) (uint32, *CallErr) {
+func (c *lineClient) Publish(req *conformance.PublishRequest, o CallOpts) (uint32, *CallErr) {
 	id, ch := c.newID("pub")
 	var b strings.Builder
 	fmt.Fprintf(&b, "call id=%s method=Publish pmethod=%s count=%d payload=%s%s", id,
@@ -319,7 +324,7 @@ func (c *cClient) Publish(req *conformance.PublishRequest, o CallOpts) (uint32, 
 	return r.Published, err
 }
 
-func (c *cClient) Multi(method string, req *conformance.EchoRequest, o CallOpts) ([]MultiResult, *CallErr) {
+func (c *lineClient) Multi(method string, req *conformance.EchoRequest, o CallOpts) ([]MultiResult, *CallErr) {
 	id, ch := c.newID("multi")
 	defer c.forget(id)
 	c.send(fmt.Sprintf("multi id=%s method=%s%s%s", id, method, optArgs(o), echoArgs(req)))
@@ -342,7 +347,7 @@ func (c *cClient) Multi(method string, req *conformance.EchoRequest, o CallOpts)
 }
 
 type cSub struct {
-	c  *cClient
+	c  *lineClient
 	id string
 	ch chan *conformance.Update
 }
@@ -351,7 +356,7 @@ func (s *cSub) Updates() <-chan *conformance.Update { return s.ch }
 func (s *cSub) Close()                              { s.c.send("unsub id=" + s.id) }
 
 // Subscribe returns once the C library reports the subscription ready.
-func (c *cClient) Subscribe(method, topic string) (Sub, error) {
+func (c *lineClient) Subscribe(method, topic string) (Sub, error) {
 	id, ch := c.newID("sub")
 	line := fmt.Sprintf("sub id=%s method=%s", id, method)
 	if topic != "" {
@@ -380,7 +385,7 @@ func (c *cClient) Subscribe(method, topic string) (Sub, error) {
 }
 
 type cChat struct {
-	c      *cClient
+	c      *lineClient
 	id     string
 	msgs   chan *conformance.ChatMessage
 	closed chan *CallErr
@@ -389,7 +394,7 @@ type cChat struct {
 	seq    atomic.Int64
 }
 
-func (c *cClient) Chat(o CallOpts) (Chat, *CallErr) {
+func (c *lineClient) Chat(o CallOpts) (Chat, *CallErr) {
 	id, ch := c.newID("chat")
 	c.send(fmt.Sprintf("chat id=%s%s", id, optArgs(o)))
 	ev := c.wait(ch, id)

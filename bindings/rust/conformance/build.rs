@@ -1,0 +1,3 @@
+fn main() {
+    psrpc_build::compile_protos(&["../../../tests/interop/conformance.proto"], &["../../../tests/interop"]).unwrap();
+}

@@ -1,0 +1,3 @@
+fn main() {
+    psrpc_build::compile_protos(&["../../add_value.proto"], &["../.."]).unwrap();
+}
