@@ -621,6 +621,30 @@ psrpc_status psrpc_stream_close(psrpc_stream *stream, int status, const char *me
     return PSRPC_OK;
 }
 
+psrpc_status psrpc_stream_close_code(psrpc_stream *stream, const char *code, const char *message) {
+    CHECK_STREAM(stream);
+    if (!code || !*code)
+        return psrpc_stream_close(stream, 0, NULL);
+    PSRPC__CHECK_ARG(psrpc__utf8_valid(code, strlen(code)), "code is not valid UTF-8");
+    if (!message)
+        message = "";
+    PSRPC__CHECK_ARG(psrpc__utf8_valid(message, strlen(message)), "message is not valid UTF-8");
+    close_arg *a = calloc(1, sizeof *a);
+    if (!a || !(a->cause = psrpc__err_from_code(code, message))) {
+        free(a);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    a->stream = stream;
+    atomic_store(&stream->close_requested, true);
+    psrpc__stream_retain(stream);
+    if (psrpc__bus_post(stream->bus, close_task, a) != PSRPC_OK) {
+        psrpc__err_free(a->cause);
+        free(a);
+        psrpc__stream_release(stream); /* the bus is closed: the stream already ended */
+    }
+    return PSRPC_OK;
+}
+
 static void flush_held_task(void *arg) {
     psrpc_stream *s = arg;
     if (s->state == PSRPC__STREAM_OPEN)
