@@ -15,7 +15,8 @@
 #      (tests/interop/matrix.sh --ci: every non-Go language against Go both
 #      ways on Redis and NATS, plus the mixed cell of every language per
 #      broker; results in build/interop-matrix), the Rust binding's suite
-#      (bindings/rust/run_tests.sh), the "local", "nats" and "redis" labels in
+#      (bindings/rust/run_tests.sh), the Node binding's node:test suite
+#      (bindings/node/run_tests.sh), the "local", "nats" and "redis" labels in
 #      build-tsan (any TSan report fails), and valgrind memcheck over the unit
 #      and local test executables and the add_value example
 #      (PSRPC_TEST_TIME_FACTOR=10)
@@ -156,8 +157,9 @@ else
     skip ctest-asan "build-asan failed"
 fi
 
-# The Python binding: its own venv, pip install ./bindings/python, pytest over
-# local://, Redis and NATS.
+# The Python binding: its own venv, pip install ./bindings/python (plus pytest,
+# grpcio-tools, mypy, types-protobuf from PyPI), pytest over local://, Redis and
+# NATS, mypy --strict over the typed example (~3-4 min).
 step python-tests "$root/bindings/python/run_tests.sh"
 
 # The interop matrix: each non-Go language (C, Python, and every slot in
@@ -173,6 +175,10 @@ fi
 # The Rust binding: cargo test over local://, Redis and NATS, clippy, doc,
 # package, the add_value example (also against C), Go interop cells.
 step rust-tests "$root/bindings/rust/run_tests.sh"
+
+# The Node binding: npm install + cmake-js build in bindings/node, node:test
+# over local://, Redis and NATS.
+step node-tests "$root/bindings/node/run_tests.sh"
 
 if [ "$tsan_ok" -eq 1 ]; then
     tsan_options="halt_on_error=1:exitcode=66:second_deadlock_stack=1"

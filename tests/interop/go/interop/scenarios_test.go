@@ -1051,6 +1051,29 @@ func scChatWith(t *testing.T, e *env, procs []*proc) {
 			closedWith(t, "client error close (local)", ch, "aborted", "client gave up")
 			expectEnd(t, "client error close", base+1, "aborted", "client gave up")
 		})
+		t.Run("custom_close_codes", func(t *testing.T) { // codes psrpc does not define travel unchanged
+			drain()
+			base := nextBase()
+			ch, err := c.Chat(CallOpts{Timeout: 3 * time.Second})
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			_ = ch.Send(&conformance.ChatMessage{Seq: base + 1, CloseCode: "quota_exceeded", CloseMessage: "over quota"})
+			closedWith(t, "server custom close", ch, "quota_exceeded", "over quota")
+			expectEnd(t, "server custom close", base+1, "quota_exceeded", "over quota")
+			drain()
+			base = nextBase()
+			ch, err = c.Chat(CallOpts{Timeout: 3 * time.Second})
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			if err := ch.Send(&conformance.ChatMessage{Seq: base + 1, Payload: []byte("x")}); err != nil {
+				t.Fatalf("send: %v", err)
+			}
+			ch.Close("my_custom_close", "client custom")
+			closedWith(t, "client custom close (local)", ch, "my_custom_close", "client custom")
+			expectEnd(t, "client custom close", base+1, "my_custom_close", "client custom")
+		})
 	})
 }
 
