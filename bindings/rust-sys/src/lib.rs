@@ -172,6 +172,8 @@ pub struct psrpc_bus_stats {
     pub dropped_unknown: u64,
     pub requests_in_flight: u64,
     pub streams_open: u64,
+    /// V2: requests dropped instead of claimed (held-request limit).
+    pub dropped_held_limit: u64,
 }
 
 /// Client options; initialise with [`psrpc_client_options_init`].
@@ -278,6 +280,8 @@ pub const PSRPC_BUS_DISCONNECTED: c_int = 2;
 pub const PSRPC_BUS_CLOSED: c_int = 3;
 /// `sizeof(psrpc_bus_stats)` of ABI version 1.
 pub const PSRPC_BUS_STATS_SIZE_V1: usize = 112;
+/// `sizeof(psrpc_bus_stats)` of ABI version 2 (`dropped_held_limit`).
+pub const PSRPC_BUS_STATS_SIZE_V2: usize = 120;
 /// `sizeof(psrpc_client_options)` of ABI version 1.
 pub const PSRPC_CLIENT_OPTIONS_SIZE_V1: usize = 32;
 /// Selection flag: take the first eligible claim.
@@ -392,6 +396,7 @@ functions! {
     pub fn psrpc_bus_open(out: *mut *mut psrpc_bus, url: *const c_char, opts: *const psrpc_bus_options) -> psrpc_status;
     pub fn psrpc_bus_close(bus: *mut psrpc_bus, closed_cb: psrpc_closed_cb, user_data: *mut c_void) -> psrpc_status;
     pub fn psrpc_bus_free(bus: *mut psrpc_bus);
+    pub fn psrpc_bus_release(bus: *mut psrpc_bus);
     pub fn psrpc_bus_watch(bus: *mut psrpc_bus, cb: psrpc_bus_state_cb, user_data: *mut c_void, release: psrpc_release_cb) -> psrpc_status;
     pub fn psrpc_bus_wait_ready(bus: *mut psrpc_bus, timeout_ms: i64) -> psrpc_status;
     pub fn psrpc_bus_get_stats(bus: *mut psrpc_bus, out: *mut psrpc_bus_stats) -> psrpc_status;
@@ -441,12 +446,15 @@ functions! {
     pub fn psrpc_request_fail(request: *mut psrpc_request, status: c_int, message: *const c_char) -> psrpc_status;
     pub fn psrpc_request_fail_details(request: *mut psrpc_request, code: *const c_char, message: *const c_char, details: *const psrpc_error_detail, details_count: usize) -> psrpc_status;
     pub fn psrpc_request_claim(request: *mut psrpc_request, affinity: f32) -> psrpc_status;
+    pub fn psrpc_request_abandon(request: *mut psrpc_request, status: c_int, message: *const c_char);
 
     pub fn psrpc_client_open_stream(out: *mut *mut psrpc_stream, client: *mut psrpc_client, method: *const psrpc_method, opts: *const psrpc_call_options, on_open: psrpc_done_cb, on_message: psrpc_stream_message_cb, on_close: psrpc_stream_close_cb, user_data: *mut c_void, release: psrpc_release_cb) -> psrpc_status;
     pub fn psrpc_server_register_stream(server: *mut psrpc_server, method: *const psrpc_method, topics: *const *const c_char, topic_count: usize, handler: psrpc_stream_handler_cb, affinity: psrpc_affinity_cb, on_ready: psrpc_done_cb, user_data: *mut c_void, release: psrpc_release_cb) -> psrpc_status;
     pub fn psrpc_stream_set_callbacks(stream: *mut psrpc_stream, on_message: psrpc_stream_message_cb, on_close: psrpc_stream_close_cb, user_data: *mut c_void, release: psrpc_release_cb) -> psrpc_status;
     pub fn psrpc_stream_send(stream: *mut psrpc_stream, data: *const c_void, len: usize, timeout_ms: i64, on_done: psrpc_done_cb, user_data: *mut c_void) -> psrpc_status;
     pub fn psrpc_stream_close(stream: *mut psrpc_stream, status: c_int, message: *const c_char) -> psrpc_status;
+    pub fn psrpc_stream_defer(stream: *mut psrpc_stream, token_out: *mut u64) -> psrpc_status;
+    pub fn psrpc_stream_ack(stream: *mut psrpc_stream, token: u64, accept: c_int) -> psrpc_status;
     pub fn psrpc_stream_free(stream: *mut psrpc_stream);
     pub fn psrpc_stream_id(stream: *const psrpc_stream) -> *const c_char;
     pub fn psrpc_stream_node_id(stream: *const psrpc_stream) -> *const c_char;

@@ -42,7 +42,7 @@ macro_rules! structs {
             channel_prefix });
         $m!($out, psrpc_bus_stats { struct_size, reserved, connects, disconnects, reconnect_attempts, subscriptions,
             messages_published, messages_received, dropped_malformed, dropped_oversize, dropped_slow_consumer,
-            dropped_expired, dropped_unknown, requests_in_flight, streams_open });
+            dropped_expired, dropped_unknown, requests_in_flight, streams_open, dropped_held_limit });
         $m!($out, psrpc_client_options { struct_size, flags, timeout_ms, selection_timeout_ms, client_id });
         $m!($out, psrpc_claim { server_id, affinity, reserved });
         $m!($out, psrpc_selection_options { struct_size, flags, minimum_affinity, maximum_affinity,
@@ -74,6 +74,7 @@ fn constants() -> Vec<(&'static str, i64)> {
         ("PSRPC_BUS_DISCONNECTED", PSRPC_BUS_DISCONNECTED as i64),
         ("PSRPC_BUS_CLOSED", PSRPC_BUS_CLOSED as i64),
         ("PSRPC_BUS_STATS_SIZE_V1", PSRPC_BUS_STATS_SIZE_V1 as i64),
+        ("PSRPC_BUS_STATS_SIZE_V2", PSRPC_BUS_STATS_SIZE_V2 as i64),
         ("PSRPC_CLIENT_OPTIONS_SIZE_V1", PSRPC_CLIENT_OPTIONS_SIZE_V1 as i64),
         ("PSRPC_SELECT_ACCEPT_FIRST_AVAILABLE", PSRPC_SELECT_ACCEPT_FIRST_AVAILABLE as i64),
         ("PSRPC_SELECTION_OPTIONS_SIZE_V1", PSRPC_SELECTION_OPTIONS_SIZE_V1 as i64),
@@ -154,6 +155,15 @@ fn struct_layouts_and_constants_match_the_header() {
     for name in c.keys().filter(|k| k.starts_with("PSRPC_") && !k.ends_with("_SIZE_V1")) {
         if !rust.iter().any(|(n, _)| n == name) {
             bad.push(format!("{name}: in the header, not declared in psrpc-sys"));
+        }
+    }
+    // Every size constant of the header is checked above.
+    let text = std::fs::read_to_string(header_dir().join("psrpc.h")).unwrap();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("#define ").and_then(|l| l.split_whitespace().next()) {
+            if name.starts_with("PSRPC_") && name.contains("_SIZE_V") && !rust.iter().any(|(n, _)| n == name) {
+                bad.push(format!("{name}: in the header, not declared in psrpc-sys"));
+            }
         }
     }
     assert!(bad.is_empty(), "psrpc-sys drifted from psrpc.h:\n{}", bad.join("\n"));

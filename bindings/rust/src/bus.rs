@@ -57,13 +57,17 @@ unsafe impl Sync for BusInner {}
 
 impl Drop for BusInner {
     fn drop(&mut self) {
-        unsafe { sys::psrpc_bus_free(self.ptr) }
+        // Never blocks (Drop may run in an async task or on a loop thread):
+        // the loop thread finishes the close by itself. Await Bus::close
+        // first for a close that has completed (e.g. before the process exits).
+        unsafe { sys::psrpc_bus_release(self.ptr) }
     }
 }
 
 /// A bus: `local://[NAME]`, `redis://…` or `nats://…`. Cheap to clone; the
 /// last clone (and the last client/server/subscription made on it) closes it
-/// when dropped.
+/// when dropped, without waiting (`psrpc_bus_release`); await [`Bus::close`]
+/// for a close that has completed, e.g. before the process exits.
 #[derive(Clone)]
 pub struct Bus {
     pub(crate) inner: Arc<BusInner>,

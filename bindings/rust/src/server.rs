@@ -129,7 +129,7 @@ impl PendingRequest {
             .zip(&urls)
             .map(|(d, u)| sys::psrpc_error_detail { type_url: u.as_ptr(), value: d.value.as_ptr(), value_len: d.value.len() })
             .collect();
-        // Consumes the request (the code is never NULL, the only argument it refuses).
+        // Always consumes the request.
         unsafe {
             sys::psrpc_request_fail_details(
                 r,
@@ -143,24 +143,17 @@ impl PendingRequest {
 
 }
 
-/// An unanswered affinity question: dropping it declines.
+/// An unanswered affinity question: dropping it declines
+/// (`psrpc_request_abandon` in the affinity stage).
 struct PendingClaim(PendingRequest);
-
-impl Drop for PendingClaim {
-    fn drop(&mut self) {
-        let r = self.0.take();
-        if !r.is_null() {
-            unsafe { sys::psrpc_request_claim(r, -1.0) };
-        }
-    }
-}
 
 impl Drop for PendingRequest {
     fn drop(&mut self) {
         let r = self.take();
         if !r.is_null() {
+            // Handler stage: fails with internal; affinity stage: declines.
             let m = c"request dropped without an answer";
-            unsafe { sys::psrpc_request_fail(r, sys::PSRPC_INTERNAL, m.as_ptr()) };
+            unsafe { sys::psrpc_request_abandon(r, sys::PSRPC_INTERNAL, m.as_ptr()) };
         }
     }
 }

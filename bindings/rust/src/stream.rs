@@ -10,6 +10,7 @@ use std::ffi::{c_int, c_void, CString};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
@@ -24,12 +25,20 @@ impl Drop for OwnedStream {
 }
 
 pub(crate) enum Event {
-    Msg(Payload),
+    /// A message and its deferred-ack token: acknowledged when the
+    /// application takes it, so the peer's send resolves only then.
+    Msg(Payload, Option<u64>),
     Closed(Error),
 }
 
+/// Messages acknowledged on arrival while fewer than this many wait unread;
+/// beyond, each is acknowledged only when the application takes it (the
+/// peer's sends then wait, or time out, instead of piling up here).
+pub(crate) const STREAM_BUFFER: usize = 100;
+
 struct CbState {
     tx: mpsc::UnboundedSender<Event>,
+    queued: Arc<AtomicUsize>,
     open: Mutex<Option<oneshot::Sender<Result<()>>>>,
     cause: Arc<Mutex<Option<Error>>>,
 }
@@ -37,16 +46,31 @@ struct CbState {
 /// What both halves of a stream share.
 pub(crate) struct StreamShared {
     stream: OwnedStream,
+    queued: Arc<AtomicUsize>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     cause: Arc<Mutex<Option<Error>>>,
 }
 
-unsafe extern "C" fn on_message(_s: *mut sys::psrpc_stream, msg: *const sys::psrpc_msg, ud: *mut c_void) -> c_int {
+unsafe extern "C" fn on_message(s: *mut sys::psrpc_stream, msg: *const sys::psrpc_msg, ud: *mut c_void) -> c_int {
     guard("stream message", 1, || {
         let st = &*(ud as *const CbState);
-        match st.tx.unbounded_send(Event::Msg(Payload::retain(msg))) {
+        if st.tx.is_closed() {
+            return 1; // nobody reads any more: not acknowledged
+        }
+        let token = if st.queued.fetch_add(1, Ordering::SeqCst) < STREAM_BUFFER {
+            None // buffered: acknowledged now
+        } else {
+            let mut t = 0u64;
+            (sys::psrpc_stream_defer(s, &mut t) == sys::PSRPC_OK).then_some(t)
+        };
+        match st.tx.unbounded_send(Event::Msg(Payload::retain(msg), token)) {
             Ok(()) => 0,
-            Err(_) => 1, // nobody reads any more: not acknowledged
+            Err(_) => {
+                if let Some(t) = token {
+                    sys::psrpc_stream_ack(s, t, 0);
+                }
+                1
+            }
         }
     })
 }
@@ -93,14 +117,16 @@ impl StreamShared {
     pub(crate) fn attach_server(stream: OwnedStream) -> Arc<StreamShared> {
         let (tx, rx) = mpsc::unbounded();
         let cause = Arc::new(Mutex::new(None));
-        let ud = Box::into_raw(Box::new(CbState { tx, open: Mutex::new(None), cause: cause.clone() })).cast::<c_void>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let ud = Box::into_raw(Box::new(CbState { tx, queued: queued.clone(), open: Mutex::new(None), cause: cause.clone() }))
+            .cast::<c_void>();
         let st = unsafe {
             sys::psrpc_stream_set_callbacks(stream.0 .0, Some(on_message), Some(on_close), ud, Some(release_box::<CbState>))
         };
         if st != sys::PSRPC_OK {
             drop(unsafe { Box::from_raw(ud.cast::<CbState>()) });
         }
-        Arc::new(StreamShared { stream, rx: Mutex::new(Some(rx)), cause })
+        Arc::new(StreamShared { stream, queued, rx: Mutex::new(Some(rx)), cause })
     }
 
     fn ptr(&self) -> *mut sys::psrpc_stream {
@@ -182,7 +208,11 @@ impl Future for SendFuture {
 /// A bidirectional stream: sends `Out`, receives `In`. As a
 /// `futures::Stream` it yields each received message; it ends after a clean
 /// close, and yields the cause as an error first when the stream closed with
-/// one. Dropping every handle closes the stream cleanly.
+/// one. Up to 100 received messages are buffered (acknowledged on arrival,
+/// as livekit/psrpc's receive channel does); beyond that a message is
+/// acknowledged only when it is taken from the stream (deferred acks), so a
+/// peer that outruns this side waits in `send().await`, or times out, instead
+/// of filling memory. Dropping every handle closes the stream cleanly.
 pub struct Stream<Out, In> {
     shared: Arc<StreamShared>,
     rx: Option<mpsc::UnboundedReceiver<Event>>,
@@ -233,11 +263,22 @@ impl<Out: Codec, In: Codec> Stream<Out, In> {
     }
 }
 
-fn poll_events<In: Codec>(rx: &mut Option<mpsc::UnboundedReceiver<Event>>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<In>>> {
+fn poll_events<In: Codec>(
+    shared: &StreamShared,
+    rx: &mut Option<mpsc::UnboundedReceiver<Event>>,
+    cx: &mut TaskContext<'_>,
+) -> Poll<Option<Result<In>>> {
     let Some(r) = rx.as_mut() else { return Poll::Ready(None) };
     match futures::StreamExt::poll_next_unpin(r, cx) {
         Poll::Pending => Poll::Pending,
-        Poll::Ready(Some(Event::Msg(p))) => Poll::Ready(Some(decode::<In>(&p, Code::MalformedResult, "stream message"))),
+        Poll::Ready(Some(Event::Msg(p, token))) => {
+            shared.queued.fetch_sub(1, Ordering::SeqCst);
+            if let Some(t) = token {
+                // Taken by the application: the peer's send completes now.
+                unsafe { sys::psrpc_stream_ack(shared.ptr(), t, 1) };
+            }
+            Poll::Ready(Some(decode::<In>(&p, Code::MalformedResult, "stream message")))
+        }
         Poll::Ready(Some(Event::Closed(e))) => {
             *rx = None;
             if is_clean(&e) {
@@ -256,7 +297,8 @@ fn poll_events<In: Codec>(rx: &mut Option<mpsc::UnboundedReceiver<Event>>, cx: &
 impl<Out: Codec, In: Codec> futures::Stream for Stream<Out, In> {
     type Item = Result<In>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<In>>> {
-        poll_events(&mut self.get_mut().rx, cx)
+        let this = self.get_mut();
+        poll_events(&this.shared, &mut this.rx, cx)
     }
 }
 
@@ -277,7 +319,8 @@ impl<In> StreamReceiver<In> {
 impl<In: Codec> futures::Stream for StreamReceiver<In> {
     type Item = Result<In>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<In>>> {
-        poll_events(&mut self.get_mut().rx, cx)
+        let this = self.get_mut();
+        poll_events(&this.shared, &mut this.rx, cx)
     }
 }
 
@@ -352,7 +395,9 @@ impl Client {
         let (tx, rx) = mpsc::unbounded();
         let (otx, orx) = oneshot::channel();
         let cause = Arc::new(Mutex::new(None));
-        let ud = Box::into_raw(Box::new(CbState { tx, open: Mutex::new(Some(otx)), cause: cause.clone() })).cast::<c_void>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let ud = Box::into_raw(Box::new(CbState { tx, queued: queued.clone(), open: Mutex::new(Some(otx)), cause: cause.clone() }))
+            .cast::<c_void>();
         let m = method.raw();
         let mut out = std::ptr::null_mut();
         let st = unsafe {
@@ -369,6 +414,6 @@ impl Client {
             )
         };
         crate::error::check(st)?;
-        Ok((Arc::new(StreamShared { stream: OwnedStream(SendPtr(out)), rx: Mutex::new(Some(rx)), cause }), orx))
+        Ok((Arc::new(StreamShared { stream: OwnedStream(SendPtr(out)), queued, rx: Mutex::new(Some(rx)), cause }), orx))
     }
 }

@@ -110,7 +110,10 @@ async fn errors(kind: &str) {
     let e = client.call::<Msg, Msg>(&m, &msg("", 1), &CallOptions::new()).await.unwrap_err();
     assert_eq!(e.code, Code::Other("my_custom_code".into()));
     assert_eq!(e.code.as_str(), "my_custom_code");
-    let e = client.call::<Msg, Msg>(&m, &msg("", 2), &CallOptions::new()).await.unwrap_err();
+    // (A long timeout: printing the panic, with a backtrace under RUST_BACKTRACE
+    // and a slow sanitizer build, can take seconds.)
+    let slow = CallOptions::new().timeout(Duration::from_secs(30));
+    let e = client.call::<Msg, Msg>(&m, &msg("", 2), &slow).await.unwrap_err();
     assert_eq!(e.code, Code::Internal);
     assert!(e.message.contains("handler blew up"), "{e}");
     // The server survived the panic.
@@ -502,6 +505,74 @@ async fn many_tasks(kind: &str) {
     }
 }
 
+/// A spawner that drops every future: requests handed to it are never answered.
+struct Dropper;
+impl psrpc::Spawn for Dropper {
+    fn spawn(&self, fut: psrpc::BoxFuture) {
+        drop(fut);
+    }
+}
+
+async fn dropped_and_deferred(kind: &str) {
+    let bus = bus(kind).await;
+    let svc = service("dropped");
+    let m = method("Echo", Routing::Queue, MethodFlags::NONE);
+    let a = method("Claim", Routing::Affinity, MethodFlags::NONE);
+    // Handlers whose futures are dropped: the request is abandoned (internal),
+    // the affinity question declined (no server claims: unavailable).
+    let server = Server::new(&bus, &svc, ServerOptions { spawner: Some(Arc::new(Dropper)), ..Default::default() }).unwrap();
+    server.register(&m, NO_TOPICS, |r: Request<Msg>, _| async move { Ok(r.message) }).await.unwrap();
+    server
+        .register_with_affinity(&a, NO_TOPICS, |r: Request<Msg>, _| async move { Ok(r.message) }, Some(|_r: Request<Msg>, _| async { 1.0 }))
+        .await
+        .unwrap();
+    let client = Client::new(&bus, &svc, ClientOptions::default()).unwrap();
+    let e = client.call::<Msg, Msg>(&m, &msg("", 0), &CallOptions::new()).await.unwrap_err();
+    assert_eq!((e.code.clone(), e.message.as_str()), (Code::Internal, "request dropped without an answer"), "{e}");
+    let e = client.call::<Msg, Msg>(&a, &msg("", 0), &CallOptions::new()).await.unwrap_err();
+    assert_eq!(e.code, Code::Unavailable, "{e}");
+
+    // Deferred acks: beyond 100 unread messages, a stream message is
+    // acknowledged only when the handler takes it, so a send to a handler that
+    // does not read times out.
+    let chat = method("Chat", Routing::Queue, MethodFlags::STREAM);
+    let server2 = Server::new(&bus, &svc, ServerOptions::default()).unwrap();
+    server2
+        .register_stream(
+            &chat,
+            NO_TOPICS,
+            |mut s: psrpc::Stream<Msg, Msg>, _r, _c| async move {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                let mut n = 0;
+                while let Some(m) = s.next().await {
+                    n += 1;
+                    if m?.text == "end" {
+                        s.send(&msg("count", n)).await?;
+                    }
+                }
+                Ok(())
+            },
+            None::<fn(Request<()>, psrpc::Context) -> std::future::Ready<f32>>,
+        )
+        .await
+        .unwrap();
+    let mut s = client.open_stream::<Msg, Msg>(&chat, &CallOptions::new().timeout(Duration::from_secs(5))).await.unwrap();
+    let t0 = Instant::now();
+    let sends: Vec<_> = (0..100).map(|i| s.send(&msg("buffered", i))).collect();
+    for r in futures::future::join_all(sends).await {
+        r.unwrap();
+    }
+    assert!(t0.elapsed() < Duration::from_millis(800), "buffered sends are acknowledged on arrival");
+    let e = s.send_timeout(&msg("over", 100), Duration::from_millis(300)).await.unwrap_err();
+    assert_eq!(e.code, Code::DeadlineExceeded, "{e}");
+    assert!(t0.elapsed() < Duration::from_millis(1150));
+    // Once the handler reads, the send completes (after it took the message).
+    s.send(&msg("end", 101)).await.unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(1150), "acknowledged before the handler read it");
+    let r = s.next().await.unwrap().unwrap();
+    assert_eq!((r.text.as_str(), r.n), ("count", 102), "every message delivered, the timed-out one too");
+}
+
 macro_rules! suite {
     ($($kind:ident),*) => {$(
         mod $kind {
@@ -521,6 +592,8 @@ macro_rules! suite {
             async fn streams() { super::streams(stringify!($kind)).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn close_in_flight() { super::close_in_flight(stringify!($kind)).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dropped_and_deferred() { super::dropped_and_deferred(stringify!($kind)).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn many_tasks() { super::many_tasks(stringify!($kind)).await }
         }
@@ -530,8 +603,8 @@ macro_rules! suite {
 suite!(local, redis, nats);
 
 /// Every future of the API can be spawned on a multi-threaded runtime.
-#[allow(dead_code, clippy::diverging_sub_expression, unreachable_code)]
-fn futures_are_send(client: Client, server: Server, bus: Bus, m: Method) {
+#[allow(dead_code)]
+fn futures_are_send(client: Client, server: Server, bus: Bus, m: Method, s: psrpc::Stream<Msg, Msg>) {
     fn send<T: Send>(_: T) {}
     send(client.call::<Msg, Msg>(&m, &msg("", 0), &CallOptions::new()));
     send(client.call_multi::<Msg, Msg>(&m, &msg("", 0), &CallOptions::new()));
@@ -542,7 +615,6 @@ fn futures_are_send(client: Client, server: Server, bus: Bus, m: Method) {
     send(server.close(false));
     send(bus.close());
     send(bus.wait_ready(Duration::from_secs(1)));
-    let s: psrpc::Stream<Msg, Msg> = unimplemented!();
     send(s.send(&msg("", 0)));
     send(s);
 }

@@ -41,15 +41,23 @@ pub fn json_str(s: &str) -> String {
 
 /// Lower-case hex of bytes.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    const D: &[u8; 16] = b"0123456789abcdef";
+    let mut o = Vec::with_capacity(b.len() * 2);
+    for x in b {
+        o.push(D[(x >> 4) as usize]);
+        o.push(D[(x & 15) as usize]);
+    }
+    String::from_utf8(o).unwrap()
 }
 
 /// Bytes of a hex string (None: not hex).
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    let b = s.as_bytes();
+    if b.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    let d = |c: u8| (c as char).to_digit(16).map(|v| v as u8);
+    b.chunks(2).map(|p| Some(d(p[0])? << 4 | d(p[1])?)).collect()
 }
 
 /// %XX-decoding (as urllib.parse.unquote; invalid UTF-8 replaced).

@@ -464,3 +464,75 @@ impl prost_build::ServiceGenerator for Generator {
         let _ = writeln!(b, "}}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fds(opts: Option<PsrpcOptions>) -> Vec<u8> {
+        Fds {
+            file: vec![Fdp {
+                package: Some("pkg".into()),
+                service: vec![Sdp {
+                    name: Some("my_service".into()),
+                    method: vec![Mdp {
+                        name: Some("do_thing".into()),
+                        input_type: Some(".pkg.In".into()),
+                        output_type: Some(".pkg.Out".into()),
+                        options: Some(MethodOptions { psrpc: opts }),
+                    }],
+                }],
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    fn one(opts: Option<PsrpcOptions>) -> MethodInfo {
+        let t = method_table(&fds(opts)).unwrap();
+        t[&("pkg.my_service".to_string(), "do_thing".to_string())].clone()
+    }
+
+    #[test]
+    fn defaults_are_a_queue_method() {
+        let i = one(None);
+        assert_eq!((i.wire_name.as_str(), i.routing, i.topic_params), ("DoThing", 0, 0));
+        assert_eq!((i.input_type.as_str(), i.output_type.as_str()), ("pkg.In", "pkg.Out"));
+    }
+
+    #[test]
+    fn deprecated_oneof_overrides_type() {
+        let o = PsrpcOptions { r#type: 1, multi: Some(false), ..Default::default() };
+        assert_eq!(one(Some(o)).routing, 2, "multi present (even false) wins");
+        let o = PsrpcOptions { r#type: 2, queue: Some(true), ..Default::default() };
+        assert_eq!(one(Some(o)).routing, 0);
+        let o = PsrpcOptions { affinity_func: Some(true), ..Default::default() };
+        assert_eq!(one(Some(o)).routing, 1);
+        let o = PsrpcOptions { r#type: 7, ..Default::default() };
+        assert!(method_table(&fds(Some(o))).is_err(), "unknown routing refused");
+    }
+
+    #[test]
+    fn topic_parameters_and_flags() {
+        let o = PsrpcOptions {
+            topics: true,
+            subscription: true,
+            stream: true,
+            topic_params: Some(TopicParams { names: vec!["a".into(), "b".into()], single_server: true }),
+            ..Default::default()
+        };
+        let i = one(Some(o));
+        assert!(i.subscription && i.topics && i.stream && i.single_server);
+        assert_eq!(i.topic_params, 2);
+        let o = PsrpcOptions { topics: true, ..Default::default() };
+        assert_eq!(one(Some(o)).topic_params, 1);
+        let o = PsrpcOptions { topic_params: Some(TopicParams { names: vec!["a".into()], single_server: false }), ..Default::default() };
+        assert_eq!(one(Some(o)).topic_params, 0, "no topics: no parameters");
+    }
+
+    #[test]
+    fn camel_case_as_protoc_gen_go() {
+        assert_eq!(camel_case("add_value"), "AddValue");
+        assert_eq!(camel_case("AddValue"), "AddValue");
+        assert_eq!(camel_case("region_2_echo"), "Region2Echo");
+    }
+}
