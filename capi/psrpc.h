@@ -53,6 +53,22 @@
  *   - *_free may be called in any order (a bus before its clients is fine):
  *     memory is reclaimed when the last internal reference drops.
  *
+ * STRUCT SIZES
+ *   Option and stats structs start with struct_size (sizeof as the caller
+ *   compiled it); fields are only ever added at the end. The
+ *   PSRPC_*_SIZE_V1 constants are the sizes of the first version of each
+ *   struct ON THIS PLATFORM: they follow this platform's C struct layout
+ *   (pointer size, alignment; the values written here are those of LP64
+ *   Linux/macOS) and are not portable numbers. A binding that builds the
+ *   structs itself must compute them from the platform's layout.
+ *
+ * LINKING
+ *   libpsrpc.so exports only psrpc_* symbols. libpsrpc.a is one object
+ *   whose only global symbols are psrpc_*: its internals (and the protobuf-c
+ *   code generated from its wire schema) cannot collide with the program's
+ *   own symbols. Linking it statically needs the dependencies listed by
+ *   `pkg-config --static --libs psrpc` (protobuf-c's runtime included).
+ *
  * ERRORS
  *   Functions return psrpc_status: 0 on success, a negative code on failure.
  *   Every failing call sets a per-thread message readable with
@@ -914,6 +930,17 @@ PSRPC_API psrpc_status psrpc_stream_defer(psrpc_stream *stream, uint64_t *token_
  * PSRPC_NOT_FOUND and sends nothing.
  */
 PSRPC_API psrpc_status psrpc_stream_ack(psrpc_stream *stream, uint64_t token, int accept);
+
+/**
+ * psrpc_stream_close with any wire code string: code NULL or "" closes
+ * cleanly (message ignored; the peer sees PSRPC_CANCELED "stream closed");
+ * otherwise code is carried unchanged (the peer's cause has that code and
+ * its status, PSRPC_UNKNOWN for codes it does not know) with message (NULL
+ * -> ""). code and message must be valid UTF-8. Idempotent as
+ * psrpc_stream_close.
+ */
+PSRPC_API psrpc_status psrpc_stream_close_code(psrpc_stream *stream, const char *code,
+                                               const char *message);
 
 /** Closes cleanly if still open and drops the caller's reference. NULL is a no-op. */
 PSRPC_API void psrpc_stream_free(psrpc_stream *stream);

@@ -19,6 +19,16 @@ for p in "${packages[@]}"; do
         missing+=("$p")
     fi
 done
+# Node.js for the Node binding (bindings/node/run_tests.sh): Debian's nodejs
+# and npm, unless a node with its npm is already there (NodeSource's nodejs
+# bundles npm and conflicts with Debian's npm package).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    for p in nodejs npm; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$p")
+        fi
+    done
+fi
 if [ ${#missing[@]} -eq 0 ]; then
     echo "setup-deps: all ${#packages[@]} packages already installed"
     exit 0

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 import threading
 
@@ -155,13 +154,14 @@ async def run(args, pb) -> int:
             if methods is None or name in methods:
                 for topic in args.topic:
                     server.register_nowait(name, handlers[name], topics=topic)
-        await server.wait_ready(15)
-        emit("ready")
-
+        # The handlers before "ready": a SIGTERM right after it must close
+        # gracefully too (exit 0), not kill the process.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        await server.wait_ready(15)
+        emit("ready")
         await stop.wait()
         # Graceful: in-flight requests (delayed answers included) finish.
         await server.close(timeout=30)

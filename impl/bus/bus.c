@@ -452,17 +452,27 @@ psrpc_status psrpc_bus_wait_ready(psrpc_bus *bus, int64_t timeout_ms) {
 
 typedef struct close_req {
     psrpc_bus *bus;
-    psrpc_closed_cb cb;
-    void *user_data;
+    psrpc__closed_waiter *waiter;
     bool then_stop;
 } close_req;
 
-void psrpc__waiters_add(psrpc__closed_waiter **list, psrpc_closed_cb cb, void *user_data) {
+psrpc__closed_waiter *psrpc__waiter_new(psrpc_closed_cb cb, void *user_data, bool *failed) {
+    *failed = false;
+    if (!cb)
+        return NULL;
     psrpc__closed_waiter *w = calloc(1, sizeof *w);
-    if (!w)
-        return; /* out of memory: the close still happens, without this callback */
+    if (!w) {
+        *failed = true;
+        return NULL;
+    }
     w->cb = cb;
     w->user_data = user_data;
+    return w;
+}
+
+void psrpc__waiters_push(psrpc__closed_waiter **list, psrpc__closed_waiter *w) {
+    if (!w)
+        return;
     w->next = *list;
     *list = w;
 }
@@ -525,7 +535,7 @@ static void close_children(psrpc_bus *bus) {
 static void close_task(void *arg) {
     close_req *r = arg;
     psrpc_bus *bus = r->bus;
-    psrpc__waiters_add(&bus->closed_waiters, r->cb, r->user_data);
+    psrpc__waiters_push(&bus->closed_waiters, r->waiter);
     int state = atomic_load(&bus->state);
     if (state == PSRPC__CLOSED) {
         run_closed_waiters(bus);
@@ -540,16 +550,20 @@ static void close_task(void *arg) {
 }
 
 static int post_close(psrpc_bus *bus, psrpc_closed_cb cb, void *user_data) {
+    bool failed;
     close_req *r = calloc(1, sizeof *r);
-    if (!r)
+    if (r)
+        r->waiter = psrpc__waiter_new(cb, user_data, &failed);
+    if (!r || failed) {
+        free(r);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
     r->bus = bus;
-    r->cb = cb;
-    r->user_data = user_data;
     psrpc__bus_retain(bus);
     int rc = psrpc__bus_post(bus, close_task, r);
     if (rc != PSRPC_OK) {
         psrpc__bus_release(bus);
+        free(r->waiter);
         free(r);
     }
     return rc;

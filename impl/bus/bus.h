@@ -71,9 +71,14 @@ typedef struct psrpc__closed_waiter {
     void *user_data;
 } psrpc__closed_waiter;
 
-/* A handle's list of closed callbacks (loop thread): add one per close call,
- * run them all (once each) when the handle has closed. */
-void psrpc__waiters_add(psrpc__closed_waiter **list, psrpc_closed_cb cb, void *user_data);
+/* A handle's list of closed callbacks (loop thread): one per close call, run
+ * all (once each) when the handle has closed. The waiter is made by the close
+ * call on the caller's thread (which fails with RESOURCE_EXHAUSTED if it
+ * cannot), so the close task cannot lose a promised callback for lack of
+ * memory. cb NULL: no waiter (NULL); *failed is set when cb could not get one. */
+psrpc__closed_waiter *psrpc__waiter_new(psrpc_closed_cb cb, void *user_data, bool *failed);
+/* Adds w (NULL: nothing) to the list (loop thread); freed when it runs. */
+void psrpc__waiters_push(psrpc__closed_waiter **list, psrpc__closed_waiter *w);
 void psrpc__waiters_run(psrpc__closed_waiter **list);
 
 struct psrpc_bus {

@@ -30,6 +30,10 @@
 #include "redis_conn.h"
 
 #define LOCK_EXPIRY_S "5"
+/* A channel Redis refused a PUBLISH on is refused locally for this long
+ * (then tried again: ACLs can change), and at most this many are kept. */
+#define DENY_TTL_NS ((int64_t)5 * 1000000000)
+#define DENY_MAX 1024
 #define DEFAULT_PORT 6379
 #define DEFAULT_OUT_CAP ((size_t)8 << 20)
 
@@ -42,8 +46,8 @@ enum {
     X_PING,   /* health check */
     X_SUB,    /* a: rchan */
     X_UNSUB,  /* a: rchan */
-    X_PUB,
-    X_LOCK, /* a: sub (a reference), b: psrpc_msg (a reference) */
+    X_PUB,    /* a: the channel name (owned) */
+    X_LOCK,   /* a: sub (a reference), b: psrpc_msg (a reference) */
 };
 
 typedef struct rexp {
@@ -89,6 +93,22 @@ static void rq_unpush(rq *q) {
     if (q->len)
         q->len--;
 }
+
+/* Frees what an expectation holds that was never answered. */
+static void sub_release(struct psrpc__bus_sub *s);
+static void rexp_drop(rexp *e) {
+    if (e->kind == X_LOCK) {
+        psrpc_msg_release(e->b);
+        sub_release(e->a);
+    } else if (e->kind == X_PUB) {
+        free(e->a);
+    }
+}
+
+typedef struct deny_entry {
+    int64_t until_ns;
+    char reason[400];
+} deny_entry;
 
 /* ---- state ------------------------------------------------------------- */
 
@@ -146,7 +166,7 @@ struct redis_t {
     char where[300]; /* host:port for messages */
 
     /* Loop thread state. */
-    bool started, closing, stopped, connected, ever_connected, denied;
+    bool started, closing, stopped, connected, ever_connected;
     void (*close_done)(psrpc_bus *bus);
     int handles; /* timers and connections not yet closed */
     uv_timer_t retry_timer, attempt_timer, ping_timer;
@@ -159,9 +179,14 @@ struct redis_t {
     int resub_outstanding;
     bool resubscribing;
     psrpc__map chans;
-    /* Publishes made while connecting for the first time. */
+    /* Channels Redis refused a PUBLISH on (NOPERM): name -> deny_entry. */
+    psrpc__map denied;
+    /* Publishes made while connecting for the first time, and their
+     * channel names (for a refusal). */
     char *pre;
     size_t pre_len, pre_cap, pre_count;
+    char **pre_names;
+    size_t pre_names_cap;
     uint64_t rng;
 };
 
@@ -457,7 +482,15 @@ static void redis_unsubscribe(psrpc_bus *bus, psrpc__bus_sub *sub) {
 
 /* ---- publishing -------------------------------------------------------------- */
 
-static int pre_append(redis_t *r, const char *cmd, size_t n) {
+static int pre_append(redis_t *r, const char *cmd, size_t n, char *name) {
+    if (r->pre_count == r->pre_names_cap) {
+        size_t cap = r->pre_names_cap ? r->pre_names_cap * 2 : 16;
+        char **v = realloc(r->pre_names, cap * sizeof *v);
+        if (!v)
+            return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        r->pre_names = v;
+        r->pre_names_cap = cap;
+    }
     if (r->pre_len + n > r->out_cap)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED,
                             "redis: %zu bytes already wait for the first connection", r->pre_len);
@@ -473,7 +506,7 @@ static int pre_append(redis_t *r, const char *cmd, size_t n) {
     }
     memcpy(r->pre + r->pre_len, cmd, n);
     r->pre_len += n;
-    r->pre_count++;
+    r->pre_names[r->pre_count++] = name;
     return PSRPC_OK;
 }
 
@@ -487,13 +520,24 @@ static int redis_publish(psrpc_bus *bus, const psrpc__channel *chd, psrpc_msg *b
     if (bytes->len > (size_t)INT_MAX / 2)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "message too large for Redis");
     size_t llen = strlen(chd->legacy);
-    char stackname[256];
-    char *name =
-        r->prefix_len + llen < sizeof stackname ? stackname : malloc(r->prefix_len + llen + 1);
+    /* The name goes with the expected reply: a refusal names its channel. */
+    char *name = malloc(r->prefix_len + llen + 1);
     if (!name)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     memcpy(name, r->prefix, r->prefix_len);
     memcpy(name + r->prefix_len, chd->legacy, llen + 1);
+    if (r->denied.count) {
+        deny_entry *d = psrpc__map_get(&r->denied, name);
+        if (d && d->until_ns > psrpc__now_ns()) {
+            int rc = psrpc__error(PSRPC_PERMISSION_DENIED, "%s", d->reason);
+            free(name);
+            return rc;
+        }
+        if (d) {
+            psrpc__map_del(&r->denied, name);
+            free(d);
+        }
+    }
     const char *argv[3] = {"PUBLISH", name, (const char *)bytes->data};
     size_t lens[3] = {7, r->prefix_len + llen, bytes->len};
     int rc;
@@ -503,9 +547,11 @@ static int redis_publish(psrpc_bus *bus, const psrpc__channel *chd, psrpc_msg *b
             rc = psrpc__error(PSRPC_RESOURCE_EXHAUSTED,
                               "redis: %zu bytes already wait to be written", queued);
         } else {
-            rexp e = {.kind = X_PUB};
+            rexp e = {.kind = X_PUB, .a = name};
             rc = send_cmd(&r->pub, 3, argv, lens, e, false);
-            if (rc != PSRPC_OK)
+            if (rc == PSRPC_OK)
+                name = NULL; /* the expectation owns it */
+            else
                 rc = psrpc__error(rc, rc == PSRPC_RESOURCE_EXHAUSTED ? "out of memory"
                                                                      : "redis: not connected");
         }
@@ -516,26 +562,46 @@ static int redis_publish(psrpc_bus *bus, const psrpc__channel *chd, psrpc_msg *b
             rc = psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
         } else {
             psrpc__resp_write(cmd, 3, argv, lens);
-            rc = pre_append(r, cmd, n);
+            rc = pre_append(r, cmd, n, name);
+            if (rc == PSRPC_OK)
+                name = NULL;
             free(cmd);
         }
     }
-    if (name != stackname)
-        free(name);
+    free(name);
     return rc;
 }
 
-/* A NOPERM on PUBLISH or on the queue lock: every later publish or queue
- * delivery would fail the same way. Report it (publishes then fail fast with
- * permission_denied) until the next reconnect. */
-static void deny(redis_t *r, const char *cmd, const char *msg) {
-    if (r->denied || r->closing)
+/* Redis refused a PUBLISH on one channel (NOPERM: an ACL that allows some
+ * channels only). Only that channel is refused: later publishes on it fail
+ * at once with permission_denied and the reason, for DENY_TTL_NS (then they
+ * are tried again), while every other channel of the bus goes on (one
+ * forbidden service must not block the others, nor a server's answers). */
+static void deny_channel(redis_t *r, const char *name, const char *msg) {
+    if (r->closing || !name)
         return;
-    r->denied = true;
-    char reason[600];
-    snprintf(reason, sizeof reason, "%s: redis refused %s: %s", r->where, cmd, msg);
-    scrub(r, reason);
-    psrpc__bus_set_state(r->bus, PSRPC_BUS_DISCONNECTED, PSRPC_PERMISSION_DENIED, reason);
+    deny_entry *d = psrpc__map_get(&r->denied, name);
+    if (!d) {
+        if (r->denied.count >= DENY_MAX)
+            return; /* the next publishes there fail asynchronously again */
+        d = calloc(1, sizeof *d);
+        if (!d || psrpc__map_put(&r->denied, name, d) != PSRPC_OK) {
+            free(d);
+            return;
+        }
+    }
+    d->until_ns = psrpc__now_ns() + DENY_TTL_NS;
+    snprintf(d->reason, sizeof d->reason, "%s: redis refused PUBLISH to %s: %s", r->where, name,
+             msg);
+    scrub(r, d->reason);
+}
+
+static void denied_clear(redis_t *r) {
+    psrpc__map_iter it;
+    psrpc__map_iter_init(&it, &r->denied);
+    for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));)
+        free(e->value);
+    psrpc__map_clear(&r->denied);
 }
 
 /* ---- inbound messages -------------------------------------------------------- */
@@ -702,14 +768,18 @@ static void side_ready(side *s) {
     if (s == &r->pub && r->pre_len) {
         /* Publishes made before the first connection, in order. */
         int rc = psrpc__rconn_send(s->conn, r->pre, r->pre_len, false);
-        for (size_t i = 0; rc == PSRPC_OK && i < r->pre_count; i++) {
-            rexp e = {.kind = X_PUB};
-            if (rq_push(&s->q, e) != 0)
+        for (size_t i = 0; i < r->pre_count; i++) {
+            rexp e = {.kind = X_PUB, .a = r->pre_names[i]};
+            if (rc == PSRPC_OK && rq_push(&s->q, e) != 0)
                 rc = PSRPC_RESOURCE_EXHAUSTED;
+            if (rc != PSRPC_OK)
+                free(r->pre_names[i]);
         }
         free(r->pre);
+        free(r->pre_names);
         r->pre = NULL;
-        r->pre_len = r->pre_cap = r->pre_count = 0;
+        r->pre_names = NULL;
+        r->pre_len = r->pre_cap = r->pre_count = r->pre_names_cap = 0;
         if (rc != PSRPC_OK) {
             conn_lost(r, PSRPC_UNAVAILABLE, "out of memory while connecting", false);
             return;
@@ -826,7 +896,8 @@ static void on_reply(psrpc__rconn *c, redisReply *rep) {
         break;
     case X_PUB:
         if (rep->type == REDIS_REPLY_ERROR && strncmp(reply_text(rep), "NOPERM", 6) == 0)
-            deny(r, "PUBLISH", reply_text(rep));
+            deny_channel(r, e.a, reply_text(rep));
+        free(e.a);
         break;
     case X_LOCK: {
         struct psrpc__bus_sub *sub = e.a;
@@ -834,9 +905,11 @@ static void on_reply(psrpc__rconn *c, redisReply *rep) {
         if (rep->type == REDIS_REPLY_STATUS && strcmp(reply_text(rep), "OK") == 0) {
             if (sub->active && !r->closing)
                 sub->deliver(sub->ctx, msg->data, msg->len);
-        } else if (rep->type == REDIS_REPLY_ERROR && strncmp(reply_text(rep), "NOPERM", 6) == 0) {
-            deny(r, "SET (queue lock)", reply_text(rep));
         }
+        /* Otherwise another server holds the lock, or Redis refused the SET
+         * (NOPERM: the user may not write the lock keys): either way this
+         * server does not take the request. A refusal is not the bus's
+         * failure: its other channels, and its answers, go on. */
         psrpc_msg_release(msg);
         sub_release(sub);
         break;
@@ -878,12 +951,8 @@ static void side_down(side *s) {
         s->conn = NULL;
     }
     rexp e;
-    while (rq_pop(&s->q, &e)) {
-        if (e.kind == X_LOCK) {
-            psrpc_msg_release(e.b);
-            sub_release(e.a);
-        }
-    }
+    while (rq_pop(&s->q, &e))
+        rexp_drop(&e);
     s->state = S_DOWN;
     s->hs_pending = 0;
     s->ping_pending = false;
@@ -971,7 +1040,7 @@ static void conn_lost(redis_t *r, int status, const char *reason, bool auth) {
     r->resub_outstanding = 0;
     r->resubscribing = false;
     r->connected = false;
-    r->denied = false;
+    denied_clear(r); /* ACLs may have changed: try those channels again */
     /* Nothing is subscribed any more. */
     size_t n = r->chans.count, i = 0;
     rchan **v = n ? malloc(n * sizeof *v) : NULL;
@@ -1068,6 +1137,10 @@ static void redis_free(redis_t *r) {
     free(r->sub.q.v);
     free(r->pub.q.v);
     free(r->pre);
+    for (size_t i = 0; i < r->pre_count; i++)
+        free(r->pre_names[i]);
+    free(r->pre_names);
+    denied_clear(r);
     if (r->ssl_ctx)
         SSL_CTX_free(r->ssl_ctx);
     free(r->host);
@@ -1263,6 +1336,7 @@ int psrpc__redis_open(psrpc_bus *bus, const char *url) {
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
     r->bus = bus;
     psrpc__map_init(&r->chans);
+    psrpc__map_init(&r->denied);
     r->sub = (side){.r = r, .what = "subscriber"};
     r->pub = (side){.r = r, .what = "publisher"};
     int rc = parse_url(r, bus, url);

@@ -69,6 +69,8 @@ struct psrpc__rconn {
     bool out_secret;
     char *wbuf;
     size_t wbuf_len, wbuf_cap;
+    size_t wbuf_off; /* written so far */
+    size_t wchunk;   /* the uv_write in flight: bytes from wbuf_off */
     bool wbuf_secret;
     bool writing;
     bool flush_posted; /* a flush task is queued on the loop */
@@ -181,11 +183,29 @@ static void buf_written(char **buf, size_t *len, size_t *cap, bool *secret) {
     }
 }
 
+size_t psrpc__rconn_write_chunk(size_t n) {
+    return n < PSRPC__RCONN_MAX_WRITE ? n : PSRPC__RCONN_MAX_WRITE;
+}
+
+/* Writes the next piece of wbuf (from wbuf_off) with uv_write. */
+static int write_next(psrpc__rconn *c);
+
 static void write_cb(uv_write_t *req, int status) {
     psrpc__rconn *c = req->data;
     c->pending--;
     c->writing = false;
+    if (!c->closing && status >= 0) {
+        c->wbuf_off += c->wchunk;
+        if (c->wbuf_off < c->wbuf_len) {
+            /* A buffer larger than one libuv write: the next piece. */
+            int rc = write_next(c);
+            if (rc < 0)
+                rconn_fail(c, uv_strerror(rc));
+            return;
+        }
+    }
     buf_written(&c->wbuf, &c->wbuf_len, &c->wbuf_cap, &c->wbuf_secret);
+    c->wbuf_off = 0;
     if (c->closing) {
         maybe_free(c);
         return;
@@ -197,13 +217,27 @@ static void write_cb(uv_write_t *req, int status) {
     start_write(c);
 }
 
+static int write_next(psrpc__rconn *c) {
+    c->wchunk = psrpc__rconn_write_chunk(c->wbuf_len - c->wbuf_off);
+    uv_buf_t buf = uv_buf_init(c->wbuf + c->wbuf_off, (unsigned int)c->wchunk);
+    c->wreq.data = c;
+    int rc = uv_write(&c->wreq, (uv_stream_t *)c->tcp, &buf, 1, write_cb);
+    if (rc < 0)
+        return rc;
+    c->writing = true;
+    c->pending++;
+    return 0;
+}
+
 /* Writes what collected in out: at once with uv_try_write (no request, no
  * POLLOUT arming, no deferred callback: the common case costs one write(2)),
  * and whatever the socket did not take through uv_write. */
 static void start_write(psrpc__rconn *c) {
     if (c->writing || c->out_len == 0 || c->closing || c->failed || !c->established)
         return;
-    uv_buf_t buf = uv_buf_init(c->out, (unsigned int)c->out_len);
+    /* libuv buffer lengths are unsigned int: at most PSRPC__RCONN_MAX_WRITE
+     * bytes per buffer; the rest goes through write_next. */
+    uv_buf_t buf = uv_buf_init(c->out, (unsigned int)psrpc__rconn_write_chunk(c->out_len));
     int n = uv_try_write((uv_stream_t *)c->tcp, &buf, 1);
     if (n < 0 && n != UV_EAGAIN) {
         rconn_fail(c, uv_strerror(n));
@@ -225,15 +259,10 @@ static void start_write(psrpc__rconn *c) {
     c->out_cap = cap;
     c->out_len = 0;
     c->out_secret = false;
-    buf = uv_buf_init(c->wbuf + done, (unsigned int)(c->wbuf_len - done));
-    c->wreq.data = c;
-    int rc = uv_write(&c->wreq, (uv_stream_t *)c->tcp, &buf, 1, write_cb);
-    if (rc < 0) {
+    c->wbuf_off = done;
+    int rc = write_next(c);
+    if (rc < 0)
         rconn_fail(c, uv_strerror(rc));
-        return;
-    }
-    c->writing = true;
-    c->pending++;
 }
 
 static void flush_task(void *arg) {
@@ -267,15 +296,18 @@ int psrpc__rconn_send(psrpc__rconn *c, const char *data, size_t len, bool secret
     if (len == 0)
         return PSRPC_OK;
     if (c->ssl) {
-        if (len > INT32_MAX)
-            return PSRPC_RESOURCE_EXHAUSTED;
-        int n = SSL_write(c->ssl, data, (int)len);
-        if (n <= 0 || (size_t)n != len) {
-            /* A memory BIO never pushes back: this is out of memory or a
-             * broken TLS state. Either way the connection is unusable. */
-            ERR_clear_error();
-            rconn_fail(c, "TLS write failed");
-            return PSRPC_UNAVAILABLE;
+        /* SSL_write takes an int length: in pieces. */
+        for (size_t off = 0; off < len;) {
+            size_t piece = psrpc__rconn_write_chunk(len - off);
+            int n = SSL_write(c->ssl, data + off, (int)piece);
+            if (n <= 0 || (size_t)n != piece) {
+                /* A memory BIO never pushes back: this is out of memory or
+                 * a broken TLS state. Either way the connection is unusable. */
+                ERR_clear_error();
+                rconn_fail(c, "TLS write failed");
+                return PSRPC_UNAVAILABLE;
+            }
+            off += piece;
         }
         if (drain_wbio(c) != 0) {
             rconn_fail(c, "out of memory");

@@ -63,6 +63,13 @@ int psrpc__rconn_send_command(psrpc__rconn *c, int argc, const char *const *argv
 size_t psrpc__resp_size(int argc, const char *const *argv, const size_t *lens);
 size_t psrpc__resp_write(char *dst, int argc, const char *const *argv, const size_t *lens);
 
+/* The most bytes one libuv write buffer (an unsigned int length) or one
+ * SSL_write (an int) takes; larger buffers are written in pieces of at most
+ * this size. psrpc__rconn_write_chunk(n): the size of the next piece of n
+ * bytes still to write. */
+#define PSRPC__RCONN_MAX_WRITE ((size_t)1 << 30)
+size_t psrpc__rconn_write_chunk(size_t n);
+
 /* Bytes queued and not yet handed to the socket (excluding the write in
  * flight). */
 size_t psrpc__rconn_queued(const psrpc__rconn *c);

@@ -28,6 +28,7 @@ struct psrpc_client {
     int64_t timeout_ms;
     int64_t selection_timeout_ms;
     psrpc__child child;
+    psrpc__task_node free_node; /* psrpc_client_free's close */
 
     /* Loop thread. */
     int state;
@@ -142,6 +143,7 @@ struct psrpc_sub {
     psrpc__bus_sub *bus_sub;
     psrpc__closed_waiter *closed_waiters;
     sub_t *next;
+    psrpc__task_node free_node; /* psrpc_sub_free's close */
 };
 
 /* ---------------------------------------------------------------- refs */
@@ -669,12 +671,15 @@ static void on_response(void *ctx, const uint8_t *data, size_t len) {
             PSRPC__STAT_ADD(c->bus, dropped_unknown, 1);
         }
     } else if (k->state == CALL_WAIT_RESPONSE) {
-        psrpc__err *e = failed ? psrpc__err_from_response(r) : NULL;
+        psrpc__err *made = failed ? psrpc__err_from_response(r) : NULL;
         psrpc_msg *msg = NULL;
         if (!failed && psrpc_msg_new(&msg, r->raw_response.data, r->raw_response.len) != 0)
-            e = psrpc__err_new(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
-        if (failed && !e)
-            e = psrpc__err_new(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+            made = psrpc__err_new(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        if (failed && !made)
+            made = psrpc__err_new(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        /* Out of memory even for that: a static error, never a NULL pair. */
+        psrpc__err oom = {PSRPC_RESOURCE_EXHAUSTED, "resource_exhausted", "out of memory", NULL, 0};
+        psrpc__err *e = made ? made : (failed || !msg) ? &oom : NULL;
         if (k->multi) {
             psrpc_error view;
             if (e)
@@ -684,7 +689,7 @@ static void on_response(void *ctx, const uint8_t *data, size_t len) {
             call_complete(k, e ? NULL : msg, e, r->server_id);
         }
         psrpc_msg_release(msg);
-        psrpc__err_free(e);
+        psrpc__err_free(made);
     }
     psrpc__wire_free(&r->base);
 }
@@ -909,6 +914,17 @@ static void client_do_close(psrpc_client *c) {
             if (calls[i]->state != CALL_DONE)
                 call_fail(calls[i], PSRPC_CANCELED, "client is closed");
         free(calls);
+    } else {
+        /* Out of memory for the list: one at a time (completing removes each). */
+        psrpc__map_iter it;
+        psrpc__map_entry *e;
+        while (psrpc__map_iter_init(&it, &c->by_id), (e = psrpc__map_iter_next(&it))) {
+            call *k = e->value;
+            if (k->state == CALL_DONE) /* not expected: completing removes it */
+                psrpc__map_del(&c->by_id, k->id_key);
+            else
+                call_fail(k, PSRPC_CANCELED, "client is closed"); /* removes, may free */
+        }
     }
     /* Open streams end cleanly, as a closing Go client does ("stream closed"). */
     n = c->streams.count;
@@ -922,6 +938,12 @@ static void client_do_close(psrpc_client *c) {
         for (i = 0; i < n; i++)
             psrpc__stream_end(streams[i], NULL, true);
         free(streams);
+    } else {
+        psrpc__map_iter it;
+        psrpc__map_entry *e;
+        while (psrpc__map_iter_init(&it, &c->streams), (e = psrpc__map_iter_next(&it))) {
+            psrpc__stream_end(e->value, NULL, true); /* detaches it, may free it */
+        }
     }
     psrpc__bus_unsubscribe(c->bus, c->str_sub);
     c->str_sub = NULL;
@@ -965,20 +987,28 @@ static void child_close(psrpc__child *child, void (*done)(psrpc__child *)) {
 
 typedef struct close_req {
     psrpc_client *client;
-    psrpc_closed_cb cb;
-    void *user_data;
+    psrpc__closed_waiter *waiter;
 } close_req;
 
 static void close_task(void *arg) {
     close_req *r = arg;
     psrpc_client *c = r->client;
-    psrpc__waiters_add(&c->closed_waiters, r->cb, r->user_data);
+    psrpc__waiters_push(&c->closed_waiters, r->waiter);
     if (c->state == PSRPC__OPEN)
         client_do_close(c);
     else
         run_closed_waiters(&c->closed_waiters);
     client_release(c);
     free(r);
+}
+
+/* psrpc_client_free's close: posted with the client's own task node, so it
+ * cannot fail for lack of memory. */
+static void free_close_task(void *arg) {
+    psrpc_client *c = arg;
+    if (c->state == PSRPC__OPEN)
+        client_do_close(c);
+    client_release(c);
 }
 
 static void start_task(void *arg) {
@@ -1597,12 +1627,12 @@ static void sub_set_ready(sub_t *s, int status, const char *message) {
         return;
     }
     psrpc__err *e = psrpc__err_new(status, "%s", message ? message : "subscribe failed");
-    if (e) {
-        psrpc_error view;
-        psrpc__err_view(e, &view);
-        s->on_ready(&view, s->user_data);
-        psrpc__err_free(e);
-    }
+    psrpc_error view = {
+        status, 0, psrpc_status_code(status), message ? message : "subscribe failed", NULL, 0};
+    if (e)
+        psrpc__err_view(e, &view); /* else (out of memory) the static view */
+    s->on_ready(&view, s->user_data);
+    psrpc__err_free(e);
 }
 
 /* Stops delivery and runs release and closed callbacks (loop thread). */
@@ -1765,14 +1795,10 @@ psrpc_status psrpc_sub_wait_ready(psrpc_sub *sub, int64_t timeout_ms) {
 
 typedef struct sub_close_req {
     sub_t *sub;
-    psrpc_closed_cb cb;
-    void *user_data;
+    psrpc__closed_waiter *waiter;
 } sub_close_req;
 
-static void sub_close_task(void *arg) {
-    sub_close_req *r = arg;
-    sub_t *s = r->sub;
-    psrpc__waiters_add(&s->closed_waiters, r->cb, r->user_data);
+static void sub_close_now(sub_t *s) {
     if (!s->finished) {
         psrpc_client *c = s->client;
         for (sub_t **p = &c->subs; *p; p = &(*p)->next) {
@@ -1785,26 +1811,44 @@ static void sub_close_task(void *arg) {
     } else {
         run_closed_waiters(&s->closed_waiters);
     }
+}
+
+static void sub_close_task(void *arg) {
+    sub_close_req *r = arg;
+    sub_t *s = r->sub;
+    psrpc__waiters_push(&s->closed_waiters, r->waiter);
+    sub_close_now(s);
     sub_release(s);
     free(r);
+}
+
+/* psrpc_sub_free's close, on the subscription's own task node. */
+static void sub_free_close_task(void *arg) {
+    sub_t *s = arg;
+    sub_close_now(s);
+    sub_release(s);
 }
 
 psrpc_status psrpc_sub_close(psrpc_sub *sub, psrpc_closed_cb closed_cb, void *user_data) {
     CHECK_SUB(sub);
     atomic_store(&sub->closing, true);
+    bool failed;
     sub_close_req *r = calloc(1, sizeof *r);
-    if (!r)
+    if (r)
+        r->waiter = psrpc__waiter_new(closed_cb, user_data, &failed);
+    if (!r || failed) {
+        free(r);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
     r->sub = sub;
-    r->cb = closed_cb;
-    r->user_data = user_data;
     atomic_fetch_add(&sub->refs, 1);
     int rc = psrpc__bus_post(sub->client->bus, sub_close_task, r);
     if (rc != PSRPC_OK) {
         sub_release(sub);
+        free(r->waiter);
         free(r);
-        if (!closed_cb)
-            return PSRPC_OK;
+        if (!closed_cb && rc == PSRPC_CANCELED)
+            return PSRPC_OK; /* the bus is closed: the subscription finished with it */
     }
     return rc;
 }
@@ -1814,8 +1858,13 @@ void psrpc_sub_free(psrpc_sub *sub) {
         return;
     if (atomic_exchange(&sub->freed, true))
         return;
-    if (!atomic_load(&sub->closing))
-        psrpc_sub_close(sub, NULL, NULL);
+    /* Always, even after psrpc_sub_close (which may have failed for lack of
+     * memory): closing twice is harmless, and this post cannot fail for it. */
+    atomic_store(&sub->closing, true);
+    atomic_fetch_add(&sub->refs, 1);
+    if (psrpc__loop_post_node(sub->client->bus->loop, &sub->free_node, sub_free_close_task, sub) !=
+        PSRPC_OK)
+        sub_release(sub);
     sub_release(sub);
 }
 
@@ -1824,19 +1873,23 @@ void psrpc_sub_free(psrpc_sub *sub) {
 psrpc_status psrpc_client_close(psrpc_client *client, psrpc_closed_cb closed_cb, void *user_data) {
     CHECK_CLIENT(client);
     atomic_store(&client->closing, true);
+    bool failed;
     close_req *r = calloc(1, sizeof *r);
-    if (!r)
+    if (r)
+        r->waiter = psrpc__waiter_new(closed_cb, user_data, &failed);
+    if (!r || failed) {
+        free(r);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
     r->client = client;
-    r->cb = closed_cb;
-    r->user_data = user_data;
     client_retain(client);
     int rc = psrpc__bus_post(client->bus, close_task, r);
     if (rc != PSRPC_OK) {
         client_release(client);
+        free(r->waiter);
         free(r);
-        if (!closed_cb)
-            return PSRPC_OK;
+        if (!closed_cb && rc == PSRPC_CANCELED)
+            return PSRPC_OK; /* the bus is closed: the client closed with it */
     }
     return rc;
 }
@@ -1846,7 +1899,12 @@ void psrpc_client_free(psrpc_client *client) {
         return;
     if (atomic_exchange(&client->freed, true))
         return;
-    if (!atomic_load(&client->closing))
-        psrpc_client_close(client, NULL, NULL);
+    /* Always, even after psrpc_client_close (which may have failed for lack
+     * of memory): closing twice is harmless, and this post cannot fail for it. */
+    atomic_store(&client->closing, true);
+    client_retain(client);
+    if (psrpc__loop_post_node(client->bus->loop, &client->free_node, free_close_task, client) !=
+        PSRPC_OK)
+        client_release(client); /* the bus is closed: the client closed with it */
     client_release(client);
 }

@@ -27,6 +27,7 @@ struct psrpc_server {
     int64_t timeout_ms;
     uint32_t flags;
     psrpc__child child;
+    psrpc__task_node free_node; /* psrpc_server_free's close */
 
     /* Any thread, under mu: registered keys and readiness. */
     pthread_mutex_t mu;
@@ -57,8 +58,12 @@ struct psrpc_server {
     size_t decided_next;
     psrpc__chan_cache peers; /* loop thread: the response, claim and stream
                                 channels of the clients it answers */
-    int inflight;            /* requests in the handler stage */
+    /* Requests in the handler stage. Raised on the loop thread; lowered by
+     * the answer's task, or at once by an answer that cannot reach the loop
+     * (out of memory), so it is atomic; a draining close polls it. */
+    atomic_int inflight;
     int64_t latest_expiry_ns;
+    uint64_t drain_until; /* loop time when a graceful close stops waiting */
     uv_timer_t drain_timer;
     bool drain_timer_on;
     psrpc__closed_waiter *closed_waiters;
@@ -230,12 +235,13 @@ static void report_ready(psrpc_server *s, reg *r, int status, const char *messag
             r->on_ready(NULL, r->user_data);
         } else {
             psrpc__err *e = psrpc__err_new(status, "%s", message ? message : "subscribe failed");
-            psrpc_error view;
-            if (e) {
-                psrpc__err_view(e, &view);
-                r->on_ready(&view, r->user_data);
-                psrpc__err_free(e);
-            }
+            psrpc_error view = {
+                status, 0, psrpc_status_code(status), message ? message : "subscribe failed",
+                NULL,   0};
+            if (e)
+                psrpc__err_view(e, &view); /* else (out of memory) the static view */
+            r->on_ready(&view, r->user_data);
+            psrpc__err_free(e);
         }
     }
     pthread_mutex_lock(&s->mu);
@@ -294,8 +300,25 @@ static void end_streams(psrpc_server *s, reg *r) {
     if (!n)
         return;
     psrpc_stream **list = calloc(n, sizeof *list);
-    if (!list)
+    psrpc__err fallback = {PSRPC_UNAVAILABLE, "unavailable", "EOF", NULL, 0};
+    if (!list) {
+        /* Out of memory for the list: one at a time, from the start again
+         * after each (ending one detaches it from the table). */
+        for (bool again = true; again;) {
+            again = false;
+            psrpc__map_iter it;
+            psrpc__map_iter_init(&it, &s->streams);
+            for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));) {
+                srv_stream *ss = e->value;
+                if (r && ss->reg != r)
+                    continue;
+                psrpc__stream_end(ss->stream, &fallback, true); /* detaches it */
+                again = true;
+                break;
+            }
+        }
         return;
+    }
     psrpc__map_iter it;
     psrpc__map_iter_init(&it, &s->streams);
     for (psrpc__map_entry *e; (e = psrpc__map_iter_next(&it));) {
@@ -304,7 +327,6 @@ static void end_streams(psrpc_server *s, reg *r) {
             list[i++] = ss->stream;
     }
     psrpc__err *eof = psrpc__err_new(PSRPC_UNAVAILABLE, "EOF");
-    psrpc__err fallback = {PSRPC_UNAVAILABLE, "unavailable", "EOF", NULL, 0};
     for (size_t j = 0; j < i; j++)
         psrpc__stream_end(list[j], eof ? eof : &fallback, true);
     psrpc__err_free(eof);
@@ -412,13 +434,18 @@ static void server_finish(psrpc_server *s) {
 }
 
 static void maybe_finish(psrpc_server *s) {
-    if (s->state == PSRPC__CLOSING && (s->forced || s->inflight == 0))
+    if (s->state == PSRPC__CLOSING && (s->forced || atomic_load(&s->inflight) == 0))
         server_finish(s);
 }
 
+/* While a graceful close waits: every DRAIN_POLL_MS (an answer that failed
+ * off the loop lowered inflight without a task), forced at drain_until. */
+#define DRAIN_POLL_MS 50
+
 static void drain_timeout(uv_timer_t *t) {
     psrpc_server *s = t->data;
-    s->forced = true;
+    if (uv_now(t->loop) >= s->drain_until)
+        s->forced = true;
     maybe_finish(s);
 }
 
@@ -445,8 +472,14 @@ static void server_begin_close(psrpc_server *s, bool force) {
             for (i = 0; i < n; i++)
                 claim_forget(pending[i]);
             free(pending);
+        } else if (n) {
+            /* Out of memory for the list: one at a time (forgetting removes each). */
+            psrpc__map_iter it;
+            psrpc__map_entry *e;
+            while (psrpc__map_iter_init(&it, &s->claims), (e = psrpc__map_iter_next(&it)))
+                claim_forget(e->value);
         }
-        if (!s->forced && s->inflight > 0) {
+        if (!s->forced && atomic_load(&s->inflight) > 0) {
             /* Wait for in-flight handlers, at most until the last expiry. */
             int64_t wait_ms = (s->latest_expiry_ns - psrpc__now_ns()) / 1000000 + 100;
             if (wait_ms < 100)
@@ -455,7 +488,8 @@ static void server_begin_close(psrpc_server *s, bool force) {
             s->drain_timer.data = s;
             server_retain(s);
             s->drain_timer_on = true;
-            uv_timer_start(&s->drain_timer, drain_timeout, (uint64_t)wait_ms, 0);
+            s->drain_until = uv_now(s->drain_timer.loop) + (uint64_t)wait_ms;
+            uv_timer_start(&s->drain_timer, drain_timeout, DRAIN_POLL_MS, DRAIN_POLL_MS);
         }
     }
     maybe_finish(s);
@@ -464,19 +498,25 @@ static void server_begin_close(psrpc_server *s, bool force) {
 typedef struct close_req {
     psrpc_server *server;
     bool force;
-    psrpc_closed_cb cb;
-    void *user_data;
+    psrpc__closed_waiter *waiter;
 } close_req;
 
 static void close_task(void *arg) {
     close_req *c = arg;
     psrpc_server *s = c->server;
-    psrpc__waiters_add(&s->closed_waiters, c->cb, c->user_data);
+    psrpc__waiters_push(&s->closed_waiters, c->waiter);
     server_begin_close(s, c->force);
     if (s->state == PSRPC__CLOSED)
         run_closed_waiters(s);
     server_release(s);
     free(c);
+}
+
+/* psrpc_server_free's graceful close, on the server's own task node. */
+static void free_close_task(void *arg) {
+    psrpc_server *s = arg;
+    server_begin_close(s, false);
+    server_release(s);
 }
 
 static void child_close(psrpc__child *child, void (*done)(psrpc__child *)) {
@@ -507,7 +547,7 @@ static void call_handler(psrpc_request *q) {
     psrpc_server *s = q->server;
     reg *r = q->reg;
     atomic_store(&q->stage, STAGE_HANDLER);
-    s->inflight++;
+    atomic_fetch_add(&s->inflight, 1);
     if (q->expiry > s->latest_expiry_ns)
         s->latest_expiry_ns = q->expiry;
     r->handler(q, r->user_data);
@@ -1254,19 +1294,23 @@ psrpc_status psrpc_server_close(psrpc_server *server, uint32_t flags, psrpc_clos
     atomic_store(&server->closing, true);
     if (flags & PSRPC_CLOSE_FORCE)
         atomic_store(&server->killed, true);
+    bool failed;
     close_req *c = calloc(1, sizeof *c);
-    if (!c)
+    if (c)
+        c->waiter = psrpc__waiter_new(closed_cb, user_data, &failed);
+    if (!c || failed) {
+        free(c);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
     c->server = server;
     c->force = flags & PSRPC_CLOSE_FORCE;
-    c->cb = closed_cb;
-    c->user_data = user_data;
     server_retain(server);
     int rc = psrpc__bus_post(server->bus, close_task, c);
     if (rc != PSRPC_OK) {
         server_release(server);
+        free(c->waiter);
         free(c);
-        if (!closed_cb)
+        if (!closed_cb && rc == PSRPC_CANCELED)
             return PSRPC_OK; /* the bus closed everything already */
     }
     return rc;
@@ -1277,8 +1321,13 @@ void psrpc_server_free(psrpc_server *server) {
         return;
     if (atomic_exchange(&server->freed, true))
         return;
-    if (!atomic_load(&server->closing))
-        psrpc_server_close(server, 0, NULL, NULL);
+    /* Always, even after psrpc_server_close (which may have failed for lack
+     * of memory): closing twice is harmless, and this post cannot fail for it. */
+    atomic_store(&server->closing, true);
+    server_retain(server);
+    if (psrpc__loop_post_node(server->bus->loop, &server->free_node, free_close_task, server) !=
+        PSRPC_OK)
+        server_release(server); /* the bus is closed: the server closed with it */
     server_release(server);
 }
 
@@ -1357,7 +1406,7 @@ static void answer_task(void *arg) {
         if (ch)
             psrpc__bus_publish(s->bus, ch, a->bytes);
     }
-    s->inflight--;
+    atomic_fetch_sub(&s->inflight, 1);
     maybe_finish(s);
     psrpc_msg_release(a->bytes);
     request_release(a->req);
@@ -1394,21 +1443,27 @@ static int answer(psrpc_request *q, Internal__Response *resp) {
     bool killed = atomic_load(&s->killed);
     if (a && a->bytes) {
         a->req = q;
-        if (psrpc__bus_post(s->bus, answer_task, a) == PSRPC_OK) {
+        int prc = psrpc__bus_post(s->bus, answer_task, a);
+        if (prc == PSRPC_OK) {
             if (killed)
                 return psrpc__error(PSRPC_CANCELED, "server is closed; answer discarded");
             if (result != PSRPC_OK)
                 return psrpc__error(result, "response exceeds the maximum message size");
             return PSRPC_OK;
         }
-        result = PSRPC_CANCELED;
+        result = prc == PSRPC_FAILED_PRECONDITION ? prc : PSRPC_CANCELED;
     }
-    /* Could not hand it to the loop: the bus is gone. */
+    /* Could not hand it to the loop (out of memory, or the bus is gone): the
+     * request leaves the handler stage here, or a graceful close would wait
+     * for it until its expiry (the draining close polls inflight). */
+    atomic_fetch_sub(&s->inflight, 1);
     if (a) {
         psrpc_msg_release(a->bytes);
         free(a);
     }
     request_release(q);
+    if (result == PSRPC_FAILED_PRECONDITION)
+        return psrpc__bus_fork_error(); /* a request inherited across fork() */
     if (result == PSRPC_CANCELED || killed)
         return psrpc__error(PSRPC_CANCELED, "server is closed; answer discarded");
     return psrpc__error(result, "cannot send the answer");

@@ -34,6 +34,8 @@ struct psrpc_stream {
     char **meta_keys, **meta_values;
     size_t meta_count;
     psrpc__stream_owner owner;
+    psrpc__task_node free_node; /* psrpc_stream_free's close */
+    psrpc__err oom_cause;       /* the cause when copying one failed (static strings) */
 
     /* Callbacks: set once (server side from any thread, under mu). */
     pthread_mutex_t mu;
@@ -112,7 +114,8 @@ void psrpc__stream_release(psrpc_stream *s) {
         psrpc_msg_release(s->held[i].msg);
     psrpc__map_clear(&s->acks);
     deferred_clear(s);
-    psrpc__err_free(s->cause);
+    if (s->cause != &s->oom_cause)
+        psrpc__err_free(s->cause);
     psrpc__strv_free(s->meta_keys, s->meta_count);
     psrpc__strv_free(s->meta_values, s->meta_count);
     psrpc__channel_clear(&s->peer);
@@ -448,13 +451,12 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     psrpc__err *c =
         cause ? psrpc__err_copy(cause) : psrpc__err_new(PSRPC_CANCELED, "stream closed");
     if (!c) {
-        /* Out of memory: keep a minimal cause so callbacks still see one. */
-        c = calloc(1, sizeof *c);
-        if (c) {
-            c->status = PSRPC_UNKNOWN;
-            c->code = psrpc__strdup("unknown");
-            c->message = psrpc__strdup("stream closed");
-        }
+        /* Out of memory: a cause held in the stream, so callbacks still see one. */
+        s->oom_cause =
+            (psrpc__err){cause ? cause->status : PSRPC_CANCELED,
+                         (char *)psrpc_status_code(cause ? cause->status : PSRPC_CANCELED),
+                         "stream closed (out of memory copying the cause)", NULL, 0};
+        c = &s->oom_cause;
     }
     s->cause = c;
     if (send_close)
@@ -470,6 +472,13 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
         for (i = 0; i < n; i++)
             send_finish(ops[i], s->cause);
         free(ops);
+    } else {
+        /* Out of memory for the list: one at a time (send_finish removes each). */
+        psrpc__map_iter it;
+        psrpc__map_entry *e;
+        while (psrpc__map_iter_init(&it, &s->acks), (e = psrpc__map_iter_next(&it))) {
+            send_finish(e->value, s->cause); /* removes it first, then may free it */
+        }
     }
     while (s->queued) {
         send_op *op = s->queued;
@@ -550,23 +559,35 @@ typedef struct close_arg {
     psrpc__err *cause; /* NULL = clean */
 } close_arg;
 
+/* Ends the stream with cause (NULL: clean), loop thread. */
+static void close_now(psrpc_stream *s, const psrpc__err *cause) {
+    if (s->state == PSRPC__STREAM_OPENING) {
+        /* The open is still in progress: end it now; the owner stops the open. */
+        psrpc__err *made = cause ? NULL : psrpc__err_new(PSRPC_CANCELED, "stream closed");
+        psrpc__err fallback = {PSRPC_CANCELED, "canceled", "stream closed", NULL, 0};
+        if (s->owner.abort_open)
+            s->owner.abort_open(s->owner.owner, s);
+        psrpc__stream_end(s, cause ? cause : made ? made : &fallback, true);
+        psrpc__err_free(made);
+    } else if (s->state == PSRPC__STREAM_OPEN) {
+        psrpc__stream_end(s, cause, true);
+    }
+}
+
 static void close_task(void *arg) {
     close_arg *a = arg;
     psrpc_stream *s = a->stream;
-    if (s->state == PSRPC__STREAM_OPENING) {
-        /* The open is still in progress: end it now; the owner stops the open. */
-        psrpc__err *e = a->cause ? a->cause : psrpc__err_new(PSRPC_CANCELED, "stream closed");
-        if (s->owner.abort_open)
-            s->owner.abort_open(s->owner.owner, s);
-        psrpc__stream_end(s, e, true);
-        if (e != a->cause)
-            psrpc__err_free(e);
-    } else if (s->state == PSRPC__STREAM_OPEN) {
-        psrpc__stream_end(s, a->cause, true);
-    }
+    close_now(s, a->cause);
     psrpc__err_free(a->cause);
     psrpc__stream_release(s);
     free(a);
+}
+
+/* psrpc_stream_free's clean close, on the stream's own task node. */
+static void free_close_task(void *arg) {
+    psrpc_stream *s = arg;
+    close_now(s, NULL);
+    psrpc__stream_release(s);
 }
 
 psrpc_status psrpc_stream_close(psrpc_stream *stream, int status, const char *message) {
@@ -593,7 +614,33 @@ psrpc_status psrpc_stream_close(psrpc_stream *stream, int status, const char *me
         psrpc__err_free(a->cause);
         free(a);
         psrpc__stream_release(stream);
+        if (rc != PSRPC_CANCELED)
+            return rc;   /* out of memory: not closed (psrpc_stream_free still closes it) */
         return PSRPC_OK; /* the bus is closed: the stream already ended */
+    }
+    return PSRPC_OK;
+}
+
+psrpc_status psrpc_stream_close_code(psrpc_stream *stream, const char *code, const char *message) {
+    CHECK_STREAM(stream);
+    if (!code || !*code)
+        return psrpc_stream_close(stream, 0, NULL);
+    PSRPC__CHECK_ARG(psrpc__utf8_valid(code, strlen(code)), "code is not valid UTF-8");
+    if (!message)
+        message = "";
+    PSRPC__CHECK_ARG(psrpc__utf8_valid(message, strlen(message)), "message is not valid UTF-8");
+    close_arg *a = calloc(1, sizeof *a);
+    if (!a || !(a->cause = psrpc__err_from_code(code, message))) {
+        free(a);
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    a->stream = stream;
+    atomic_store(&stream->close_requested, true);
+    psrpc__stream_retain(stream);
+    if (psrpc__bus_post(stream->bus, close_task, a) != PSRPC_OK) {
+        psrpc__err_free(a->cause);
+        free(a);
+        psrpc__stream_release(stream); /* the bus is closed: the stream already ended */
     }
     return PSRPC_OK;
 }
@@ -760,8 +807,13 @@ void psrpc_stream_free(psrpc_stream *stream) {
         return;
     if (atomic_exchange(&stream->freed, true))
         return;
-    if (!atomic_load(&stream->close_requested))
-        psrpc_stream_close(stream, 0, NULL);
+    /* Always, even after psrpc_stream_close (which may have failed for lack
+     * of memory): closing twice is harmless, and this post cannot fail for it. */
+    atomic_store(&stream->close_requested, true);
+    psrpc__stream_retain(stream);
+    if (psrpc__loop_post_node(stream->bus->loop, &stream->free_node, free_close_task, stream) !=
+        PSRPC_OK)
+        psrpc__stream_release(stream); /* the bus is closed: the stream ended with it */
     psrpc__stream_release(stream);
 }
 

@@ -11,11 +11,8 @@
 
 #include "common.h"
 
-typedef struct task {
-    struct task *next;
-    psrpc__task_fn fn;
-    void *arg;
-} task;
+/* Pooled nodes (caller_owned false) and the callers' own (loop.h). */
+typedef psrpc__task_node task;
 
 struct psrpc__loop {
     uv_loop_t uv;
@@ -91,12 +88,21 @@ static void drain(psrpc__loop *loop) {
             }
             return;
         }
-        done = t;
         while (t) {
+            /* Read before fn runs: fn may free a node its caller owns. */
+            task *next = t->next;
+            bool owned = t->caller_owned;
             t->fn(t->arg);
-            done_last = t;
-            ndone++;
-            t = t->next;
+            if (!owned) {
+                t->next = NULL;
+                if (done_last)
+                    done_last->next = t;
+                else
+                    done = t;
+                done_last = t;
+                ndone++;
+            }
+            t = next;
             ran++;
         }
         if (ran >= DRAIN_BUDGET) {
@@ -225,6 +231,7 @@ int psrpc__loop_post(psrpc__loop *loop, psrpc__task_fn fn, void *arg) {
     t->next = NULL;
     t->fn = fn;
     t->arg = arg;
+    t->caller_owned = false;
     if (loop->stopping) {
         t->next = loop->spare;
         loop->spare = t;
@@ -237,6 +244,27 @@ int psrpc__loop_post(psrpc__loop *loop, psrpc__task_fn fn, void *arg) {
     else
         loop->head = t;
     loop->tail = t;
+    if (current_loop != loop)
+        uv_async_send(&loop->async);
+    pthread_mutex_unlock(&loop->mu);
+    return PSRPC_OK;
+}
+
+int psrpc__loop_post_node(psrpc__loop *loop, psrpc__task_node *node, psrpc__task_fn fn, void *arg) {
+    node->next = NULL;
+    node->fn = fn;
+    node->arg = arg;
+    node->caller_owned = true;
+    pthread_mutex_lock(&loop->mu);
+    if (loop->stopping) {
+        pthread_mutex_unlock(&loop->mu);
+        return psrpc__error(PSRPC_CANCELED, "bus is closed");
+    }
+    if (loop->tail)
+        loop->tail->next = node;
+    else
+        loop->head = node;
+    loop->tail = node;
     if (current_loop != loop)
         uv_async_send(&loop->async);
     pthread_mutex_unlock(&loop->mu);

@@ -26,6 +26,21 @@ int psrpc__loop_start(psrpc__loop **out);
  * owns arg). */
 int psrpc__loop_post(psrpc__loop *loop, psrpc__task_fn fn, void *arg);
 
+/* A task node the caller owns (embedded in its object): posting it cannot
+ * fail for lack of memory, for the paths that must not (a free, an answer).
+ * The loop never frees it and does not touch it once fn starts, so fn may
+ * free the object holding it. Post a node again only after its fn ran. */
+typedef struct psrpc__task_node {
+    struct psrpc__task_node *next;
+    psrpc__task_fn fn;
+    void *arg;
+    bool caller_owned;
+} psrpc__task_node;
+
+/* psrpc__loop_post with the caller's node: 0, or PSRPC_CANCELED once the
+ * loop is stopping (fn will not run). Any thread. */
+int psrpc__loop_post_node(psrpc__loop *loop, psrpc__task_node *node, psrpc__task_fn fn, void *arg);
+
 /* Asks the loop to stop: tasks already queued still run, then the loop closes
  * its handles and the thread exits. No task can be posted after this call.
  * Any thread. Every other handle on the loop must have been closed by then. */

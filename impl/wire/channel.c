@@ -278,6 +278,8 @@ static int channel_set(psrpc__channel *out, char *legacy, char *server, char *lo
         free(legacy);
         free(server);
         free(local);
+        /* Left empty: psrpc__channel_clear on it is safe after a failure. */
+        out->legacy = out->server = out->local = NULL;
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory building a channel name");
     }
     out->legacy = legacy;
@@ -358,6 +360,7 @@ int psrpc__channel_copy(psrpc__channel *dst, const psrpc__channel *src) {
     };
     if (failed) {
         psrpc__channel_clear(&c);
+        dst->legacy = dst->server = dst->local = NULL;
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory copying a channel");
     }
     *dst = c;

@@ -255,7 +255,7 @@ run_cell() {
             envs+=(PSRPC_INTEROP_MIXED=0 PSRPC_INTEROP_CLIENTS="$client" PSRPC_INTEROP_SERVERS="$server")
         fi
         [ -n "$scenarios" ] && envs+=(PSRPC_INTEROP_SCENARIOS="$scenarios")
-        (cd "$here/go/interop" && env "${envs[@]}" PSRPC_INTEROP_DIRECTION= \
+        (cd "$here/go/interop" && env "${envs[@]}" \
             "$testbin" -test.count=1 -test.v -test.timeout 600s -test.run '^TestInterop$') >"$log" 2>&1
         rc=$?
     fi
@@ -316,5 +316,5 @@ cmdline="tests/interop/matrix.sh"
 [ "$mode" = all ] && cmdline="$cmdline --all"
 [ "$mode" = ci ] && cmdline="$cmdline --ci"
 python3 "$here/matrix_results.py" --out "$out" --total "$total" --commit "$commit" \
-    --command "$cmdline" --langs "$sel" --methods "$methods_rc" \
+    --command "$cmdline" --langs "$sel" --methods "$methods_rc" --parallel "$parallel" \
     $([ "${render:-0}" = 1 ] && echo --render "$root/docs/interop.md") || exit 1

@@ -69,7 +69,7 @@ def render(doc, res, names):
     lines.append(
         f'`{res["command"]}` on {res["date"]}, commit `{res["commit"]}`: languages '
         f'{", ".join(name(l) for l in langs)}; **{npass} of {ncells} cells passed**, '
-        f'{dur(res["total_seconds"])} in all (cells run one after the other; '
+        f'{dur(res["total_seconds"])} in all ({res["lanes"]}; '
         f'each cell\'s time includes starting its processes). A cell\'s entry is '
         f'passed/total scenarios and its time; rows are the client language, '
         f'columns the server language.')
@@ -127,6 +127,7 @@ def main():
     ap.add_argument("--command", required=True)
     ap.add_argument("--langs", required=True)
     ap.add_argument("--methods", type=int, required=True)
+    ap.add_argument("--parallel", type=int, default=0)
     ap.add_argument("--render")
     a = ap.parse_args()
 
@@ -148,6 +149,8 @@ def main():
         "command": a.command,
         "languages": a.langs.split(),
         "total_seconds": a.total,
+        "lanes": ("redis and nats cells in two parallel lanes" if a.parallel
+                  else "cells run one after the other"),
         "method_tables": "pass" if a.methods == 0 else "fail",
         "prepare": prepare,
         "cells": load(a.out),

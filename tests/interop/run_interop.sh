@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# run_interop.sh — runs one cell of the interop matrix (docs/interop.md).
+# run_interop.sh — the method-table check, and single cells with given
+# programs in the "c" slot (what the bindings' own scripts use). The matrix of
+# every language is tests/interop/matrix.sh (docs/interop.md).
 #
 #   run_interop.sh --server PATH --client PATH methods
-#       the method table check (C build vs Go descriptor vs generated code)
+#       the committed generated Go code is what gen.sh makes of
+#       conformance.proto, and the method table of the client program
+#       (--print-methods) equals the one derived from the Go descriptor and
+#       protoc-gen-psrpc's RegisterMethod flags (ctest interop_method_table;
+#       no broker)
 #   run_interop.sh --server PATH --client PATH BUS DIRECTION
 #       BUS: redis | nats; DIRECTION: go_client_c_server | c_client_go_server |
-#       mixed_servers (baselines: go_client_go_server | c_client_c_server)
+#       mixed_servers | go_client_go_server | c_client_c_server ("c" being the
+#       programs given)
 #
 # Brokers: PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (defaults
-# redis://127.0.0.1:6379, nats://127.0.0.1:4222). A broker that does not
-# answer fails the run. Needs Go and the module cache or proxy
-# (tests/interop/setup.sh). PSRPC_INTEROP_SCENARIOS=a,b runs a subset.
+# redis://127.0.0.1:6379, nats://127.0.0.1:4222). Needs Go and the module
+# graph (tests/interop/setup.sh). PSRPC_INTEROP_SCENARIOS=a,b runs a subset.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,16 +32,20 @@ done
     echo "usage: $0 --server PATH --client PATH (methods | BUS DIRECTION)" >&2
     exit 2
 }
+abs() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+server=$(abs "$server") client=$(abs "$client")
 
 export PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null || { echo "run_interop: go not found (tests/interop/setup.sh)" >&2; exit 1; }
-export PSRPC_INTEROP_C_SERVER=$server PSRPC_INTEROP_C_CLIENT=$client
 cd "$here/go"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+slots() { # GO_SERVER
+    python3 -c 'import json, sys; print(json.dumps({"go": {"server": [sys.argv[1]]},
+        "c": {"server": [sys.argv[2]], "client": [sys.argv[3]]}}))' "$1" "$server" "$client" >"$tmp/slots.json"
+}
 
 if [ "$1" = methods ]; then
-    # The committed generated code must be what gen.sh makes of the .proto.
-    tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' EXIT
     ./gen.sh --out "$tmp"
     for f in conformance.pb.go conformance.psrpc.go; do
         diff -u "conformance/$f" "$tmp/$f" || {
@@ -44,41 +54,29 @@ if [ "$1" = methods ]; then
         }
     done
     echo "run_interop: generated code is current"
-    go test -count=1 -v -run '^TestMethodTable$' ./interop/
+    slots unused
+    PSRPC_INTEROP_SLOTS=$tmp/slots.json PSRPC_INTEROP_CLIENTS=c \
+        go test -count=1 -v -run '^TestMethodTable$' ./interop/
     exit
 fi
 
 bus=$1 dir=${2:?direction}
-case $bus in
-redis) url=${PSRPC_TEST_REDIS_URL:-redis://127.0.0.1:6379} ;;
-nats) url=${PSRPC_TEST_NATS_URL:-nats://127.0.0.1:4222} ;;
-*) echo "run_interop: unknown bus $bus" >&2; exit 2 ;;
+case $bus in redis | nats) ;; *) echo "run_interop: unknown bus $bus" >&2; exit 2 ;; esac
+case $dir in
+go_client_c_server) cells=(go c 0) ;;
+c_client_go_server) cells=(c go 0) ;;
+mixed_servers) cells=(go,c c,go 1) ;;
+go_client_go_server) cells=(go go 0) ;;
+c_client_c_server) cells=(c c 0) ;;
+*) echo "run_interop: unknown direction $dir" >&2; exit 2 ;;
 esac
-
-# The broker must answer: Redis replies +PONG to PING, NATS greets with INFO.
-hostport=${url#*://}
-hostport=${hostport#*@}
-hostport=${hostport%%/*}
-host=${hostport%:*} port=${hostport##*:}
-[ "$host" = "$hostport" ] && port=$([ "$bus" = redis ] && echo 6379 || echo 4222)
-probe() {
-    if [ "$bus" = redis ]; then
-        timeout 3 bash -c "exec 3<>/dev/tcp/$host/$port && printf 'PING\r\n' >&3 && head -c 5 <&3" 2>/dev/null | grep -q PONG
-    else
-        timeout 3 bash -c "exec 3<>/dev/tcp/$host/$port && head -c 4 <&3" 2>/dev/null | grep -q INFO
-    fi
-}
-probe || { echo "run_interop: no $bus broker answers at $url (scripts/brokers.sh start)" >&2; exit 1; }
-
-# The Go conformance server, built next to the C programs (build tree).
-goserver=$(dirname "$server")/go-conformance-server
-go build -o "$goserver" ./cmd/conformance-server
-export PSRPC_INTEROP_GO_SERVER=$goserver PSRPC_INTEROP_BUS=$bus PSRPC_INTEROP_DIRECTION=$dir
-
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+go build -o "$tmp/go-conformance-server" ./cmd/conformance-server
+slots "$tmp/go-conformance-server"
+log=$tmp/log
 set +e
-go test -count=1 -v -timeout 540s -run '^TestInterop$' ./interop/ 2>&1 | tee "$log"
+PSRPC_INTEROP_SLOTS=$tmp/slots.json PSRPC_INTEROP_BUS=$bus PSRPC_INTEROP_CLIENTS=${cells[0]} \
+    PSRPC_INTEROP_SERVERS=${cells[1]} PSRPC_INTEROP_MIXED=${cells[2]} \
+    go test -count=1 -v -timeout 540s -run '^TestInterop$' ./interop/ 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 echo

@@ -37,6 +37,7 @@ static const char *const covered[] = {
     /* issue 20 additions: covered by test_local_ext.c */
     "psrpc_error_copy", "psrpc_error_free", "psrpc_client_call_sync_ex",
     "psrpc_request_abandon", "psrpc_stream_defer", "psrpc_stream_ack",
+    "psrpc_stream_close_code",
 };
 
 /* The call returns `code`, sets a non-empty last error and its status. */

@@ -414,6 +414,8 @@ TEST(ids_go_accepts) {
         free(c);
         psrpc_client_free(cl);
         psrpc_server_free(s->server);
+        /* the registration's release runs on the loop: wait before freeing s */
+        CHECK(WAIT_UNTIL(atomic_load(&s->released) == 1, tu_ms(5000)));
         tu_srv_destroy(s);
     }
     /* what would break or widen the NATS reply subject is refused */

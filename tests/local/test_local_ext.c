@@ -599,6 +599,9 @@ typedef struct dside {
     int next;
     atomic_int opens;
     int open_status;
+    int close_status;
+    char close_code[64];
+    char close_message[128];
     atomic_int closes;
     atomic_int released;
 } dside;
@@ -641,8 +644,12 @@ static int d_on_message(psrpc_stream *st, const psrpc_msg *msg, void *ud) {
 }
 
 static void d_on_close(psrpc_stream *st, const psrpc_error *cause, void *ud) {
-    (void)st, (void)cause;
-    atomic_fetch_add(&((dside *)ud)->closes, 1);
+    (void)st;
+    dside *d = (dside *)ud;
+    d->close_status = cause ? cause->status : 1;
+    snprintf(d->close_code, sizeof d->close_code, "%s", cause ? cause->code : "(none)");
+    snprintf(d->close_message, sizeof d->close_message, "%s", cause ? cause->message : "(none)");
+    atomic_fetch_add(&d->closes, 1);
 }
 
 static void d_on_open(const psrpc_error *e, void *ud) {
@@ -939,6 +946,62 @@ TEST(defer_thousand_acked_in_order_on_another_thread) {
     CHECK_EQ_INT(inversions, 0);
     sfx_free(f);
     free(d);
+}
+
+/* ------------------------------------------------------------------------ */
+/* psrpc_stream_close_code                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void close_code_case(bool from_client, const char *code, const char *message,
+                            int want_status, const char *want_code, const char *want_message) {
+    sfx *f = sfx_new(false, false);
+    REQUIRE(sfx_ok(f));
+    psrpc_stream *closer = from_client ? f->cst : atomic_load(&f->srv_side->own);
+    dside *local = from_client ? f->cli_side : f->srv_side;
+    dside *peer = from_client ? f->srv_side : f->cli_side;
+    CHECK_EQ_INT(psrpc_stream_close_code(closer, code, message), PSRPC_OK);
+    REQUIRE(tu_wait_count(&peer->closes, 1, 5000));
+    REQUIRE(tu_wait_count(&local->closes, 1, 5000));
+    CHECK_EQ_INT(peer->close_status, want_status);
+    CHECK_EQ_STR(peer->close_code, want_code);
+    CHECK_EQ_STR(peer->close_message, want_message);
+    CHECK_EQ_INT(local->close_status, want_status);
+    CHECK_EQ_STR(local->close_code, want_code);
+    CHECK_EQ_STR(local->close_message, want_message);
+    /* idempotent: a second close changes nothing */
+    CHECK_EQ_INT(psrpc_stream_close_code(closer, "other", "x"), PSRPC_OK);
+    th_sleep_ms(50);
+    CHECK_EQ_INT(atomic_load(&peer->closes), 1);
+    CHECK_EQ_INT(atomic_load(&local->closes), 1);
+    sfx_free(f);
+}
+
+TEST(close_code_custom_from_client) {
+    close_code_case(true, "my_custom_close", "bye \xc3\xbc", PSRPC_UNKNOWN, "my_custom_close",
+                    "bye \xc3\xbc");
+}
+TEST(close_code_custom_from_server) {
+    close_code_case(false, "quota_gone", "no more", PSRPC_UNKNOWN, "quota_gone", "no more");
+}
+TEST(close_code_known_code) {
+    close_code_case(true, "not_found", NULL, PSRPC_NOT_FOUND, "not_found", "");
+}
+TEST(close_code_clean) {
+    close_code_case(false, NULL, "ignored", PSRPC_CANCELED, "canceled", "stream closed");
+    close_code_case(true, "", "ignored", PSRPC_CANCELED, "canceled", "stream closed");
+}
+
+TEST(close_code_arguments) {
+    sfx *f = sfx_new(false, false);
+    REQUIRE(sfx_ok(f));
+    psrpc_clear_error();
+    CHECK_EQ_INT(psrpc_stream_close_code(NULL, "x", "y"), PSRPC_INVALID_ARGUMENT);
+    CHECK(psrpc_last_error()[0] != 0);
+    CHECK_EQ_INT(psrpc_stream_close_code(f->cst, "bad \xff", "y"), PSRPC_INVALID_ARGUMENT);
+    CHECK_EQ_INT(psrpc_stream_close_code(f->cst, "x", "bad \xfe"), PSRPC_INVALID_ARGUMENT);
+    th_sleep_ms(50);
+    CHECK_EQ_INT(atomic_load(&f->cli_side->closes), 0); /* refused calls closed nothing */
+    sfx_free(f);
 }
 
 TEST_MAIN()

@@ -2,6 +2,8 @@
  * into the connection's write buffer. It must produce exactly what the hiredis
  * command formatter produces for the same arguments. */
 #include <hiredis/hiredis.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,6 +60,41 @@ TEST(resp_matches_hiredis_formatter) {
         l4[i] = 3;
     }
     check_same(12, a4, l4);
+}
+
+/* libuv takes buffer lengths as unsigned int and SSL_write as int: the
+ * connection writes larger buffers in pieces (issue 20, item 9). Every piece
+ * fits both types unchanged, and the pieces add up to the whole. */
+TEST(write_pieces_fit_libuv_and_openssl_lengths) {
+    CHECK(PSRPC__RCONN_MAX_WRITE <= (size_t)INT_MAX);
+    CHECK(PSRPC__RCONN_MAX_WRITE <= (size_t)UINT_MAX);
+    const size_t sizes[] = {0,
+                            1,
+                            4096,
+                            PSRPC__RCONN_MAX_WRITE - 1,
+                            PSRPC__RCONN_MAX_WRITE,
+                            PSRPC__RCONN_MAX_WRITE + 1,
+                            (size_t)UINT_MAX,
+                            (size_t)UINT_MAX + 1,
+                            ((size_t)5 << 30) + 3,
+                            ((size_t)1 << 40) + 7};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        size_t left = sizes[i], total = 0, pieces = 0;
+        while (left > 0) {
+            size_t piece = psrpc__rconn_write_chunk(left);
+            CHECK(piece > 0 && piece <= left);
+            CHECK((size_t)(unsigned int)piece == piece);
+            CHECK((size_t)(int)piece == piece);
+            if (piece == 0 || piece > left)
+                break;
+            left -= piece;
+            total += piece;
+            pieces++;
+        }
+        CHECK_EQ_INT(total, sizes[i]);
+        CHECK_EQ_INT(pieces, (sizes[i] + PSRPC__RCONN_MAX_WRITE - 1) / PSRPC__RCONN_MAX_WRITE);
+    }
+    CHECK_EQ_INT(psrpc__rconn_write_chunk(SIZE_MAX), PSRPC__RCONN_MAX_WRITE);
 }
 
 TEST_MAIN()

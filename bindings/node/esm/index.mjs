@@ -20,5 +20,6 @@ export const {
   version,
   wireVersion,
   features,
+  _bench,
 } = cjs;
 export default cjs;

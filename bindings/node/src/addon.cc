@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <string>
 #include <utility>
@@ -34,21 +35,21 @@ extern "C" {
 namespace {
 
 enum Kind {
-    EV_STATE = 1,      // (0, state, error)
-    EV_CLOSED = 2,     // (0): the bus finished closing
-    EV_CALL = 3,       // (id, response|null, error|null, serverId|null)
-    EV_RESULT = 4,     // (id, response|null, error|null, serverId|null) multi result
-    EV_DONE = 5,       // (id, error|null) multi done
-    EV_SELECT = 6,     // (id, selectionBox, claims[])
-    EV_SUB_MSG = 7,    // (id, payload)
-    EV_READY = 8,      // (id, error|null) subscription / registration confirmed
-    EV_REQ = 9,        // (id, requestBox, info)
-    EV_AFF = 10,       // (id, requestBox, info)
-    EV_ST_ACCEPT = 11, // (registration id, stream id, streamBox, info)
-    EV_ST_OPEN = 12,   // (stream id, error|null)
-    EV_ST_MSG = 13,    // (stream id, payload) -> returns accept (bool)
-    EV_ST_CLOSE = 14,  // (stream id, error)
-    EV_SEND_DONE = 15, // (send id, error|null)
+    EV_STATE = 1,          // (0, state, error)
+    EV_CLOSED = 2,         // (0): the bus finished closing
+    EV_CALL = 3,           // (id, response|null, error|null, serverId|null)
+    EV_RESULT = 4,         // (id, response|null, error|null, serverId|null) multi result
+    EV_DONE = 5,           // (id, error|null) multi done
+    EV_SELECT = 6,         // (id, selectionBox, claims[])
+    EV_SUB_MSG = 7,        // (id, payload)
+    EV_READY = 8,          // (id, error|null) subscription / registration confirmed
+    EV_REQ = 9,            // (id, requestBox, info)
+    EV_AFF = 10,           // (id, requestBox, info)
+    EV_ST_ACCEPT = 11,     // (registration id, stream id, streamBox, info)
+    EV_ST_OPEN = 12,       // (stream id, error|null)
+    EV_ST_MSG = 13,        // (stream id, payload) -> returns accept (bool)
+    EV_ST_CLOSE = 14,      // (stream id, error)
+    EV_SEND_DONE = 15,     // (send id, error|null)
     EV_HANDLE_CLOSED = 16, // (id): a client/server/subscription finished closing
 };
 
@@ -60,7 +61,8 @@ struct ErrorCopy {
 };
 
 std::unique_ptr<ErrorCopy> copy_error(const psrpc_error *e) {
-    if (e == nullptr) return nullptr;
+    if (e == nullptr)
+        return nullptr;
     auto c = std::make_unique<ErrorCopy>();
     c->status = e->status;
     c->code = e->code ? e->code : "";
@@ -83,9 +85,12 @@ struct ReqInfo {
 
 void fill_request_info(ReqInfo &info, const psrpc_request *r) {
     const char *s;
-    if ((s = psrpc_request_id(r))) info.request_id = s;
-    if ((s = psrpc_request_client_id(r))) info.client_id = s;
-    if ((s = psrpc_request_method(r))) info.method = s;
+    if ((s = psrpc_request_id(r)))
+        info.request_id = s;
+    if ((s = psrpc_request_client_id(r)))
+        info.client_id = s;
+    if ((s = psrpc_request_method(r)))
+        info.method = s;
     size_t n = psrpc_request_topic_count(r);
     for (size_t i = 0; i < n; i++) {
         const char *t = psrpc_request_topic(r, i);
@@ -103,9 +108,12 @@ void fill_request_info(ReqInfo &info, const psrpc_request *r) {
 
 void fill_stream_info(ReqInfo &info, const psrpc_stream *st) {
     const char *s;
-    if ((s = psrpc_stream_id(st))) info.request_id = s;
-    if ((s = psrpc_stream_node_id(st))) info.client_id = s;
-    if ((s = psrpc_stream_method(st))) info.method = s;
+    if ((s = psrpc_stream_id(st)))
+        info.request_id = s;
+    if ((s = psrpc_stream_node_id(st)))
+        info.client_id = s;
+    if ((s = psrpc_stream_method(st)))
+        info.method = s;
     size_t n = psrpc_stream_metadata_count(st);
     for (size_t i = 0; i < n; i++) {
         const char *k = nullptr, *v = nullptr;
@@ -122,7 +130,8 @@ struct ReqBox {
 };
 
 void abandon_request(psrpc_request *req, bool affinity_stage, const char *why) {
-    if (req == nullptr) return;
+    if (req == nullptr)
+        return;
 #ifdef PSRPC_HAVE_REQUEST_ABANDON
     (void)affinity_stage;
     psrpc_request_abandon(req, PSRPC_INTERNAL, why);
@@ -163,12 +172,18 @@ struct Event {
     ~Event() {
         // Destroyed without reaching JavaScript (or after it, for the
         // pointers JavaScript did not take over).
-        if (msg) psrpc_msg_release(msg);
-        if (req) abandon_request(req, kind == EV_AFF, "the JavaScript environment is shutting down");
-        if (sel) psrpc_selection_fail(sel, PSRPC_CANCELED, "the JavaScript environment is shutting down");
-        if (stream) psrpc_stream_free(stream);
+        if (msg)
+            psrpc_msg_release(msg);
+        if (req)
+            abandon_request(req, kind == EV_AFF, "the JavaScript environment is shutting down");
+        if (sel)
+            psrpc_selection_fail(sel, PSRPC_CANCELED,
+                                 "the JavaScript environment is shutting down");
+        if (stream)
+            psrpc_stream_free(stream);
 #ifdef PSRPC_HAVE_STREAM_DEFER
-        if (deferred && ack_stream) psrpc_stream_ack(ack_stream, ack_token, 0);
+        if (deferred && ack_stream)
+            psrpc_stream_ack(ack_stream, ack_token, 0);
 #endif
     }
 };
@@ -184,19 +199,22 @@ struct BusCtx {
     std::atomic<uint64_t> next_native_id{1000000000000ull};
 
     void unref() {
-        if (refs.fetch_sub(1) == 1) delete this;
+        if (refs.fetch_sub(1) == 1)
+            delete this;
     }
 
     void post(Event *ev) {
         napi_status st = napi_call_threadsafe_function(tsfn, ev, napi_tsfn_nonblocking);
-        if (st != napi_ok) delete ev;
+        if (st != napi_ok)
+            delete ev;
     }
 };
 
 void bus_cleanup_hook(void *arg);
 
 void free_bus_now(BusCtx *ctx) {
-    if (ctx->freed) return;
+    if (ctx->freed)
+        return;
     ctx->freed = true;
     if (ctx->hook) {
         napi_remove_env_cleanup_hook(ctx->env, bus_cleanup_hook, ctx);
@@ -211,7 +229,8 @@ void free_bus_now(BusCtx *ctx) {
 void bus_cleanup_hook(void *arg) {
     BusCtx *ctx = static_cast<BusCtx *>(arg);
     ctx->hook = false; // being run: do not remove
-    if (ctx->freed) return;
+    if (ctx->freed)
+        return;
     ctx->freed = true;
     psrpc_bus *b = ctx->bus;
     ctx->bus = nullptr;
@@ -226,12 +245,14 @@ Napi::Value bytes_value(Napi::Env env, const psrpc_msg *msg) {
     const uint8_t *d = psrpc_msg_data(msg);
     size_t n = psrpc_msg_size(msg);
     Napi::Uint8Array a = Napi::Uint8Array::New(env, n);
-    if (n) std::memcpy(a.Data(), d, n);
+    if (n)
+        std::memcpy(a.Data(), d, n);
     return a;
 }
 
 Napi::Value error_value(Napi::Env env, const ErrorCopy *e) {
-    if (e == nullptr) return env.Null();
+    if (e == nullptr)
+        return env.Null();
     Napi::Object o = Napi::Object::New(env);
     o.Set("status", Napi::Number::New(env, e->status));
     o.Set("code", Napi::String::New(env, e->code));
@@ -242,7 +263,8 @@ Napi::Value error_value(Napi::Env env, const ErrorCopy *e) {
         d.Set("typeUrl", Napi::String::New(env, e->details[i].first));
         const std::string &v = e->details[i].second;
         Napi::Uint8Array a = Napi::Uint8Array::New(env, v.size());
-        if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size());
+        if (!v.empty())
+            std::memcpy(a.Data(), v.data(), v.size());
         d.Set("value", a);
         details.Set(i, d);
     }
@@ -256,7 +278,8 @@ Napi::Value info_value(Napi::Env env, const ReqInfo &info) {
     o.Set("clientId", Napi::String::New(env, info.client_id));
     o.Set("method", Napi::String::New(env, info.method));
     Napi::Array topics = Napi::Array::New(env, info.topics.size());
-    for (size_t i = 0; i < info.topics.size(); i++) topics.Set(i, Napi::String::New(env, info.topics[i]));
+    for (size_t i = 0; i < info.topics.size(); i++)
+        topics.Set(i, Napi::String::New(env, info.topics[i]));
     o.Set("topics", topics);
     Napi::Array md = Napi::Array::New(env, info.metadata.size());
     for (size_t i = 0; i < info.metadata.size(); i++) {
@@ -277,17 +300,22 @@ Napi::External<T> make_box(Napi::Env env, T *box, void (*fin)(Napi::Env, T *)) {
 }
 
 void req_box_fin(Napi::Env, ReqBox *b) {
-    if (b->req) abandon_request(b->req, b->affinity_stage, "the request object was garbage collected unanswered");
+    if (b->req)
+        abandon_request(b->req, b->affinity_stage,
+                        "the request object was garbage collected unanswered");
     delete b;
 }
 
 void sel_box_fin(Napi::Env, SelBox *b) {
-    if (b->sel) psrpc_selection_fail(b->sel, PSRPC_INTERNAL, "the selection was garbage collected unanswered");
+    if (b->sel)
+        psrpc_selection_fail(b->sel, PSRPC_INTERNAL,
+                             "the selection was garbage collected unanswered");
     delete b;
 }
 
 void stream_box_fin(Napi::Env, StreamBox *b) {
-    if (b->stream) psrpc_stream_free(b->stream);
+    if (b->stream)
+        psrpc_stream_free(b->stream);
     delete b;
 }
 
@@ -375,13 +403,12 @@ void call_js(napi_env raw_env, napi_value js_cb, void *context, void *data) {
 #else
     (void)ret;
 #endif
-    if (ev->kind == EV_CLOSED) free_bus_now(ctx);
+    if (ev->kind == EV_CLOSED)
+        free_bus_now(ctx);
     delete ev;
 }
 
-void tsfn_finalize(napi_env, void *, void *hint) {
-    static_cast<BusCtx *>(hint)->unref();
-}
+void tsfn_finalize(napi_env, void *, void *hint) { static_cast<BusCtx *>(hint)->unref(); }
 
 // ---- argument helpers -------------------------------------------------------
 
@@ -402,12 +429,14 @@ void throw_status(Napi::Env env, int st, const char *what) {
 }
 
 template <typename T> T *unbox(const Napi::Value &v) {
-    if (!v.IsExternal()) return nullptr;
+    if (!v.IsExternal())
+        return nullptr;
     return v.As<Napi::External<T>>().Data();
 }
 
 bool get_string(const Napi::Value &v, std::string &out) {
-    if (!v.IsString()) return false;
+    if (!v.IsString())
+        return false;
     out = v.As<Napi::String>().Utf8Value();
     return true;
 }
@@ -419,9 +448,11 @@ struct MethodArg {
 };
 
 bool get_method(Napi::Env env, const Napi::Value &v, MethodArg &out) {
-    if (!v.IsObject()) return type_error(env, "method must be an object");
+    if (!v.IsObject())
+        return type_error(env, "method must be an object");
     Napi::Object o = v.As<Napi::Object>();
-    if (!get_string(o.Get("name"), out.name)) return type_error(env, "method.name must be a string");
+    if (!get_string(o.Get("name"), out.name))
+        return type_error(env, "method.name must be a string");
     out.m.name = out.name.c_str();
     out.m.routing = o.Get("routing").ToNumber().Uint32Value();
     out.m.flags = o.Get("flags").ToNumber().Uint32Value();
@@ -438,16 +469,20 @@ struct StrList {
     std::vector<std::string> s;
     std::vector<const char *> p;
     bool from(Napi::Env env, const Napi::Value &v, const char *what) {
-        if (v.IsUndefined() || v.IsNull()) return true;
-        if (!v.IsArray()) return type_error(env, what);
+        if (v.IsUndefined() || v.IsNull())
+            return true;
+        if (!v.IsArray())
+            return type_error(env, what);
         Napi::Array a = v.As<Napi::Array>();
         s.reserve(a.Length());
         for (uint32_t i = 0; i < a.Length(); i++) {
             Napi::Value x = a.Get(i);
-            if (!x.IsString()) return type_error(env, what);
+            if (!x.IsString())
+                return type_error(env, what);
             s.push_back(x.As<Napi::String>().Utf8Value());
         }
-        for (auto &x : s) p.push_back(x.c_str());
+        for (auto &x : s)
+            p.push_back(x.c_str());
         return true;
     }
     const char *const *data() const { return p.empty() ? nullptr : p.data(); }
@@ -464,7 +499,8 @@ struct CallOpts {
 int64_t num_i64(const Napi::Value &v) {
     if (v.IsNumber()) {
         double d = v.As<Napi::Number>().DoubleValue();
-        if (std::isnan(d)) return 0;
+        if (std::isnan(d))
+            return 0;
         return static_cast<int64_t>(d);
     }
     if (v.IsBigInt()) {
@@ -479,11 +515,14 @@ int64_t num_i64(const Napi::Value &v) {
 //        affinityTimeoutMs, shortCircuitTimeoutMs, acceptFirstAvailable, select}}
 bool get_call_opts(Napi::Env env, const Napi::Value &v, CallOpts &c, void *select_ud,
                    psrpc_select_cb select_cb) {
-    if (v.IsUndefined() || v.IsNull()) return true;
-    if (!v.IsObject()) return type_error(env, "options must be an object");
+    if (v.IsUndefined() || v.IsNull())
+        return true;
+    if (!v.IsObject())
+        return type_error(env, "options must be an object");
     Napi::Object o = v.As<Napi::Object>();
     c.o.timeout_ms = num_i64(o.Get("timeoutMs"));
-    if (!c.topics.from(env, o.Get("topics"), "topics must be an array of strings")) return false;
+    if (!c.topics.from(env, o.Get("topics"), "topics must be an array of strings"))
+        return false;
     c.o.topics = c.topics.data();
     c.o.topic_count = c.topics.s.size();
     Napi::Value md = o.Get("metadata");
@@ -492,29 +531,38 @@ bool get_call_opts(Napi::Env env, const Napi::Value &v, CallOpts &c, void *selec
         c.md_s.reserve(a.Length() * 2);
         for (uint32_t i = 0; i < a.Length(); i++) {
             Napi::Value kv = a.Get(i);
-            if (!kv.IsArray()) return type_error(env, "metadata entries must be [key, value]");
+            if (!kv.IsArray())
+                return type_error(env, "metadata entries must be [key, value]");
             Napi::Array p = kv.As<Napi::Array>();
             Napi::Value k = p.Get(0u), val = p.Get(1u);
-            if (!k.IsString() || !val.IsString()) return type_error(env, "metadata keys and values must be strings");
+            if (!k.IsString() || !val.IsString())
+                return type_error(env, "metadata keys and values must be strings");
             c.md_s.push_back(k.As<Napi::String>().Utf8Value());
             c.md_s.push_back(val.As<Napi::String>().Utf8Value());
         }
-        for (size_t i = 0; i + 1 < c.md_s.size(); i += 2) c.md.push_back({c.md_s[i].c_str(), c.md_s[i + 1].c_str()});
+        for (size_t i = 0; i + 1 < c.md_s.size(); i += 2)
+            c.md.push_back({c.md_s[i].c_str(), c.md_s[i + 1].c_str()});
         c.o.metadata = c.md.empty() ? nullptr : c.md.data();
         c.o.metadata_count = c.md.size();
     }
     c.o.deadline_ns = num_i64(o.Get("deadlineNs"));
-    if (o.Get("waitForReady").ToBoolean().Value()) c.o.flags |= PSRPC_CALL_WAIT_FOR_READY;
+    if (o.Get("waitForReady").ToBoolean().Value())
+        c.o.flags |= PSRPC_CALL_WAIT_FOR_READY;
     Napi::Value s = o.Get("selection");
     if (s.IsObject()) {
         Napi::Object so = s.As<Napi::Object>();
-        c.sel.minimum_affinity = static_cast<float>(so.Get("minimumAffinity").ToNumber().DoubleValue());
-        c.sel.maximum_affinity = static_cast<float>(so.Get("maximumAffinity").ToNumber().DoubleValue());
-        if (std::isnan(c.sel.minimum_affinity)) c.sel.minimum_affinity = 0;
-        if (std::isnan(c.sel.maximum_affinity)) c.sel.maximum_affinity = 0;
+        c.sel.minimum_affinity =
+            static_cast<float>(so.Get("minimumAffinity").ToNumber().DoubleValue());
+        c.sel.maximum_affinity =
+            static_cast<float>(so.Get("maximumAffinity").ToNumber().DoubleValue());
+        if (std::isnan(c.sel.minimum_affinity))
+            c.sel.minimum_affinity = 0;
+        if (std::isnan(c.sel.maximum_affinity))
+            c.sel.maximum_affinity = 0;
         c.sel.affinity_timeout_ms = num_i64(so.Get("affinityTimeoutMs"));
         c.sel.short_circuit_timeout_ms = num_i64(so.Get("shortCircuitTimeoutMs"));
-        if (so.Get("acceptFirstAvailable").ToBoolean().Value()) c.sel.flags |= PSRPC_SELECT_ACCEPT_FIRST_AVAILABLE;
+        if (so.Get("acceptFirstAvailable").ToBoolean().Value())
+            c.sel.flags |= PSRPC_SELECT_ACCEPT_FIRST_AVAILABLE;
         if (so.Get("select").ToBoolean().Value() && select_cb) {
             c.sel.select = select_cb;
             c.sel.select_user_data = select_ud;
@@ -527,7 +575,8 @@ bool get_call_opts(Napi::Env env, const Napi::Value &v, CallOpts &c, void *selec
 bool get_bytes(const Napi::Value &v, const uint8_t *&data, size_t &len) {
     if (v.IsTypedArray()) {
         Napi::TypedArray t = v.As<Napi::TypedArray>();
-        if (t.TypedArrayType() != napi_uint8_array) return false;
+        if (t.TypedArrayType() != napi_uint8_array)
+            return false;
         Napi::Uint8Array a = v.As<Napi::Uint8Array>();
         data = a.Data();
         len = a.ByteLength();
@@ -575,7 +624,8 @@ Event *result_event(int kind, UD *u, const psrpc_msg *response, const psrpc_erro
     Event *ev = new Event;
     ev->kind = kind;
     ev->id = u->id;
-    if (response) ev->msg = psrpc_msg_retain(response);
+    if (response)
+        ev->msg = psrpc_msg_retain(response);
     ev->err = copy_error(error);
     if (server_id) {
         ev->has_server_id = true;
@@ -644,7 +694,8 @@ void on_request(psrpc_request *req, void *ud, int kind) {
     ev->info = std::make_unique<ReqInfo>();
     fill_request_info(*ev->info, req);
     const psrpc_msg *p = psrpc_request_payload(req);
-    if (p) ev->msg = psrpc_msg_retain(p);
+    if (p)
+        ev->msg = psrpc_msg_retain(p);
     ev->req = req;
     u->bus->post(ev);
 }
@@ -713,7 +764,8 @@ void on_stream_accept(psrpc_stream *stream, void *ud) {
     // The accept event is queued before any message of the stream.
     u->bus->post(ev);
     UD *sud = new UD{u->bus, sid};
-    if (psrpc_stream_set_callbacks(stream, on_stream_msg, on_stream_close, sud, release_ud) != PSRPC_OK)
+    if (psrpc_stream_set_callbacks(stream, on_stream_msg, on_stream_close, sud, release_ud) !=
+        PSRPC_OK)
         delete sud;
 }
 
@@ -786,8 +838,10 @@ int64_t opt_i64(const Napi::Object &o, const char *k) { return num_i64(o.Get(k))
 Napi::Value BusOpen(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     std::string url;
-    if (!get_string(info[0], url)) return type_error(env, "url must be a string"), env.Undefined();
-    if (!info[2].IsFunction()) return type_error(env, "dispatch must be a function"), env.Undefined();
+    if (!get_string(info[0], url))
+        return type_error(env, "url must be a string"), env.Undefined();
+    if (!info[2].IsFunction())
+        return type_error(env, "dispatch must be a function"), env.Undefined();
     psrpc_bus_options o = PSRPC_BUS_OPTIONS_INIT;
     std::string strs[7];
     if (info[1].IsObject()) {
@@ -800,16 +854,19 @@ Napi::Value BusOpen(const Napi::CallbackInfo &info) {
         o.reconnect_wait_max_ms = opt_i64(oo, "reconnectWaitMaxMs");
         o.compress_threshold = opt_i64(oo, "compressThreshold");
         o.reconnect_buffer_size = opt_i64(oo, "reconnectBufferSize");
-        if (oo.Get("tls").ToBoolean().Value()) o.flags |= PSRPC_BUS_TLS;
-        const char *keys[7] = {"tlsCaFile",     "tlsCertFile",     "tlsKeyFile",   "tlsServerName",
+        if (oo.Get("tls").ToBoolean().Value())
+            o.flags |= PSRPC_BUS_TLS;
+        const char *keys[7] = {"tlsCaFile",     "tlsCertFile",      "tlsKeyFile",   "tlsServerName",
                                "natsCredsFile", "natsNkeySeedFile", "channelPrefix"};
-        const char **dst[7] = {&o.tls_ca_file,     &o.tls_cert_file,      &o.tls_key_file,
-                               &o.tls_server_name, &o.nats_creds_file,    &o.nats_nkey_seed_file,
+        const char **dst[7] = {&o.tls_ca_file,     &o.tls_cert_file,   &o.tls_key_file,
+                               &o.tls_server_name, &o.nats_creds_file, &o.nats_nkey_seed_file,
                                &o.channel_prefix};
         for (int i = 0; i < 7; i++) {
             Napi::Value v = oo.Get(keys[i]);
-            if (v.IsUndefined() || v.IsNull()) continue;
-            if (!v.IsString()) return type_error(env, "bus option strings must be strings"), env.Undefined();
+            if (v.IsUndefined() || v.IsNull())
+                continue;
+            if (!v.IsString())
+                return type_error(env, "bus option strings must be strings"), env.Undefined();
             strs[i] = v.As<Napi::String>().Utf8Value();
             *dst[i] = strs[i].c_str();
         }
@@ -825,8 +882,8 @@ Napi::Value BusOpen(const Napi::CallbackInfo &info) {
     ctx->env = env;
     ctx->refs = 2; // the box and the threadsafe function
     napi_value name = Napi::String::New(env, "psrpc");
-    napi_status ns = napi_create_threadsafe_function(env, info[2], nullptr, name, 0, 1, ctx, tsfn_finalize, ctx,
-                                                     call_js, &ctx->tsfn);
+    napi_status ns = napi_create_threadsafe_function(env, info[2], nullptr, name, 0, 1, ctx,
+                                                     tsfn_finalize, ctx, call_js, &ctx->tsfn);
     if (ns != napi_ok) {
         psrpc_bus_free(bus);
         delete ctx;
@@ -849,9 +906,11 @@ Napi::Value BusOpen(const Napi::CallbackInfo &info) {
 Napi::Value BusClose(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     BusBox *b = unbox<BusBox>(info[0]);
-    if (b == nullptr) return type_error(env, "not a bus handle"), env.Undefined();
+    if (b == nullptr)
+        return type_error(env, "not a bus handle"), env.Undefined();
     BusCtx *ctx = b->ctx;
-    if (ctx->freed || ctx->close_started) return Napi::Boolean::New(env, false);
+    if (ctx->freed || ctx->close_started)
+        return Napi::Boolean::New(env, false);
     ctx->close_started = true;
     int st = psrpc_bus_close(ctx->bus, on_bus_closed, ctx);
     if (st != PSRPC_OK) {
@@ -864,8 +923,10 @@ Napi::Value BusClose(const Napi::CallbackInfo &info) {
 Napi::Value BusRef(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     BusBox *b = unbox<BusBox>(info[0]);
-    if (b == nullptr) return type_error(env, "not a bus handle"), env.Undefined();
-    if (b->ctx->freed) return env.Undefined();
+    if (b == nullptr)
+        return type_error(env, "not a bus handle"), env.Undefined();
+    if (b->ctx->freed)
+        return env.Undefined();
     if (info[1].ToBoolean().Value())
         napi_ref_threadsafe_function(env, b->ctx->tsfn);
     else
@@ -876,12 +937,14 @@ Napi::Value BusRef(const Napi::CallbackInfo &info) {
 Napi::Value BusStats(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     BusCtx *ctx = bus_arg(env, info[0]);
-    if (!ctx) return env.Undefined();
+    if (!ctx)
+        return env.Undefined();
     psrpc_bus_stats s;
     std::memset(&s, 0, sizeof s);
     s.struct_size = sizeof s;
     int st = psrpc_bus_get_stats(ctx->bus, &s);
-    if (st != PSRPC_OK) return throw_status(env, st, "stats"), env.Undefined();
+    if (st != PSRPC_OK)
+        return throw_status(env, st, "stats"), env.Undefined();
     Napi::Object o = Napi::Object::New(env);
 #define F(js, c) o.Set(js, Napi::Number::New(env, static_cast<double>(s.c)))
     F("connects", connects);
@@ -905,19 +968,23 @@ Napi::Value BusStats(const Napi::CallbackInfo &info) {
 Napi::Value ClientCreate(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     BusCtx *ctx = bus_arg(env, info[0]);
-    if (!ctx) return env.Undefined();
+    if (!ctx)
+        return env.Undefined();
     std::string service, cid;
-    if (!get_string(info[1], service)) return type_error(env, "service must be a string"), env.Undefined();
+    if (!get_string(info[1], service))
+        return type_error(env, "service must be a string"), env.Undefined();
     psrpc_client_options o = PSRPC_CLIENT_OPTIONS_INIT;
     if (info[2].IsObject()) {
         Napi::Object oo = info[2].As<Napi::Object>();
         o.timeout_ms = opt_i64(oo, "timeoutMs");
         o.selection_timeout_ms = opt_i64(oo, "selectionTimeoutMs");
-        if (get_string(oo.Get("clientId"), cid)) o.client_id = cid.c_str();
+        if (get_string(oo.Get("clientId"), cid))
+            o.client_id = cid.c_str();
     }
     psrpc_client *c = nullptr;
     int st = psrpc_client_create(&c, ctx->bus, service.c_str(), &o);
-    if (st != PSRPC_OK) return throw_status(env, st, "client"), env.Undefined();
+    if (st != PSRPC_OK)
+        return throw_status(env, st, "client"), env.Undefined();
     ctx->refs++;
     Napi::Array r = Napi::Array::New(env, 2);
     r.Set(0u, make_box(env, new ClientBox{c, ctx}, client_box_fin));
@@ -927,7 +994,8 @@ Napi::Value ClientCreate(const Napi::CallbackInfo &info) {
 
 ClientBox *client_arg(Napi::Env env, const Napi::Value &v) {
     ClientBox *b = unbox<ClientBox>(v);
-    if (!b) type_error(env, "not a client handle");
+    if (!b)
+        type_error(env, "not a client handle");
     return b;
 }
 
@@ -935,12 +1003,15 @@ ClientBox *client_arg(Napi::Env env, const Napi::Value &v) {
 Napi::Value ClientCall(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ClientBox *cb = client_arg(env, info[0]);
-    if (!cb) return env.Undefined();
+    if (!cb)
+        return env.Undefined();
     MethodArg m;
-    if (!get_method(env, info[1], m)) return env.Undefined();
+    if (!get_method(env, info[1], m))
+        return env.Undefined();
     const uint8_t *data = nullptr;
     size_t len = 0;
-    if (!get_bytes(info[2], data, len)) return type_error(env, "request must be a Uint8Array"), env.Undefined();
+    if (!get_bytes(info[2], data, len))
+        return type_error(env, "request must be a Uint8Array"), env.Undefined();
     uint64_t id = static_cast<uint64_t>(info[4].ToNumber().DoubleValue());
     bool multi = info[5].ToBoolean().Value();
     UD *u = new UD{cb->bus, id};
@@ -954,7 +1025,8 @@ Napi::Value ClientCall(const Napi::CallbackInfo &info) {
     uint64_t call_id = 0;
     int st;
     if (multi)
-        st = psrpc_client_call_multi(&call_id, cb->client, &m.m, data, len, &co.o, on_multi_result, on_multi_done, u);
+        st = psrpc_client_call_multi(&call_id, cb->client, &m.m, data, len, &co.o, on_multi_result,
+                                     on_multi_done, u);
     else
         st = psrpc_client_call(&call_id, cb->client, &m.m, data, len, &co.o, on_call, u);
     if (st != PSRPC_OK) {
@@ -967,7 +1039,8 @@ Napi::Value ClientCall(const Napi::CallbackInfo &info) {
 Napi::Value ClientCancel(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ClientBox *cb = client_arg(env, info[0]);
-    if (!cb) return env.Undefined();
+    if (!cb)
+        return env.Undefined();
     uint64_t call_id = static_cast<uint64_t>(info[1].ToNumber().DoubleValue());
     psrpc_client_cancel(cb->client, call_id);
     return env.Undefined();
@@ -976,7 +1049,8 @@ Napi::Value ClientCancel(const Napi::CallbackInfo &info) {
 Napi::Value ClientClose(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ClientBox *cb = client_arg(env, info[0]);
-    if (!cb) return env.Undefined();
+    if (!cb)
+        return env.Undefined();
     UD *u = new UD{cb->bus, static_cast<uint64_t>(info[1].ToNumber().DoubleValue())};
     int st = psrpc_client_close(cb->client, on_handle_closed, u);
     if (st != PSRPC_OK) {
@@ -990,23 +1064,28 @@ Napi::Value ClientClose(const Napi::CallbackInfo &info) {
 Napi::Value ClientSubscribe(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ClientBox *cb = client_arg(env, info[0]);
-    if (!cb) return env.Undefined();
+    if (!cb)
+        return env.Undefined();
     MethodArg m;
-    if (!get_method(env, info[1], m)) return env.Undefined();
+    if (!get_method(env, info[1], m))
+        return env.Undefined();
     StrList topics;
-    if (!topics.from(env, info[2], "topics must be an array of strings")) return env.Undefined();
+    if (!topics.from(env, info[2], "topics must be an array of strings"))
+        return env.Undefined();
     UD *u = new UD{cb->bus, static_cast<uint64_t>(info[3].ToNumber().DoubleValue())};
     psrpc_sub *sub = nullptr;
-    int st = psrpc_client_subscribe(&sub, cb->client, &m.m, topics.data(), topics.s.size(), on_sub_msg, on_ready, u,
-                                    release_ud);
-    if (st != PSRPC_OK) return throw_status(env, st, "subscribe"), env.Undefined();
+    int st = psrpc_client_subscribe(&sub, cb->client, &m.m, topics.data(), topics.s.size(),
+                                    on_sub_msg, on_ready, u, release_ud);
+    if (st != PSRPC_OK)
+        return throw_status(env, st, "subscribe"), env.Undefined();
     return make_box(env, new SubBox{sub}, sub_box_fin);
 }
 
 Napi::Value SubClose(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     SubBox *b = unbox<SubBox>(info[0]);
-    if (!b) return type_error(env, "not a subscription handle"), env.Undefined();
+    if (!b)
+        return type_error(env, "not a subscription handle"), env.Undefined();
     psrpc_sub_close(b->sub, nullptr, nullptr);
     return env.Undefined();
 }
@@ -1015,22 +1094,27 @@ Napi::Value SubClose(const Napi::CallbackInfo &info) {
 Napi::Value ClientOpenStream(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ClientBox *cb = client_arg(env, info[0]);
-    if (!cb) return env.Undefined();
+    if (!cb)
+        return env.Undefined();
     MethodArg m;
-    if (!get_method(env, info[1], m)) return env.Undefined();
+    if (!get_method(env, info[1], m))
+        return env.Undefined();
     CallOpts co;
-    if (!get_call_opts(env, info[2], co, nullptr, nullptr)) return env.Undefined();
+    if (!get_call_opts(env, info[2], co, nullptr, nullptr))
+        return env.Undefined();
     UD *u = new UD{cb->bus, static_cast<uint64_t>(info[3].ToNumber().DoubleValue())};
     psrpc_stream *s = nullptr;
-    int st = psrpc_client_open_stream(&s, cb->client, &m.m, &co.o, on_stream_open, on_stream_msg, on_stream_close, u,
-                                      release_ud);
-    if (st != PSRPC_OK) return throw_status(env, st, "open stream"), env.Undefined();
+    int st = psrpc_client_open_stream(&s, cb->client, &m.m, &co.o, on_stream_open, on_stream_msg,
+                                      on_stream_close, u, release_ud);
+    if (st != PSRPC_OK)
+        return throw_status(env, st, "open stream"), env.Undefined();
     return make_box(env, new StreamBox{s}, stream_box_fin);
 }
 
 StreamBox *stream_arg(Napi::Env env, const Napi::Value &v) {
     StreamBox *b = unbox<StreamBox>(v);
-    if (!b || !b->stream) type_error(env, "not a stream handle");
+    if (!b || !b->stream)
+        type_error(env, "not a stream handle");
     return (b && b->stream) ? b : nullptr;
 }
 
@@ -1038,12 +1122,15 @@ StreamBox *stream_arg(Napi::Env env, const Napi::Value &v) {
 Napi::Value StreamSend(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     StreamBox *sb = stream_arg(env, info[0]);
-    if (!sb) return env.Undefined();
+    if (!sb)
+        return env.Undefined();
     const uint8_t *data = nullptr;
     size_t len = 0;
-    if (!get_bytes(info[1], data, len)) return type_error(env, "message must be a Uint8Array"), env.Undefined();
+    if (!get_bytes(info[1], data, len))
+        return type_error(env, "message must be a Uint8Array"), env.Undefined();
     BusBox *bb = unbox<BusBox>(info[4]);
-    if (!bb) return type_error(env, "not a bus handle"), env.Undefined();
+    if (!bb)
+        return type_error(env, "not a bus handle"), env.Undefined();
     UD *u = new UD{bb->ctx, static_cast<uint64_t>(info[3].ToNumber().DoubleValue())};
     int st = psrpc_stream_send(sb->stream, data, len, num_i64(info[2]), on_send_done, u);
     if (st != PSRPC_OK) {
@@ -1057,17 +1144,20 @@ Napi::Value StreamSend(const Napi::CallbackInfo &info) {
 Napi::Value StreamClose(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     StreamBox *sb = stream_arg(env, info[0]);
-    if (!sb) return env.Undefined();
+    if (!sb)
+        return env.Undefined();
     std::string code, msg;
     get_string(info[1], code);
     get_string(info[2], msg);
 #ifdef PSRPC_HAVE_STREAM_CLOSE_CODE
-    int st = psrpc_stream_close_code(sb->stream, code.empty() ? nullptr : code.c_str(), msg.c_str());
+    int st =
+        psrpc_stream_close_code(sb->stream, code.empty() ? nullptr : code.c_str(), msg.c_str());
 #else
     int status = code.empty() ? 0 : psrpc_status_from_code(code.c_str());
     int st = psrpc_stream_close(sb->stream, status, msg.c_str());
 #endif
-    if (st != PSRPC_OK) return throw_status(env, st, "close"), env.Undefined();
+    if (st != PSRPC_OK)
+        return throw_status(env, st, "close"), env.Undefined();
     return env.Undefined();
 }
 
@@ -1084,19 +1174,24 @@ Napi::Value StreamFree(const Napi::CallbackInfo &info) {
 Napi::Value ServerCreate(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     BusCtx *ctx = bus_arg(env, info[0]);
-    if (!ctx) return env.Undefined();
+    if (!ctx)
+        return env.Undefined();
     std::string service, sid;
-    if (!get_string(info[1], service)) return type_error(env, "service must be a string"), env.Undefined();
+    if (!get_string(info[1], service))
+        return type_error(env, "service must be a string"), env.Undefined();
     psrpc_server_options o = PSRPC_SERVER_OPTIONS_INIT;
     if (info[2].IsObject()) {
         Napi::Object oo = info[2].As<Napi::Object>();
         o.timeout_ms = opt_i64(oo, "timeoutMs");
-        if (oo.Get("skipClaim").ToBoolean().Value()) o.flags |= PSRPC_SERVER_SKIP_CLAIM;
-        if (get_string(oo.Get("serverId"), sid)) o.server_id = sid.c_str();
+        if (oo.Get("skipClaim").ToBoolean().Value())
+            o.flags |= PSRPC_SERVER_SKIP_CLAIM;
+        if (get_string(oo.Get("serverId"), sid))
+            o.server_id = sid.c_str();
     }
     psrpc_server *s = nullptr;
     int st = psrpc_server_create(&s, ctx->bus, service.c_str(), &o);
-    if (st != PSRPC_OK) return throw_status(env, st, "server"), env.Undefined();
+    if (st != PSRPC_OK)
+        return throw_status(env, st, "server"), env.Undefined();
     ctx->refs++;
     Napi::Array r = Napi::Array::New(env, 2);
     r.Set(0u, make_box(env, new ServerBox{s, ctx}, server_box_fin));
@@ -1106,7 +1201,8 @@ Napi::Value ServerCreate(const Napi::CallbackInfo &info) {
 
 ServerBox *server_arg(Napi::Env env, const Napi::Value &v) {
     ServerBox *b = unbox<ServerBox>(v);
-    if (!b) type_error(env, "not a server handle");
+    if (!b)
+        type_error(env, "not a server handle");
     return b;
 }
 
@@ -1114,18 +1210,22 @@ ServerBox *server_arg(Napi::Env env, const Napi::Value &v) {
 Napi::Value ServerRegister(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ServerBox *sb = server_arg(env, info[0]);
-    if (!sb) return env.Undefined();
+    if (!sb)
+        return env.Undefined();
     MethodArg m;
-    if (!get_method(env, info[1], m)) return env.Undefined();
+    if (!get_method(env, info[1], m))
+        return env.Undefined();
     StrList topics;
-    if (!topics.from(env, info[2], "topics must be an array of strings")) return env.Undefined();
+    if (!topics.from(env, info[2], "topics must be an array of strings"))
+        return env.Undefined();
     UD *u = new UD{sb->bus, static_cast<uint64_t>(info[3].ToNumber().DoubleValue())};
     bool aff = info[4].ToBoolean().Value();
     bool stream = info[5].ToBoolean().Value();
     int st;
     if (stream)
-        st = psrpc_server_register_stream(sb->server, &m.m, topics.data(), topics.s.size(), on_stream_accept,
-                                          aff ? on_affinity : nullptr, on_ready, u, release_ud);
+        st = psrpc_server_register_stream(sb->server, &m.m, topics.data(), topics.s.size(),
+                                          on_stream_accept, aff ? on_affinity : nullptr, on_ready,
+                                          u, release_ud);
     else
         st = psrpc_server_register(sb->server, &m.m, topics.data(), topics.s.size(), on_handler,
                                    aff ? on_affinity : nullptr, on_ready, u, release_ud);
@@ -1139,29 +1239,38 @@ Napi::Value ServerRegister(const Napi::CallbackInfo &info) {
 Napi::Value ServerDeregister(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ServerBox *sb = server_arg(env, info[0]);
-    if (!sb) return env.Undefined();
+    if (!sb)
+        return env.Undefined();
     std::string name;
-    if (!get_string(info[1], name)) return type_error(env, "method must be a string"), env.Undefined();
+    if (!get_string(info[1], name))
+        return type_error(env, "method must be a string"), env.Undefined();
     StrList topics;
-    if (!topics.from(env, info[2], "topics must be an array of strings")) return env.Undefined();
+    if (!topics.from(env, info[2], "topics must be an array of strings"))
+        return env.Undefined();
     int st = psrpc_server_deregister(sb->server, name.c_str(), topics.data(), topics.s.size());
-    if (st != PSRPC_OK) return throw_status(env, st, "deregister"), env.Undefined();
+    if (st != PSRPC_OK)
+        return throw_status(env, st, "deregister"), env.Undefined();
     return env.Undefined();
 }
 
 Napi::Value ServerPublish(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ServerBox *sb = server_arg(env, info[0]);
-    if (!sb) return env.Undefined();
+    if (!sb)
+        return env.Undefined();
     MethodArg m;
-    if (!get_method(env, info[1], m)) return env.Undefined();
+    if (!get_method(env, info[1], m))
+        return env.Undefined();
     StrList topics;
-    if (!topics.from(env, info[2], "topics must be an array of strings")) return env.Undefined();
+    if (!topics.from(env, info[2], "topics must be an array of strings"))
+        return env.Undefined();
     const uint8_t *data = nullptr;
     size_t len = 0;
-    if (!get_bytes(info[3], data, len)) return type_error(env, "message must be a Uint8Array"), env.Undefined();
+    if (!get_bytes(info[3], data, len))
+        return type_error(env, "message must be a Uint8Array"), env.Undefined();
     int st = psrpc_server_publish(sb->server, &m.m, topics.data(), topics.s.size(), data, len);
-    if (st != PSRPC_OK) return throw_status(env, st, "publish"), env.Undefined();
+    if (st != PSRPC_OK)
+        return throw_status(env, st, "publish"), env.Undefined();
     return env.Undefined();
 }
 
@@ -1169,7 +1278,8 @@ Napi::Value ServerPublish(const Napi::CallbackInfo &info) {
 Napi::Value ServerClose(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ServerBox *sb = server_arg(env, info[0]);
-    if (!sb) return env.Undefined();
+    if (!sb)
+        return env.Undefined();
     bool force = info[1].ToBoolean().Value();
     UD *u = new UD{sb->bus, static_cast<uint64_t>(info[2].ToNumber().DoubleValue())};
     int st = psrpc_server_close(sb->server, force ? PSRPC_CLOSE_FORCE : 0, on_handle_closed, u);
@@ -1199,10 +1309,12 @@ ReqBox *req_arg(Napi::Env env, const Napi::Value &v) {
 Napi::Value RequestRespond(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ReqBox *b = req_arg(env, info[0]);
-    if (!b) return env.Undefined();
+    if (!b)
+        return env.Undefined();
     const uint8_t *data = nullptr;
     size_t len = 0;
-    if (!get_bytes(info[1], data, len)) return type_error(env, "response must be a Uint8Array"), env.Undefined();
+    if (!get_bytes(info[1], data, len))
+        return type_error(env, "response must be a Uint8Array"), env.Undefined();
     psrpc_request *r = b->req;
     b->req = nullptr;
     int st = psrpc_request_respond(r, data, len);
@@ -1213,7 +1325,8 @@ Napi::Value RequestRespond(const Napi::CallbackInfo &info) {
 Napi::Value RequestFail(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ReqBox *b = req_arg(env, info[0]);
-    if (!b) return env.Undefined();
+    if (!b)
+        return env.Undefined();
     std::string code, msg;
     get_string(info[1], code);
     get_string(info[2], msg);
@@ -1225,22 +1338,25 @@ Napi::Value RequestFail(const Napi::CallbackInfo &info) {
         urls.reserve(a.Length());
         for (uint32_t i = 0; i < a.Length(); i++) {
             Napi::Value d = a.Get(i);
-            if (!d.IsObject()) continue;
+            if (!d.IsObject())
+                continue;
             Napi::Object o = d.As<Napi::Object>();
             std::string url;
             const uint8_t *v = nullptr;
             size_t vl = 0;
             if (!get_string(o.Get("typeUrl"), url) || !get_bytes(o.Get("value"), v, vl))
-                return type_error(env, "details must be {typeUrl: string, value: Uint8Array}"), env.Undefined();
+                return type_error(env, "details must be {typeUrl: string, value: Uint8Array}"),
+                       env.Undefined();
             urls.push_back(url);
             details.push_back({nullptr, v, vl});
         }
-        for (size_t i = 0; i < details.size(); i++) details[i].type_url = urls[i].c_str();
+        for (size_t i = 0; i < details.size(); i++)
+            details[i].type_url = urls[i].c_str();
     }
     psrpc_request *r = b->req;
     b->req = nullptr;
-    int st = psrpc_request_fail_details(r, code.c_str(), msg.c_str(), details.empty() ? nullptr : details.data(),
-                                        details.size());
+    int st = psrpc_request_fail_details(r, code.c_str(), msg.c_str(),
+                                        details.empty() ? nullptr : details.data(), details.size());
 #ifndef PSRPC_HAVE_REQUEST_ABANDON
     if (st == PSRPC_INVALID_ARGUMENT) // not consumed by this library version
         st = psrpc_request_fail(r, PSRPC_INTERNAL, psrpc_last_error());
@@ -1251,9 +1367,11 @@ Napi::Value RequestFail(const Napi::CallbackInfo &info) {
 Napi::Value RequestClaim(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ReqBox *b = req_arg(env, info[0]);
-    if (!b) return env.Undefined();
+    if (!b)
+        return env.Undefined();
     double a = info[1].ToNumber().DoubleValue();
-    if (std::isnan(a)) a = -1;
+    if (std::isnan(a))
+        a = -1;
     psrpc_request *r = b->req;
     b->req = nullptr;
     int st = psrpc_request_claim(r, static_cast<float>(a));
@@ -1263,7 +1381,8 @@ Napi::Value RequestClaim(const Napi::CallbackInfo &info) {
 Napi::Value RequestRemainingMs(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     ReqBox *b = unbox<ReqBox>(info[0]);
-    if (!b || !b->req) return env.Undefined();
+    if (!b || !b->req)
+        return env.Undefined();
     return Napi::Number::New(env, static_cast<double>(psrpc_request_remaining_ms(b->req)));
 }
 
@@ -1271,9 +1390,11 @@ Napi::Value RequestRemainingMs(const Napi::CallbackInfo &info) {
 Napi::Value SelectionChoose(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     SelBox *b = unbox<SelBox>(info[0]);
-    if (!b || !b->sel) return type_error(env, "not a pending selection"), env.Undefined();
+    if (!b || !b->sel)
+        return type_error(env, "not a pending selection"), env.Undefined();
     std::string id;
-    if (!get_string(info[1], id)) return type_error(env, "server id must be a string"), env.Undefined();
+    if (!get_string(info[1], id))
+        return type_error(env, "server id must be a string"), env.Undefined();
     psrpc_selection *s = b->sel;
     b->sel = nullptr;
     return Napi::Number::New(env, psrpc_selection_choose(s, id.c_str()));
@@ -1282,13 +1403,15 @@ Napi::Value SelectionChoose(const Napi::CallbackInfo &info) {
 Napi::Value SelectionFail(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     SelBox *b = unbox<SelBox>(info[0]);
-    if (!b || !b->sel) return type_error(env, "not a pending selection"), env.Undefined();
+    if (!b || !b->sel)
+        return type_error(env, "not a pending selection"), env.Undefined();
     std::string code, msg;
     get_string(info[1], code);
     get_string(info[2], msg);
     psrpc_selection *s = b->sel;
     b->sel = nullptr;
-    return Napi::Number::New(env, psrpc_selection_fail(s, psrpc_status_from_code(code.c_str()), msg.c_str()));
+    return Napi::Number::New(
+        env, psrpc_selection_fail(s, psrpc_status_from_code(code.c_str()), msg.c_str()));
 }
 
 Napi::Value StatusInfo(const Napi::CallbackInfo &info) {
@@ -1309,6 +1432,140 @@ Napi::Value StatusInfo(const Napi::CallbackInfo &info) {
 #endif
     o.Set("features", features);
     return o;
+}
+
+// ---- benchmark hooks (bench/node): the C side of the overhead comparison ----
+// A server whose handlers are C (no JavaScript per request), and a C client
+// loop on the same client handle, so that Node and C are measured against
+// the same server on the same buses.
+
+void bench_echo(psrpc_request *r, void *) {
+    const psrpc_msg *p = psrpc_request_payload(r);
+    psrpc_request_respond(r, psrpc_msg_data(p), psrpc_msg_size(p));
+}
+int bench_st_msg(psrpc_stream *, const psrpc_msg *, void *) { return 0; }
+void bench_st_close(psrpc_stream *s, const psrpc_error *, void *) { psrpc_stream_free(s); }
+void bench_st_accept(psrpc_stream *s, void *) {
+    if (psrpc_stream_set_callbacks(s, bench_st_msg, bench_st_close, nullptr, nullptr) != PSRPC_OK)
+        psrpc_stream_free(s);
+}
+
+// benchServe(server, method): registers the C echo (or stream acceptor); blocks until ready.
+Napi::Value BenchServe(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    ServerBox *sb = server_arg(env, info[0]);
+    if (!sb)
+        return env.Undefined();
+    MethodArg m;
+    if (!get_method(env, info[1], m))
+        return env.Undefined();
+    int st = (m.m.flags & PSRPC_METHOD_STREAM)
+                 ? psrpc_server_register_stream(sb->server, &m.m, nullptr, 0, bench_st_accept,
+                                                nullptr, nullptr, nullptr, nullptr)
+                 : psrpc_server_register(sb->server, &m.m, nullptr, 0, bench_echo, nullptr, nullptr,
+                                         nullptr, nullptr);
+    if (st == PSRPC_OK)
+        st = psrpc_server_wait_ready(sb->server, 10000);
+    if (st != PSRPC_OK)
+        return throw_status(env, st, "bench"), env.Undefined();
+    return env.Undefined();
+}
+
+struct BenchRun {
+    psrpc_client *client;
+    psrpc_stream *stream;
+    psrpc_method method;
+    std::string data;
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> ops{0}, errors{0};
+    std::atomic<int> outstanding{0};
+};
+void bench_issue(BenchRun *b);
+void bench_call_done(uint64_t, const psrpc_msg *, const psrpc_error *e, const char *, void *ud) {
+    BenchRun *b = static_cast<BenchRun *>(ud);
+    (e ? b->errors : b->ops)++;
+    b->outstanding--;
+    bench_issue(b);
+}
+void bench_send_done(const psrpc_error *e, void *ud) {
+    bench_call_done(0, nullptr, e, nullptr, ud);
+}
+void bench_issue(BenchRun *b) {
+    if (b->stop.load())
+        return;
+    b->outstanding++;
+    int st = b->stream ? psrpc_stream_send(b->stream, b->data.data(), b->data.size(), 0,
+                                           bench_send_done, b)
+                       : psrpc_client_call(nullptr, b->client, &b->method, b->data.data(),
+                                           b->data.size(), nullptr, bench_call_done, b);
+    if (st != PSRPC_OK) {
+        b->outstanding--;
+        b->errors++;
+    }
+}
+int bench_cs_msg(psrpc_stream *, const psrpc_msg *, void *) { return 0; }
+void bench_cs_close(psrpc_stream *, const psrpc_error *, void *) {}
+
+// benchRunC(client, method, payload, inflight, warmupMs, durationMs) ->
+// [ops, seconds, errors]: C calls (or stream sends) kept inflight at a time,
+// issued from the completion callbacks; blocks the calling thread.
+Napi::Value BenchRunC(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    ClientBox *cb = client_arg(env, info[0]);
+    if (!cb)
+        return env.Undefined();
+    MethodArg m;
+    if (!get_method(env, info[1], m))
+        return env.Undefined();
+    const uint8_t *data = nullptr;
+    size_t len = 0;
+    if (!get_bytes(info[2], data, len))
+        return type_error(env, "payload must be a Uint8Array"), env.Undefined();
+    int inflight = info[3].ToNumber().Int32Value();
+    int64_t warm = num_i64(info[4]), dur = num_i64(info[5]);
+    auto *b = new BenchRun;
+    b->client = cb->client;
+    b->stream = nullptr;
+    b->method = m.m;
+    b->method.name = m.name.c_str();
+    b->data.assign(reinterpret_cast<const char *>(data), len);
+    if (m.m.flags & PSRPC_METHOD_STREAM) {
+        psrpc_call_options so = PSRPC_CALL_OPTIONS_INIT;
+        so.timeout_ms = 5000;
+        int st = psrpc_client_open_stream(&b->stream, cb->client, &b->method, &so, nullptr,
+                                          bench_cs_msg, bench_cs_close, nullptr, nullptr);
+        if (st != PSRPC_OK) {
+            delete b;
+            return throw_status(env, st, "bench"), env.Undefined();
+        }
+    }
+    for (int i = 0; i < inflight; i++)
+        bench_issue(b);
+    struct timespec w = {static_cast<time_t>(warm / 1000),
+                         static_cast<long>((warm % 1000) * 1000000)};
+    nanosleep(&w, nullptr);
+    uint64_t o0 = b->ops.load();
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct timespec d = {static_cast<time_t>(dur / 1000),
+                         static_cast<long>((dur % 1000) * 1000000)};
+    nanosleep(&d, nullptr);
+    uint64_t n = b->ops.load() - o0;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    b->stop = true;
+    while (b->outstanding.load() > 0) {
+        struct timespec z = {0, 1000000};
+        nanosleep(&z, nullptr);
+    }
+    uint64_t errs = b->errors.load();
+    if (b->stream)
+        psrpc_stream_free(b->stream);
+    delete b;
+    Napi::Array r = Napi::Array::New(env, 3);
+    r.Set(0u, Napi::Number::New(env, static_cast<double>(n)));
+    r.Set(1u, Napi::Number::New(env, (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9));
+    r.Set(2u, Napi::Number::New(env, static_cast<double>(errs)));
+    return r;
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -1339,6 +1596,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     EXPORT(SelectionChoose);
     EXPORT(SelectionFail);
     EXPORT(StatusInfo);
+    EXPORT(BenchServe);
+    EXPORT(BenchRunC);
 #undef EXPORT
     return exports;
 }

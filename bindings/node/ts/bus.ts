@@ -52,6 +52,18 @@ export type Target = (kind: number, ...args: any[]) => unknown;
 // handlers must not be collected while the process waits for them.
 const active = new Set<Bus>();
 
+// The native side holds the dispatch function strongly (its threadsafe
+// function): it must reach the bus only weakly, from a scope of its own (a
+// closure created in the constructor would share the constructor's context,
+// and with it `this`), so that a bus dropped without close can be collected.
+function makeDispatch(weak: WeakRef<Bus>) {
+  return (kind: number, id: number, a?: any, b?: any, c?: any, d?: any): unknown => {
+    const bus = weak.deref();
+    if (bus === undefined) return false;
+    return (bus as any)._dispatch(kind, id, a, b, c, d);
+  };
+}
+
 const STATES: Record<number, BusState> = { 1: 'connected', 2: 'disconnected', 3: 'closed' };
 
 /**
@@ -81,12 +93,7 @@ export class Bus extends EventEmitter {
     super();
     this.url = url;
     this._closed = new Promise((r) => (this._closedResolve = r));
-    const weak = new WeakRef(this);
-    const dispatch = (kind: number, id: number, a?: any, b?: any, c?: any, d?: any): unknown => {
-      const bus = weak.deref();
-      if (bus === undefined) return false;
-      return bus._dispatch(kind, id, a, b, c, d);
-    };
+    const dispatch = makeDispatch(new WeakRef(this));
     this._box = callNative(() => native.BusOpen(url, options, dispatch));
     this._updateRef();
   }
@@ -245,14 +252,13 @@ export class Bus extends EventEmitter {
   }
 
   private _onClosed(): void {
-    const wasActive = this._holds > 0;
+    const wasClosed = this._state === 'closed';
     this._state = 'closed';
     for (const w of [...this._readyWaiters]) w(new PsrpcError(Code.Canceled, 'bus is closed'));
     this._holds = 0;
     active.delete(this);
-    void wasActive;
     this._closedResolve?.();
-    if (this.listenerCount('state') > 0) this.emit('state', 'closed', undefined);
+    if (!wasClosed && this.listenerCount('state') > 0) this.emit('state', 'closed', undefined);
     // Anything still waiting on this bus (a subscription iterator, a close
     // promise) learns that it is closed.
     const targets = [...this._targets.values()];

@@ -21,3 +21,17 @@ export const version: string = info.version;
 export const wireVersion: string = info.wireVersion;
 /** @internal Optional ABI features of the linked libpsrpc. */
 export const features: Readonly<Record<string, boolean>> = info.features;
+
+/**
+ * @internal Benchmark hooks (bench/node): a C echo handler / stream acceptor
+ * on a Server, and a C call loop on a Client (blocks this thread).
+ */
+export const _bench = {
+  serve(server: { _box: object; service: { method(n: string): { native: object } } }, method: string): void {
+    native.BenchServe(server._box, server.service.method(method).native as any);
+  },
+  runC(client: { _box: object; service: { method(n: string): { native: object } } }, method: string, payload: Uint8Array,
+    inflight: number, warmupMs: number, durationMs: number): [number, number, number] {
+    return native.BenchRunC(client._box, client.service.method(method).native as any, payload, inflight, warmupMs, durationMs);
+  },
+};

@@ -53,6 +53,8 @@ export interface Native {
   RequestRemainingMs(req: Box): number | undefined;
   SelectionChoose(sel: Box, serverId: string): number;
   SelectionFail(sel: Box, code: string, message: string): number;
+  BenchServe(server: Box, m: NativeMethod): void;
+  BenchRunC(client: Box, m: NativeMethod, data: Uint8Array, inflight: number, warmupMs: number, durationMs: number): [number, number, number];
   StatusInfo(): { version: string; wireVersion: string; features: Record<string, boolean> };
 }
 

@@ -315,8 +315,21 @@ export class Server<S extends ServiceLike = ServiceLike> {
 
   private _affinity(m: Method, affinity: NonNullable<HandleOptions['affinity']>, box: Box, info: NativeInfo, payload: Uint8Array): void {
     const ctx = new Context(this, info);
+    let req: unknown;
+    if (!m.stream) {
+      try {
+        req = m.decodeRequest(payload);
+      } catch {
+        // An undecodable request: claim as a server without an affinity
+        // function would (1.0); if chosen, the handler stage answers it with
+        // malformed_request (as Go does after selection).
+        native.RequestClaim(box, 1);
+        ctx._done();
+        return;
+      }
+    }
     Promise.resolve()
-      .then(() => affinity(m.stream ? undefined : m.decodeRequest(payload), ctx))
+      .then(() => affinity(req, ctx))
       .then(
         (a) => native.RequestClaim(box, typeof a === 'number' ? a : -1),
         () => native.RequestClaim(box, -1),

@@ -150,6 +150,8 @@ function encode(msg: unknown, schema: DescMessage | undefined, code: Code, what:
   try {
     return toBinary(schema, m);
   } catch (e) {
+    // a request the caller built wrong is a TypeError; a handler's bad answer malformed_result
+    if (code === Code.MalformedRequest) throw new TypeError(`cannot encode ${schema.typeName}: ${(e as Error).message}`);
     throw new PsrpcError(code, `cannot encode ${schema.typeName}: ${(e as Error).message}`);
   }
 }

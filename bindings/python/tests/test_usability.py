@@ -288,3 +288,27 @@ def test_async_with_bus_closes_without_blocking_the_loop(url, svc):
         t.cancel()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1", "nats://127.0.0.1:1"])
+def test_unconfirmed_registration_names_the_connection_error(url, svc, upd):
+    with psrpc.Bus(url) as bus:
+        server = psrpc.Server(bus, svc)
+        with pytest.raises(psrpc.Unavailable,
+                           match=r"registration of Echo was not confirmed in time: bus .* "
+                                 r"is not connected: .*127\.0\.0\.1:1"):
+            server.register("Echo", echo_handler, timeout=1)
+        client = psrpc.Client(bus, upd)
+        with pytest.raises(psrpc.Unavailable, match="subscription to Updates .*127.0.0.1:1"):
+            client.subscribe("Updates", timeout=1)
+
+    async def main():
+        bus = psrpc.Bus(url)
+        server = psrpc.aio.Server(bus, svc)
+        with pytest.raises(psrpc.Unavailable, match="not connected"):
+            await server.register("Echo", echo_handler, timeout=1)
+        with pytest.raises(psrpc.Unavailable, match="not connected"):
+            await psrpc.aio.Client(bus, upd).subscribe("Updates", timeout=1)
+        await bus.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -8,10 +8,11 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 from . import _core
-from ._errors import Canceled, InvalidArgument, PsrpcError, from_wire
+from ._errors import (Canceled, DeadlineExceeded, InvalidArgument, PsrpcError, Unavailable,
+                      from_wire)
 
 __all__ = ["Bus", "BusState"]
 
@@ -90,12 +91,12 @@ class _Watch:
             return True
 
 
-def _options_tuple(options: Dict[str, Any]) -> Optional[tuple]:
+def _options_tuple(options: Dict[str, Any]) -> Optional[Tuple[Any, ...]]:
     if not options:
         return None
     opts = dict(options)
     flags = _core.PSRPC_BUS_TLS if opts.pop("tls", False) else 0
-    values: list = [flags]
+    values: List[Any] = [flags]
     for key, kind, scale in _OPTION_FIELDS:
         v = opts.pop(key, None)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
@@ -211,9 +212,19 @@ class Bus:
         w.settled.wait(5.0 if timeout is None else timeout)
         return time.monotonic() - t0
 
+    def _not_confirmed(self, what: str) -> PsrpcError:
+        """The error for a registration or subscription the broker did not
+        confirm in time: Unavailable with the connection error while the bus
+        is disconnected, else DeadlineExceeded."""
+        w = self._watch
+        if w.state == BusState.DISCONNECTED and w.error is not None:
+            return Unavailable(f"{what} was not confirmed in time: bus {self.url} is not "
+                               f"connected: {w.error.message}")
+        return DeadlineExceeded(f"{what} was not confirmed in time")
+
     def stats(self) -> Dict[str, int]:
         """The bus counters (messages, drops by reason, reconnects, ...)."""
-        return self._with(_core.psrpc_bus_get_stats)
+        return cast("Dict[str, int]", self._with(_core.psrpc_bus_get_stats))
 
     def watch(self, callback: Callable[[int, Optional[PsrpcError]], None]) -> None:
         """Calls ``callback(state, error)`` on every connection state change,

@@ -6,17 +6,21 @@ import concurrent.futures
 import queue
 import threading
 from dataclasses import dataclass
-from typing import (Any, Callable, Generic, Iterable, Iterator, List, Mapping, NamedTuple,
-                    Optional, Sequence, Tuple, TypeVar, Union)
+from typing import (TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, List, Mapping,
+                    Optional, Sequence, Tuple, TypeVar, Union, cast)
 
 from . import _core
 from ._errors import Canceled, DeadlineExceeded, InvalidArgument, PsrpcError, Status, from_wire
 from ._method import Method, ServiceLike, as_service, metadata_items, resolve, topic_list
 
+if TYPE_CHECKING:
+    from ._stream import Stream
+
 __all__ = ["Client", "Claim", "SelectionOptions", "MultiResult", "MultiCall", "Subscription",
            "CallFuture"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 Topics = Union[None, str, Sequence[str]]
 
 KIND_MESSAGE = 0
@@ -60,7 +64,7 @@ class SelectionOptions:
     short_circuit_timeout: float = 0.0
     select: Optional[SelectFunc] = None
 
-    def _tuple(self) -> tuple:
+    def _tuple(self) -> Tuple[Any, ...]:
         flags = _core.PSRPC_SELECT_ACCEPT_FIRST_AVAILABLE if self.accept_first_available else 0
         return (flags, float(self.minimum_affinity), float(self.maximum_affinity),
                 _ms(self.affinity_timeout, "affinity_timeout"),
@@ -87,17 +91,43 @@ def _select_adapter(fn: SelectFunc) -> Callable[[Any, Tuple[Tuple[str, float], .
     return adapter
 
 
-class MultiResult(NamedTuple):
-    """One answer of a multi call: a response or an error, and the server."""
+class MultiResult(Tuple[Optional[R], Optional[PsrpcError], Optional[str]], Generic[R]):
+    """One answer of a multi call: ``(response, error, server_id)``, a
+    response or an error, and the answering server. ``result()`` is the
+    response, or raises the error."""
 
-    response: Any
-    error: Optional[PsrpcError]
-    server_id: Optional[str]
+    __slots__ = ()
+
+    def __new__(cls, response: Optional[R], error: Optional[PsrpcError],
+                server_id: Optional[str]) -> "MultiResult[R]":
+        return tuple.__new__(cls, (response, error, server_id))
+
+    @property
+    def response(self) -> Optional[R]:
+        return self[0]
+
+    @property
+    def error(self) -> Optional[PsrpcError]:
+        return self[1]
+
+    @property
+    def server_id(self) -> Optional[str]:
+        return self[2]
+
+    def result(self) -> R:
+        """The response; raises the error of a failed answer."""
+        if self[1] is not None:
+            raise self[1]
+        return self[0]  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return (f"MultiResult(response={self[0]!r}, error={self[1]!r}, "
+                f"server_id={self[2]!r})")
 
 
 def call_options(timeout: Optional[float], topics: Topics, metadata: Optional[Mapping[str, str]],
                  selection: Optional[SelectionOptions], wait_for_ready: bool,
-                 deadline: Any = None) -> Optional[tuple]:
+                 deadline: Any = None) -> Optional[Tuple[Any, ...]]:
     t = topic_list(topics)
     md = metadata_items(metadata)
     if deadline is not None and not isinstance(deadline, (int, float)):
@@ -148,7 +178,7 @@ def connect_wait(client: "Client", timeout: Optional[float]) -> Optional[float]:
         raise DeadlineExceeded(f"bus {bus.url} not connected within {eff:g} s")
     if timeout is None and waited < 0.001:
         return None
-    return max(eff - waited, 0.001)
+    return cast("Optional[float]", max(eff - waited, 0.001))
 
 
 class _Handle:
@@ -272,7 +302,7 @@ class Client(_Handle):
                    timeout: Optional[float] = None, topics: Topics = None,
                    metadata: Optional[Mapping[str, str]] = None,
                    selection: Optional[SelectionOptions] = None,
-                   wait_for_ready: bool = False, deadline: Any = None) -> "MultiCall":
+                   wait_for_ready: bool = False, deadline: Any = None) -> "MultiCall[Any]":
         """Sends a multi request: iterate over the result for every server's
         answer (``MultiResult``) as it arrives, until the timeout ends it."""
         m = self.method(method)
@@ -291,7 +321,7 @@ class Client(_Handle):
 
     # ---- subscriptions ----
     def subscribe(self, method: Union[str, Method], topics: Topics = None, *,
-                  timeout: float = 5.0, max_queue: int = 10000) -> "Subscription":
+                  timeout: float = 5.0, max_queue: int = 10000) -> "Subscription[Any]":
         """Subscribes to a subscription method; iterate over the result for
         messages. Waits (up to ``timeout``) until the broker confirmed the
         subscription. Messages beyond ``max_queue`` unread ones are dropped
@@ -305,7 +335,7 @@ class Client(_Handle):
     def open_stream(self, method: Union[str, Method], *, timeout: Optional[float] = None,
                     topics: Topics = None, metadata: Optional[Mapping[str, str]] = None,
                     selection: Optional[SelectionOptions] = None, wait_for_ready: bool = False,
-                    max_queue: int = 100) -> Any:
+                    max_queue: int = 100) -> "Stream[Any, Any]":
         """Opens a bidirectional stream to one server of a stream method and
         waits until a server accepted it. ``timeout`` is also the stream's
         per-message timeout. Returns a ``psrpc.Stream``."""
@@ -358,7 +388,7 @@ class CallFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         return True
 
 
-class MultiCall(Iterator[MultiResult]):
+class MultiCall(Iterator[MultiResult[R]], Generic[R]):
     """The answers of a multi call, as they arrive. ``cancel()`` (or leaving a
     ``with`` block, or dropping the object) stops it early."""
 
@@ -371,10 +401,10 @@ class MultiCall(Iterator[MultiResult]):
         self._done = False
         self._canceled = False
 
-    def __iter__(self) -> "MultiCall":
+    def __iter__(self) -> "MultiCall[R]":
         return self
 
-    def __next__(self) -> MultiResult:
+    def __next__(self) -> MultiResult[R]:
         if self._done:
             raise StopIteration
         final, resp, err, server_id = self._q.get()
@@ -390,7 +420,7 @@ class MultiCall(Iterator[MultiResult]):
         except PsrpcError as e:
             return MultiResult(None, e, server_id)
 
-    def results(self) -> List[MultiResult]:
+    def results(self) -> List[MultiResult[R]]:
         """Every answer, once the call ended."""
         return list(self)
 
@@ -399,7 +429,7 @@ class MultiCall(Iterator[MultiResult]):
             self._canceled = True
             self._client.cancel(self.call_id)
 
-    def __enter__(self) -> "MultiCall":
+    def __enter__(self) -> "MultiCall[R]":
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -447,7 +477,7 @@ class _SubSink:
             self.q.put(_END)
 
 
-class Subscription(_Handle):
+class Subscription(_Handle, Generic[R]):
     """Messages of a subscription method, as an iterator. ``close()`` ends it."""
 
     _free = staticmethod(_core.psrpc_sub_free)
@@ -463,7 +493,7 @@ class Subscription(_Handle):
         if not _core.on_loop_thread():
             if not self._sink.ready.wait(timeout):
                 self.close()
-                raise DeadlineExceeded("subscription was not confirmed in time")
+                raise client._bus._not_confirmed(f"subscription to {method.name}")
             if self._sink.error is not None:
                 self.close()
                 raise self._sink.error
@@ -473,7 +503,7 @@ class Subscription(_Handle):
         """Messages dropped because ``max_queue`` unread ones were waiting."""
         return self._sink.dropped
 
-    def get(self, timeout: Optional[float] = None) -> Any:
+    def get(self, timeout: Optional[float] = None) -> R:
         """The next message; ``queue.Empty`` after ``timeout`` seconds,
         ``StopIteration`` once the subscription ended."""
         if self._ended:
@@ -482,9 +512,10 @@ class Subscription(_Handle):
         if item is _END:
             self._ended = True
             raise StopIteration
-        return self._method.decode_response(item)
+        msg: R = self._method.decode_response(item)
+        return msg
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[R]:
         while True:
             try:
                 yield self.get()
@@ -501,7 +532,7 @@ class Subscription(_Handle):
             except PsrpcError:
                 pass
 
-    def __enter__(self) -> "Subscription":
+    def __enter__(self) -> "Subscription[R]":
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -23,7 +23,7 @@ _cache_dir: Optional[str] = None
 def _run_protoc(args: List[str]) -> None:
     try:
         import grpc_tools  # type: ignore
-        from grpc_tools import protoc  # type: ignore
+        from grpc_tools import protoc  # type: ignore[import-untyped,unused-ignore]
 
         well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
         rc = protoc.main(["protoc", f"-I{well_known}"] + args)
@@ -37,27 +37,17 @@ def _run_protoc(args: List[str]) -> None:
         raise RuntimeError(f"protoc failed (exit {rc}) for {args}")
 
 
-def compile_protos(files: Sequence[str], out_dir: str, include: Sequence[str] = ()) -> None:
-    """Generates ``*_pb2.py`` for files (and options.proto, which they may
-    import) into out_dir. The files' directories and ``include`` are searched
-    for imports, then the package's own options.proto."""
-    dirs: List[str] = []
-    for d in list(include) + [os.path.dirname(os.path.realpath(f)) for f in files]:
-        d = os.path.realpath(d)
-        if d not in dirs:
-            dirs.append(d)
-    dirs.append(os.path.realpath(proto_include()))
-    options = next(os.path.join(d, "options.proto") for d in dirs
-                   if os.path.exists(os.path.join(d, "options.proto")))
-    targets = [os.path.realpath(f) for f in files]
-    if options not in targets:
-        targets.append(options)
-    # protoc wants each input inside an -I directory: give each its own.
-    for t in targets:
-        d = os.path.dirname(t)
-        if d not in dirs:
-            dirs.insert(0, d)
-    _run_protoc([f"-I{d}" for d in dirs] + [f"--python_out={out_dir}"] + targets)
+def compile_protos(files: Sequence[str], out_dir: str, include: Sequence[str] = (), *,
+                   pyi: bool = False, typed: bool = False) -> List[str]:
+    """Generates ``*_pb2.py`` for files into out_dir (with ``pyi`` their
+    ``.pyi``, with ``typed`` the typed ``_psrpc.py`` modules: see
+    ``psrpc.codegen``). The files' directories and ``include`` are searched
+    for imports, then the package's own ``options.proto``; a file importing
+    ``options.proto`` gets ``psrpc.options_pb2`` as its module, so
+    options.proto itself is not compiled. Returns the paths written."""
+    from .codegen import generate
+
+    return generate(files, out_dir, include, pyi=pyi, typed=typed)
 
 
 def load_proto(path: str, include: Sequence[str] = ()) -> ModuleType:

@@ -9,7 +9,7 @@ import threading
 import time
 import weakref
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple,
-                    TypeVar, Union)
+                    TypeVar, Union, cast)
 
 from . import _core
 from ._client import KIND_READY, KIND_RELEASED, Topics, _Handle, _ms
@@ -29,7 +29,8 @@ KIND_REQUEST = 0
 KIND_AFFINITY = 1
 
 F = TypeVar("F", bound=Callable[..., Any])
-Handler = Callable[[Any, "Context"], Any]
+# handler(request, context), or handler(stream) for stream methods
+Handler = Callable[..., Any]
 AffinityFunc = Callable[[Any, "Context"], Optional[float]]
 
 
@@ -45,34 +46,34 @@ class Context:
 
     @property
     def request_id(self) -> str:
-        return self._req.id
+        return cast("str", self._req.id)
 
     @property
     def client_id(self) -> str:
         """The caller's client id."""
-        return self._req.client_id
+        return cast("str", self._req.client_id)
 
     @property
     def topics(self) -> Tuple[str, ...]:
-        return self._req.topics
+        return cast("Tuple[str, ...]", self._req.topics)
 
     @property
     def metadata(self) -> Mapping[str, str]:
-        return self._req.metadata
+        return cast("Mapping[str, str]", self._req.metadata)
 
     @property
     def sent_at(self) -> float:
         """Unix time (seconds) when the caller sent the request."""
-        return self._req.sent_at_ns / 1e9
+        return cast("float", self._req.sent_at_ns / 1e9)
 
     @property
     def deadline(self) -> float:
         """Unix time (seconds) of the request's deadline."""
-        return self._req.expiry_ns / 1e9
+        return cast("float", self._req.expiry_ns / 1e9)
 
     def remaining(self) -> float:
         """Seconds left until the deadline (negative once past)."""
-        return (self._req.expiry_ns - time.time_ns()) / 1e9
+        return cast("float", (self._req.expiry_ns - time.time_ns()) / 1e9)
 
     def __repr__(self) -> str:
         return (f"Context(method={self.method.name!r}, client_id={self.client_id!r}, "
@@ -272,7 +273,7 @@ class Server(_Handle):
         if _core.on_loop_thread():
             return
         if not reg.ready.wait(timeout):
-            raise DeadlineExceeded(f"registration of {reg.method.name} was not confirmed in time")
+            raise self._bus._not_confirmed(f"registration of {reg.method.name}")
         if reg.error is not None:
             raise reg.error
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
+from typing import (Any, Callable, Generic, Iterator, Mapping, Optional, Tuple, TypeVar, Union,
+                    cast)
 
 from . import _core
 from ._client import (KIND_MESSAGE, KIND_READY, KIND_RELEASED, _END, Topics, _ms, call_options,
                       connect_wait, require_kind)
-from ._errors import Canceled, PsrpcError, Status, from_wire, to_failure
+from ._errors import Canceled, PsrpcError, from_wire, to_failure
 from ._method import Method, topic_list
 
 __all__ = ["Stream", "open_stream", "register_stream"]
@@ -24,13 +25,13 @@ def is_clean_close(err: Optional[PsrpcError]) -> bool:
     return err is None or (err.code == "canceled" and err.message == "stream closed")
 
 
-def close_args(error: Optional[BaseException]) -> Tuple[int, Optional[str]]:
-    """(status, message) for psrpc_stream_close."""
+def close_args(error: Optional[BaseException]) -> Tuple[Optional[str], Optional[str]]:
+    """(code, message) for psrpc_stream_close_code: None for a clean close;
+    an error's code string travels unchanged (custom codes included)."""
     if error is None:
-        return 0, None
+        return None, None
     code, message, _details = to_failure(error)
-    status = Status.from_code(code)
-    return (status if status < 0 else Status.UNKNOWN), message
+    return (code or "unknown"), message
 
 
 class _StreamSink:
@@ -69,11 +70,19 @@ class _StreamSink:
         return None
 
 
-class Stream:
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+class Stream(Generic[S, R]):
     """One side of a bidirectional stream: ``send()`` waits until the peer
     acknowledged the message; iterate (or ``recv()``) to receive. Iteration
     ends when the stream closes cleanly and raises the cause otherwise.
-    ``close()`` (or the end of a ``with`` block) closes it."""
+    ``close()`` (or the end of a ``with`` block) closes it.
+
+    Typed as ``Stream[S, R]``: it sends ``S`` messages and receives ``R``
+    ones (a client's stream ``Stream[Request, Response]``, a stream
+    handler's ``Stream[Response, Request]``)."""
 
     def __init__(self, core: Any, method: Method, sink: _StreamSink, server_side: bool) -> None:
         self._core = core
@@ -90,12 +99,12 @@ class Stream:
 
     @property
     def id(self) -> str:
-        return self._core.id
+        return cast("str", self._core.id)
 
     @property
     def node_id(self) -> str:
         """The opener's client id (server side), our client id (client side)."""
-        return self._core.node_id
+        return cast("str", self._core.node_id)
 
     @property
     def method(self) -> Method:
@@ -104,7 +113,7 @@ class Stream:
     @property
     def metadata(self) -> Mapping[str, str]:
         """The opener's metadata."""
-        return self._core.metadata
+        return cast("Mapping[str, str]", self._core.metadata)
 
     @property
     def closed(self) -> bool:
@@ -122,24 +131,25 @@ class Stream:
         c = self._sink.cause
         return None if is_clean_close(c) else c
 
-    def send(self, message: Any, *, timeout: Optional[float] = None) -> None:
+    def send(self, message: S, *, timeout: Optional[float] = None) -> None:
         """Sends and waits for the peer's acknowledgement (``DeadlineExceeded``
         after ``timeout``, default the stream's timeout)."""
         err = self._core.send_blocking(bytes(self._encode(message)), _ms(timeout))
         if err is not None:
             raise from_wire(err)
 
-    def recv(self, timeout: Optional[float] = None) -> Any:
+    def recv(self, timeout: Optional[float] = None) -> R:
         """The next message. ``queue.Empty`` after ``timeout``; once the
         stream closed: the cause (``Canceled`` for a clean close)."""
         if not self._ended:
             item = self._sink.q.get(timeout=timeout)
             if item is not _END:
-                return self._decode(item)
+                msg: R = self._decode(item)
+                return msg
             self._ended = True
         raise self._sink.cause or Canceled("stream closed")
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[R]:
         while True:
             try:
                 yield self.recv()
@@ -151,16 +161,16 @@ class Stream:
     def close(self, error: Optional[BaseException] = None) -> None:
         """Closes the stream, cleanly or with an error (its psrpc code
         travels; other exceptions as unknown). Idempotent."""
-        status, message = close_args(error)
+        code, message = close_args(error)
         try:
-            self._core.close(status, message)
+            self._core.close_code(code, message)
         except PsrpcError:
             pass
 
     def wait_closed(self, timeout: Optional[float] = None) -> bool:
         return self._sink.closed.wait(timeout)
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> "Stream[S, R]":
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -172,13 +182,13 @@ class Stream:
 
 def open_stream(client: Any, method: Method, *, timeout: Optional[float], topics: Topics,
                 metadata: Optional[Mapping[str, str]], selection: Any, wait_for_ready: bool,
-                max_queue: int) -> Stream:
+                max_queue: int) -> "Stream[Any, Any]":
     require_kind(method, "stream")
     connect_wait(client, timeout)
     opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
     sink = _StreamSink(max_queue)
     core = _core.psrpc_client_open_stream(client._check(), method._c, opts, sink)
-    stream = Stream(core, method, sink, server_side=False)
+    stream: Stream[Any, Any] = Stream(core, method, sink, server_side=False)
     if not _core.on_loop_thread():
         sink.opened.wait()  # the library always reports the open's outcome
         if sink.open_error is not None:
@@ -187,7 +197,7 @@ def open_stream(client: Any, method: Method, *, timeout: Optional[float], topics
 
 
 class _StreamRegistration:
-    def __init__(self, method: Method, handler: Callable[[Stream], Any],
+    def __init__(self, method: Method, handler: Callable[["Stream[Any, Any]"], Any],
                  affinity: Optional[Callable[..., Any]], topics: Optional[Tuple[str, ...]],
                  server_id: str, submit: Callable[..., Any], max_queue: int) -> None:
         from ._server import _Registration
@@ -208,7 +218,7 @@ class _StreamRegistration:
         if kind == 0:
             sink = _StreamSink(self.max_queue)
             arg.set_callbacks(sink)
-            stream = Stream(arg, self.method, sink, server_side=True)
+            stream: Stream[Any, Any] = Stream(arg, self.method, sink, server_side=True)
             try:
                 self.submit(self.run, stream)
             except RuntimeError:
@@ -223,7 +233,7 @@ class _StreamRegistration:
             self.ready.set()
             self.released.set()
 
-    def run(self, stream: Stream) -> None:
+    def run(self, stream: "Stream[Any, Any]") -> None:
         from ._server import _tls, report
 
         _tls.in_handler = True
@@ -232,7 +242,7 @@ class _StreamRegistration:
         finally:
             _tls.in_handler = False
 
-    def _run(self, stream: Stream, report: Callable[..., None]) -> None:
+    def _run(self, stream: "Stream[Any, Any]", report: Callable[..., None]) -> None:
         try:
             self.handler(stream)
         except Exception as e:
@@ -246,7 +256,7 @@ class _StreamRegistration:
         stream.close()
 
 
-def register_stream(server: Any, method: Method, handler: Callable[[Stream], Any], *,
+def register_stream(server: Any, method: Method, handler: Callable[["Stream[Any, Any]"], Any], *,
                     topics: Topics, affinity: Optional[Callable[..., Any]], wait: bool,
                     timeout: float, max_queue: int = 100) -> None:
     t = topic_list(topics)

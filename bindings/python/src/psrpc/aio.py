@@ -28,8 +28,8 @@ import inspect
 import logging
 import signal
 import threading
-from typing import (Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Mapping,
-                    Optional, Sequence, Set, Tuple, Union)
+from typing import (Any, AsyncIterator, Awaitable, Callable, Dict, Generic, Iterable, List,
+                    Mapping, Optional, Sequence, Set, Tuple, TypeVar, Union, cast)
 
 from . import _client, _core, _server
 from ._bus import Bus
@@ -129,7 +129,7 @@ class Client:
                    timeout: Optional[float] = None, topics: Topics = None,
                    metadata: Optional[Mapping[str, str]] = None,
                    selection: Optional[SelectionOptions] = None,
-                   wait_for_ready: bool = False, deadline: Any = None) -> "MultiCall":
+                   wait_for_ready: bool = False, deadline: Any = None) -> "MultiCall[Any]":
         """Sends a multi request: ``async for result in client.multi_call(...)``."""
         m = self._c.method(method)
         require_kind(m, "multi")
@@ -146,17 +146,17 @@ class Client:
         return MultiCall(self._c, m, call_id, q)
 
     async def subscribe(self, method: Union[str, Method], topics: Topics = None, *,
-                        timeout: float = 5.0, max_queue: int = 10000) -> "Subscription":
+                        timeout: float = 5.0, max_queue: int = 10000) -> "Subscription[Any]":
         """Subscribes; ``async for message in subscription``."""
         m = self._c.method(method)
         require_kind(m, "subscription")
         await _connect_wait(self._c, timeout)
-        sub = Subscription(self._c, m, topic_list(topics), max_queue)
+        sub: Subscription[Any] = Subscription(self._c, m, topic_list(topics), max_queue)
         try:
             await asyncio.wait_for(asyncio.shield(sub._ready), timeout)
         except asyncio.TimeoutError:
             sub.close()
-            raise DeadlineExceeded("subscription was not confirmed in time") from None
+            raise self._c._bus._not_confirmed(f"subscription to {m.name}") from None
         except BaseException:
             sub.close()
             raise
@@ -165,7 +165,8 @@ class Client:
     async def open_stream(self, method: Union[str, Method], *, timeout: Optional[float] = None,
                           topics: Topics = None, metadata: Optional[Mapping[str, str]] = None,
                           selection: Optional[SelectionOptions] = None,
-                          wait_for_ready: bool = False, max_queue: int = 100) -> "Stream":
+                          wait_for_ready: bool = False,
+                          max_queue: int = 100) -> "Stream[Any, Any]":
         """Opens a bidirectional stream and waits until a server accepted it."""
         m = self._c.method(method)
         require_kind(m, "stream")
@@ -173,7 +174,7 @@ class Client:
         opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
         sink = _StreamSink(asyncio.get_running_loop(), max_queue)
         core = _core.psrpc_client_open_stream(self._c._check(), m._c, opts, sink)
-        stream = Stream(core, m, sink, server_side=False)
+        stream: Stream[Any, Any] = Stream(core, m, sink, server_side=False)
         try:
             err = await asyncio.shield(sink.opened)
         except asyncio.CancelledError:
@@ -203,7 +204,11 @@ class Client:
         self.close()
 
 
-class MultiCall(AsyncIterator[MultiResult]):
+R = TypeVar("R")
+S = TypeVar("S")
+
+
+class MultiCall(AsyncIterator[MultiResult[R]], Generic[R]):
     """Answers of a multi call as an async iterator; ``cancel()`` stops it."""
 
     def __init__(self, client: _client.Client, method: Method, call_id: int,
@@ -215,10 +220,10 @@ class MultiCall(AsyncIterator[MultiResult]):
         self._done = False
         self._canceled = False
 
-    def __aiter__(self) -> "MultiCall":
+    def __aiter__(self) -> "MultiCall[R]":
         return self
 
-    async def __anext__(self) -> MultiResult:
+    async def __anext__(self) -> MultiResult[R]:
         if self._done:
             raise StopAsyncIteration
         try:
@@ -238,7 +243,7 @@ class MultiCall(AsyncIterator[MultiResult]):
         except PsrpcError as e:
             return MultiResult(None, e, server_id)
 
-    async def results(self) -> List[MultiResult]:
+    async def results(self) -> List[MultiResult[R]]:
         return [r async for r in self]
 
     def cancel(self) -> None:
@@ -249,7 +254,7 @@ class MultiCall(AsyncIterator[MultiResult]):
     async def aclose(self) -> None:
         self.cancel()
 
-    async def __aenter__(self) -> "MultiCall":
+    async def __aenter__(self) -> "MultiCall[R]":
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -297,7 +302,7 @@ class _AsyncSubSink:
             _post(self.loop, self.q.put_nowait, _END)
 
 
-class Subscription(_client._Handle):
+class Subscription(_client._Handle, Generic[R]):
     """Messages of a subscription as an async iterator; ``close()`` ends it."""
 
     _free = staticmethod(_core.psrpc_sub_free)
@@ -317,7 +322,7 @@ class Subscription(_client._Handle):
     def dropped(self) -> int:
         return self._sink.dropped
 
-    async def get(self) -> Any:
+    async def get(self) -> R:
         """The next message; ``StopAsyncIteration`` once ended."""
         if self._ended:
             raise StopAsyncIteration
@@ -327,12 +332,13 @@ class Subscription(_client._Handle):
             raise StopAsyncIteration
         with self._sink.lock:
             self._sink.pending -= 1
-        return self._method.decode_response(item)
+        msg: R = self._method.decode_response(item)
+        return msg
 
-    def __aiter__(self) -> "Subscription":
+    def __aiter__(self) -> "Subscription[R]":
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> R:
         return await self.get()
 
     def close(self) -> None:
@@ -345,7 +351,7 @@ class Subscription(_client._Handle):
             except PsrpcError:
                 pass
 
-    async def __aenter__(self) -> "Subscription":
+    async def __aenter__(self) -> "Subscription[R]":
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -393,9 +399,10 @@ class _StreamSink:
         return None
 
 
-class Stream:
+class Stream(Generic[S, R]):
     """One side of a bidirectional stream for asyncio: ``await send(msg)``,
-    ``await recv()`` or ``async for msg in stream``, ``close()``."""
+    ``await recv()`` or ``async for msg in stream``, ``close()``. Typed as
+    ``Stream[S, R]``: sends ``S``, receives ``R`` (see ``psrpc.Stream``)."""
 
     def __init__(self, core: Any, method: Method, sink: _StreamSink, server_side: bool) -> None:
         self._core = core
@@ -409,11 +416,11 @@ class Stream:
 
     @property
     def id(self) -> str:
-        return self._core.id
+        return cast("str", self._core.id)
 
     @property
     def node_id(self) -> str:
-        return self._core.node_id
+        return cast("str", self._core.node_id)
 
     @property
     def method(self) -> Method:
@@ -421,7 +428,7 @@ class Stream:
 
     @property
     def metadata(self) -> Mapping[str, str]:
-        return self._core.metadata
+        return cast("Mapping[str, str]", self._core.metadata)
 
     @property
     def closed(self) -> bool:
@@ -438,7 +445,7 @@ class Stream:
         c = self._sink.cause
         return None if is_clean_close(c) else c
 
-    async def send(self, message: Any, *, timeout: Optional[float] = None) -> None:
+    async def send(self, message: S, *, timeout: Optional[float] = None) -> None:
         """Sends and waits for the peer's acknowledgement."""
         loop = asyncio.get_running_loop()
         fut: "asyncio.Future[Any]" = loop.create_future()
@@ -451,21 +458,22 @@ class Stream:
         if err is not None:
             raise from_wire(err)
 
-    async def recv(self) -> Any:
+    async def recv(self) -> R:
         """The next message; once closed, the cause (``Canceled`` when clean)."""
         if not self._ended:
             item = await self._sink.q.get()
             if item is not _END:
                 with self._sink.lock:
                     self._sink.pending -= 1
-                return self._decode(item)
+                msg: R = self._decode(item)
+                return msg
             self._ended = True
         raise self._sink.cause or Canceled("stream closed")
 
-    def __aiter__(self) -> "Stream":
+    def __aiter__(self) -> "Stream[S, R]":
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> R:
         try:
             return await self.recv()
         except PsrpcError as e:
@@ -474,16 +482,16 @@ class Stream:
             raise
 
     def close(self, error: Optional[BaseException] = None) -> None:
-        status, message = close_args(error)
+        code, message = close_args(error)
         try:
-            self._core.close(status, message)
+            self._core.close_code(code, message)
         except PsrpcError:
             pass
 
     async def wait_closed(self) -> Optional[PsrpcError]:
         return await asyncio.shield(self._sink.closed)
 
-    async def __aenter__(self) -> "Stream":
+    async def __aenter__(self) -> "Stream[S, R]":
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -514,7 +522,7 @@ class _AsyncRegistration:
             if self.stream:
                 sink = _StreamSink(self.loop, self.max_queue)
                 arg.set_callbacks(sink)
-                s = Stream(arg, self.method, sink, server_side=True)
+                s: Stream[Any, Any] = Stream(arg, self.method, sink, server_side=True)
                 if not _post(self.loop, self._spawn, self._run_stream(s)):
                     s.close(PsrpcError("event loop is closed", code="unavailable"))
             elif not _post(self.loop, self._spawn_request, arg):
@@ -567,7 +575,7 @@ class _AsyncRegistration:
             return
         _server.respond(req, m, result, self.server_id)
 
-    async def _run_stream(self, stream: Stream) -> None:
+    async def _run_stream(self, stream: "Stream[Any, Any]") -> None:
         try:
             await self._call(self.handler, stream)
         except BaseException as e:
@@ -666,7 +674,7 @@ class Server:
         try:
             err = await asyncio.wait_for(asyncio.shield(ready), timeout)
         except asyncio.TimeoutError:
-            raise DeadlineExceeded("registration was not confirmed in time") from None
+            raise self._s._bus._not_confirmed("registration") from None
         if err is not None:
             raise err
 

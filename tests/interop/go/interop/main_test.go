@@ -14,14 +14,13 @@
 //	PSRPC_INTEROP_SERVERS    server languages of the cell, comma-separated
 //	PSRPC_INTEROP_MIXED      1: the mixed cell (servers of every server language
 //	                         at once, called by a client of every client language)
-//	PSRPC_INTEROP_DIRECTION  instead of the three above (older form):
-//	                         go_client_c_server | c_client_go_server |
-//	                         mixed_servers | go_client_go_server | c_client_c_server
 //	PSRPC_TEST_REDIS_URL     default redis://127.0.0.1:6379
 //	PSRPC_TEST_NATS_URL      default nats://127.0.0.1:4222
-//	PSRPC_INTEROP_C_SERVER   without PSRPC_INTEROP_SLOTS: the C programs
-//	PSRPC_INTEROP_C_CLIENT   (default ../../../../build/tests/interop/)
-//	PSRPC_INTEROP_GO_SERVER  path of a built Go conformance-server (default: go build)
+//	PSRPC_INTEROP_SCENARIOS  a comma-separated subset of the scenarios
+//
+// Without PSRPC_INTEROP_SLOTS the slots are Go (its server built here) and
+// C: PSRPC_INTEROP_C_SERVER / PSRPC_INTEROP_C_CLIENT, default
+// ../../../../build/tests/interop/conformance-{server,client}.
 package interop
 
 import (
@@ -123,14 +122,6 @@ type direction struct {
 	mixed       bool     // the mixed cell: every pool has a server of each language
 }
 
-var legacyDirections = map[string]direction{
-	"go_client_c_server":  {"go_client_c_server", []string{"go"}, []string{"c"}, false},
-	"c_client_go_server":  {"c_client_go_server", []string{"c"}, []string{"go"}, false},
-	"mixed_servers":       {"mixed_servers", []string{"go", "c"}, []string{"c", "go"}, true},
-	"go_client_go_server": {"go_client_go_server", []string{"go"}, []string{"go"}, false},
-	"c_client_c_server":   {"c_client_c_server", []string{"c"}, []string{"c"}, false},
-}
-
 func splitLangs(s string) []string {
 	var out []string
 	for _, l := range strings.Split(s, ",") {
@@ -143,20 +134,13 @@ func splitLangs(s string) []string {
 
 // cellDirection reads the cell from the environment.
 func cellDirection() (direction, error) {
-	if name := os.Getenv("PSRPC_INTEROP_DIRECTION"); name != "" {
-		d, ok := legacyDirections[name]
-		if !ok {
-			return d, fmt.Errorf("unknown PSRPC_INTEROP_DIRECTION %q", name)
-		}
-		return d, nil
-	}
 	d := direction{
 		clientKinds: splitLangs(os.Getenv("PSRPC_INTEROP_CLIENTS")),
 		serverKinds: splitLangs(os.Getenv("PSRPC_INTEROP_SERVERS")),
 		mixed:       os.Getenv("PSRPC_INTEROP_MIXED") == "1",
 	}
 	if len(d.clientKinds) == 0 || len(d.serverKinds) == 0 {
-		return d, fmt.Errorf("set PSRPC_INTEROP_CLIENTS and PSRPC_INTEROP_SERVERS (or PSRPC_INTEROP_DIRECTION)")
+		return d, fmt.Errorf("set PSRPC_INTEROP_CLIENTS and PSRPC_INTEROP_SERVERS (tests/interop/matrix.sh does)")
 	}
 	if !d.mixed && (len(d.clientKinds) != 1 || len(d.serverKinds) != 1) {
 		return d, fmt.Errorf("a cell has one client and one server language (or PSRPC_INTEROP_MIXED=1)")

@@ -11,9 +11,13 @@
 // One subscriber, read the way psrpc's Redis bus reads (PubSub.ReceiveMessage
 // in a loop), and publishers that pipeline PUBLISH commands (as psrpc's Redis
 // bus does) so that the subscriber's socket reads end at arbitrary places in
-// the stream. Every PUBLISH must be answered with 1 (Redis delivered it to the
-// one subscriber): a message Redis delivered and the subscriber never returned
-// was lost inside the client.
+// the stream. Redis delivered every message to the subscriber: the channel has
+// exactly one subscriber when publishing starts (PUBSUB NUMSUB), every PUBLISH
+// reaches at least one (pattern subscribers such as the interop sniffer on a
+// shared broker may add to the count), and the subscriber's connection is the
+// same one (CLIENT LIST, by its name) from the first PUBLISH to the end, so no
+// reconnection can hide a loss. A message Redis delivered and the subscriber
+// never returned was lost inside the client.
 //
 // It prints one line per run,
 //
@@ -21,8 +25,9 @@
 //
 // and exits 0 whatever the counts: it measures the Go anchor, not libpsrpc. It
 // exits 1 when it cannot measure: no broker, a failed subscription or
-// PUBLISH, a PUBLISH that reached no subscriber, a duplicated or foreign
-// message, or a run that did not finish within -timeout.
+// PUBLISH, another subscriber of the channel, a PUBLISH that reached none, a
+// reconnected subscriber, a duplicated or foreign message, or a run that did
+// not finish within -timeout.
 package main
 
 import (
@@ -113,10 +118,12 @@ func run(ctx context.Context, base *redis.Options, protocol, round, n, size, pub
 	start := time.Now()
 	o := *base
 	o.Protocol = protocol
-	sub := redis.NewClient(&o)
-	defer sub.Close()
 	pub := redis.NewClient(&o)
 	defer pub.Close()
+	subName := fmt.Sprintf("resp3-loss-%d-%d-%d", os.Getpid(), protocol, round)
+	o.ClientName = subName
+	sub := redis.NewClient(&o)
+	defer sub.Close()
 	if err := pub.Ping(ctx).Err(); err != nil {
 		return result{}, fmt.Errorf("redis %s: %w", base.Addr, err)
 	}
@@ -126,6 +133,15 @@ func run(ctx context.Context, base *redis.Options, protocol, round, n, size, pub
 	if _, err := ps.Receive(ctx); err != nil { // the subscription confirmation
 		_ = ps.Close()
 		return result{}, fmt.Errorf("subscribe: %w", err)
+	}
+	defer ps.Close()
+	if subs, err := pub.PubSubNumSub(ctx, channel).Result(); err != nil || subs[channel] != 1 {
+		return result{}, fmt.Errorf("PUBSUB NUMSUB %s: %v subscribers (%v), not 1",
+			channel, subs[channel], err)
+	}
+	connID, err := subConnID(ctx, pub, subName)
+	if err != nil {
+		return result{}, err
 	}
 
 	// The receiver stops when ps is closed (a blocked read does not see a
@@ -197,8 +213,8 @@ func run(ctx context.Context, base *redis.Options, protocol, round, n, size, pub
 					return
 				}
 				for j, c := range cmds {
-					if c.Val() != 1 {
-						pubErr <- fmt.Errorf("PUBLISH of %d reached %d subscribers, not 1",
+					if c.Val() < 1 {
+						pubErr <- fmt.Errorf("PUBLISH of %d reached %d subscribers",
 							seqs[j], c.Val())
 						return
 					}
@@ -238,6 +254,10 @@ func run(ctx context.Context, base *redis.Options, protocol, round, n, size, pub
 		}
 		break
 	}
+	if id, err := subConnID(ctx, pub, subName); err != nil || id != connID {
+		return result{}, fmt.Errorf("the subscriber reconnected during the run "+
+			"(connection %d, now %d: %v): cannot measure", connID, id, err)
+	}
 	stopRecv()
 	if err := <-recvErr; err != nil {
 		return result{}, fmt.Errorf("subscriber: %w", err)
@@ -253,6 +273,34 @@ func run(ctx context.Context, base *redis.Options, protocol, round, n, size, pub
 		res.firstLost = strings.Join(lost, ",")
 	}
 	return res, nil
+}
+
+// subConnID is the Redis id of the one connection named name (CLIENT LIST).
+func subConnID(ctx context.Context, c *redis.Client, name string) (int64, error) {
+	list, err := c.ClientList(ctx).Result()
+	if err != nil {
+		return 0, fmt.Errorf("CLIENT LIST: %w", err)
+	}
+	var ids []int64
+	for _, line := range strings.Split(list, "\n") {
+		var id int64 = -1
+		named := false
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "id="); ok {
+				id, _ = strconv.ParseInt(v, 10, 64)
+			} else if f == "name="+name {
+				named = true
+			}
+		}
+		if named && id >= 0 {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) != 1 {
+		return 0, fmt.Errorf("CLIENT LIST: %d connections named %s (ids %v), not 1",
+			len(ids), name, ids)
+	}
+	return ids[0], nil
 }
 
 // goRedisVersion is the go-redis module version this binary was built with.

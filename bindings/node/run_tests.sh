@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# run_tests.sh — the Node binding's test suite, from scratch:
+#   1. npm install in this directory (node-addon-api, cmake-js, typescript,
+#      @bufbuild/protobuf from the npm registry; no download from nodejs.org:
+#      cmake-js takes the Node-API headers from the node-api-headers package),
+#   2. builds the addon (cmake-js over this tree's CMake, libpsrpc linked
+#      statically; the build dir is reused) and the TypeScript layer,
+#   3. checks that `npm install <this directory>` works in a fresh project
+#      outside the tree (PSRPC_NODE_SKIP_INSTALL_CHECK=1 skips it),
+#   4. runs the node:test suite over local://, Redis and NATS.
+# Brokers: PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (defaults
+# redis://127.0.0.1:6379, nats://127.0.0.1:4222); a broker that does not answer
+# FAILS its tests. Extra arguments go to node --test (e.g. test/rpc.test.mjs);
+# PSRPC_NODE_INSTALL_ONLY=1 stops after the build.
+# Needs node >= 18 with npm, and the Debian packages of scripts/setup-deps.sh.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$here"
+export npm_config_audit=false npm_config_fund=false npm_config_update_notifier=false
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "run_tests.sh: node and npm are needed (scripts/setup-deps.sh installs them)" >&2
+    exit 1
+fi
+
+# 1-2. dependencies, then both builds (always: the sources may have changed;
+# cmake-js and tsc rebuild incrementally).
+npm install --no-audit --no-fund --ignore-scripts --loglevel=error
+PSRPC_NODE_JOBS=${PSRPC_NODE_JOBS:-2} node scripts/build.js --force
+# examples/node imports 'psrpc' and '@bufbuild/protobuf': link them there (what
+# `npm install` in examples/node does, without the network)
+ex=$here/../../examples/node/node_modules
+mkdir -p "$ex/@bufbuild"
+ln -sfn "$here" "$ex/psrpc"
+ln -sfn "$here/node_modules/@bufbuild/protobuf" "$ex/@bufbuild/protobuf"
+[ "${PSRPC_NODE_INSTALL_ONLY:-0}" = 1 ] && exit 0
+
+# 3. npm install of this directory into a project outside the tree.
+if [ "${PSRPC_NODE_SKIP_INSTALL_CHECK:-0}" != 1 ]; then
+    proj=$(mktemp -d /tmp/psrpc-node-install.XXXXXX)
+    trap 'rm -rf "$proj"' EXIT
+    (cd "$proj" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error "$here" &&
+        node --input-type=module -e "
+            import { Bus, Client, Server } from 'psrpc';
+            const bus = await Bus.open('local://');
+            const s = new Server(bus, 'InstallCheck');
+            await s.handle('Echo', (b) => b);
+            const r = await new Client(bus, 'InstallCheck').call('Echo', new Uint8Array([42]));
+            if (r[0] !== 42) throw new Error('bad answer');
+            await bus.close();
+            console.log('install check: npm install <bindings/node> in a fresh project works');" &&
+        node -e "const p = require('psrpc'); if (typeof p.Bus.open !== 'function') process.exit(1); console.log('install check: require works too')")
+fi
+
+# 4. the suite (one file at a time: they share the brokers)
+tests=("$@")
+[ ${#tests[@]} -eq 0 ] && tests=(test/*.test.mjs)
+exec node --expose-gc --test --test-concurrency=1 --test-reporter=spec "${tests[@]}"
