@@ -166,7 +166,8 @@ step python-tests "$root/bindings/python/run_tests.sh"
 # tests/interop/languages/) against Go in both directions on both brokers,
 # plus one mixed cell per broker. Any failing cell fails the step.
 if [ "$plain_ok" -eq 1 ]; then
-    step interop-matrix "$root/tests/interop/matrix.sh" --ci --build-dir "$root/build"
+    # (The Python slot reuses the venv python-tests just installed.)
+    step interop-matrix env PSRPC_INTEROP_PY_REUSE=1 "$root/tests/interop/matrix.sh" --ci --build-dir "$root/build"
 else
     skip interop-matrix "build-plain failed"
 fi

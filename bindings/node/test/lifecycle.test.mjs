@@ -61,7 +61,9 @@ describe('worker_threads', () => {
     it(`a bus per worker; closing and terminating workers (${busName})`, async () => {
       const service = uniqueName('WorkerTest');
       const results = await Promise.all([1, 2, 3].map((n) => new Promise((resolve, reject) => {
-        const w = new Worker(fixture('worker.mjs'), { workerData: { url, service, n, close: n !== 3 } });
+        // a service per worker: a terminated worker's server must not have
+        // claimed another worker's call
+        const w = new Worker(fixture('worker.mjs'), { workerData: { url, service: `${service}_${n}`, n, close: n !== 3 } });
         let got;
         w.on('message', async (m) => {
           got = m;

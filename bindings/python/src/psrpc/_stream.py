@@ -10,7 +10,7 @@ from typing import (Any, Callable, Generic, Iterator, Mapping, Optional, Tuple, 
 from . import _core
 from ._client import (KIND_MESSAGE, KIND_READY, KIND_RELEASED, _END, Topics, _ms, call_options,
                       connect_wait, require_kind)
-from ._errors import Canceled, PsrpcError, Status, from_wire, to_failure
+from ._errors import Canceled, PsrpcError, from_wire, to_failure
 from ._method import Method, topic_list
 
 __all__ = ["Stream", "open_stream", "register_stream"]
@@ -25,13 +25,13 @@ def is_clean_close(err: Optional[PsrpcError]) -> bool:
     return err is None or (err.code == "canceled" and err.message == "stream closed")
 
 
-def close_args(error: Optional[BaseException]) -> Tuple[int, Optional[str]]:
-    """(status, message) for psrpc_stream_close."""
+def close_args(error: Optional[BaseException]) -> Tuple[Optional[str], Optional[str]]:
+    """(code, message) for psrpc_stream_close_code: None for a clean close;
+    an error's code string travels unchanged (custom codes included)."""
     if error is None:
-        return 0, None
+        return None, None
     code, message, _details = to_failure(error)
-    status = Status.from_code(code)
-    return (status if status < 0 else Status.UNKNOWN), message
+    return (code or "unknown"), message
 
 
 class _StreamSink:
@@ -161,9 +161,9 @@ class Stream(Generic[S, R]):
     def close(self, error: Optional[BaseException] = None) -> None:
         """Closes the stream, cleanly or with an error (its psrpc code
         travels; other exceptions as unknown). Idempotent."""
-        status, message = close_args(error)
+        code, message = close_args(error)
         try:
-            self._core.close(status, message)
+            self._core.close_code(code, message)
         except PsrpcError:
             pass
 

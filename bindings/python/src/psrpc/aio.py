@@ -482,9 +482,9 @@ class Stream(Generic[S, R]):
             raise
 
     def close(self, error: Optional[BaseException] = None) -> None:
-        status, message = close_args(error)
+        code, message = close_args(error)
         try:
-            self._core.close(status, message)
+            self._core.close_code(code, message)
         except PsrpcError:
             pass
 
