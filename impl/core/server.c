@@ -1443,14 +1443,15 @@ static int answer(psrpc_request *q, Internal__Response *resp) {
     bool killed = atomic_load(&s->killed);
     if (a && a->bytes) {
         a->req = q;
-        if (psrpc__bus_post(s->bus, answer_task, a) == PSRPC_OK) {
+        int prc = psrpc__bus_post(s->bus, answer_task, a);
+        if (prc == PSRPC_OK) {
             if (killed)
                 return psrpc__error(PSRPC_CANCELED, "server is closed; answer discarded");
             if (result != PSRPC_OK)
                 return psrpc__error(result, "response exceeds the maximum message size");
             return PSRPC_OK;
         }
-        result = PSRPC_CANCELED;
+        result = prc == PSRPC_FAILED_PRECONDITION ? prc : PSRPC_CANCELED;
     }
     /* Could not hand it to the loop (out of memory, or the bus is gone): the
      * request leaves the handler stage here, or a graceful close would wait
@@ -1461,6 +1462,8 @@ static int answer(psrpc_request *q, Internal__Response *resp) {
         free(a);
     }
     request_release(q);
+    if (result == PSRPC_FAILED_PRECONDITION)
+        return psrpc__bus_fork_error(); /* a request inherited across fork() */
     if (result == PSRPC_CANCELED || killed)
         return psrpc__error(PSRPC_CANCELED, "server is closed; answer discarded");
     return psrpc__error(result, "cannot send the answer");

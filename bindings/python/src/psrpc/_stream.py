@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Tuple, TypeVar, Union
+from typing import (Any, Callable, Generic, Iterator, Mapping, Optional, Tuple, TypeVar, Union,
+                    cast)
 
 from . import _core
 from ._client import (KIND_MESSAGE, KIND_READY, KIND_RELEASED, _END, Topics, _ms, call_options,
@@ -98,12 +99,12 @@ class Stream(Generic[S, R]):
 
     @property
     def id(self) -> str:
-        return self._core.id
+        return cast("str", self._core.id)
 
     @property
     def node_id(self) -> str:
         """The opener's client id (server side), our client id (client side)."""
-        return self._core.node_id
+        return cast("str", self._core.node_id)
 
     @property
     def method(self) -> Method:
@@ -112,7 +113,7 @@ class Stream(Generic[S, R]):
     @property
     def metadata(self) -> Mapping[str, str]:
         """The opener's metadata."""
-        return self._core.metadata
+        return cast("Mapping[str, str]", self._core.metadata)
 
     @property
     def closed(self) -> bool:
@@ -187,7 +188,7 @@ def open_stream(client: Any, method: Method, *, timeout: Optional[float], topics
     opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
     sink = _StreamSink(max_queue)
     core = _core.psrpc_client_open_stream(client._check(), method._c, opts, sink)
-    stream = Stream(core, method, sink, server_side=False)
+    stream: Stream[Any, Any] = Stream(core, method, sink, server_side=False)
     if not _core.on_loop_thread():
         sink.opened.wait()  # the library always reports the open's outcome
         if sink.open_error is not None:
@@ -217,7 +218,7 @@ class _StreamRegistration:
         if kind == 0:
             sink = _StreamSink(self.max_queue)
             arg.set_callbacks(sink)
-            stream = Stream(arg, self.method, sink, server_side=True)
+            stream: Stream[Any, Any] = Stream(arg, self.method, sink, server_side=True)
             try:
                 self.submit(self.run, stream)
             except RuntimeError:
