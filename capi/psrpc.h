@@ -691,7 +691,7 @@ typedef void (*psrpc_handler_cb)(psrpc_request *request, void *user_data);
 /**
  * An affinity question for a claim method. Answer exactly once with
  * psrpc_request_claim(request, affinity), from any thread; a negative
- * affinity declines (no claim is sent). If this server is then chosen, the
+ * affinity (or psrpc_request_abandon) declines (no claim is sent). If this server is then chosen, the
  * same request is handed to the handler.
  */
 typedef void (*psrpc_affinity_cb)(psrpc_request *request, void *user_data);
