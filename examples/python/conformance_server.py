@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import threading
 
@@ -154,17 +155,23 @@ async def run(args, pb) -> int:
             if methods is None or name in methods:
                 for topic in args.topic:
                     server.register_nowait(name, handlers[name], topics=topic)
-        # The handlers before "ready": a SIGTERM right after it must close
-        # gracefully too (exit 0), not kill the process.
-        stop = asyncio.Event()
+        # SIGTERM/SIGINT are handled from before "ready" on: a signal right
+        # after it must close gracefully too (exit 0), not kill the process.
+        # serve_forever takes the handlers over before the loop runs again
+        # (so a signal pending by then reaches it); one that came before
+        # "ready" ends the server at once.
+        early = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, early.set)
         await server.wait_ready(15)
         emit("ready")
-        await stop.wait()
-        # Graceful: in-flight requests (delayed answers included) finish.
-        await server.close(timeout=30)
+        if early.is_set():
+            await server.close(timeout=30)
+        else:
+            # Until SIGTERM/SIGINT, then graceful: in-flight requests (delayed
+            # answers included) finish and are sent.
+            await server.serve_forever(grace=30)
         await updates.close(timeout=10)
         return 0
     finally:
