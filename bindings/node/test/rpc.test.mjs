@@ -302,7 +302,7 @@ for (const [busName, url] of BUSES) {
     it('streams: 10,000 messages in order each way, close with an error seen by both sides', async () => {
       const server = new Server(bus, svc);
       const ends = [];
-      await server.handle('Chat', async (stream, ctx) => {
+      await server.handleStream('Chat', async (stream, ctx) => {
         assert.equal(typeof ctx.clientId, 'string');
         try {
           for await (const msg of stream) {
