@@ -11,12 +11,12 @@
 #   4. runs every ctest test in build (the interop label is the method-table
 #      check; the Go side is set up by tests/interop/setup.sh), every test but
 #      interop in build-asan (PSRPC_TEST_TIME_FACTOR=3), the Python binding's
-#      pytest suite (bindings/python/run_tests.sh), the interop matrix
+#      pytest suite (bindings/python/run_tests.sh), the Rust binding's suite
+#      (bindings/rust/run_tests.sh), the Node binding's node:test suite
+#      (bindings/node/run_tests.sh), the interop matrix
 #      (tests/interop/matrix.sh --ci: every non-Go language against Go both
 #      ways on Redis and NATS, plus the mixed cell of every language per
-#      broker; results in build/interop-matrix), the Rust binding's suite
-#      (bindings/rust/run_tests.sh), the Node binding's node:test suite
-#      (bindings/node/run_tests.sh), the "local", "nats" and "redis" labels in
+#      broker; results in build/interop-matrix), the "local", "nats" and "redis" labels in
 #      build-tsan (any TSan report fails), and valgrind memcheck over the unit
 #      and local test executables and the add_value example
 #      (PSRPC_TEST_TIME_FACTOR=10)
@@ -162,16 +162,6 @@ fi
 # NATS, mypy --strict over the typed example (~3-4 min).
 step python-tests "$root/bindings/python/run_tests.sh"
 
-# The interop matrix: each non-Go language (C, Python, and every slot in
-# tests/interop/languages/) against Go in both directions on both brokers,
-# plus one mixed cell per broker. Any failing cell fails the step.
-if [ "$plain_ok" -eq 1 ]; then
-    # (The Python slot reuses the venv python-tests just installed.)
-    step interop-matrix env PSRPC_INTEROP_PY_REUSE=1 "$root/tests/interop/matrix.sh" --ci --build-dir "$root/build"
-else
-    skip interop-matrix "build-plain failed"
-fi
-
 # The Rust binding: cargo test over local://, Redis and NATS, clippy, doc,
 # package, the add_value example (also against C). Its Rust <-> Go interop
 # cells run in the interop-matrix step above (rust slot).
@@ -180,6 +170,17 @@ step rust-tests env PSRPC_RUST_INTEROP=0 "$root/bindings/rust/run_tests.sh"
 # The Node binding: npm install + cmake-js build in bindings/node, node:test
 # over local://, Redis and NATS.
 step node-tests "$root/bindings/node/run_tests.sh"
+
+# The interop matrix: each non-Go language (C, Python, Rust, Node: every slot
+# in tests/interop/languages/) against Go in both directions on both brokers,
+# plus one mixed cell of every language per broker. Any failing cell fails
+# the step. After the bindings' own steps, so their builds are reused.
+if [ "$plain_ok" -eq 1 ]; then
+    # (The Python slot reuses the venv python-tests installed.)
+    step interop-matrix env PSRPC_INTEROP_PY_REUSE=1 "$root/tests/interop/matrix.sh" --ci --build-dir "$root/build"
+else
+    skip interop-matrix "build-plain failed"
+fi
 
 if [ "$tsan_ok" -eq 1 ]; then
     tsan_options="halt_on_error=1:exitcode=66:second_deadlock_stack=1"

@@ -5,8 +5,9 @@
 #      cmake-js takes the Node-API headers from the node-api-headers package),
 #   2. builds the addon (cmake-js over this tree's CMake, libpsrpc linked
 #      statically; the build dir is reused) and the TypeScript layer,
-#   3. checks that `npm install <this directory>` works in a fresh project
-#      outside the tree (PSRPC_NODE_SKIP_INSTALL_CHECK=1 skips it),
+#   3. checks that `npm install <this directory>` and `npm install` of the
+#      `npm pack` tarball (which carries libpsrpc's C sources) work in fresh
+#      projects outside the tree (PSRPC_NODE_SKIP_INSTALL_CHECK=1 skips both),
 #   4. runs the node:test suite over local://, Redis and NATS.
 # Brokers: PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (defaults
 # redis://127.0.0.1:6379, nats://127.0.0.1:4222); a broker that does not answer
@@ -36,11 +37,12 @@ ln -sfn "$here" "$ex/psrpc"
 ln -sfn "$here/node_modules/@bufbuild/protobuf" "$ex/@bufbuild/protobuf"
 [ "${PSRPC_NODE_INSTALL_ONLY:-0}" = 1 ] && exit 0
 
-# 3. npm install of this directory into a project outside the tree.
-if [ "${PSRPC_NODE_SKIP_INSTALL_CHECK:-0}" != 1 ]; then
+# 3. npm install of this directory, and of the packed tarball, into projects
+# outside the tree.
+install_check() { # WHAT SPEC
+    local proj
     proj=$(mktemp -d /tmp/psrpc-node-install.XXXXXX)
-    trap 'rm -rf "$proj"' EXIT
-    (cd "$proj" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error "$here" &&
+    (cd "$proj" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error "$2" &&
         node --input-type=module -e "
             import { Bus, Client, Server } from 'psrpc';
             const bus = await Bus.open('local://');
@@ -48,9 +50,19 @@ if [ "${PSRPC_NODE_SKIP_INSTALL_CHECK:-0}" != 1 ]; then
             await s.handle('Echo', (b) => b);
             const r = await new Client(bus, 'InstallCheck').call('Echo', new Uint8Array([42]));
             if (r[0] !== 42) throw new Error('bad answer');
-            await bus.close();
-            console.log('install check: npm install <bindings/node> in a fresh project works');" &&
-        node -e "const p = require('psrpc'); if (typeof p.Bus.open !== 'function') process.exit(1); console.log('install check: require works too')")
+            await bus.close();" &&
+        node -e "const p = require('psrpc'); if (typeof p.Bus.open !== 'function') process.exit(1);" &&
+        echo "install check: npm install $1 in a fresh project outside the tree works (import and require)")
+    local rc=$?
+    rm -rf "$proj"
+    return $rc
+}
+if [ "${PSRPC_NODE_SKIP_INSTALL_CHECK:-0}" != 1 ]; then
+    install_check "<bindings/node>" "$here"
+    packdir=$(mktemp -d /tmp/psrpc-node-pack.XXXXXX)
+    npm pack --loglevel=error --pack-destination "$packdir" >/dev/null
+    CMAKE_BUILD_PARALLEL_LEVEL=${PSRPC_NODE_JOBS:-2} install_check "<npm pack tarball>" "$packdir"/psrpc-*.tgz
+    rm -rf "$packdir"
 fi
 
 # 4. the suite (one file at a time: they share the brokers)

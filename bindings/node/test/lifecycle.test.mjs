@@ -56,6 +56,27 @@ describe('process lifetime', () => {
   });
 });
 
+describe('garbage collection of pending requests', () => {
+  it('a request whose handler never answers is failed once its promise is collected (--expose-gc)', async () => {
+    assert.equal(typeof globalThis.gc, 'function', 'run with --expose-gc');
+    const bus = await Bus.open('local://');
+    const server = new Server(bus, 'GcRequest');
+    await server.handle('Hang', () => new Promise(() => {})); // never settles, nothing keeps it
+    const client = new Client(bus, 'GcRequest');
+    const p = client.call('Hang', new Uint8Array(), { timeoutMs: 20000 }).catch((e) => e);
+    let settled;
+    p.then((v) => (settled = v));
+    for (let i = 0; i < 100 && settled === undefined; i++) {
+      await sleep(50);
+      globalThis.gc();
+    }
+    assert.ok(settled instanceof PsrpcError, 'the call is answered');
+    assert.equal(settled.code, Code.Internal);
+    assert.match(settled.message, /garbage collected/);
+    await bus.close();
+  });
+});
+
 describe('worker_threads', () => {
   for (const [busName, url] of BUSES) {
     it(`a bus per worker; closing and terminating workers (${busName})`, async () => {

@@ -195,7 +195,11 @@ static void round_teardown(round_t *r, int n) {
 typedef int (*scenario_fn)(round_t *r, int n); /* returns how many allocations failed */
 
 static void sweep_mode(const char *name, scenario_fn op, bool with_client, bool persistent) {
-    int quiet = 0, n = 1, injected = 0;
+    /* PSRPC_OOM_FROM=N starts the sweep at N (debugging one failure, with
+     * PSRPC_AF_TRACE=1 printing where the allocation failed). */
+    int quiet = 0, n = getenv("PSRPC_OOM_FROM") ? atoi(getenv("PSRPC_OOM_FROM")) : 1, injected = 0;
+    if (n < 1)
+        n = 1;
     for (; n <= MAX_N && quiet < 2 && !th_failed_current; n++) {
         round_t r;
         if (!round_setup(&r, with_client)) {
@@ -210,7 +214,7 @@ static void sweep_mode(const char *name, scenario_fn op, bool with_client, bool 
         quiet = fired ? 0 : quiet + 1;
         round_teardown(&r, n);
     }
-    fprintf(stderr, "  %s%s: %d runs, %d with a failed allocation\n", name,
+    fprintf(stderr, "  %s%s: up to N=%d, %d runs with a failed allocation\n", name,
             persistent ? " (every allocation from the N-th on fails)" : "", n - 1, injected);
     CHECK(injected > 0);
 }
