@@ -166,7 +166,7 @@ step python-tests "$root/bindings/python/run_tests.sh"
 
 # The Rust binding: cargo test over local://, Redis and NATS, clippy, doc,
 # package, the add_value example (also against C). Its Rust <-> Go interop
-# cells run in the interop-matrix step above (rust slot).
+# cells run in the interop-matrix step (rust slot).
 step rust-tests env PSRPC_RUST_INTEROP=0 "$root/bindings/rust/run_tests.sh"
 
 # The Node binding: npm install + cmake-js build in bindings/node, node:test
