@@ -27,6 +27,8 @@
 #
 # Environment: PSRPC_TEST_JOBS (parallel ctest jobs, default 2),
 # PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (passed through to the tests),
+# PSRPC_INTEROP_MATRIX_ARGS (extra tests/interop/matrix.sh options, e.g.
+# --parallel: the redis and nats cells at once, about half the time),
 # PSRPC_SAN_CC / PSRPC_SAN_CXX (sanitizer compilers, default clang/clang++),
 # PSRPC_CMAKE_ARGS (extra configure arguments for all three trees).
 set -uo pipefail
@@ -164,7 +166,7 @@ step python-tests "$root/bindings/python/run_tests.sh"
 
 # The Rust binding: cargo test over local://, Redis and NATS, clippy, doc,
 # package, the add_value example (also against C). Its Rust <-> Go interop
-# cells run in the interop-matrix step above (rust slot).
+# cells run in the interop-matrix step (rust slot).
 step rust-tests env PSRPC_RUST_INTEROP=0 "$root/bindings/rust/run_tests.sh"
 
 # The Node binding: npm install + cmake-js build in bindings/node, node:test
@@ -177,7 +179,10 @@ step node-tests "$root/bindings/node/run_tests.sh"
 # the step. After the bindings' own steps, so their builds are reused.
 if [ "$plain_ok" -eq 1 ]; then
     # (The Python slot reuses the venv python-tests installed.)
-    step interop-matrix env PSRPC_INTEROP_PY_REUSE=1 "$root/tests/interop/matrix.sh" --ci --build-dir "$root/build"
+    # PSRPC_INTEROP_MATRIX_ARGS: more matrix.sh options, e.g. --parallel.
+    read -r -a matrix_args <<<"${PSRPC_INTEROP_MATRIX_ARGS:-}"
+    step interop-matrix env PSRPC_INTEROP_PY_REUSE=1 "$root/tests/interop/matrix.sh" --ci \
+        --build-dir "$root/build" "${matrix_args[@]}"
 else
     skip interop-matrix "build-plain failed"
 fi

@@ -12,7 +12,8 @@
 # Brokers: PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (defaults
 # redis://127.0.0.1:6379, nats://127.0.0.1:4222); a broker that does not answer
 # FAILS its tests. Extra arguments go to node --test (e.g. test/rpc.test.mjs);
-# PSRPC_NODE_INSTALL_ONLY=1 stops after the build.
+# PSRPC_NODE_INSTALL_ONLY=1 stops after the build; PSRPC_NODE_ASAN=1 runs the
+# suite with the addon and libpsrpc built with ASan + UBSan.
 # Needs node >= 18 with npm, and the Debian packages of scripts/setup-deps.sh.
 set -euo pipefail
 
@@ -68,4 +69,27 @@ fi
 # 4. the suite (one file at a time: they share the brokers)
 tests=("$@")
 [ ${#tests[@]} -eq 0 ] && tests=(test/*.test.mjs)
-exec node --expose-gc --test --test-concurrency=1 --test-reporter=spec "${tests[@]}"
+if [ "${PSRPC_NODE_ASAN:-0}" = 1 ]; then
+    # The addon and libpsrpc built with ASan + UBSan (build-asan/), loaded
+    # into an uninstrumented node with the sanitizer runtimes preloaded (child
+    # processes and workers inherit both). Leak checking is off: V8 does not
+    # free everything at exit.
+    node node_modules/cmake-js/bin/cmake-js compile --directory . --out build-asan --parallel "${PSRPC_NODE_JOBS:-2}" \
+        --log-level warn --CDCMAKE_BUILD_TYPE=Debug \
+        "--CDCMAKE_C_FLAGS=-fsanitize=address,undefined -fno-omit-frame-pointer" \
+        "--CDCMAKE_CXX_FLAGS=-fsanitize=address,undefined -fno-omit-frame-pointer" \
+        "--CDCMAKE_SHARED_LINKER_FLAGS=-fsanitize=address,undefined"
+    export PSRPC_NODE_ADDON=$here/build-asan/Release/psrpc_node.node
+    export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:halt_on_error=1}
+    export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+    export PSRPC_TEST_TIME_FACTOR=${PSRPC_TEST_TIME_FACTOR:-3}
+fi
+# One node --test per file, in order (works on every Node >= 18; the files
+# share the brokers).
+rc=0
+for t in "${tests[@]}"; do
+    node --expose-gc --test --test-reporter=spec "$t" || rc=1
+done
+[ $rc -eq 0 ] && echo "run_tests.sh: all test files passed" || echo "run_tests.sh: FAILED"
+exit $rc

@@ -66,6 +66,8 @@ phase() {
 cd "$bindings" || exit 1
 phase cargo-test nice cargo test --workspace --locked
 phase clippy nice cargo clippy --workspace --all-targets --locked -- -D warnings
+# The runtime-agnostic core builds without the tokio feature.
+phase no-tokio nice cargo clippy --locked -p psrpc --no-default-features --lib -- -D warnings
 phase doc env RUSTDOCFLAGS="-D warnings" nice cargo doc --no-deps --locked -p psrpc -p psrpc-sys -p psrpc-build
 
 package() {

@@ -20,6 +20,23 @@ typedef struct ev_poll {
     int fd; /* ours */
 } ev_poll;
 
+enum { T_ATTACH, T_READ, T_WRITE, T_DETACH, T_FLUSH };
+
+typedef struct waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    bool done;
+} waiter;
+
+typedef struct ev_task {
+    ev_conn *ec;
+    int kind;
+    bool add;
+    natsSock fd;
+    waiter *w;     /* T_DETACH from another thread: signalled when applied */
+    bool embedded; /* ev_conn's own detach task: not freed */
+} ev_task;
+
 /* nats.c's "user data" of one connection. */
 struct ev_conn {
     atomic_int refs; /* nats.c's attachment, each queued task, each open poll */
@@ -34,23 +51,12 @@ struct ev_conn {
     bool flush_posted;
     psrpc__task_node flush_node; /* the pending flush (one at a time): cannot fail to post */
     bool detached;
+    /* The detach from another thread, posted with memory of its own: if it
+     * were lost (out of memory), nats.c would free the connection while the
+     * loop still polls it. */
+    psrpc__task_node detach_node;
+    ev_task detach_task;
 };
-
-enum { T_ATTACH, T_READ, T_WRITE, T_DETACH, T_FLUSH };
-
-typedef struct waiter {
-    pthread_mutex_t mu;
-    pthread_cond_t cond;
-    bool done;
-} waiter;
-
-typedef struct ev_task {
-    ev_conn *ec;
-    int kind;
-    bool add;
-    natsSock fd;
-    waiter *w; /* T_DETACH from another thread: signalled when applied */
-} ev_task;
 
 static void ec_release(ev_conn *ec) {
     if (atomic_fetch_sub(&ec->refs, 1) == 1)
@@ -97,7 +103,7 @@ static int post(ev_conn *ec, int kind, bool add, natsSock fd, waiter *w) {
     ev_task *t = malloc(sizeof *t);
     if (!t)
         return PSRPC_RESOURCE_EXHAUSTED;
-    *t = (ev_task){ec, kind, add, fd, w};
+    *t = (ev_task){ec, kind, add, fd, w, false};
     atomic_fetch_add(&ec->refs, 1);
     int rc = psrpc__loop_post(ec->ctx->loop, task_run, t);
     if (rc != PSRPC_OK) {
@@ -199,6 +205,7 @@ static void apply(ev_conn *ec, int kind, bool add, natsSock fd) {
 static void task_run(void *arg) {
     ev_task *t = arg;
     ev_conn *ec = t->ec;
+    bool embedded = t->embedded;
     apply(ec, t->kind, t->add, t->fd);
     if (t->w) {
         pthread_mutex_lock(&t->w->mu);
@@ -206,8 +213,9 @@ static void task_run(void *arg) {
         pthread_cond_signal(&t->w->cond);
         pthread_mutex_unlock(&t->w->mu);
     }
-    free(t);
-    ec_release(ec);
+    if (!embedded)
+        free(t);
+    ec_release(ec); /* may free ec, and with it an embedded t */
 }
 
 static void poll_cb(uv_poll_t *h, int status, int events) {
@@ -283,7 +291,12 @@ static natsStatus ev_detach(void *user) {
     waiter w = {.done = false};
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cond, NULL);
-    if (post(ec, T_DETACH, true, (natsSock)-1, &w) == PSRPC_OK) {
+    ec->detach_task = (ev_task){ec, T_DETACH, true, (natsSock)-1, &w, true};
+    atomic_fetch_add(&ec->refs, 1);
+    int rc = psrpc__loop_post_node(ec->ctx->loop, &ec->detach_node, task_run, &ec->detach_task);
+    if (rc != PSRPC_OK)
+        atomic_fetch_sub(&ec->refs, 1); /* not the last: nats.c's attachment holds one */
+    if (rc == PSRPC_OK) {
         pthread_mutex_lock(&w.mu);
         while (!w.done)
             pthread_cond_wait(&w.cond, &w.mu);

@@ -412,7 +412,12 @@ impl Client {
                 Some(release_box::<CbState>),
             )
         };
-        crate::error::check(st)?;
+        if st != sys::PSRPC_OK {
+            // Refused: release is never called (the header's rule), free here.
+            let e = Error::last(st);
+            drop(unsafe { Box::from_raw(ud.cast::<CbState>()) });
+            return Err(e);
+        }
         Ok((Arc::new(StreamShared { stream: OwnedStream(SendPtr(out)), queued, rx: Mutex::new(Some(rx)), cause }), orx))
     }
 }
