@@ -19,7 +19,9 @@
 #      broker; results in build/interop-matrix), the "local", "nats" and "redis" labels in
 #      build-tsan (any TSan report fails), and valgrind memcheck over the unit
 #      and local test executables and the add_value example
-#      (PSRPC_TEST_TIME_FACTOR=10)
+#      (PSRPC_TEST_TIME_FACTOR=10). The out-of-memory sweep (label "oom":
+#      test_oom over local, Redis and NATS) runs in build, and over local://
+#      in build-asan (its leak check); not under TSan or valgrind
 #   5. runs the benchmarks once, short (bench/run.sh --quick, about 3
 #      minutes): proves they build and every libpsrpc and raw cell produces a
 #      result; no thresholds (results go to build/bench-quick, not the tree)
