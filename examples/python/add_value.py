@@ -66,10 +66,10 @@ def demo(bus: psrpc.Bus) -> None:
 
 def serve(bus: psrpc.Bus) -> None:
     server = rpc.CounterServer(bus, Counter())
-    print("ready", flush=True)
     # Until SIGINT/SIGTERM; then a graceful close: requests in flight are
-    # answered (up to 10 s) before the bus closes.
-    server.serve_forever(grace=10)
+    # answered (up to 10 s) before the bus closes. "ready" once the signal
+    # handlers are installed.
+    server.serve_forever(grace=10, on_start=lambda: print("ready", flush=True))
     print("add_value: stopped", file=sys.stderr)
 
 

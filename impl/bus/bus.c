@@ -12,24 +12,9 @@ typedef struct sub_wrap {
     void *ctx;
 } sub_wrap;
 
-/* ---- fork ---- */
+/* ---- fork (the generation counter lives in loop.c) ---- */
 
-static atomic_uint fork_gen;
-static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
-
-static void after_fork_child(void) { atomic_fetch_add(&fork_gen, 1); }
-
-static void fork_init(void) { pthread_atfork(NULL, NULL, after_fork_child); }
-
-unsigned psrpc__fork_generation(void) {
-    return atomic_load_explicit(&fork_gen, memory_order_relaxed);
-}
-
-int psrpc__bus_fork_error(void) {
-    return psrpc__error(PSRPC_FAILED_PRECONDITION,
-                        "bus was opened in the parent process (fork): its loop thread does not "
-                        "exist in this process; open a new bus here");
-}
+int psrpc__bus_fork_error(void) { return psrpc__fork_error(); }
 
 void psrpc__bus_retain(psrpc_bus *bus) { atomic_fetch_add(&bus->refs, 1); }
 
@@ -282,7 +267,7 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
     if (o.queue_capacity == 0)
         o.queue_capacity = 10000;
 
-    pthread_once(&fork_once, fork_init);
+    psrpc__fork_watch();
     psrpc_bus *bus = calloc(1, sizeof *bus);
     if (!bus)
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");

@@ -121,7 +121,6 @@ struct psrpc_bus {
  * bus (or a handle on it) fails at once, before taking any lock or posting,
  * with PSRPC_FAILED_PRECONDITION; frees return at once, leaving the copied
  * memory as it is. Any thread. */
-unsigned psrpc__fork_generation(void);
 static inline bool psrpc__bus_forked(const psrpc_bus *bus) {
     return bus->fork_gen != psrpc__fork_generation();
 }

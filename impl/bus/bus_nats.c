@@ -117,6 +117,9 @@ struct nats_state {
     struct early_pub *early_head, **early_tail;
     int64_t early_bytes;
     void (*done)(psrpc_bus *bus);
+    /* The close's two hops (to the worker, back to the loop) cannot fail
+     * for lack of memory: a lost one would leave the close unfinished. */
+    psrpc__task_node close_node, final_node;
 };
 
 /* ---- references ---- */
@@ -684,7 +687,8 @@ static void close_run(void *arg) {
     pthread_mutex_lock(&st->cb_mu);
     st->detached = true;
     pthread_mutex_unlock(&st->cb_mu);
-    psrpc__bus_post(st->bus, final_task, st);
+    /* The loop cannot be stopping: it waits for this close. */
+    psrpc__loop_post_node(st->bus->loop, &st->final_node, final_task, st);
 }
 
 /* ---- subscriptions on the connection (loop thread) ---- */
@@ -1120,11 +1124,12 @@ static void nats_close(psrpc_bus *bus, void (*done)(psrpc_bus *bus)) {
         ns->dead = true;
     }
     st->nc = NULL;
-    if (!st->worker || psrpc__loop_post(st->worker, close_run, st) != PSRPC_OK) {
+    if (!st->worker ||
+        psrpc__loop_post_node(st->worker, &st->close_node, close_run, st) != PSRPC_OK) {
         pthread_mutex_lock(&st->cb_mu);
         st->detached = true;
         pthread_mutex_unlock(&st->cb_mu);
-        if (psrpc__bus_post(bus, final_task, st) != PSRPC_OK)
+        if (psrpc__loop_post_node(bus->loop, &st->final_node, final_task, st) != PSRPC_OK)
             final_task(st);
     }
 }

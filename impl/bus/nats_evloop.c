@@ -20,21 +20,6 @@ typedef struct ev_poll {
     int fd; /* ours */
 } ev_poll;
 
-/* nats.c's "user data" of one connection. */
-struct ev_conn {
-    atomic_int refs; /* nats.c's attachment, each queued task, each open poll */
-    psrpc__nats_ev_ctx *ctx;
-    natsConnection *nc;
-    /* Loop thread only. */
-    ev_poll *poll;   /* the current socket's poll, or NULL */
-    int events;      /* what the poll is started with */
-    bool want_read;  /* nats.c: poll for reads */
-    bool want_write; /* nats.c: there is buffered output */
-    bool poll_write; /* the last write left output behind: poll for writability */
-    bool flush_posted;
-    bool detached;
-};
-
 enum { T_ATTACH, T_READ, T_WRITE, T_DETACH, T_FLUSH };
 
 typedef struct waiter {
@@ -48,8 +33,30 @@ typedef struct ev_task {
     int kind;
     bool add;
     natsSock fd;
-    waiter *w; /* T_DETACH from another thread: signalled when applied */
+    waiter *w;     /* T_DETACH from another thread: signalled when applied */
+    bool embedded; /* ev_conn's own detach task: not freed */
 } ev_task;
+
+/* nats.c's "user data" of one connection. */
+struct ev_conn {
+    atomic_int refs; /* nats.c's attachment, each queued task, each open poll */
+    psrpc__nats_ev_ctx *ctx;
+    natsConnection *nc;
+    /* Loop thread only. */
+    ev_poll *poll;   /* the current socket's poll, or NULL */
+    int events;      /* what the poll is started with */
+    bool want_read;  /* nats.c: poll for reads */
+    bool want_write; /* nats.c: there is buffered output */
+    bool poll_write; /* the last write left output behind: poll for writability */
+    bool flush_posted;
+    psrpc__task_node flush_node; /* the pending flush (one at a time): cannot fail to post */
+    bool detached;
+    /* The detach from another thread, posted with memory of its own: if it
+     * were lost (out of memory), nats.c would free the connection while the
+     * loop still polls it. */
+    psrpc__task_node detach_node;
+    ev_task detach_task;
+};
 
 static void ec_release(ev_conn *ec) {
     if (atomic_fetch_sub(&ec->refs, 1) == 1)
@@ -96,7 +103,7 @@ static int post(ev_conn *ec, int kind, bool add, natsSock fd, waiter *w) {
     ev_task *t = malloc(sizeof *t);
     if (!t)
         return PSRPC_RESOURCE_EXHAUSTED;
-    *t = (ev_task){ec, kind, add, fd, w};
+    *t = (ev_task){ec, kind, add, fd, w, false};
     atomic_fetch_add(&ec->refs, 1);
     int rc = psrpc__loop_post(ec->ctx->loop, task_run, t);
     if (rc != PSRPC_OK) {
@@ -106,13 +113,26 @@ static int post(ev_conn *ec, int kind, bool add, natsSock fd, waiter *w) {
     return rc;
 }
 
+static void apply(ev_conn *ec, int kind, bool add, natsSock fd);
+
+static void flush_task(void *arg) {
+    ev_conn *ec = arg;
+    apply(ec, T_FLUSH, true, (natsSock)-1);
+    ec_release(ec);
+}
+
 /* Everything nats.c buffered during this loop turn goes out in one write,
- * before the loop blocks (a task posted on the loop thread runs then). */
+ * before the loop blocks (a task posted on the loop thread runs then). On the
+ * connection's own task node: a flush lost for lack of memory would leave
+ * the output unsent (and a closing bus waiting for it). */
 static void schedule_flush(ev_conn *ec) {
     if (ec->flush_posted || ec->detached || !ec->poll)
         return;
-    if (post(ec, T_FLUSH, true, (natsSock)-1, NULL) == PSRPC_OK)
+    atomic_fetch_add(&ec->refs, 1);
+    if (psrpc__loop_post_node(ec->ctx->loop, &ec->flush_node, flush_task, ec) == PSRPC_OK)
         ec->flush_posted = true;
+    else
+        atomic_fetch_sub(&ec->refs, 1); /* not the last: the caller holds one */
 }
 
 /* Loop thread. */
@@ -185,6 +205,7 @@ static void apply(ev_conn *ec, int kind, bool add, natsSock fd) {
 static void task_run(void *arg) {
     ev_task *t = arg;
     ev_conn *ec = t->ec;
+    bool embedded = t->embedded;
     apply(ec, t->kind, t->add, t->fd);
     if (t->w) {
         pthread_mutex_lock(&t->w->mu);
@@ -192,8 +213,9 @@ static void task_run(void *arg) {
         pthread_cond_signal(&t->w->cond);
         pthread_mutex_unlock(&t->w->mu);
     }
-    free(t);
-    ec_release(ec);
+    if (!embedded)
+        free(t);
+    ec_release(ec); /* may free ec, and with it an embedded t */
 }
 
 static void poll_cb(uv_poll_t *h, int status, int events) {
@@ -269,7 +291,12 @@ static natsStatus ev_detach(void *user) {
     waiter w = {.done = false};
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cond, NULL);
-    if (post(ec, T_DETACH, true, (natsSock)-1, &w) == PSRPC_OK) {
+    ec->detach_task = (ev_task){ec, T_DETACH, true, (natsSock)-1, &w, true};
+    atomic_fetch_add(&ec->refs, 1);
+    int rc = psrpc__loop_post_node(ec->ctx->loop, &ec->detach_node, task_run, &ec->detach_task);
+    if (rc != PSRPC_OK)
+        atomic_fetch_sub(&ec->refs, 1); /* not the last: nats.c's attachment holds one */
+    if (rc == PSRPC_OK) {
         pthread_mutex_lock(&w.mu);
         while (!w.done)
             pthread_cond_wait(&w.cond, &w.mu);

@@ -30,10 +30,32 @@ struct psrpc__loop {
     bool joined;            /* under mu: another thread joined it */
     psrpc__task_fn exit_fn; /* under mu: psrpc__loop_on_exit */
     void *exit_arg;
-    bool exiting; /* under mu: the thread took the exit hook */
+    bool exiting;      /* under mu: the thread took the exit hook */
+    unsigned fork_gen; /* psrpc__fork_generation() at start */
 };
 
 static _Thread_local const psrpc__loop *current_loop;
+
+/* ---- fork ---- */
+
+static atomic_uint fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void after_fork_child(void) { atomic_fetch_add(&fork_gen, 1); }
+
+static void fork_init(void) { pthread_atfork(NULL, NULL, after_fork_child); }
+
+void psrpc__fork_watch(void) { pthread_once(&fork_once, fork_init); }
+
+unsigned psrpc__fork_generation(void) {
+    return atomic_load_explicit(&fork_gen, memory_order_relaxed);
+}
+
+int psrpc__fork_error(void) {
+    return psrpc__error(PSRPC_FAILED_PRECONDITION,
+                        "bus was opened in the parent process (fork): its loop thread does not "
+                        "exist in this process; open a new bus here");
+}
 
 /* Tasks drain() runs before it returns to libuv even if more keep coming. */
 #define DRAIN_BUDGET 1024
@@ -185,6 +207,8 @@ int psrpc__loop_start(psrpc__loop **out) {
         free(loop);
         return psrpc__error(PSRPC_INTERNAL, "uv_loop_init failed");
     }
+    psrpc__fork_watch();
+    loop->fork_gen = psrpc__fork_generation();
     loop->uv.data = loop;
     uv_async_init(&loop->uv, &loop->async, on_async);
     loop->async.data = loop;
@@ -216,6 +240,8 @@ int psrpc__loop_start(psrpc__loop **out) {
 }
 
 int psrpc__loop_post(psrpc__loop *loop, psrpc__task_fn fn, void *arg) {
+    if (loop->fork_gen != psrpc__fork_generation())
+        return psrpc__fork_error();
     pthread_mutex_lock(&loop->mu);
     task *t = loop->spare;
     if (t) {
@@ -255,6 +281,8 @@ int psrpc__loop_post_node(psrpc__loop *loop, psrpc__task_node *node, psrpc__task
     node->fn = fn;
     node->arg = arg;
     node->caller_owned = true;
+    if (loop->fork_gen != psrpc__fork_generation())
+        return psrpc__fork_error();
     pthread_mutex_lock(&loop->mu);
     if (loop->stopping) {
         pthread_mutex_unlock(&loop->mu);

@@ -10,6 +10,17 @@
 typedef struct psrpc__loop psrpc__loop;
 typedef void (*psrpc__task_fn)(void *arg);
 
+/* fork(): a pthread_atfork child handler (installed by the first
+ * psrpc__fork_watch or psrpc__loop_start) bumps a generation counter in every
+ * child process. A loop started under another generation belongs to a parent
+ * process: its thread does not exist here. Posting to it fails at once,
+ * before taking its lock (which a parent thread may have held at the fork),
+ * with PSRPC_FAILED_PRECONDITION (psrpc__fork_error). Any thread. */
+void psrpc__fork_watch(void);
+unsigned psrpc__fork_generation(void);
+/* Sets psrpc__error to the fork message and returns PSRPC_FAILED_PRECONDITION. */
+int psrpc__fork_error(void);
+
 /* Blocks SIGPIPE on the calling thread, saving its mask in *old (restore
  * with psrpc__sigmask_restore). Threads inherit the mask of the thread that
  * creates them: library threads are created with SIGPIPE blocked. */
@@ -22,8 +33,8 @@ void psrpc__sigmask_restore(const sigset_t *old);
 int psrpc__loop_start(psrpc__loop **out);
 
 /* Runs fn(arg) on the loop thread, in posting order. Any thread. Returns 0, or
- * PSRPC_CANCELED once the loop is stopping (fn will not run; the caller still
- * owns arg). */
+ * PSRPC_CANCELED once the loop is stopping, or PSRPC_FAILED_PRECONDITION in a
+ * forked child (fn will not run; the caller still owns arg). */
 int psrpc__loop_post(psrpc__loop *loop, psrpc__task_fn fn, void *arg);
 
 /* A task node the caller owns (embedded in its object): posting it cannot
@@ -38,7 +49,8 @@ typedef struct psrpc__task_node {
 } psrpc__task_node;
 
 /* psrpc__loop_post with the caller's node: 0, or PSRPC_CANCELED once the
- * loop is stopping (fn will not run). Any thread. */
+ * loop is stopping, or PSRPC_FAILED_PRECONDITION in a forked child (fn will
+ * not run). Any thread. */
 int psrpc__loop_post_node(psrpc__loop *loop, psrpc__task_node *node, psrpc__task_fn fn, void *arg);
 
 /* Asks the loop to stop: tasks already queued still run, then the loop closes

@@ -329,13 +329,16 @@ class Server(_Handle):
         self._bus._forget(self)
 
     def serve_forever(self, *, grace: Optional[float] = None,
-                      signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+                      signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+                      on_start: Optional[Callable[[], object]] = None) -> None:
         """Serves until SIGINT or SIGTERM (or until the server or its bus is
         closed elsewhere), then closes gracefully: requests in flight are
         answered (waiting up to ``grace`` seconds, default: their deadlines)
         before it returns. The signal handlers are installed only while it
         runs and only on the main thread; elsewhere it just waits for the
-        close, like grpcio's ``wait_for_termination``."""
+        close, like grpcio's ``wait_for_termination``. ``on_start()`` runs
+        once they are installed (print a readiness line there: a signal sent
+        after it is handled gracefully)."""
         signaled: List[int] = []
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -347,6 +350,8 @@ class Server(_Handle):
             for sig in signals:
                 previous.append((sig, signal.signal(sig, on_signal)))
         try:
+            if on_start is not None:
+                on_start()
             while not self._wake.wait(0.25):
                 pass
         finally:

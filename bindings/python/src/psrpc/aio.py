@@ -718,13 +718,16 @@ class Server:
                 f"server {self.id}: requests still in flight after {timeout:g} s") from None
 
     async def serve_forever(self, *, grace: Optional[float] = None,
-                            signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+                            signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+                            on_start: Optional[Callable[[], object]] = None) -> None:
         """Serves until SIGINT or SIGTERM (or until the server or its bus is
         closed elsewhere, or the task is cancelled), then closes gracefully:
         requests in flight are answered and sent (waiting up to ``grace``
         seconds, default: their deadlines) before it returns. The signal
         handlers (``loop.add_signal_handler``) are removed when it returns;
-        where they cannot be installed (not the main thread) it just waits."""
+        where they cannot be installed (not the main thread) it just waits.
+        ``on_start()`` runs once they are installed (print a readiness line
+        there: a signal sent after it is handled gracefully)."""
         stop = asyncio.Event()
         installed: List[int] = []
         for sig in signals:
@@ -734,6 +737,8 @@ class Server:
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
         try:
+            if on_start is not None:
+                on_start()
             while not self._s._wake.is_set():
                 try:
                     await asyncio.wait_for(stop.wait(), 0.25)

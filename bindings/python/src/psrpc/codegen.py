@@ -352,8 +352,9 @@ def _service_code(f: descriptor_pb2.FileDescriptorProto, si: int,
             w("    async def wait_ready(self, timeout: float = 5.0) -> None:")
             w("        await self.server.wait_ready(timeout)")
             w("")
-            w("    async def serve_forever(self, *, grace: Optional[float] = None) -> None:")
-            w("        await self.server.serve_forever(grace=grace)")
+            w("    async def serve_forever(self, *, grace: Optional[float] = None,\n"
+              "                            on_start: Optional[Callable[[], object]] = None) -> None:")
+            w("        await self.server.serve_forever(grace=grace, on_start=on_start)")
             w("")
             w("    async def close(self, *, force: bool = False,\n"
               "                    timeout: Optional[float] = None) -> None:")
@@ -366,8 +367,9 @@ def _service_code(f: descriptor_pb2.FileDescriptorProto, si: int,
             w("        await self.close()")
         else:
             w("")
-            w("    def serve_forever(self, *, grace: Optional[float] = None) -> None:")
-            w("        self.server.serve_forever(grace=grace)")
+            w("    def serve_forever(self, *, grace: Optional[float] = None,\n"
+              "                      on_start: Optional[Callable[[], object]] = None) -> None:")
+            w("        self.server.serve_forever(grace=grace, on_start=on_start)")
             w("")
             w("    def close(self, *, force: bool = False, timeout: Optional[float] = None) -> None:")
             w("        self.server.close(force=force, timeout=timeout)")
