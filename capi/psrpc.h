@@ -504,6 +504,12 @@ typedef struct psrpc_selection_options {
 #define PSRPC_SELECTION_OPTIONS_INIT {sizeof(psrpc_selection_options), 0, 0, 0, 0, 0, NULL, NULL}
 #define PSRPC_SELECTION_OPTIONS_SIZE_V1 48
 
+/* Timeouts (every *_timeout_ms of this header, and the waits'): any value up
+ * to INT64_MAX is accepted; more than 50 years counts as 50 years, i.e. no
+ * practical deadline (a binding's Duration::MAX or Infinity mapped to
+ * INT64_MAX). Negative values are refused (PSRPC_INVALID_ARGUMENT), except by
+ * psrpc_server_wait_ready and psrpc_sub_wait_ready, which then do not wait. */
+
 /* Call flags. */
 #define PSRPC_CALL_WAIT_FOR_READY 0x1u /* wait for a disconnected bus within the deadline */
 
@@ -685,7 +691,7 @@ typedef void (*psrpc_handler_cb)(psrpc_request *request, void *user_data);
 /**
  * An affinity question for a claim method. Answer exactly once with
  * psrpc_request_claim(request, affinity), from any thread; a negative
- * affinity declines (no claim is sent). If this server is then chosen, the
+ * affinity (or psrpc_request_abandon) declines (no claim is sent). If this server is then chosen, the
  * same request is handed to the handler.
  */
 typedef void (*psrpc_affinity_cb)(psrpc_request *request, void *user_data);
@@ -751,7 +757,7 @@ PSRPC_API size_t psrpc_request_metadata_count(const psrpc_request *request);
 /** The index-th metadata pair; PSRPC_OUT_OF_RANGE past the end. */
 PSRPC_API psrpc_status psrpc_request_metadata_at(const psrpc_request *request, size_t index,
                                                  const char **key, const char **value);
-/** The value for key, or NULL. */
+/** The value for key, or NULL; of duplicate keys, the last (as Go's map). */
 PSRPC_API const char *psrpc_request_metadata_get(const psrpc_request *request,
                                                  const char *key);
 /** Unix time in nanoseconds when the caller sent the request. */
@@ -880,7 +886,10 @@ PSRPC_API psrpc_status psrpc_server_register_stream(psrpc_server *server,
 
 /**
  * Sets a server-side stream's callbacks (once; PSRPC_ALREADY_EXISTS after).
- * Any thread. release(user_data) runs once after on_close.
+ * Any thread. release(user_data) runs once after on_close. If the stream
+ * already ended (the peer closed it, the server closed) before this call,
+ * on_close runs with that cause, then release, on the loop thread (or on
+ * this thread when the bus is already closed), exactly once.
  */
 PSRPC_API psrpc_status psrpc_stream_set_callbacks(psrpc_stream *stream,
                                                   psrpc_stream_message_cb on_message,
@@ -954,6 +963,7 @@ PSRPC_API const char *psrpc_stream_method(const psrpc_stream *stream);
 PSRPC_API size_t psrpc_stream_metadata_count(const psrpc_stream *stream);
 PSRPC_API psrpc_status psrpc_stream_metadata_at(const psrpc_stream *stream, size_t index,
                                                 const char **key, const char **value);
+/* The value for key, or NULL; of duplicate keys, the last (as Go's map). */
 PSRPC_API const char *psrpc_stream_metadata_get(const psrpc_stream *stream, const char *key);
 
 #ifdef __cplusplus

@@ -154,17 +154,12 @@ async def run(args, pb) -> int:
             if methods is None or name in methods:
                 for topic in args.topic:
                     server.register_nowait(name, handlers[name], topics=topic)
-        # The handlers before "ready": a SIGTERM right after it must close
-        # gracefully too (exit 0), not kill the process.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await server.wait_ready(15)
-        emit("ready")
-        await stop.wait()
-        # Graceful: in-flight requests (delayed answers included) finish.
-        await server.close(timeout=30)
+        # Serves until SIGTERM/SIGINT, then closes gracefully: in-flight
+        # requests (delayed answers included) finish and are sent. "ready" is
+        # printed once the signal handlers are installed: a SIGTERM right
+        # after it closes gracefully too (exit 0).
+        await server.serve_forever(grace=30, on_start=lambda: emit("ready"))
         await updates.close(timeout=10)
         return 0
     finally:

@@ -146,15 +146,14 @@ async def ademo(bus: psrpc.Bus) -> None:
 
 def serve(bus: psrpc.Bus) -> None:
     server = rpc.GreeterServer(bus, Greeter("server"))
-    print("ready", flush=True)
-    server.serve_forever()  # until SIGINT/SIGTERM, then a graceful close
+    # until SIGINT/SIGTERM, then a graceful close; "ready" once the handlers are in place
+    server.serve_forever(on_start=lambda: print("ready", flush=True))
 
 
 async def aserve(bus: psrpc.Bus) -> None:
     server = rpc.AsyncGreeterServer(bus, AsyncGreeter())
     await server.wait_ready()
-    print("ready", flush=True)
-    await server.serve_forever()
+    await server.serve_forever(on_start=lambda: print("ready", flush=True))
 
 
 def main() -> int:

@@ -49,6 +49,7 @@ struct ev_conn {
     bool want_write; /* nats.c: there is buffered output */
     bool poll_write; /* the last write left output behind: poll for writability */
     bool flush_posted;
+    psrpc__task_node flush_node; /* the pending flush (one at a time): cannot fail to post */
     bool detached;
     /* The detach from another thread, posted with memory of its own: if it
      * were lost (out of memory), nats.c would free the connection while the
@@ -112,13 +113,26 @@ static int post(ev_conn *ec, int kind, bool add, natsSock fd, waiter *w) {
     return rc;
 }
 
+static void apply(ev_conn *ec, int kind, bool add, natsSock fd);
+
+static void flush_task(void *arg) {
+    ev_conn *ec = arg;
+    apply(ec, T_FLUSH, true, (natsSock)-1);
+    ec_release(ec);
+}
+
 /* Everything nats.c buffered during this loop turn goes out in one write,
- * before the loop blocks (a task posted on the loop thread runs then). */
+ * before the loop blocks (a task posted on the loop thread runs then). On the
+ * connection's own task node: a flush lost for lack of memory would leave
+ * the output unsent (and a closing bus waiting for it). */
 static void schedule_flush(ev_conn *ec) {
     if (ec->flush_posted || ec->detached || !ec->poll)
         return;
-    if (post(ec, T_FLUSH, true, (natsSock)-1, NULL) == PSRPC_OK)
+    atomic_fetch_add(&ec->refs, 1);
+    if (psrpc__loop_post_node(ec->ctx->loop, &ec->flush_node, flush_task, ec) == PSRPC_OK)
         ec->flush_posted = true;
+    else
+        atomic_fetch_sub(&ec->refs, 1); /* not the last: the caller holds one */
 }
 
 /* Loop thread. */

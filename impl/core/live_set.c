@@ -23,6 +23,22 @@ static shard shards[SHARDS] = {
 #undef S
 };
 
+/* fork(): no shard lock may be held by another thread at the fork, or the
+ * child would block forever on it. */
+static void fork_prepare(void) {
+    for (int i = 0; i < SHARDS; i++)
+        pthread_mutex_lock(&shards[i].mu);
+}
+
+static void fork_after(void) {
+    for (int i = SHARDS - 1; i >= 0; i--)
+        pthread_mutex_unlock(&shards[i].mu);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_init(void) { pthread_atfork(fork_prepare, fork_after, fork_after); }
+
 static size_t hash_ptr(const void *p) {
     uint64_t x = (uint64_t)(uintptr_t)p;
     x ^= x >> 33;
@@ -57,6 +73,7 @@ static bool grow(shard *s) {
 }
 
 bool psrpc__live_add(const void *p) {
+    pthread_once(&atfork_once, atfork_init);
     shard *s = shard_of(p);
     pthread_mutex_lock(&s->mu);
     bool ok = true;

@@ -400,11 +400,13 @@ void psrpc__stream_opened(psrpc_stream *s) {
     s->on_open = NULL;
     if (on_open)
         on_open(NULL, s->user_data);
-    /* A user close requested during the open is carried out now. */
-    if (atomic_load(&s->close_requested) && s->state == PSRPC__STREAM_OPEN) {
-        psrpc__stream_end(s, NULL, true);
+    /* A close requested meanwhile (any thread, e.g. one woken by on_open) has
+     * its task posted already: that task ends the stream with the caller's
+     * cause. Ending it here would close it cleanly instead (the error a
+     * binding's close right after the open asked for was lost); just do not
+     * send the queued messages. */
+    if (atomic_load(&s->close_requested))
         return;
-    }
     while (s->queued && s->state == PSRPC__STREAM_OPEN) {
         send_op *op = s->queued;
         s->queued = op->next;

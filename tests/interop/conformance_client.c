@@ -676,8 +676,11 @@ static void cmd_chat_close(const char *id, const args *a) {
     if (!stream)
         return;
     const char *code = arg(a, "code");
-    int status = code && *code ? psrpc_status_from_code(code) : PSRPC_OK;
-    psrpc_stream_close(stream, status, arg(a, "message"));
+    const char *message = arg(a, "message");
+    if (code && *code && (!message || !*message))
+        message = psrpc_status_str(psrpc_status_from_code(code));
+    /* the code string travels unchanged (custom codes too) */
+    psrpc_stream_close_code(stream, code, message);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -319,7 +319,11 @@ static int chat_message(psrpc_stream *s, const psrpc_msg *msg, void *user_data) 
     while (in->seq > prev && !atomic_compare_exchange_weak(&c->max_seq, &prev, in->seq)) {
     }
     if (in->close_code && *in->close_code) {
-        psrpc_stream_close(s, psrpc_status_from_code(in->close_code), in->close_message);
+        /* the code string travels unchanged (custom codes too) */
+        const char *m = in->close_message && *in->close_message
+                            ? in->close_message
+                            : psrpc_status_str(psrpc_status_from_code(in->close_code));
+        psrpc_stream_close_code(s, in->close_code, m);
     } else if (in->close_message && *in->close_message) {
         psrpc_stream_close(s, PSRPC_OK, NULL);
     } else {

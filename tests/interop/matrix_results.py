@@ -71,7 +71,8 @@ def render(doc, res, names):
         f'{", ".join(name(l) for l in langs)}; **{npass} of {ncells} cells passed**, '
         f'{dur(res["total_seconds"])} in all ({res["lanes"]}; '
         f'each cell\'s time includes starting its processes). A cell\'s entry is '
-        f'passed/total scenarios and its time; rows are the client language, '
+        f'passed/total scenarios and its time (cells with Go servers have one '
+        f'scenario more, `unimplemented`); rows are the client language, '
         f'columns the server language.')
     lines.append("")
     for bus in ("redis", "nats"):

@@ -203,6 +203,17 @@ fn c_stream(stream: *mut sys::psrpc_stream, data: &[u8], n: u64) -> f64 {
 
 // ---- main ----------------------------------------------------------------------
 
+/// CPU time of the whole process (every thread: both clients, the server,
+/// the loop threads), user + system, in seconds; from /proc/self/stat.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0 // USER_HZ is 100 on Linux
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -303,24 +314,38 @@ async fn bench(url: &str, cfg: &Cfg) {
     }
 
     let (mut c1, mut r1, mut p1, mut ct, mut rt, mut cs, mut rs) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    // CPU seconds per mode, summed over the rounds (process-wide).
+    let mut cpu = [0f64; 7];
     let n = cfg.n;
     for _ in 0..cfg.rounds {
         let craw2 = craw as usize;
         let (em, m2) = (echo_m.clone(), msg.clone());
+        let c0 = cpu_secs();
         c1.push(tokio::task::spawn_blocking(move || c_sequential(craw2 as *mut _, &em, &m2, n)).await.unwrap() / n as f64 * 1e6);
+        let c_a = cpu_secs();
         r1.push(rust_seq(n).await / n as f64 * 1e6);
+        let c_b = cpu_secs();
         p1.push(rust_proto(n).await / n as f64 * 1e6);
+        let c_c = cpu_secs();
         let (em, m2, inf) = (echo_m.clone(), msg.clone(), cfg.inflight);
         ct.push(tokio::task::spawn_blocking(move || c_throughput(craw2 as *mut _, &em, &m2, n * 4, inf)).await.unwrap());
+        let c_d = cpu_secs();
         rt.push(rust_tp(n * 4, cfg.inflight).await);
+        let c_e = cpu_secs();
         let (cs2, d2) = (cstream as usize, data.clone());
         cs.push(tokio::task::spawn_blocking(move || c_stream(cs2 as *mut _, &d2, n)).await.unwrap() / n as f64 * 1e6);
+        let c_f = cpu_secs();
         let t0 = Instant::now();
         for _ in 0..n {
             stream.send(&raw).await.unwrap();
         }
         rs.push(t0.elapsed().as_secs_f64() / n as f64 * 1e6);
+        let c_g = cpu_secs();
+        for (i, d) in [c_a - c0, c_b - c_a, c_c - c_b, c_d - c_c, c_e - c_d, c_f - c_e, c_g - c_f].into_iter().enumerate() {
+            cpu[i] += d;
+        }
     }
+    let per = |secs: f64, calls: u64| secs / (calls * cfg.rounds as u64) as f64 * 1e6;
     let (c1, r1, p1, ct, rt, cs, rs) = (median(c1), median(r1), median(p1), median(ct), median(rt), median(cs), median(rs));
     println!(
         "bus {}  payload {} B  {} rounds x {} calls (median of round means)",
@@ -336,6 +361,25 @@ async fn bench(url: &str, cfg: &Cfg) {
         rt / ct * 100.0
     );
     println!("  stream, 1 in flight  c {cs:8.1} us   rust {rs:8.1} us ({:+6.1} us)", rs - cs);
+    let cpu: Vec<f64> = cpu
+        .iter()
+        .enumerate()
+        .map(|(i, s)| per(*s, if i == 3 || i == 4 { n * 4 } else { n }))
+        .collect();
+    println!(
+        "  CPU per call (whole process, us): unary@1 c {:.1} rust {:.1} ({:+.1}) proto {:.1}; unary@{} c {:.1} rust {:.1} ({:+.1}); stream c {:.1} rust {:.1} ({:+.1})",
+        cpu[0],
+        cpu[1],
+        cpu[1] - cpu[0],
+        cpu[2],
+        cfg.inflight,
+        cpu[3],
+        cpu[4],
+        cpu[4] - cpu[3],
+        cpu[5],
+        cpu[6],
+        cpu[6] - cpu[5]
+    );
 
     drop(stream);
     client.close().await.unwrap();

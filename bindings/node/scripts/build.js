@@ -49,6 +49,33 @@ function copySources() {
   }
 }
 
+function resolvable(pkg) {
+  try {
+    require.resolve(`${pkg}/package.json`, { paths: [here] });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// `npm install /path/to/bindings/node` links this directory into the
+// project without installing its dependencies here; node resolves a linked
+// package's imports from its real path. Install them here first.
+function bootstrap() {
+  const need = ['cmake-js', 'node-addon-api', 'node-api-headers', '@bufbuild/protobuf'];
+  if (!fs.existsSync(distIndex)) need.push('typescript', '@types/node');
+  const missing = need.filter((p) => !resolvable(p));
+  if (missing.length === 0) return;
+  console.error(`psrpc: installing the build's dependencies in ${here} (missing: ${missing.join(', ')})`);
+  const npmCli = process.env.npm_execpath;
+  const argv = ['install', '--ignore-scripts', '--no-audit', '--no-fund', '--include=dev', '--no-save'];
+  const env = { ...process.env };
+  for (const k of Object.keys(env)) if (/^npm_config_(global|prefix|location|save|include|omit|production)/i.test(k)) delete env[k];
+  if (npmCli && /\.c?js$/.test(npmCli))
+    execFileSync(process.execPath, [npmCli, ...argv], { cwd: here, stdio: 'inherit', env });
+  else execFileSync('npm', argv, { cwd: here, stdio: 'inherit', env });
+}
+
 if (args.includes('--unpack')) {
   if (fs.existsSync(path.join(here, '..', '..', 'capi', 'psrpc.h')))
     fs.rmSync(path.join(here, 'csrc'), { recursive: true, force: true });
@@ -56,6 +83,7 @@ if (args.includes('--unpack')) {
   buildTs();
   if (fs.existsSync(path.join(here, '..', '..', 'capi', 'psrpc.h'))) copySources();
 } else {
+  bootstrap();
   if (force || !fs.existsSync(distIndex)) {
     let haveTsc = true;
     try { bin('typescript', 'bin/tsc'); } catch { haveTsc = false; }

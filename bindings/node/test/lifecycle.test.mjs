@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
-import { Bus, Client, Server, PsrpcError, Code, Method, Service } from 'psrpc';
+import { Bus, Client, Server, PsrpcError, Code, Method, Service, _bench } from 'psrpc';
 import { Conformance } from './gen/conformance_pb.js';
 import { BUSES, sleep, uniqueName } from './helpers.mjs';
 
@@ -56,12 +56,56 @@ describe('process lifetime', () => {
   });
 });
 
+describe('threads', () => {
+  it('a busy JavaScript thread does not stall the loop thread', async () => {
+    const bus = await Bus.open('local://');
+    const svc = { name: 'BusyJs', methods: [{ name: 'Echo' }, { name: 'Slow' }] };
+    const server = new Server(bus, svc);
+    _bench.serve(server, 'Echo'); // a C handler: answered on the loop thread
+    let slowRan = 0;
+    await server.handle('Slow', (req) => { slowRan++; return req; });
+    const client = new Client(bus, svc, { timeoutMs: 5000 });
+    const slow = client.call('Slow', new Uint8Array([1])); // its request waits for the JS thread
+    // block the JS thread for 500 ms while C calls run on the loop thread
+    const [ops, secs, errors] = _bench.runC(client, 'Echo', new Uint8Array(8), 1, 0, 500);
+    assert.equal(errors, 0);
+    assert.ok(ops > 20, `${ops} calls answered in ${secs} s while JavaScript was busy`);
+    assert.equal(slowRan, 0);
+    assert.deepEqual([...(await slow)], [1]); // delivered once the JS thread is free
+    assert.equal(slowRan, 1);
+    await bus.close();
+  });
+});
+
+describe('garbage collection of pending requests', () => {
+  it('a request whose handler never answers is failed once its promise is collected (--expose-gc)', async () => {
+    assert.equal(typeof globalThis.gc, 'function', 'run with --expose-gc');
+    const bus = await Bus.open('local://');
+    const server = new Server(bus, 'GcRequest');
+    await server.handle('Hang', () => new Promise(() => {})); // never settles, nothing keeps it
+    const client = new Client(bus, 'GcRequest');
+    const p = client.call('Hang', new Uint8Array(), { timeoutMs: 20000 }).catch((e) => e);
+    let settled;
+    p.then((v) => (settled = v));
+    for (let i = 0; i < 100 && settled === undefined; i++) {
+      await sleep(50);
+      globalThis.gc();
+    }
+    assert.ok(settled instanceof PsrpcError, 'the call is answered');
+    assert.equal(settled.code, Code.Internal);
+    assert.match(settled.message, /garbage collected/);
+    await bus.close();
+  });
+});
+
 describe('worker_threads', () => {
   for (const [busName, url] of BUSES) {
     it(`a bus per worker; closing and terminating workers (${busName})`, async () => {
       const service = uniqueName('WorkerTest');
       const results = await Promise.all([1, 2, 3].map((n) => new Promise((resolve, reject) => {
-        const w = new Worker(fixture('worker.mjs'), { workerData: { url, service, n, close: n !== 3 } });
+        // a service per worker: a terminated worker's server must not have
+        // claimed another worker's call
+        const w = new Worker(fixture('worker.mjs'), { workerData: { url, service: `${service}_${n}`, n, close: n !== 3 } });
         let got;
         w.on('message', async (m) => {
           got = m;

@@ -252,14 +252,13 @@ export class Bus extends EventEmitter {
   }
 
   private _onClosed(): void {
-    const wasActive = this._holds > 0;
+    const wasClosed = this._state === 'closed';
     this._state = 'closed';
     for (const w of [...this._readyWaiters]) w(new PsrpcError(Code.Canceled, 'bus is closed'));
     this._holds = 0;
     active.delete(this);
-    void wasActive;
     this._closedResolve?.();
-    if (this.listenerCount('state') > 0) this.emit('state', 'closed', undefined);
+    if (!wasClosed && this.listenerCount('state') > 0) this.emit('state', 'closed', undefined);
     // Anything still waiting on this bus (a subscription iterator, a close
     // promise) learns that it is closed.
     const targets = [...this._targets.values()];

@@ -155,6 +155,8 @@ export class Client<S extends ServiceLike = ServiceLike> {
   readonly service: Service;
   readonly id: string;
   /** @internal */ _box: Box;
+  /** @internal open subscriptions: ended when the client closes */
+  readonly _subs = new Set<Subscription<any>>();
   private _closing: Promise<void> | undefined;
 
   constructor(bus: Bus, service: S, options: ClientOptions = {}) {
@@ -339,6 +341,8 @@ export class Client<S extends ServiceLike = ServiceLike> {
         resolve();
       });
       bus._hold();
+      // libpsrpc closes the client's subscriptions with it
+      for (const sub of [...this._subs]) sub.close();
       try {
         native.ClientClose(this._box, id);
       } catch {
@@ -380,6 +384,7 @@ export class Subscription<T> implements AsyncIterable<T> {
   readonly ready: Promise<void>;
   private readonly queue: AsyncQueue<T>;
   private readonly bus: Bus;
+  private readonly client: Client<any>;
   private readonly id: number;
   private _box: Box | undefined;
   private _refed = true;
@@ -388,6 +393,8 @@ export class Subscription<T> implements AsyncIterable<T> {
   /** @internal */
   constructor(client: Client<any>, m: Method, topics: string[]) {
     const bus = (this.bus = client.bus);
+    this.client = client;
+    client._subs.add(this);
     let readyResolve!: () => void, readyReject!: (e: unknown) => void;
     this.ready = new Promise((res, rej) => ((readyResolve = res), (readyReject = rej)));
     this.ready.catch(() => undefined);
@@ -441,6 +448,7 @@ export class Subscription<T> implements AsyncIterable<T> {
   }
 
   private _close(): void {
+    this.client._subs.delete(this);
     this._unhold();
     this.bus._targets.delete(this.id);
     const box = this._box;

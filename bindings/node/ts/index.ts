@@ -14,6 +14,14 @@ export { Method, Service, camelCase, decodeOptions, psrpcOptions, OPTIONS_EXTENS
 export type { MethodDef, PsrpcOptions, Routing, ServiceDef, ServiceLike } from './service';
 export type { MethodName, RequestOf, ResponseOf, HandlerRequestOf, HandlerResponseOf } from './types';
 import { native } from './native';
+
+// Symbol.asyncDispose in the typings without requiring lib esnext.disposable
+// (declared the same way as lib.esnext.disposable and @types/node do).
+declare global {
+  interface SymbolConstructor {
+    readonly asyncDispose: unique symbol;
+  }
+}
 const info = native.StatusInfo();
 /** libpsrpc's version. */
 export const version: string = info.version;

@@ -158,11 +158,25 @@ export class Server<S extends ServiceLike = ServiceLike> {
    * `handler(stream, ctx)` (the stream closes when it returns; a throw closes
    * it with that error). Resolves once the broker confirmed the registration.
    */
-  handle<N extends MethodName<S>>(
+  handle<N extends MethodName<S>>(method: N, handler: Handler<S, N>, options?: HandleOptions<HandlerRequestOf<S, N>>): Promise<void> {
+    return this._handle(method, handler, options ?? {}, false);
+  }
+
+  /**
+   * Serves a stream method: `handler(stream, ctx)` (async allowed); the
+   * stream closes when it returns, with the error it throws. (`handle` does
+   * the same for a stream method; this spelling gives TypeScript the stream's
+   * message types.)
+   */
+  handleStream<N extends MethodName<S>>(
     method: N,
-    handler: Handler<S, N> | StreamHandler<S, N>,
-    options: HandleOptions<HandlerRequestOf<S, N>> = {},
+    handler: StreamHandler<S, N>,
+    options?: HandleOptions<undefined>,
   ): Promise<void> {
+    return this._handle(method, handler, options ?? {}, true);
+  }
+
+  private _handle(method: unknown, handler: unknown, options: HandleOptions<any>, streamOnly: boolean): Promise<void> {
     try {
       if (this._closing) throw new PsrpcError(Code.Canceled, 'server is closed');
       if (typeof handler !== 'function') throw new TypeError('handler must be a function');
@@ -170,6 +184,7 @@ export class Server<S extends ServiceLike = ServiceLike> {
       if (options.affinity !== undefined && typeof options.affinity !== 'function') throw new TypeError('affinity must be a function');
       const m = this.service.method(method as string);
       if (m.subscription) throw new TypeError(`${m.name} is a subscription method: use publish()`);
+      if (streamOnly && !m.stream) throw new TypeError(`${m.name} is not a stream method: use handle()`);
       const topics = topicList(options.topics);
       const key = regKey(m.name, topics);
       if (this.regs.has(key)) throw new PsrpcError(Code.AlreadyExists, `${m.name} is already registered under these topics`);
@@ -187,13 +202,13 @@ export class Server<S extends ServiceLike = ServiceLike> {
               } else resolve();
               return undefined;
             case EV.REQ:
-              this._request(m, handler as Handler<S, N>, a as Box, b as NativeInfo, c as Uint8Array);
+              this._request(m, handler as Handler<S, any>, a as Box, b as NativeInfo, c as Uint8Array);
               return undefined;
             case EV.AFF:
               this._affinity(m, affinity!, a as Box, b as NativeInfo, c as Uint8Array);
               return undefined;
             case EV.ST_ACCEPT:
-              this._accept(m, handler as StreamHandler<S, N>, a as number, b as Box, c as NativeInfo, topics);
+              this._accept(m, handler as StreamHandler<S, any>, a as number, b as Box, c as NativeInfo, topics);
               return undefined;
             case -1:
               if (!ready) reject(new PsrpcError(Code.Canceled, 'bus is closed'));

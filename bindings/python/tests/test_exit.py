@@ -58,8 +58,7 @@ with psrpc.Bus({url!r}, wait_ready=10) as bus:
 with psrpc.Bus({url!r}, wait_ready=10) as bus:
     server = psrpc.Server(bus, svc)
     server.register("Echo", slow)
-    print("ready", flush=True)
-    server.serve_forever()
+    server.serve_forever(on_start=lambda: print("ready", flush=True))
     print("closed", server.closed, flush=True)
 """,
     "aio-serve-forever": """
@@ -68,8 +67,7 @@ async def main():
         server = psrpc.aio.Server(bus, svc)
         server.handler("Echo")(aslow)
         await server.wait_ready()
-        print("ready", flush=True)
-        await server.serve_forever()
+        await server.serve_forever(on_start=lambda: print("ready", flush=True))
         print("closed", server.closed, flush=True)
 asyncio.run(main())
 """,
@@ -143,6 +141,19 @@ def test_serve_forever_stops_gracefully_on_signal(transport, kind, sig):
     assert rc == 0, err
     assert out.strip() == "closed True", (out, err)
     assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("kind", ["serve-forever", "aio-serve-forever"])
+def test_signal_right_after_ready_closes_gracefully(kind):
+    """"ready" printed from on_start: the signal handlers are in place, so a
+    SIGTERM sent at once still ends in a graceful close (exit 0)."""
+    url = TRANSPORTS[BROKERS[0]] if BROKERS else "local://"
+    for _ in range(3):
+        p = start(kind, url, f"PyExit_{uuid.uuid4().hex[:10]}")
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        assert out.strip() == "closed True", (out, err)
 
 
 def test_serve_forever_returns_when_closed_elsewhere(buses, svc):

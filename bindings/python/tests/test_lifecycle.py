@@ -100,6 +100,32 @@ def test_dropped_request_is_failed(buses, svc):
         req.claim(1.0)
 
 
+def test_dropped_affinity_question_declines(buses, svc):
+    """An affinity question dropped unanswered declines (psrpc_request_abandon
+    in the finalizer): this server is never chosen, another one answers."""
+    sbus = buses()
+    server = psrpc.Server(sbus, svc)
+    asked = []
+
+    def raw(kind, arg):
+        if kind == 1:
+            asked.append(1)  # the question object is dropped here
+        elif kind == 0:
+            arg.respond(pb.EchoResponse(tag="dropper").SerializeToString())
+
+    _core.psrpc_server_register(server._ptr, server.method("Claim")._c, None, (raw, True))
+    server.wait_ready()
+    client = psrpc.Client(buses(), svc)
+    sel = psrpc.SelectionOptions(affinity_timeout=0.5)
+    with pytest.raises(psrpc.Unavailable):
+        client.call("Claim", pb.EchoRequest(), timeout=5, selection=sel)
+    assert asked
+    other = psrpc.Server(buses(), svc)
+    other.register("Claim", lambda r, c: pb.EchoResponse(tag="other"),
+                   affinity=lambda r, c: 0.5)
+    assert client.call("Claim", pb.EchoRequest(), timeout=5, selection=sel).tag == "other"
+
+
 def test_blocking_inside_callback_would_deadlock(bus, svc):
     server = psrpc.Server(bus, svc)
     server.register("Echo", echo_handler)

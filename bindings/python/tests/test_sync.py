@@ -336,6 +336,36 @@ def test_stream(buses, svc):
     with pytest.raises(psrpc.NotFound, match="gone"):
         st.recv(timeout=5)
     assert isinstance(st.error, psrpc.NotFound)
+    # a custom code travels unchanged (psrpc_stream_close_code), both ways
+    st = client.open_stream("Chat", timeout=5)
+    st.send(pb.ChatMessage(close_code="my_custom_code", close_message="custom"))
+    with pytest.raises(psrpc.PsrpcError, match="custom") as ei:
+        st.recv(timeout=5)
+    assert ei.value.code == "my_custom_code"
+    assert st.error is not None and st.error.code == "my_custom_code"
+
+
+def test_stream_client_closes_with_custom_code(buses, svc):
+    seen = queue.SimpleQueue()
+
+    def handler(stream):
+        try:
+            for _ in stream:
+                pass
+        except psrpc.PsrpcError as e:
+            seen.put((e.code, e.message))
+            return
+        seen.put(("clean", None))
+
+    server = psrpc.Server(buses(), svc)
+    server.register("Chat", handler)
+    client = psrpc.Client(buses(), svc)
+    st = client.open_stream("Chat", timeout=5)
+    st.send(pb.ChatMessage(seq=1))
+    st.close(psrpc.PsrpcError("over quota", code="quota_exceeded"))
+    assert seen.get(timeout=5) == ("quota_exceeded", "over quota")
+    assert st.error is not None and st.error.code == "quota_exceeded"
+
 
 
 def test_stream_metadata_and_client_close(buses, svc):

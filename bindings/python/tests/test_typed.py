@@ -89,6 +89,23 @@ def test_mypy_strict_catches_wrong_field_request_type_and_method(gen):
     assert mypy(gen, "dynamic.py")["dynamic.py"] == []
 
 
+def test_mypy_strict_on_add_value_example(tmp_path):
+    """examples/python/add_value.py (the .proto shared with C and Go) is typed
+    too: clean, and a wrong request type or response field is caught."""
+    psrpc.codegen.generate([os.path.join(ROOT, "examples", "add_value.proto")], str(tmp_path))
+    src = open(os.path.join(ROOT, "examples", "python", "add_value.py")).read()
+    (tmp_path / "add_value.py").write_text(src)
+    old = "print(client.AddValue(pb.AddRequest(increment=n)).value)"
+    assert old in src
+    (tmp_path / "bad_add.py").write_text(
+        src.replace(old, "print(client.AddValue(pb.AddResult(value=n)).valeu)"))
+    errors = mypy(str(tmp_path), "add_value.py", "bad_add.py")
+    assert errors["add_value.py"] == []
+    assert any('incompatible type "AddResult"; expected "AddRequest"' in e
+               for e in errors["bad_add.py"])
+    assert any('has no attribute "valeu"' in e for e in errors["bad_add.py"])
+
+
 def test_options_pb2_shipped_and_mypy_clean(tmp_path):
     from psrpc import options_pb2
 
@@ -237,3 +254,90 @@ def test_servicer_registers_only_what_it_overrides(buses, gen):
     with pytest.raises(psrpc.Unavailable):
         client.HelloNearest(gpb.HelloRequest(name="x"), timeout=1)
     server.close()
+
+
+ODD_PROTO = """
+syntax = "proto3";
+package odd.v1;
+import "options.proto";
+import "google/protobuf/empty.proto";
+import "google/protobuf/wrappers.proto";
+
+service Odd {
+  rpc close(google.protobuf.Empty) returns (google.protobuf.StringValue);
+  rpc import(Outer.Inner) returns (Outer.Inner);
+  rpc id(google.protobuf.Empty) returns (google.protobuf.Empty) {
+    option (psrpc.options).type = MULTI;
+  }
+}
+service Other {
+  rpc Ping(google.protobuf.Empty) returns (google.protobuf.Empty);
+}
+message Outer { message Inner { int32 v = 1; } }
+"""
+
+ODD_USE = """
+from __future__ import annotations
+import psrpc
+from google.protobuf import empty_pb2, wrappers_pb2
+import odd_pb2, odd_psrpc
+
+
+class Impl(odd_psrpc.OddServicer):
+    def close_(self, request: empty_pb2.Empty, context: psrpc.Context) -> wrappers_pb2.StringValue:
+        return wrappers_pb2.StringValue(value="closed")
+
+    def import_(self, request: odd_pb2.Outer.Inner,
+                context: psrpc.Context) -> odd_pb2.Outer.Inner:
+        return odd_pb2.Outer.Inner(v=request.v + 1)
+
+    def id_(self, request: empty_pb2.Empty, context: psrpc.Context) -> empty_pb2.Empty:
+        return empty_pb2.Empty()
+
+
+def main(url: str) -> None:
+    with psrpc.Bus(url, wait_ready=10) as bus:
+        odd_psrpc.OddServer(bus, Impl())
+        client = odd_psrpc.OddClient(bus, timeout=5)
+        assert client.close_(empty_pb2.Empty()).value == "closed"
+        assert client.import_(odd_pb2.Outer.Inner(v=1)).v == 2
+        assert len(client.id_(empty_pb2.Empty(), timeout=0.5).results()) == 1
+        other = odd_psrpc.OtherClient(bus, timeout=1)
+        try:
+            other.Ping(empty_pb2.Empty())
+        except psrpc.Unavailable:
+            print("ok")
+        client.close()
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1])
+"""
+
+
+def test_codegen_odd_names_imports_and_services(tmp_path, url):
+    """RPC names that are keywords or members of the generated classes get a
+    trailing "_" (the wire name stays), messages of imported files and nested
+    messages are referenced through their modules, several services per file."""
+    (tmp_path / "odd.proto").write_text(ODD_PROTO)
+    psrpc.codegen.generate([str(tmp_path / "odd.proto")], str(tmp_path))
+    (tmp_path / "use_odd.py").write_text(ODD_USE)
+    assert mypy(str(tmp_path), "use_odd.py")["use_odd.py"] == []
+    src = (tmp_path / "odd_psrpc.py").read_text()
+    assert 'self.client.call(\n            "close", request' in src
+    if url.startswith("local://"):
+        url = "local://"
+    p = subprocess.run([sys.executable, "use_odd.py", url], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+def test_package_itself_is_mypy_strict_clean():
+    """The package ships py.typed: its own annotations hold under --strict."""
+    src = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "src", "psrpc"))
+    with tempfile.TemporaryDirectory() as d:
+        p = subprocess.run([os.path.join(BIN, "mypy"), "--strict", "--cache-dir",
+                            os.path.join(d, "cache"), src], capture_output=True, text=True,
+                           timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr

@@ -453,6 +453,7 @@ functions! {
     pub fn psrpc_stream_set_callbacks(stream: *mut psrpc_stream, on_message: psrpc_stream_message_cb, on_close: psrpc_stream_close_cb, user_data: *mut c_void, release: psrpc_release_cb) -> psrpc_status;
     pub fn psrpc_stream_send(stream: *mut psrpc_stream, data: *const c_void, len: usize, timeout_ms: i64, on_done: psrpc_done_cb, user_data: *mut c_void) -> psrpc_status;
     pub fn psrpc_stream_close(stream: *mut psrpc_stream, status: c_int, message: *const c_char) -> psrpc_status;
+    pub fn psrpc_stream_close_code(stream: *mut psrpc_stream, code: *const c_char, message: *const c_char) -> psrpc_status;
     pub fn psrpc_stream_defer(stream: *mut psrpc_stream, token_out: *mut u64) -> psrpc_status;
     pub fn psrpc_stream_ack(stream: *mut psrpc_stream, token: u64, accept: c_int) -> psrpc_status;
     pub fn psrpc_stream_free(stream: *mut psrpc_stream);

@@ -711,7 +711,12 @@ impl Client {
                 Some(release_box::<SubState>),
             )
         };
-        check(st)?;
+        if st != sys::PSRPC_OK {
+            // Refused: release is never called (the header's rule), free here.
+            let e = Error::last(st);
+            drop(unsafe { Box::from_raw(ud.cast::<SubState>()) });
+            return Err(e);
+        }
         Ok((Subscription { ptr: out, rx, _client: self.inner.clone(), _t: PhantomData }, rrx))
     }
 

@@ -368,7 +368,12 @@ impl Server {
                 )
             }
         };
-        check(st)?;
+        if st != sys::PSRPC_OK {
+            // Refused: release is never called (the header's rule), free here.
+            let e = Error::last(st);
+            drop(unsafe { Box::from_raw(ud.cast::<Registration>()) });
+            return Err(e);
+        }
         Ok(rx)
     }
 

@@ -133,19 +133,18 @@ impl StreamShared {
         self.stream.0 .0
     }
 
-    /// Closes: cleanly (None) or with an error.
+    /// Closes: cleanly (None) or with an error, whose code string travels
+    /// unchanged (`psrpc_stream_close_code`), custom codes included.
     pub(crate) fn close_with(&self, e: Option<&Error>) {
         match e {
             None => unsafe {
                 sys::psrpc_stream_close(self.ptr(), 0, std::ptr::null());
             },
             Some(e) => {
+                let code = CString::new(e.code.as_str().replace('\0', " ")).unwrap();
                 let msg = CString::new(e.message.replace('\0', " ")).unwrap();
-                let status = match e.code.status() {
-                    sys::PSRPC_OK => sys::PSRPC_UNKNOWN,
-                    s => s,
-                };
-                unsafe { sys::psrpc_stream_close(self.ptr(), status, msg.as_ptr()) };
+                let code = if code.as_bytes().is_empty() { CString::new("unknown").unwrap() } else { code };
+                unsafe { sys::psrpc_stream_close_code(self.ptr(), code.as_ptr(), msg.as_ptr()) };
             }
         }
     }
@@ -413,7 +412,12 @@ impl Client {
                 Some(release_box::<CbState>),
             )
         };
-        crate::error::check(st)?;
+        if st != sys::PSRPC_OK {
+            // Refused: release is never called (the header's rule), free here.
+            let e = Error::last(st);
+            drop(unsafe { Box::from_raw(ud.cast::<CbState>()) });
+            return Err(e);
+        }
         Ok((Arc::new(StreamShared { stream: OwnedStream(SendPtr(out)), queued, rx: Mutex::new(Some(rx)), cause }), orx))
     }
 }

@@ -361,15 +361,27 @@ async fn streams(kind: &str) {
     let svc = service("chat");
     let m = method("Chat", Routing::Affinity, MethodFlags::STREAM);
     let server = Server::new(&bus, &svc, ServerOptions::default()).unwrap();
+    let seen: Arc<std::sync::Mutex<Option<Error>>> = Arc::default();
+    let seen2 = seen.clone();
     server
         .register_stream(
             &m,
             NO_TOPICS,
-            |mut s: psrpc::Stream<Msg, Msg>, req: Request<()>, _ctx| async move {
+            move |mut s: psrpc::Stream<Msg, Msg>, req: Request<()>, _ctx| {
+                let seen = seen2.clone();
+                async move {
                 let mode = req.metadata.get("mode").unwrap_or("").to_string();
                 let mut expect = 0i64;
                 while let Some(m) = s.next().await {
-                    let m = m?;
+                    let m = match m {
+                        Ok(m) => m,
+                        Err(e) => {
+                            if mode == "record" {
+                                *seen.lock().unwrap() = Some(e.clone());
+                            }
+                            return Err(e);
+                        }
+                    };
                     if mode == "count" {
                         if m.n != expect {
                             return Err(Error::new(Code::DataLoss, format!("got {} expected {expect}", m.n)));
@@ -380,13 +392,19 @@ async fn streams(kind: &str) {
                         }
                     } else if m.text == "fail" {
                         return Err(Error::new(Code::Aborted, "server says no"));
+                    } else if m.text == "custom" {
+                        return Err(Error::new(Code::Other("my_custom_close".into()), "custom bye"));
                     } else if m.text == "bye" {
                         return Ok(());
                     } else {
                         s.send(&msg(&format!("echo {}", m.text), m.n)).await?;
                     }
                 }
+                if mode == "record" {
+                    *seen.lock().unwrap() = s.close_cause();
+                }
                 Ok(())
+                }
             },
             None::<fn(Request<()>, psrpc::Context) -> std::future::Ready<f32>>,
         )
@@ -408,6 +426,24 @@ async fn streams(kind: &str) {
     let e = s.next().await.unwrap().unwrap_err();
     assert_eq!((e.code, e.message.as_str()), (Code::Aborted, "server says no"));
     assert!(s.next().await.is_none());
+    // Codes psrpc does not define travel unchanged, both ways.
+    let mut s = client.open_stream::<Msg, Msg>(&m, &CallOptions::new()).await.unwrap();
+    s.send(&msg("custom", 0)).await.unwrap();
+    let e = s.next().await.unwrap().unwrap_err();
+    assert_eq!((e.code, e.message.as_str()), (Code::Other("my_custom_close".into()), "custom bye"));
+    // (Nothing sent first: an echo in flight would end the handler with the
+    // failed send instead.)
+    let s = client.open_stream::<Msg, Msg>(&m, &CallOptions::new().metadata("mode", "record")).await.unwrap();
+    s.close(Some(&Error::new(Code::Other("client_custom".into()), "from the client")));
+    let t0 = Instant::now();
+    loop {
+        if let Some(e) = seen.lock().unwrap().clone() {
+            assert_eq!((e.code, e.message.as_str()), (Code::Other("client_custom".into()), "from the client"));
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "the server never saw the close");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // 10,000 messages in order, many in flight through the Sink half.
     let s = client.open_stream::<Msg, Msg>(&m, &CallOptions::new().metadata("mode", "count").timeout(Duration::from_secs(10))).await.unwrap();
     let (tx, mut rx) = s.split();
@@ -603,8 +639,8 @@ macro_rules! suite {
 suite!(local, redis, nats);
 
 /// Every future of the API can be spawned on a multi-threaded runtime.
-#[allow(dead_code, clippy::diverging_sub_expression, unreachable_code)]
-fn futures_are_send(client: Client, server: Server, bus: Bus, m: Method) {
+#[allow(dead_code)]
+fn futures_are_send(client: Client, server: Server, bus: Bus, m: Method, s: psrpc::Stream<Msg, Msg>) {
     fn send<T: Send>(_: T) {}
     send(client.call::<Msg, Msg>(&m, &msg("", 0), &CallOptions::new()));
     send(client.call_multi::<Msg, Msg>(&m, &msg("", 0), &CallOptions::new()));
@@ -615,7 +651,6 @@ fn futures_are_send(client: Client, server: Server, bus: Bus, m: Method) {
     send(server.close(false));
     send(bus.close());
     send(bus.wait_ready(Duration::from_secs(1)));
-    let s: psrpc::Stream<Msg, Msg> = unimplemented!();
     send(s.send(&msg("", 0)));
     send(s);
 }

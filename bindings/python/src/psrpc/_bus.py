@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 from . import _core
 from ._errors import (Canceled, DeadlineExceeded, InvalidArgument, PsrpcError, Unavailable,
@@ -91,12 +91,12 @@ class _Watch:
             return True
 
 
-def _options_tuple(options: Dict[str, Any]) -> Optional[tuple]:
+def _options_tuple(options: Dict[str, Any]) -> Optional[Tuple[Any, ...]]:
     if not options:
         return None
     opts = dict(options)
     flags = _core.PSRPC_BUS_TLS if opts.pop("tls", False) else 0
-    values: list = [flags]
+    values: List[Any] = [flags]
     for key, kind, scale in _OPTION_FIELDS:
         v = opts.pop(key, None)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
@@ -224,7 +224,7 @@ class Bus:
 
     def stats(self) -> Dict[str, int]:
         """The bus counters (messages, drops by reason, reconnects, ...)."""
-        return self._with(_core.psrpc_bus_get_stats)
+        return cast("Dict[str, int]", self._with(_core.psrpc_bus_get_stats))
 
     def watch(self, callback: Callable[[int, Optional[PsrpcError]], None]) -> None:
         """Calls ``callback(state, error)`` on every connection state change,

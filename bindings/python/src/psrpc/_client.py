@@ -6,8 +6,8 @@ import concurrent.futures
 import queue
 import threading
 from dataclasses import dataclass
-from typing import (TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, List, Mapping, Optional,
-                    Sequence, Tuple, TypeVar, Union)
+from typing import (TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, List, Mapping,
+                    Optional, Sequence, Tuple, TypeVar, Union, cast)
 
 from . import _core
 from ._errors import Canceled, DeadlineExceeded, InvalidArgument, PsrpcError, Status, from_wire
@@ -64,7 +64,7 @@ class SelectionOptions:
     short_circuit_timeout: float = 0.0
     select: Optional[SelectFunc] = None
 
-    def _tuple(self) -> tuple:
+    def _tuple(self) -> Tuple[Any, ...]:
         flags = _core.PSRPC_SELECT_ACCEPT_FIRST_AVAILABLE if self.accept_first_available else 0
         return (flags, float(self.minimum_affinity), float(self.maximum_affinity),
                 _ms(self.affinity_timeout, "affinity_timeout"),
@@ -127,7 +127,7 @@ class MultiResult(Tuple[Optional[R], Optional[PsrpcError], Optional[str]], Gener
 
 def call_options(timeout: Optional[float], topics: Topics, metadata: Optional[Mapping[str, str]],
                  selection: Optional[SelectionOptions], wait_for_ready: bool,
-                 deadline: Any = None) -> Optional[tuple]:
+                 deadline: Any = None) -> Optional[Tuple[Any, ...]]:
     t = topic_list(topics)
     md = metadata_items(metadata)
     if deadline is not None and not isinstance(deadline, (int, float)):
@@ -178,7 +178,7 @@ def connect_wait(client: "Client", timeout: Optional[float]) -> Optional[float]:
         raise DeadlineExceeded(f"bus {bus.url} not connected within {eff:g} s")
     if timeout is None and waited < 0.001:
         return None
-    return max(eff - waited, 0.001)
+    return cast("Optional[float]", max(eff - waited, 0.001))
 
 
 class _Handle:

@@ -144,12 +144,13 @@ class PsrpcError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
 
-    def __reduce__(self):  # picklable despite keyword-only arguments
+    def __reduce__(self) -> Tuple[Any, ...]:  # picklable despite keyword-only arguments
         return (_rebuild, (type(self), self.message, self.code, self.status,
                            [(d.type_url, d.value) for d in self.details]))
 
 
-def _rebuild(cls, message, code, status, details):
+def _rebuild(cls: Type[PsrpcError], message: str, code: str, status: int,
+             details: List[Tuple[str, bytes]]) -> PsrpcError:
     e = cls.__new__(cls)
     PsrpcError.__init__(e, message, code=code, status=status, details=details)
     return e

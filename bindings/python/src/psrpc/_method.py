@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import (Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Type, Union,
+                    cast)
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf.message import DecodeError, Message
@@ -32,7 +33,7 @@ def _message_class(desc: _descriptor.Descriptor) -> Type[Message]:
     except ImportError:  # pragma: no cover - older protobuf
         from google.protobuf import message_factory
 
-        return message_factory.MessageFactory().GetPrototype(desc)  # type: ignore[attr-defined]
+        return cast("Type[Message]", message_factory.MessageFactory().GetPrototype(desc))  # type: ignore[attr-defined]
 
 
 class Method:

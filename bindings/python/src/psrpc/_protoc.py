@@ -23,7 +23,7 @@ _cache_dir: Optional[str] = None
 def _run_protoc(args: List[str]) -> None:
     try:
         import grpc_tools  # type: ignore
-        from grpc_tools import protoc  # type: ignore
+        from grpc_tools import protoc  # type: ignore[import-untyped,unused-ignore]
 
         well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
         rc = protoc.main(["protoc", f"-I{well_known}"] + args)

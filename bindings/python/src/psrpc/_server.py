@@ -9,7 +9,7 @@ import threading
 import time
 import weakref
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple,
-                    TypeVar, Union)
+                    TypeVar, Union, cast)
 
 from . import _core
 from ._client import KIND_READY, KIND_RELEASED, Topics, _Handle, _ms
@@ -46,34 +46,34 @@ class Context:
 
     @property
     def request_id(self) -> str:
-        return self._req.id
+        return cast("str", self._req.id)
 
     @property
     def client_id(self) -> str:
         """The caller's client id."""
-        return self._req.client_id
+        return cast("str", self._req.client_id)
 
     @property
     def topics(self) -> Tuple[str, ...]:
-        return self._req.topics
+        return cast("Tuple[str, ...]", self._req.topics)
 
     @property
     def metadata(self) -> Mapping[str, str]:
-        return self._req.metadata
+        return cast("Mapping[str, str]", self._req.metadata)
 
     @property
     def sent_at(self) -> float:
         """Unix time (seconds) when the caller sent the request."""
-        return self._req.sent_at_ns / 1e9
+        return cast("float", self._req.sent_at_ns / 1e9)
 
     @property
     def deadline(self) -> float:
         """Unix time (seconds) of the request's deadline."""
-        return self._req.expiry_ns / 1e9
+        return cast("float", self._req.expiry_ns / 1e9)
 
     def remaining(self) -> float:
         """Seconds left until the deadline (negative once past)."""
-        return (self._req.expiry_ns - time.time_ns()) / 1e9
+        return cast("float", (self._req.expiry_ns - time.time_ns()) / 1e9)
 
     def __repr__(self) -> str:
         return (f"Context(method={self.method.name!r}, client_id={self.client_id!r}, "
@@ -329,13 +329,16 @@ class Server(_Handle):
         self._bus._forget(self)
 
     def serve_forever(self, *, grace: Optional[float] = None,
-                      signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+                      signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+                      on_start: Optional[Callable[[], object]] = None) -> None:
         """Serves until SIGINT or SIGTERM (or until the server or its bus is
         closed elsewhere), then closes gracefully: requests in flight are
         answered (waiting up to ``grace`` seconds, default: their deadlines)
         before it returns. The signal handlers are installed only while it
         runs and only on the main thread; elsewhere it just waits for the
-        close, like grpcio's ``wait_for_termination``."""
+        close, like grpcio's ``wait_for_termination``. ``on_start()`` runs
+        once they are installed (print a readiness line there: a signal sent
+        after it is handled gracefully)."""
         signaled: List[int] = []
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -347,6 +350,8 @@ class Server(_Handle):
             for sig in signals:
                 previous.append((sig, signal.signal(sig, on_signal)))
         try:
+            if on_start is not None:
+                on_start()
             while not self._wake.wait(0.25):
                 pass
         finally:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Tuple, TypeVar, Union
+from typing import (Any, Callable, Generic, Iterator, Mapping, Optional, Tuple, TypeVar, Union,
+                    cast)
 
 from . import _core
 from ._client import (KIND_MESSAGE, KIND_READY, KIND_RELEASED, _END, Topics, _ms, call_options,
                       connect_wait, require_kind)
-from ._errors import Canceled, PsrpcError, Status, from_wire, to_failure
+from ._errors import Canceled, PsrpcError, from_wire, to_failure
 from ._method import Method, topic_list
 
 __all__ = ["Stream", "open_stream", "register_stream"]
@@ -24,13 +25,13 @@ def is_clean_close(err: Optional[PsrpcError]) -> bool:
     return err is None or (err.code == "canceled" and err.message == "stream closed")
 
 
-def close_args(error: Optional[BaseException]) -> Tuple[int, Optional[str]]:
-    """(status, message) for psrpc_stream_close."""
+def close_args(error: Optional[BaseException]) -> Tuple[Optional[str], Optional[str]]:
+    """(code, message) for psrpc_stream_close_code: None for a clean close;
+    an error's code string travels unchanged (custom codes included)."""
     if error is None:
-        return 0, None
+        return None, None
     code, message, _details = to_failure(error)
-    status = Status.from_code(code)
-    return (status if status < 0 else Status.UNKNOWN), message
+    return (code or "unknown"), message
 
 
 class _StreamSink:
@@ -98,12 +99,12 @@ class Stream(Generic[S, R]):
 
     @property
     def id(self) -> str:
-        return self._core.id
+        return cast("str", self._core.id)
 
     @property
     def node_id(self) -> str:
         """The opener's client id (server side), our client id (client side)."""
-        return self._core.node_id
+        return cast("str", self._core.node_id)
 
     @property
     def method(self) -> Method:
@@ -112,7 +113,7 @@ class Stream(Generic[S, R]):
     @property
     def metadata(self) -> Mapping[str, str]:
         """The opener's metadata."""
-        return self._core.metadata
+        return cast("Mapping[str, str]", self._core.metadata)
 
     @property
     def closed(self) -> bool:
@@ -160,9 +161,9 @@ class Stream(Generic[S, R]):
     def close(self, error: Optional[BaseException] = None) -> None:
         """Closes the stream, cleanly or with an error (its psrpc code
         travels; other exceptions as unknown). Idempotent."""
-        status, message = close_args(error)
+        code, message = close_args(error)
         try:
-            self._core.close(status, message)
+            self._core.close_code(code, message)
         except PsrpcError:
             pass
 
@@ -187,7 +188,7 @@ def open_stream(client: Any, method: Method, *, timeout: Optional[float], topics
     opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
     sink = _StreamSink(max_queue)
     core = _core.psrpc_client_open_stream(client._check(), method._c, opts, sink)
-    stream = Stream(core, method, sink, server_side=False)
+    stream: Stream[Any, Any] = Stream(core, method, sink, server_side=False)
     if not _core.on_loop_thread():
         sink.opened.wait()  # the library always reports the open's outcome
         if sink.open_error is not None:
@@ -217,7 +218,7 @@ class _StreamRegistration:
         if kind == 0:
             sink = _StreamSink(self.max_queue)
             arg.set_callbacks(sink)
-            stream = Stream(arg, self.method, sink, server_side=True)
+            stream: Stream[Any, Any] = Stream(arg, self.method, sink, server_side=True)
             try:
                 self.submit(self.run, stream)
             except RuntimeError:

@@ -28,8 +28,8 @@ import inspect
 import logging
 import signal
 import threading
-from typing import (Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Mapping,
-                    Generic, Optional, Sequence, Set, Tuple, TypeVar, Union)
+from typing import (Any, AsyncIterator, Awaitable, Callable, Dict, Generic, Iterable, List,
+                    Mapping, Optional, Sequence, Set, Tuple, TypeVar, Union, cast)
 
 from . import _client, _core, _server
 from ._bus import Bus
@@ -151,7 +151,7 @@ class Client:
         m = self._c.method(method)
         require_kind(m, "subscription")
         await _connect_wait(self._c, timeout)
-        sub = Subscription(self._c, m, topic_list(topics), max_queue)
+        sub: Subscription[Any] = Subscription(self._c, m, topic_list(topics), max_queue)
         try:
             await asyncio.wait_for(asyncio.shield(sub._ready), timeout)
         except asyncio.TimeoutError:
@@ -174,7 +174,7 @@ class Client:
         opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
         sink = _StreamSink(asyncio.get_running_loop(), max_queue)
         core = _core.psrpc_client_open_stream(self._c._check(), m._c, opts, sink)
-        stream = Stream(core, m, sink, server_side=False)
+        stream: Stream[Any, Any] = Stream(core, m, sink, server_side=False)
         try:
             err = await asyncio.shield(sink.opened)
         except asyncio.CancelledError:
@@ -416,11 +416,11 @@ class Stream(Generic[S, R]):
 
     @property
     def id(self) -> str:
-        return self._core.id
+        return cast("str", self._core.id)
 
     @property
     def node_id(self) -> str:
-        return self._core.node_id
+        return cast("str", self._core.node_id)
 
     @property
     def method(self) -> Method:
@@ -428,7 +428,7 @@ class Stream(Generic[S, R]):
 
     @property
     def metadata(self) -> Mapping[str, str]:
-        return self._core.metadata
+        return cast("Mapping[str, str]", self._core.metadata)
 
     @property
     def closed(self) -> bool:
@@ -482,9 +482,9 @@ class Stream(Generic[S, R]):
             raise
 
     def close(self, error: Optional[BaseException] = None) -> None:
-        status, message = close_args(error)
+        code, message = close_args(error)
         try:
-            self._core.close(status, message)
+            self._core.close_code(code, message)
         except PsrpcError:
             pass
 
@@ -522,7 +522,7 @@ class _AsyncRegistration:
             if self.stream:
                 sink = _StreamSink(self.loop, self.max_queue)
                 arg.set_callbacks(sink)
-                s = Stream(arg, self.method, sink, server_side=True)
+                s: Stream[Any, Any] = Stream(arg, self.method, sink, server_side=True)
                 if not _post(self.loop, self._spawn, self._run_stream(s)):
                     s.close(PsrpcError("event loop is closed", code="unavailable"))
             elif not _post(self.loop, self._spawn_request, arg):
@@ -718,13 +718,16 @@ class Server:
                 f"server {self.id}: requests still in flight after {timeout:g} s") from None
 
     async def serve_forever(self, *, grace: Optional[float] = None,
-                            signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+                            signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+                            on_start: Optional[Callable[[], object]] = None) -> None:
         """Serves until SIGINT or SIGTERM (or until the server or its bus is
         closed elsewhere, or the task is cancelled), then closes gracefully:
         requests in flight are answered and sent (waiting up to ``grace``
         seconds, default: their deadlines) before it returns. The signal
         handlers (``loop.add_signal_handler``) are removed when it returns;
-        where they cannot be installed (not the main thread) it just waits."""
+        where they cannot be installed (not the main thread) it just waits.
+        ``on_start()`` runs once they are installed (print a readiness line
+        there: a signal sent after it is handled gracefully)."""
         stop = asyncio.Event()
         installed: List[int] = []
         for sig in signals:
@@ -734,6 +737,8 @@ class Server:
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
         try:
+            if on_start is not None:
+                on_start()
             while not self._s._wake.is_set():
                 try:
                     await asyncio.wait_for(stop.wait(), 0.25)

@@ -35,6 +35,7 @@ As a protoc plugin (``protoc-gen-psrpc-python``, installed with the package):
 from __future__ import annotations
 
 import argparse
+import keyword
 import os
 import re
 import sys
@@ -115,6 +116,10 @@ def _options(m: descriptor_pb2.MethodDescriptorProto) -> PsrpcOptions:
     return options_from_method_options(m.options.SerializeToString()) or PsrpcOptions()
 
 
+# Members of the generated classes an RPC must not shadow (it gets a "_").
+_RESERVED = frozenset({"client", "server", "servicer", "id", "close", "serve_forever",
+                       "wait_ready"})
+
 _IND = "\n            "
 _CALL_KW = _IND.join(["timeout: Optional[float] = None,",
                       "metadata: Optional[Mapping[str, str]] = None,",
@@ -166,11 +171,14 @@ def _service_code(f: descriptor_pb2.FileDescriptorProto, si: int,
       f'    {types.ref_file(f)}.DESCRIPTOR.services_by_name["{name}"])')
 
     methods = []
+    wire: Dict[str, str] = {}  # Python name -> the .proto's method name
     for mi, m in enumerate(svc.method):
         o = _options(m)
         req, resp = types.ref(m.input_type), types.ref(m.output_type)
         doc = comments.get((6, si, 2, mi), "")
-        methods.append((m.name, o, req, resp, doc))
+        pyname = m.name + "_" if m.name in _RESERVED or keyword.iskeyword(m.name) else m.name
+        wire[pyname] = m.name
+        methods.append((pyname, o, req, resp, doc))
 
     for aio in (False, True):
         A = "Async" if aio else ""
@@ -201,7 +209,7 @@ def _service_code(f: descriptor_pb2.FileDescriptorProto, si: int,
                   f" max_queue: int = 10000\n    ) -> {mod}.Subscription[{resp}]:")
                 L.extend(_doc(doc or f"Subscribes to {mname}.", "        "))
                 w(f"        sub: {mod}.Subscription[{resp}] = {aw}self.client.subscribe(\n"
-                  f"            \"{mname}\", {'topics' if o.topics else 'None'}, timeout=timeout, "
+                  f"            \"{wire[mname]}\", {'topics' if o.topics else 'None'}, timeout=timeout, "
                   f"max_queue=max_queue)")
                 w("        return sub")
             elif o.stream:
@@ -209,21 +217,21 @@ def _service_code(f: descriptor_pb2.FileDescriptorProto, si: int,
                   f"    ) -> {mod}.Stream[{req}, {resp}]:")
                 L.extend(_doc(doc or f"Opens a {mname} stream.", "        "))
                 w(f"        stream: {mod}.Stream[{req}, {resp}] = {aw}self.client.open_stream(\n"
-                  f"            \"{mname}\", {topics_arg}\n            {_STREAM_ARGS})")
+                  f"            \"{wire[mname]}\", {topics_arg}\n            {_STREAM_ARGS})")
                 w("        return stream")
             elif o.routing == 2:  # multi
                 w(f"    def {mname}(\n            self, request: {req}, *,{_IND}{topics_kw}{_CALL_KW}\n"
                   f"    ) -> {mod}.MultiCall[{resp}]:")
                 L.extend(_doc(doc or f"Calls {mname} on every server.", "        "))
                 w(f"        results: {mod}.MultiCall[{resp}] = self.client.multi_call(\n"
-                  f"            \"{mname}\", request, {topics_arg}\n            {_CALL_ARGS})")
+                  f"            \"{wire[mname]}\", request, {topics_arg}\n            {_CALL_ARGS})")
                 w("        return results")
             else:
                 w(f"    {ad}def {mname}(\n            self, request: {req}, *,{_IND}{topics_kw}{_CALL_KW}\n"
                   f"    ) -> {resp}:")
                 L.extend(_doc(doc or f"Calls {mname}.", "        "))
                 w(f"        response: {resp} = {aw}self.client.call(\n"
-                  f"            \"{mname}\", request, {topics_arg}\n            {_CALL_ARGS})")
+                  f"            \"{wire[mname]}\", request, {topics_arg}\n            {_CALL_ARGS})")
                 w("        return response")
         w("")
         w("    def close(self) -> None:")
@@ -307,10 +315,10 @@ def _service_code(f: descriptor_pb2.FileDescriptorProto, si: int,
                       if o.routing == 1 else "None")
             w(f"        if _overridden(servicer, base, \"{mname}\"):")
             if aio:
-                w(f"            self.server.register_nowait(\"{mname}\", servicer.{mname},\n"
+                w(f"            self.server.register_nowait(\"{wire[mname]}\", servicer.{mname},\n"
                   f"                                        affinity={affarg})")
             else:
-                w(f"            self.server.register(\"{mname}\", servicer.{mname},\n"
+                w(f"            self.server.register(\"{wire[mname]}\", servicer.{mname},\n"
                   f"                                 affinity={affarg}, wait=False)")
         if not aio:
             w("        self.server.wait_ready(timeout)")
@@ -323,14 +331,14 @@ def _service_code(f: descriptor_pb2.FileDescriptorProto, si: int,
             w(f"    {ad}def Register{mname}Topic(self, topics: Topics) -> None:")
             L.extend(_doc(f"Serves {mname} under topics.", "        "))
             if aio:
-                w(f"        await self.server.register(\"{mname}\", self.servicer.{mname}, "
+                w(f"        await self.server.register(\"{wire[mname]}\", self.servicer.{mname}, "
                   f"topics=topics,\n                                   affinity={affarg})")
             else:
-                w(f"        self.server.register(\"{mname}\", self.servicer.{mname}, topics=topics,\n"
+                w(f"        self.server.register(\"{wire[mname]}\", self.servicer.{mname}, topics=topics,\n"
                   f"                             affinity={affarg})")
             w("")
             w(f"    def Deregister{mname}Topic(self, topics: Topics) -> None:")
-            w(f"        self.server.deregister(\"{mname}\", topics)")
+            w(f"        self.server.deregister(\"{wire[mname]}\", topics)")
         for mname, o, req, resp, doc in methods:
             if not o.subscription:
                 continue
@@ -338,14 +346,15 @@ def _service_code(f: descriptor_pb2.FileDescriptorProto, si: int,
             tp = "topics: Topics" if o.topics else "topics: Optional[Topics] = None"
             w(f"    def Publish{mname}(self, message: {resp}, {tp}) -> None:")
             L.extend(_doc(f"Publishes message to the {mname} subscribers.", "        "))
-            w(f"        self.server.publish(\"{mname}\", message, topics)")
+            w(f"        self.server.publish(\"{wire[mname]}\", message, topics)")
         if aio:
             w("")
             w("    async def wait_ready(self, timeout: float = 5.0) -> None:")
             w("        await self.server.wait_ready(timeout)")
             w("")
-            w("    async def serve_forever(self, *, grace: Optional[float] = None) -> None:")
-            w("        await self.server.serve_forever(grace=grace)")
+            w("    async def serve_forever(self, *, grace: Optional[float] = None,\n"
+              "                            on_start: Optional[Callable[[], object]] = None) -> None:")
+            w("        await self.server.serve_forever(grace=grace, on_start=on_start)")
             w("")
             w("    async def close(self, *, force: bool = False,\n"
               "                    timeout: Optional[float] = None) -> None:")
@@ -358,8 +367,9 @@ def _service_code(f: descriptor_pb2.FileDescriptorProto, si: int,
             w("        await self.close()")
         else:
             w("")
-            w("    def serve_forever(self, *, grace: Optional[float] = None) -> None:")
-            w("        self.server.serve_forever(grace=grace)")
+            w("    def serve_forever(self, *, grace: Optional[float] = None,\n"
+              "                      on_start: Optional[Callable[[], object]] = None) -> None:")
+            w("        self.server.serve_forever(grace=grace, on_start=on_start)")
             w("")
             w("    def close(self, *, force: bool = False, timeout: Optional[float] = None) -> None:")
             w("        self.server.close(force=force, timeout=timeout)")

@@ -185,13 +185,10 @@ static PyObject *psrpc_py_request_new(psrpc_request *req, int stage) {
 static void psrpc_py_request_dealloc(PsrpcPyRequest *self) {
     psrpc_request *req = self->req;
     self->req = NULL;
-    if (req) {
-        /* Dropped unanswered: answer so the caller is not left waiting. */
-        if (self->stage == PSRPC_PY_STAGE_AFFINITY)
-            psrpc_request_claim(req, -1.0f);
-        else
-            psrpc_request_fail(req, PSRPC_INTERNAL, "request dropped without an answer");
-    }
+    /* Dropped unanswered: the caller is not left waiting (handler stage:
+     * fails it; affinity stage: declines). Any stage, never blocks. */
+    if (req)
+        psrpc_request_abandon(req, PSRPC_INTERNAL, "request dropped without an answer");
     Py_XDECREF(self->payload);
     Py_XDECREF(self->id);
     Py_XDECREF(self->client_id);
@@ -303,8 +300,8 @@ static PyObject *psrpc_py_request_fail_details(PsrpcPyRequest *self, PyObject *a
         Py_BEGIN_ALLOW_THREADS
         rc = psrpc_request_fail_details(r, code, message, d, (size_t)n);
         Py_END_ALLOW_THREADS
-        if (rc == PSRPC_INVALID_ARGUMENT)
-            self->req = r; /* refused: not consumed */
+        /* consumed whatever it returned (a refused argument fails the
+         * request with PSRPC_INTERNAL saying why) */
         if (rc < 0) {
             psrpc_py_raise_last(rc);
             goto done;
@@ -621,6 +618,25 @@ static PyObject *psrpc_py_stream_close(PsrpcPyStream *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* close_code(code=None, message=None): any wire code string; None/"" closes cleanly */
+static PyObject *psrpc_py_stream_close_code(PsrpcPyStream *self, PyObject *args) {
+    const char *code = NULL, *message = NULL;
+    if (!PyArg_ParseTuple(args, "|zz:close_code", &code, &message))
+        return NULL;
+    psrpc_stream *s = psrpc_py_stream_ptr(self);
+    if (!s)
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = psrpc_stream_close_code(s, code, message);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        psrpc_py_raise_last(rc);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* set_callbacks(cb): cb(0, bytes) -> refuse?, cb(5, cause), cb(3, None) on release */
 static void psrpc_py_tr_release_notify(void *ud);
 static PyObject *psrpc_py_stream_set_callbacks(PsrpcPyStream *self, PyObject *cb) {
@@ -687,6 +703,8 @@ static PyMethodDef psrpc_py_stream_methods[] = {
      "send_blocking(data, timeout_ms=0) -> None or error tuple (GIL released)"},
     {"close", (PyCFunction)psrpc_py_stream_close, METH_VARARGS,
      "close(status=0, message=None)"},
+    {"close_code", (PyCFunction)psrpc_py_stream_close_code, METH_VARARGS,
+     "close_code(code=None, message=None): the code string travels unchanged"},
     {"set_callbacks", (PyCFunction)psrpc_py_stream_set_callbacks, METH_O,
      "set_callbacks(cb): server side, once"},
     {NULL, NULL, 0, NULL}};
@@ -1052,11 +1070,7 @@ typedef struct psrpc_py_blocking {
     char *server_id;
     int has_error;
     int32_t status;
-    char *code, *message;
-    size_t details_count;
-    char **detail_urls;
-    uint8_t **detail_values;
-    size_t *detail_lens;
+    psrpc_error *error; /* owned copy (psrpc_error_copy); NULL if it could not be made */
 } psrpc_py_blocking;
 
 static char *psrpc_py_strdup(const char *s) {
@@ -1079,25 +1093,8 @@ static void psrpc_py_blocking_cb(uint64_t call_id, const psrpc_msg *response,
     if (error) {
         b->has_error = 1;
         b->status = error->status;
-        b->code = psrpc_py_strdup(error->code ? error->code : "");
-        b->message = psrpc_py_strdup(error->message ? error->message : "");
-        if (error->details_count) {
-            size_t n = error->details_count;
-            b->detail_urls = calloc(n, sizeof(char *));
-            b->detail_values = calloc(n, sizeof(uint8_t *));
-            b->detail_lens = calloc(n, sizeof(size_t));
-            if (b->detail_urls && b->detail_values && b->detail_lens) {
-                for (size_t i = 0; i < n; i++) {
-                    const psrpc_error_detail *d = &error->details[i];
-                    b->detail_urls[i] = psrpc_py_strdup(d->type_url ? d->type_url : "");
-                    b->detail_values[i] = malloc(d->value_len ? d->value_len : 1);
-                    if (b->detail_values[i] && d->value_len)
-                        memcpy(b->detail_values[i], d->value, d->value_len);
-                    b->detail_lens[i] = d->value_len;
-                }
-                b->details_count = n;
-            }
-        }
+        if (psrpc_error_copy(&b->error, error) != PSRPC_OK)
+            b->error = NULL; /* out of memory: the status alone is reported */
     }
     b->done = 1;
     pthread_cond_signal(&b->cv);
@@ -1107,15 +1104,7 @@ static void psrpc_py_blocking_cb(uint64_t call_id, const psrpc_msg *response,
 static void psrpc_py_blocking_free(psrpc_py_blocking *b) {
     psrpc_msg_release(b->response);
     free(b->server_id);
-    free(b->code);
-    free(b->message);
-    for (size_t i = 0; i < b->details_count; i++) {
-        free(b->detail_urls[i]);
-        free(b->detail_values[i]);
-    }
-    free(b->detail_urls);
-    free(b->detail_values);
-    free(b->detail_lens);
+    psrpc_error_free(b->error);
     pthread_cond_destroy(&b->cv);
     pthread_mutex_destroy(&b->mu);
     free(b);
@@ -1148,17 +1137,13 @@ static int psrpc_py_blocking_wait(psrpc_py_blocking *b, int slice_ms) {
 
 static PyObject *psrpc_py_blocking_result(psrpc_py_blocking *b) {
     PyObject *err;
-    if (b->has_error) {
-        PyObject *details = PyTuple_New((Py_ssize_t)b->details_count);
-        if (!details)
+    if (b->has_error && b->error) {
+        err = psrpc_py_error(b->error);
+        if (!err)
             return NULL;
-        for (size_t i = 0; i < b->details_count; i++)
-            PyTuple_SET_ITEM(details, (Py_ssize_t)i,
-                             Py_BuildValue("(Ny#)", psrpc_py_str(b->detail_urls[i]),
-                                           (const char *)b->detail_values[i],
-                                           (Py_ssize_t)b->detail_lens[i]));
-        err = Py_BuildValue("(iNNN)", (int)b->status, psrpc_py_str(b->code),
-                            psrpc_py_str(b->message), details);
+    } else if (b->has_error) {
+        err = Py_BuildValue("(issN)", (int)b->status, psrpc_status_code(b->status),
+                            psrpc_status_str(b->status), PyTuple_New(0));
     } else {
         err = Py_None;
         Py_INCREF(err);

@@ -71,10 +71,11 @@ async fn run(args: Vec<String>) -> Result<ExitCode, psrpc::Error> {
         }
         [cmd] if cmd == "serve" => {
             let server = serve(&bus).await?;
-            println!("ready");
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT handler");
+            println!("ready");
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => eprintln!("add_value: SIGINT, stopping"),
+                _ = int.recv() => eprintln!("add_value: SIGINT, stopping"),
                 _ = term.recv() => eprintln!("add_value: SIGTERM, stopping"),
             }
             server.server().close(false).await?;

@@ -206,10 +206,12 @@ async fn run(flags: Flags) -> psrpc::Result<()> {
             }
         }
     }
-    emit("ready");
+    // The signal handlers are in place before "ready".
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT handler");
+    emit("ready");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     // Graceful: in-flight requests (delayed answers included) finish.

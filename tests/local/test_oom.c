@@ -152,13 +152,15 @@ static bool round_setup(round_t *r, bool with_client) {
     if (psrpc_server_wait_ready(r->srv, tu_ms(5000)) != PSRPC_OK)
         return false;
     if (with_client) {
-        r->cl = tu_client(r->cb, r->svc, 300, 100);
+        r->cl = tu_client(r->cb, r->svc, 150, 60);
         if (!r->cl)
             return false;
         /* warm: the reply subscriptions are up */
         psrpc_msg *out = NULL;
         psrpc_method em = echo_m();
-        if (psrpc_client_call_sync(&out, r->cl, &em, "w", 1, NULL) != PSRPC_OK)
+        psrpc_call_options wo = PSRPC_CALL_OPTIONS_INIT;
+        wo.timeout_ms = tu_ms(5000);
+        if (psrpc_client_call_sync(&out, r->cl, &em, "w", 1, &wo) != PSRPC_OK)
             return false;
         psrpc_msg_release(out);
     }
@@ -195,7 +197,11 @@ static void round_teardown(round_t *r, int n) {
 typedef int (*scenario_fn)(round_t *r, int n); /* returns how many allocations failed */
 
 static void sweep_mode(const char *name, scenario_fn op, bool with_client, bool persistent) {
-    int quiet = 0, n = 1, injected = 0;
+    /* PSRPC_OOM_FROM=N starts the sweep at N (debugging one failure, with
+     * PSRPC_AF_TRACE=1 printing where the allocation failed). */
+    int quiet = 0, n = getenv("PSRPC_OOM_FROM") ? atoi(getenv("PSRPC_OOM_FROM")) : 1, injected = 0;
+    if (n < 1)
+        n = 1;
     for (; n <= MAX_N && quiet < 2 && !th_failed_current; n++) {
         round_t r;
         if (!round_setup(&r, with_client)) {
@@ -210,7 +216,7 @@ static void sweep_mode(const char *name, scenario_fn op, bool with_client, bool 
         quiet = fired ? 0 : quiet + 1;
         round_teardown(&r, n);
     }
-    fprintf(stderr, "  %s%s: %d runs, %d with a failed allocation\n", name,
+    fprintf(stderr, "  %s%s: up to N=%d, %d runs with a failed allocation\n", name,
             persistent ? " (every allocation from the N-th on fails)" : "", n - 1, injected);
     CHECK(injected > 0);
 }
@@ -231,7 +237,7 @@ static void wait1(atomic_int *v, long ms) { WAIT_UNTIL(atomic_load(v) >= 1, tu_m
 static int op_call(round_t *r, int n) {
     psrpc_method m = echo_m();
     psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
-    o.timeout_ms = 300;
+    o.timeout_ms = 150;
     af_arm(n, false);
     int rc = psrpc_client_call(NULL, r->cl, &m, "hello", 5, &o, c_call, r->c);
     wait1(&r->c->call_done, 3000);
@@ -244,7 +250,7 @@ static int op_call(round_t *r, int n) {
 static int op_affinity_call(round_t *r, int n) {
     psrpc_method m = aff_m();
     psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
-    o.timeout_ms = 400;
+    o.timeout_ms = 200;
     af_arm(n, false);
     int rc = psrpc_client_call(NULL, r->cl, &m, "hello", 5, &o, c_call, r->c);
     wait1(&r->c->call_done, 3000);
@@ -257,7 +263,7 @@ static int op_affinity_call(round_t *r, int n) {
 static int op_multi(round_t *r, int n) {
     psrpc_method m = multi_m();
     psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
-    o.timeout_ms = 200;
+    o.timeout_ms = 120;
     af_arm(n, false);
     int rc =
         psrpc_client_call_multi(NULL, r->cl, &m, "m", 1, &o, c_multi_result, c_multi_done, r->c);
@@ -298,14 +304,14 @@ static int op_stream(round_t *r, int n) {
     psrpc_method m = chat_m();
     psrpc_stream *st = NULL;
     psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
-    o.timeout_ms = 300;
+    o.timeout_ms = 150;
     counts *c = r->c;
     af_arm(n, false);
     int rc = psrpc_client_open_stream(&st, r->cl, &m, &o, c_open, c_smsg, c_sclose, c, c_srelease);
     int src = PSRPC_INVALID_ARGUMENT;
     if (rc == PSRPC_OK) {
         wait1(&c->open_done, 3000);
-        src = psrpc_stream_send(st, "hi", 2, 300, c_send, c);
+        src = psrpc_stream_send(st, "hi", 2, 150, c_send, c);
         if (src == PSRPC_OK)
             wait1(&c->send_done, 3000);
     }
