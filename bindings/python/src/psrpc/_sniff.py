@@ -25,6 +25,13 @@ from . import _wire_desc
 
 
 class _Wire:
+    Msg: Any
+    Request: Any
+    Response: Any
+    ClaimRequest: Any
+    ClaimResponse: Any
+    Stream: Any
+
     def __init__(self) -> None:
         from google.protobuf import descriptor_pb2, descriptor_pool
 
@@ -149,7 +156,7 @@ class RedisTap:
         return Exception(f"unexpected reply {ln[:40]!r}")
 
     def _items(self) -> List[Any]:
-        out = []
+        out: List[Any] = []
         while True:
             v = self._parse()
             if v is None:
@@ -241,8 +248,9 @@ class Decoder:
         for sd in _protos_for_sniff():
             s = Service.from_descriptor(sd)
             self.services[s.name] = s
-        self.req_method: Dict[str, Tuple[str, str]] = {}  # request id -> (service, method)
-        self.stream_method: Dict[str, Tuple[str, str]] = {}
+        # request id / stream id -> (service, method)
+        self.req_method: Dict[str, Tuple[Optional[str], Optional[str]]] = {}
+        self.stream_method: Dict[str, Tuple[Optional[str], Optional[str]]] = {}
 
     def _channel(self, channel: str, local: str) -> Dict[str, Any]:
         """service, method, topics, side ("server"/"client"), client id, suffix."""
@@ -321,8 +329,8 @@ class Decoder:
                 ev.update(kind="undecodable", error=f"gzip: {e}")
                 return ev
         tname = env.type_url.rsplit("/", 1)[-1]
-        svc_name = info.get("service")
-        meth_name = info.get("method")
+        svc_name: Optional[str] = info.get("service")
+        meth_name: Optional[str] = info.get("method")
         out: Dict[str, Any] = {}
         try:
             if tname == "internal.Request":
@@ -363,27 +371,27 @@ class Decoder:
                 out.update(kind="claim response", request_id=r.request_id, server_id=r.server_id)
             elif tname == "internal.Stream":
                 r = w.Stream.FromString(value)
-                body = r.WhichOneof("body")
-                out.update(kind=f"stream {body or 'empty'}", stream_id=r.stream_id,
+                which: Optional[str] = str(r.WhichOneof("body") or "") or None
+                out.update(kind=f"stream {which or 'empty'}", stream_id=r.stream_id,
                            request_id=r.request_id)
                 if info.get("side") == "server" and meth_name:
                     self.stream_method[r.stream_id] = (svc_name, meth_name)
-                    if body == "open":
+                    if which == "open":
                         self.req_method[r.request_id] = (svc_name, meth_name)
                 else:
                     svc_name, meth_name = self.stream_method.get(r.stream_id, (svc_name, None))
                 m = self._method(svc_name, meth_name)
-                if body == "open":
+                if which == "open":
                     out["client_id"] = r.open.node_id
                     if r.open.metadata:
                         out["metadata"] = dict(r.open.metadata)
-                elif body == "message":
+                elif which == "message":
                     if info.get("side") == "server":
                         cls = m.request_type if m else None
                     else:
                         cls = m.response_type if m else None
                     out["payload"] = self._payload(r.message.raw_message, cls)
-                elif body == "close":
+                elif which == "close":
                     if r.close.error or r.close.code:
                         out["error"] = {"code": r.close.code or "unknown", "message": r.close.error}
             else:

@@ -538,22 +538,31 @@ def cmd_serve(args: argparse.Namespace, protos: Protos) -> int:
             if m.topics and not topics:
                 print(f"psrpc: {m.name} not served (a topic method: pass --topic)", file=sys.stderr)
                 continue
-            resp = canned.get(m.name) or m.response_type()
-
-            if m.stream:
-                def handler(stream: Any, _r: Any = resp) -> None:
-                    for _msg in stream:
-                        stream.send(_r)
-            else:
-                def handler(req: Any, ctx: Any, _r: Any = resp, _n: str = m.name) -> Any:
-                    if args.verbose:
-                        print(dumps({"method": _n, "request": to_json(req)}), file=sys.stderr,
-                              flush=True)
-                    return _r
+            resp = canned.get(m.name)
+            if resp is None:
+                resp = m.response_type() if m.response_type is not None else b""
+            handler: Any = (_mock_stream(resp) if m.stream
+                            else _mock_unary(resp, m.name, args.verbose))
             server.register(m, handler, topics=topics if m.topics else None)
         server.serve_forever(on_start=lambda: print(f"serving {svc.name} on {args.bus}",
                                                     file=sys.stderr, flush=True))
     return 0
+
+
+def _mock_stream(resp: Any) -> Any:
+    def handler(stream: Any) -> None:
+        for _msg in stream:
+            stream.send(resp)
+    return handler
+
+
+def _mock_unary(resp: Any, name: str, verbose: bool) -> Any:
+    def handler(req: Any, ctx: Any) -> Any:
+        if verbose:
+            print(dumps({"method": name, "client_id": ctx.client_id, "request": to_json(req)}),
+                  file=sys.stderr, flush=True)
+        return resp
+    return handler
 
 
 # ---------------------------------------------------------------- bench
