@@ -300,7 +300,9 @@ def test_local_in_process(tmp_path, capsys, monkeypatch):
         rc, out, err = run_main(capsys, "bench", *P, f"{svc}.Echo",
                                 '{"fail_code": "aborted", "fail_message": "x"}',
                                 "--duration", "0.2", "--json")
-        assert rc == cli.EXIT_CODES["aborted"] and "aborted: x" in err  # warm-up call fails
+        res = json.loads(out)
+        assert rc == cli.EXIT_CODES["aborted"] and res["ok"] == 0, err
+        assert list(res["errors"]) == ["aborted"] and res["errors"]["aborted"] > 5
 
 
 # ------------------------------------------------------------ Redis / NATS, Python server

@@ -585,7 +585,11 @@ def cmd_bench(args: argparse.Namespace, protos: Protos) -> int:
     with bus:
         check_bus(bus, args.timeout)
         client = psrpc.Client(bus, sd, timeout=args.timeout)
-        client.call(m, req, topics=topics, metadata=md)  # warm-up; fails fast when nobody serves
+        try:  # warm-up: fails fast when nobody serves; other errors are counted below
+            client.call(m, req, topics=topics, metadata=md)
+        except psrpc.PsrpcError as e:
+            if e.code == "unavailable":
+                raise
         start = time.monotonic()
         end = start + args.duration
 
@@ -631,6 +635,8 @@ def cmd_bench(args: argparse.Namespace, protos: Protos) -> int:
         out(f"  latency p50 {res['p50_ms']} ms  p90 {res['p90_ms']} ms  p99 {res['p99_ms']} ms")
         for k, v in sorted(errors.items()):
             out(f"  errors {k}: {v}")
+    if not lat and errors:  # nothing succeeded: the exit status of the commonest error
+        return exit_status(max(errors.items(), key=lambda kv: kv[1])[0])
     return 0
 
 
