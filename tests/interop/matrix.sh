@@ -315,6 +315,8 @@ fi
 cmdline="tests/interop/matrix.sh"
 [ "$mode" = all ] && cmdline="$cmdline --all"
 [ "$mode" = ci ] && cmdline="$cmdline --ci"
+[ -n "$langs" ] && cmdline="$cmdline --langs $langs"
+[ "$buses" != redis,nats ] && cmdline="$cmdline --bus $buses"
 python3 "$here/matrix_results.py" --out "$out" --total "$total" --commit "$commit" \
     --command "$cmdline" --langs "$sel" --methods "$methods_rc" --parallel "$parallel" \
     $([ "${render:-0}" = 1 ] && echo --render "$root/docs/interop.md") || exit 1
