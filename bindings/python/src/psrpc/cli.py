@@ -183,19 +183,20 @@ def parse_message(cls: Any, text: str, what: str = "request") -> Any:
 
 
 def any_to_json(a: Any) -> Any:
-    """A google.protobuf.Any (or internal.Any): decoded when its type is known."""
-    from google.protobuf import descriptor_pool, json_format, symbol_database
+    """A google.protobuf.Any (or internal.Any): decoded when its type is in
+    the default descriptor pool (the --proto files), else as base64."""
+    from google.protobuf import descriptor_pool, json_format
+
+    from ._method import _message_class
 
     name = a.type_url.rsplit("/", 1)[-1]
     try:
         desc = descriptor_pool.Default().FindMessageTypeByName(name)
-        from ._method import _message_class
         m = _message_class(desc).FromString(a.value)
         d = json_format.MessageToDict(m, preserving_proto_field_name=True)
-        return {"@type": a.type_url, **d} if isinstance(d, dict) else {"@type": a.type_url, "value": d}
-    except Exception:
-        del symbol_database
+    except Exception:  # unknown type or undecodable value
         return {"@type": a.type_url, "base64": base64.b64encode(a.value).decode()}
+    return {"@type": a.type_url, **d} if isinstance(d, dict) else {"@type": a.type_url, "value": d}
 
 
 def error_json(e: Any) -> Dict[str, Any]:
