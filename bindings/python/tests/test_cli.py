@@ -241,7 +241,20 @@ def test_local_in_process(tmp_path, capsys, monkeypatch):
     url = f"local://cli-{uuid.uuid4().hex[:8]}"
     P = ["--proto", path, "--bus", url, "--timeout", "3"]
     with psrpc.Bus(url) as bus:
-        serve_python(bus, mod, svc, "PY1", affinity=0.7)
+        srv = serve_python(bus, mod, svc, "PY1", affinity=0.7)
+
+        def add(req, ctx):
+            raise psrpc.PsrpcError("over quota", code="resource_exhausted",
+                                   details=[mod.EchoResponse(tag="detail")])
+
+        srv.register("Add", add)
+        rc, out, err = run_main(capsys, "call", *P, f"{svc}.Add", '{"increment": 1}')
+        assert rc == 18 and out == ""
+        line, = err.strip().splitlines()
+        assert line.startswith("psrpc: error: resource_exhausted: over quota (server PY1) details=")
+        assert json.loads(line.split("details=", 1)[1]) == [
+            {"@type": f"type.googleapis.com/{mod.EchoResponse.DESCRIPTOR.full_name}",
+             "tag": "detail"}]
         rc, out, err = run_main(capsys, "call", *P, f"{svc}.Echo", '{"tag": "t"}', "--meta", "k=v")
         assert rc == 0, err
         assert json.loads(out) == {"server_id": "PY1", "tag": "t", "metadata": {"k": "v"}}
@@ -300,7 +313,9 @@ def test_local_in_process(tmp_path, capsys, monkeypatch):
         rc, out, err = run_main(capsys, "bench", *P, f"{svc}.Echo",
                                 '{"fail_code": "aborted", "fail_message": "x"}',
                                 "--duration", "0.2", "--json")
-        assert rc == cli.EXIT_CODES["aborted"] and "aborted: x" in err  # warm-up call fails
+        res = json.loads(out)
+        assert rc == cli.EXIT_CODES["aborted"] and res["ok"] == 0, err
+        assert list(res["errors"]) == ["aborted"] and res["errors"]["aborted"] > 5
 
 
 # ------------------------------------------------------------ Redis / NATS, Python server

@@ -183,19 +183,20 @@ def parse_message(cls: Any, text: str, what: str = "request") -> Any:
 
 
 def any_to_json(a: Any) -> Any:
-    """A google.protobuf.Any (or internal.Any): decoded when its type is known."""
-    from google.protobuf import descriptor_pool, json_format, symbol_database
+    """A google.protobuf.Any (or internal.Any): decoded when its type is in
+    the default descriptor pool (the --proto files), else as base64."""
+    from google.protobuf import descriptor_pool, json_format
+
+    from ._method import _message_class
 
     name = a.type_url.rsplit("/", 1)[-1]
     try:
         desc = descriptor_pool.Default().FindMessageTypeByName(name)
-        from ._method import _message_class
         m = _message_class(desc).FromString(a.value)
         d = json_format.MessageToDict(m, preserving_proto_field_name=True)
-        return {"@type": a.type_url, **d} if isinstance(d, dict) else {"@type": a.type_url, "value": d}
-    except Exception:
-        del symbol_database
+    except Exception:  # unknown type or undecodable value
         return {"@type": a.type_url, "base64": base64.b64encode(a.value).decode()}
+    return {"@type": a.type_url, **d} if isinstance(d, dict) else {"@type": a.type_url, "value": d}
 
 
 def error_json(e: Any) -> Dict[str, Any]:
@@ -585,7 +586,11 @@ def cmd_bench(args: argparse.Namespace, protos: Protos) -> int:
     with bus:
         check_bus(bus, args.timeout)
         client = psrpc.Client(bus, sd, timeout=args.timeout)
-        client.call(m, req, topics=topics, metadata=md)  # warm-up; fails fast when nobody serves
+        try:  # warm-up: fails fast when nobody serves; other errors are counted below
+            client.call(m, req, topics=topics, metadata=md)
+        except psrpc.PsrpcError as e:
+            if e.code == "unavailable":
+                raise
         start = time.monotonic()
         end = start + args.duration
 
@@ -631,6 +636,8 @@ def cmd_bench(args: argparse.Namespace, protos: Protos) -> int:
         out(f"  latency p50 {res['p50_ms']} ms  p90 {res['p90_ms']} ms  p99 {res['p99_ms']} ms")
         for k, v in sorted(errors.items()):
             out(f"  errors {k}: {v}")
+    if not lat and errors:  # nothing succeeded: the exit status of the commonest error
+        return exit_status(max(errors.items(), key=lambda kv: kv[1])[0])
     return 0
 
 
