@@ -4,7 +4,8 @@
 #      @bufbuild/protobuf from the npm registry; no download from nodejs.org:
 #      cmake-js takes the Node-API headers from the node-api-headers package),
 #   2. builds the addon (cmake-js over this tree's CMake, libpsrpc linked
-#      statically; the build dir is reused) and the TypeScript layer,
+#      statically; the build dir is reused) and the TypeScript layer, and
+#      generates the tests' and examples' *_pb files (scripts/gen-pb.sh),
 #   3. checks that `npm install <this directory>` and `npm install` of the
 #      `npm pack` tarball (which carries libpsrpc's C sources) work in fresh
 #      projects outside the tree (PSRPC_NODE_SKIP_INSTALL_CHECK=1 skips both),
@@ -30,6 +31,12 @@ fi
 # cmake-js and tsc rebuild incrementally).
 npm install --no-audit --no-fund --ignore-scripts --loglevel=error
 PSRPC_NODE_JOBS=${PSRPC_NODE_JOBS:-2} node scripts/build.js --force
+# the protoc-gen-es code of the example and conformance protos (generated here,
+# never committed: scripts/gen-pb.sh is the one recipe) for the tests, the
+# type-check test and examples/node (which the interop slot runs)
+scripts/gen-pb.sh test/gen js+dts
+scripts/gen-pb.sh test/types/gen ts
+scripts/gen-pb.sh ../../examples/node/gen js+dts
 # examples/node imports 'psrpc' and '@bufbuild/protobuf': link them there (what
 # `npm install` in examples/node does, without the network)
 ex=$here/../../examples/node/node_modules

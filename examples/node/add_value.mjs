@@ -12,12 +12,15 @@
 //     node add_value.mjs --bus URL call N     one call AddValue(increment=N); prints
 //                                             the counter's new value
 //
-// Needs the binding and @bufbuild/protobuf: `npm install` in this directory.
-// add_value_pb.js is what protoc-gen-es makes of add_value.proto:
-//     protoc -I .. --es_out=. --es_opt=target=js+dts,import_extension=js add_value.proto
+// Needs the binding and @bufbuild/protobuf, and gen/add_value_pb.js, what
+// protoc-gen-es makes of add_value.proto: `npm install && npm run gen` in this
+// directory (gen runs ../../bindings/node/scripts/gen-pb.sh gen, i.e.
+//     protoc -I .. -I ../../tests/interop --es_out=gen \
+//         --es_opt=target=js+dts,import_extension=js add_value.proto conformance.proto options.proto
+// with protoc from protobuf-compiler).
 import { parseArgs } from 'node:util';
 import { Bus, Client, Server, PsrpcError } from 'psrpc';
-import { Counter } from './add_value_pb.js';
+import { Counter } from './gen/add_value_pb.js';
 
 function makeServer(bus) {
   let total = 0;

@@ -19,7 +19,7 @@ import { Bus, Client, Method, PsrpcError, Service, Code, psrpcOptions } from 'ps
 import {
   Conformance, ConformanceUpdates, AddRequestSchema, AddResultSchema, EchoRequestSchema, EchoResponseSchema,
   PublishRequestSchema, PublishResultSchema, ChatMessageSchema,
-} from './conformance_pb.js';
+} from './gen/conformance_pb.js';
 
 const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 const hex = (b) => Buffer.from(b).toString('hex');

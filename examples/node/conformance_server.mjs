@@ -19,7 +19,7 @@ import { randomBytes } from 'node:crypto';
 import { create } from '@bufbuild/protobuf';
 import { anyPack, StringValueSchema, BytesValueSchema } from '@bufbuild/protobuf/wkt';
 import { Bus, Server, PsrpcError, Code } from 'psrpc';
-import { Conformance, ConformanceUpdates } from './conformance_pb.js';
+import { Conformance, ConformanceUpdates } from './gen/conformance_pb.js';
 
 const PLAIN = ['Echo', 'Add', 'Claim', 'Fanout', 'Publish', 'Chat'];
 const TOPICAL = ['RegionEcho', 'RegionFanout'];

@@ -412,26 +412,61 @@ void tsfn_finalize(napi_env, void *, void *hint) { static_cast<BusCtx *>(hint)->
 
 // ---- argument helpers -------------------------------------------------------
 
+struct UD;
+void release_ud(void *ud);
+
 bool type_error(Napi::Env env, const char *msg) {
     Napi::TypeError::New(env, msg).ThrowAsJavaScriptException();
     return false;
 }
 
+// Throws an Error with MSG, psrpcStatus ST and psrpcCode CODE.
+Napi::Value throw_coded(Napi::Env env, const std::string &msg, int st, const char *code) {
+    Napi::Error e = Napi::Error::New(env, msg);
+    e.Set("psrpcStatus", Napi::Number::New(env, st));
+    e.Set("psrpcCode", Napi::String::New(env, code));
+    e.ThrowAsJavaScriptException();
+    return env.Undefined();
+}
+
 // Throws an Error carrying psrpc's status, wire code and last error message.
-void throw_status(Napi::Env env, int st, const char *what) {
+Napi::Value throw_status(Napi::Env env, int st, const char *what) {
     const char *msg = psrpc_last_error();
     std::string m = (msg && *msg) ? msg : psrpc_status_str(st);
     (void)what;
-    Napi::Error e = Napi::Error::New(env, m);
-    e.Set("psrpcStatus", Napi::Number::New(env, st));
-    e.Set("psrpcCode", Napi::String::New(env, psrpc_status_code(st)));
-    e.ThrowAsJavaScriptException();
+    return throw_coded(env, m, st, psrpc_status_code(st));
 }
 
 template <typename T> T *unbox(const Napi::Value &v) {
     if (!v.IsExternal())
         return nullptr;
     return v.As<Napi::External<T>>().Data();
+}
+
+// Throws a TypeError; the value a binding function returns then.
+Napi::Value throw_type(Napi::Env env, const char *msg) {
+    type_error(env, msg);
+    return env.Undefined();
+}
+
+// The result of a binding function whose C call returned ST: undefined, or
+// (ST not OK) U deleted and an Error thrown.
+Napi::Value status_result(Napi::Env env, int st, const char *what, void *u = nullptr) {
+    if (st != PSRPC_OK) {
+        release_ud(u);
+        throw_status(env, st, what);
+    }
+    return env.Undefined();
+}
+
+uint64_t id_arg(const Napi::Value &v) { return static_cast<uint64_t>(v.ToNumber().DoubleValue()); }
+
+// The handle box V holds, or null with a TypeError WHAT thrown.
+template <typename Box> Box *handle_arg(Napi::Env env, const Napi::Value &v, const char *what) {
+    Box *b = unbox<Box>(v);
+    if (!b)
+        type_error(env, what);
+    return b;
 }
 
 bool get_string(const Napi::Value &v, std::string &out) {
@@ -587,12 +622,36 @@ bool get_bytes(const Napi::Value &v, const uint8_t *&data, size_t &len) {
 
 // ---- user data of callbacks -------------------------------------------------
 
+bool get_bytes_arg(Napi::Env env, const Napi::Value &v, const uint8_t *&data, size_t &len,
+                   const char *msg) {
+    return get_bytes(v, data, len) || type_error(env, msg);
+}
+
 struct UD {
     BusCtx *bus;
     uint64_t id;
 };
 
 void release_ud(void *ud) { delete static_cast<UD *>(ud); }
+
+// A new event of KIND for the JS object that U names.
+Event *ud_event(int kind, const UD *u) {
+    Event *ev = new Event;
+    ev->kind = kind;
+    ev->id = u->id;
+    return ev;
+}
+
+// Posts an event of KIND carrying only ERROR (may be null) to U's bus; LAST
+// deletes U (its callback runs no more).
+void post_error_event(int kind, const psrpc_error *error, void *ud, bool last) {
+    UD *u = static_cast<UD *>(ud);
+    Event *ev = ud_event(kind, u);
+    ev->err = copy_error(error);
+    u->bus->post(ev);
+    if (last)
+        delete u;
+}
 
 void on_state(int state, const psrpc_error *error, void *ud) {
     BusCtx *ctx = static_cast<BusCtx *>(ud);
@@ -610,20 +669,11 @@ void on_bus_closed(void *ud) {
     ctx->post(ev);
 }
 
-void on_handle_closed(void *ud) {
-    UD *u = static_cast<UD *>(ud);
-    Event *ev = new Event;
-    ev->kind = EV_HANDLE_CLOSED;
-    ev->id = u->id;
-    u->bus->post(ev);
-    delete u;
-}
+void on_handle_closed(void *ud) { post_error_event(EV_HANDLE_CLOSED, nullptr, ud, true); }
 
 Event *result_event(int kind, UD *u, const psrpc_msg *response, const psrpc_error *error,
                     const char *server_id) {
-    Event *ev = new Event;
-    ev->kind = kind;
-    ev->id = u->id;
+    Event *ev = ud_event(kind, u);
     if (response)
         ev->msg = psrpc_msg_retain(response);
     ev->err = copy_error(error);
@@ -648,49 +698,30 @@ void on_multi_result(uint64_t, const psrpc_msg *response, const psrpc_error *err
 }
 
 void on_multi_done(uint64_t, const psrpc_msg *, const psrpc_error *error, const char *, void *ud) {
-    UD *u = static_cast<UD *>(ud);
-    Event *ev = new Event;
-    ev->kind = EV_DONE;
-    ev->id = u->id;
-    ev->err = copy_error(error);
-    u->bus->post(ev);
-    delete u;
+    post_error_event(EV_DONE, error, ud, true);
 }
 
 void on_select(psrpc_selection *selection, const psrpc_claim *claims, size_t count, void *ud) {
     UD *u = static_cast<UD *>(ud);
-    Event *ev = new Event;
-    ev->kind = EV_SELECT;
-    ev->id = u->id;
+    Event *ev = ud_event(EV_SELECT, u);
     ev->sel = selection;
     for (size_t i = 0; i < count; i++)
         ev->claims.emplace_back(claims[i].server_id ? claims[i].server_id : "", claims[i].affinity);
     u->bus->post(ev);
 }
 
-void on_ready(const psrpc_error *error, void *ud) {
-    UD *u = static_cast<UD *>(ud);
-    Event *ev = new Event;
-    ev->kind = EV_READY;
-    ev->id = u->id;
-    ev->err = copy_error(error);
-    u->bus->post(ev);
-}
+void on_ready(const psrpc_error *error, void *ud) { post_error_event(EV_READY, error, ud, false); }
 
 void on_sub_msg(psrpc_sub *, const psrpc_msg *msg, void *ud) {
     UD *u = static_cast<UD *>(ud);
-    Event *ev = new Event;
-    ev->kind = EV_SUB_MSG;
-    ev->id = u->id;
+    Event *ev = ud_event(EV_SUB_MSG, u);
     ev->msg = psrpc_msg_retain(msg);
     u->bus->post(ev);
 }
 
 void on_request(psrpc_request *req, void *ud, int kind) {
     UD *u = static_cast<UD *>(ud);
-    Event *ev = new Event;
-    ev->kind = kind;
-    ev->id = u->id;
+    Event *ev = ud_event(kind, u);
     ev->info = std::make_unique<ReqInfo>();
     fill_request_info(*ev->info, req);
     const psrpc_msg *p = psrpc_request_payload(req);
@@ -705,9 +736,7 @@ void on_affinity(psrpc_request *req, void *ud) { on_request(req, ud, EV_AFF); }
 
 int on_stream_msg(psrpc_stream *stream, const psrpc_msg *msg, void *ud) {
     UD *u = static_cast<UD *>(ud);
-    Event *ev = new Event;
-    ev->kind = EV_ST_MSG;
-    ev->id = u->id;
+    Event *ev = ud_event(EV_ST_MSG, u);
     ev->msg = psrpc_msg_retain(msg);
 #ifdef PSRPC_HAVE_STREAM_DEFER
     uint64_t token = 0;
@@ -724,39 +753,21 @@ int on_stream_msg(psrpc_stream *stream, const psrpc_msg *msg, void *ud) {
 }
 
 void on_stream_close(psrpc_stream *, const psrpc_error *cause, void *ud) {
-    UD *u = static_cast<UD *>(ud);
-    Event *ev = new Event;
-    ev->kind = EV_ST_CLOSE;
-    ev->id = u->id;
-    ev->err = copy_error(cause);
-    u->bus->post(ev);
+    post_error_event(EV_ST_CLOSE, cause, ud, false);
 }
 
 void on_stream_open(const psrpc_error *error, void *ud) {
-    UD *u = static_cast<UD *>(ud);
-    Event *ev = new Event;
-    ev->kind = EV_ST_OPEN;
-    ev->id = u->id;
-    ev->err = copy_error(error);
-    u->bus->post(ev);
+    post_error_event(EV_ST_OPEN, error, ud, false);
 }
 
 void on_send_done(const psrpc_error *error, void *ud) {
-    UD *u = static_cast<UD *>(ud);
-    Event *ev = new Event;
-    ev->kind = EV_SEND_DONE;
-    ev->id = u->id;
-    ev->err = copy_error(error);
-    u->bus->post(ev);
-    delete u;
+    post_error_event(EV_SEND_DONE, error, ud, true);
 }
 
 void on_stream_accept(psrpc_stream *stream, void *ud) {
     UD *u = static_cast<UD *>(ud);
     uint64_t sid = u->bus->next_native_id.fetch_add(1);
-    Event *ev = new Event;
-    ev->kind = EV_ST_ACCEPT;
-    ev->id = u->id;
+    Event *ev = ud_event(EV_ST_ACCEPT, u);
     ev->id2 = sid;
     ev->info = std::make_unique<ReqInfo>();
     fill_stream_info(*ev->info, stream);
@@ -821,10 +832,7 @@ BusCtx *bus_arg(Napi::Env env, const Napi::Value &v) {
         return nullptr;
     }
     if (b->ctx->freed || b->ctx->close_started) {
-        Napi::Error e = Napi::Error::New(env, "bus is closed");
-        e.Set("psrpcStatus", Napi::Number::New(env, PSRPC_CANCELED));
-        e.Set("psrpcCode", Napi::String::New(env, "canceled"));
-        e.ThrowAsJavaScriptException();
+        throw_coded(env, "bus is closed", PSRPC_CANCELED, "canceled");
         return nullptr;
     }
     return b->ctx;
@@ -839,9 +847,9 @@ Napi::Value BusOpen(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     std::string url;
     if (!get_string(info[0], url))
-        return type_error(env, "url must be a string"), env.Undefined();
+        return throw_type(env, "url must be a string");
     if (!info[2].IsFunction())
-        return type_error(env, "dispatch must be a function"), env.Undefined();
+        return throw_type(env, "dispatch must be a function");
     psrpc_bus_options o = PSRPC_BUS_OPTIONS_INIT;
     std::string strs[7];
     if (info[1].IsObject()) {
@@ -866,7 +874,7 @@ Napi::Value BusOpen(const Napi::CallbackInfo &info) {
             if (v.IsUndefined() || v.IsNull())
                 continue;
             if (!v.IsString())
-                return type_error(env, "bus option strings must be strings"), env.Undefined();
+                return throw_type(env, "bus option strings must be strings");
             strs[i] = v.As<Napi::String>().Utf8Value();
             *dst[i] = strs[i].c_str();
         }
@@ -907,7 +915,7 @@ Napi::Value BusClose(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     BusBox *b = unbox<BusBox>(info[0]);
     if (b == nullptr)
-        return type_error(env, "not a bus handle"), env.Undefined();
+        return throw_type(env, "not a bus handle");
     BusCtx *ctx = b->ctx;
     if (ctx->freed || ctx->close_started)
         return Napi::Boolean::New(env, false);
@@ -924,7 +932,7 @@ Napi::Value BusRef(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     BusBox *b = unbox<BusBox>(info[0]);
     if (b == nullptr)
-        return type_error(env, "not a bus handle"), env.Undefined();
+        return throw_type(env, "not a bus handle");
     if (b->ctx->freed)
         return env.Undefined();
     if (info[1].ToBoolean().Value())
@@ -944,7 +952,7 @@ Napi::Value BusStats(const Napi::CallbackInfo &info) {
     s.struct_size = sizeof s;
     int st = psrpc_bus_get_stats(ctx->bus, &s);
     if (st != PSRPC_OK)
-        return throw_status(env, st, "stats"), env.Undefined();
+        return throw_status(env, st, "stats");
     Napi::Object o = Napi::Object::New(env);
 #define F(js, c) o.Set(js, Napi::Number::New(env, static_cast<double>(s.c)))
     F("connects", connects);
@@ -964,15 +972,47 @@ Napi::Value BusStats(const Napi::CallbackInfo &info) {
     return o;
 }
 
+// The handle in info[0] (ARG checks it) and the method in info[1], or null
+// with a TypeError thrown.
+template <typename Box>
+Box *handle_and_method(Napi::Env env, const Napi::CallbackInfo &info,
+                       Box *(*arg)(Napi::Env, const Napi::Value &), MethodArg &m) {
+    Box *b = arg(env, info[0]);
+    return (b && get_method(env, info[1], m)) ? b : nullptr;
+}
+
+// The bus in info[0] and the service name in info[1] of clientCreate and
+// serverCreate, or null with an error thrown.
+BusCtx *bus_and_service(Napi::Env env, const Napi::CallbackInfo &info, std::string &service) {
+    BusCtx *ctx = bus_arg(env, info[0]);
+    if (ctx && !get_string(info[1], service)) {
+        type_error(env, "service must be a string");
+        return nullptr;
+    }
+    return ctx;
+}
+
+// The result of creating client or server H on CTX's bus with status ST:
+// [box, id] (the box holds the bus), or an Error thrown.
+template <typename Box, typename H>
+Napi::Value created(Napi::Env env, BusCtx *ctx, int st, const char *what, H *h,
+                    const char *(*id)(const H *), void (*fin)(Napi::Env, Box *)) {
+    if (st != PSRPC_OK)
+        return throw_status(env, st, what);
+    ctx->refs++;
+    Napi::Array r = Napi::Array::New(env, 2);
+    r.Set(0u, make_box(env, new Box{h, ctx}, fin));
+    r.Set(1u, Napi::String::New(env, id(h)));
+    return r;
+}
+
 // clientCreate(bus, service, {timeoutMs, selectionTimeoutMs, clientId}) -> [box, clientId]
 Napi::Value ClientCreate(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    BusCtx *ctx = bus_arg(env, info[0]);
+    std::string service, cid;
+    BusCtx *ctx = bus_and_service(env, info, service);
     if (!ctx)
         return env.Undefined();
-    std::string service, cid;
-    if (!get_string(info[1], service))
-        return type_error(env, "service must be a string"), env.Undefined();
     psrpc_client_options o = PSRPC_CLIENT_OPTIONS_INIT;
     if (info[2].IsObject()) {
         Napi::Object oo = info[2].As<Napi::Object>();
@@ -983,36 +1023,25 @@ Napi::Value ClientCreate(const Napi::CallbackInfo &info) {
     }
     psrpc_client *c = nullptr;
     int st = psrpc_client_create(&c, ctx->bus, service.c_str(), &o);
-    if (st != PSRPC_OK)
-        return throw_status(env, st, "client"), env.Undefined();
-    ctx->refs++;
-    Napi::Array r = Napi::Array::New(env, 2);
-    r.Set(0u, make_box(env, new ClientBox{c, ctx}, client_box_fin));
-    r.Set(1u, Napi::String::New(env, psrpc_client_id(c)));
-    return r;
+    return created(env, ctx, st, "client", c, psrpc_client_id, client_box_fin);
 }
 
 ClientBox *client_arg(Napi::Env env, const Napi::Value &v) {
-    ClientBox *b = unbox<ClientBox>(v);
-    if (!b)
-        type_error(env, "not a client handle");
-    return b;
+    return handle_arg<ClientBox>(env, v, "not a client handle");
 }
 
 // clientCall(client, method, data, opts, id, multi) -> native call id
 Napi::Value ClientCall(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    ClientBox *cb = client_arg(env, info[0]);
-    if (!cb)
-        return env.Undefined();
     MethodArg m;
-    if (!get_method(env, info[1], m))
+    ClientBox *cb = handle_and_method(env, info, client_arg, m);
+    if (!cb)
         return env.Undefined();
     const uint8_t *data = nullptr;
     size_t len = 0;
-    if (!get_bytes(info[2], data, len))
-        return type_error(env, "request must be a Uint8Array"), env.Undefined();
-    uint64_t id = static_cast<uint64_t>(info[4].ToNumber().DoubleValue());
+    if (!get_bytes_arg(env, info[2], data, len, "request must be a Uint8Array"))
+        return env.Undefined();
+    uint64_t id = id_arg(info[4]);
     bool multi = info[5].ToBoolean().Value();
     UD *u = new UD{cb->bus, id};
     // The select callback's user data is the call's: libpsrpc never uses it
@@ -1031,7 +1060,7 @@ Napi::Value ClientCall(const Napi::CallbackInfo &info) {
         st = psrpc_client_call(&call_id, cb->client, &m.m, data, len, &co.o, on_call, u);
     if (st != PSRPC_OK) {
         delete u;
-        return throw_status(env, st, "call"), env.Undefined();
+        return throw_status(env, st, "call");
     }
     return Napi::Number::New(env, static_cast<double>(call_id));
 }
@@ -1041,7 +1070,7 @@ Napi::Value ClientCancel(const Napi::CallbackInfo &info) {
     ClientBox *cb = client_arg(env, info[0]);
     if (!cb)
         return env.Undefined();
-    uint64_t call_id = static_cast<uint64_t>(info[1].ToNumber().DoubleValue());
+    uint64_t call_id = id_arg(info[1]);
     psrpc_client_cancel(cb->client, call_id);
     return env.Undefined();
 }
@@ -1051,33 +1080,27 @@ Napi::Value ClientClose(const Napi::CallbackInfo &info) {
     ClientBox *cb = client_arg(env, info[0]);
     if (!cb)
         return env.Undefined();
-    UD *u = new UD{cb->bus, static_cast<uint64_t>(info[1].ToNumber().DoubleValue())};
+    UD *u = new UD{cb->bus, id_arg(info[1])};
     int st = psrpc_client_close(cb->client, on_handle_closed, u);
-    if (st != PSRPC_OK) {
-        delete u;
-        return throw_status(env, st, "close"), env.Undefined();
-    }
-    return env.Undefined();
+    return status_result(env, st, "close", u);
 }
 
 // clientSubscribe(client, method, topics, id) -> sub box
 Napi::Value ClientSubscribe(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    ClientBox *cb = client_arg(env, info[0]);
-    if (!cb)
-        return env.Undefined();
     MethodArg m;
-    if (!get_method(env, info[1], m))
+    ClientBox *cb = handle_and_method(env, info, client_arg, m);
+    if (!cb)
         return env.Undefined();
     StrList topics;
     if (!topics.from(env, info[2], "topics must be an array of strings"))
         return env.Undefined();
-    UD *u = new UD{cb->bus, static_cast<uint64_t>(info[3].ToNumber().DoubleValue())};
+    UD *u = new UD{cb->bus, id_arg(info[3])};
     psrpc_sub *sub = nullptr;
     int st = psrpc_client_subscribe(&sub, cb->client, &m.m, topics.data(), topics.s.size(),
                                     on_sub_msg, on_ready, u, release_ud);
     if (st != PSRPC_OK)
-        return throw_status(env, st, "subscribe"), env.Undefined();
+        return throw_status(env, st, "subscribe");
     return make_box(env, new SubBox{sub}, sub_box_fin);
 }
 
@@ -1085,7 +1108,7 @@ Napi::Value SubClose(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     SubBox *b = unbox<SubBox>(info[0]);
     if (!b)
-        return type_error(env, "not a subscription handle"), env.Undefined();
+        return throw_type(env, "not a subscription handle");
     psrpc_sub_close(b->sub, nullptr, nullptr);
     return env.Undefined();
 }
@@ -1093,21 +1116,19 @@ Napi::Value SubClose(const Napi::CallbackInfo &info) {
 // clientOpenStream(client, method, opts, id) -> stream box
 Napi::Value ClientOpenStream(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    ClientBox *cb = client_arg(env, info[0]);
-    if (!cb)
-        return env.Undefined();
     MethodArg m;
-    if (!get_method(env, info[1], m))
+    ClientBox *cb = handle_and_method(env, info, client_arg, m);
+    if (!cb)
         return env.Undefined();
     CallOpts co;
     if (!get_call_opts(env, info[2], co, nullptr, nullptr))
         return env.Undefined();
-    UD *u = new UD{cb->bus, static_cast<uint64_t>(info[3].ToNumber().DoubleValue())};
+    UD *u = new UD{cb->bus, id_arg(info[3])};
     psrpc_stream *s = nullptr;
     int st = psrpc_client_open_stream(&s, cb->client, &m.m, &co.o, on_stream_open, on_stream_msg,
                                       on_stream_close, u, release_ud);
     if (st != PSRPC_OK)
-        return throw_status(env, st, "open stream"), env.Undefined();
+        return throw_status(env, st, "open stream");
     return make_box(env, new StreamBox{s}, stream_box_fin);
 }
 
@@ -1126,18 +1147,14 @@ Napi::Value StreamSend(const Napi::CallbackInfo &info) {
         return env.Undefined();
     const uint8_t *data = nullptr;
     size_t len = 0;
-    if (!get_bytes(info[1], data, len))
-        return type_error(env, "message must be a Uint8Array"), env.Undefined();
+    if (!get_bytes_arg(env, info[1], data, len, "message must be a Uint8Array"))
+        return env.Undefined();
     BusBox *bb = unbox<BusBox>(info[4]);
     if (!bb)
-        return type_error(env, "not a bus handle"), env.Undefined();
-    UD *u = new UD{bb->ctx, static_cast<uint64_t>(info[3].ToNumber().DoubleValue())};
+        return throw_type(env, "not a bus handle");
+    UD *u = new UD{bb->ctx, id_arg(info[3])};
     int st = psrpc_stream_send(sb->stream, data, len, num_i64(info[2]), on_send_done, u);
-    if (st != PSRPC_OK) {
-        delete u;
-        return throw_status(env, st, "send"), env.Undefined();
-    }
-    return env.Undefined();
+    return status_result(env, st, "send", u);
 }
 
 // streamClose(stream, code|null, message)
@@ -1156,9 +1173,7 @@ Napi::Value StreamClose(const Napi::CallbackInfo &info) {
     int status = code.empty() ? 0 : psrpc_status_from_code(code.c_str());
     int st = psrpc_stream_close(sb->stream, status, msg.c_str());
 #endif
-    if (st != PSRPC_OK)
-        return throw_status(env, st, "close"), env.Undefined();
-    return env.Undefined();
+    return status_result(env, st, "close");
 }
 
 Napi::Value StreamFree(const Napi::CallbackInfo &info) {
@@ -1173,12 +1188,10 @@ Napi::Value StreamFree(const Napi::CallbackInfo &info) {
 // serverCreate(bus, service, {serverId, skipClaim, timeoutMs}) -> [box, serverId]
 Napi::Value ServerCreate(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    BusCtx *ctx = bus_arg(env, info[0]);
+    std::string service, sid;
+    BusCtx *ctx = bus_and_service(env, info, service);
     if (!ctx)
         return env.Undefined();
-    std::string service, sid;
-    if (!get_string(info[1], service))
-        return type_error(env, "service must be a string"), env.Undefined();
     psrpc_server_options o = PSRPC_SERVER_OPTIONS_INIT;
     if (info[2].IsObject()) {
         Napi::Object oo = info[2].As<Napi::Object>();
@@ -1190,35 +1203,24 @@ Napi::Value ServerCreate(const Napi::CallbackInfo &info) {
     }
     psrpc_server *s = nullptr;
     int st = psrpc_server_create(&s, ctx->bus, service.c_str(), &o);
-    if (st != PSRPC_OK)
-        return throw_status(env, st, "server"), env.Undefined();
-    ctx->refs++;
-    Napi::Array r = Napi::Array::New(env, 2);
-    r.Set(0u, make_box(env, new ServerBox{s, ctx}, server_box_fin));
-    r.Set(1u, Napi::String::New(env, psrpc_server_id(s)));
-    return r;
+    return created(env, ctx, st, "server", s, psrpc_server_id, server_box_fin);
 }
 
 ServerBox *server_arg(Napi::Env env, const Napi::Value &v) {
-    ServerBox *b = unbox<ServerBox>(v);
-    if (!b)
-        type_error(env, "not a server handle");
-    return b;
+    return handle_arg<ServerBox>(env, v, "not a server handle");
 }
 
 // serverRegister(server, method, topics, id, hasAffinity, isStream)
 Napi::Value ServerRegister(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    ServerBox *sb = server_arg(env, info[0]);
-    if (!sb)
-        return env.Undefined();
     MethodArg m;
-    if (!get_method(env, info[1], m))
+    ServerBox *sb = handle_and_method(env, info, server_arg, m);
+    if (!sb)
         return env.Undefined();
     StrList topics;
     if (!topics.from(env, info[2], "topics must be an array of strings"))
         return env.Undefined();
-    UD *u = new UD{sb->bus, static_cast<uint64_t>(info[3].ToNumber().DoubleValue())};
+    UD *u = new UD{sb->bus, id_arg(info[3])};
     bool aff = info[4].ToBoolean().Value();
     bool stream = info[5].ToBoolean().Value();
     int st;
@@ -1229,11 +1231,7 @@ Napi::Value ServerRegister(const Napi::CallbackInfo &info) {
     else
         st = psrpc_server_register(sb->server, &m.m, topics.data(), topics.s.size(), on_handler,
                                    aff ? on_affinity : nullptr, on_ready, u, release_ud);
-    if (st != PSRPC_OK) {
-        delete u;
-        return throw_status(env, st, "register"), env.Undefined();
-    }
-    return env.Undefined();
+    return status_result(env, st, "register", u);
 }
 
 Napi::Value ServerDeregister(const Napi::CallbackInfo &info) {
@@ -1243,35 +1241,29 @@ Napi::Value ServerDeregister(const Napi::CallbackInfo &info) {
         return env.Undefined();
     std::string name;
     if (!get_string(info[1], name))
-        return type_error(env, "method must be a string"), env.Undefined();
+        return throw_type(env, "method must be a string");
     StrList topics;
     if (!topics.from(env, info[2], "topics must be an array of strings"))
         return env.Undefined();
     int st = psrpc_server_deregister(sb->server, name.c_str(), topics.data(), topics.s.size());
-    if (st != PSRPC_OK)
-        return throw_status(env, st, "deregister"), env.Undefined();
-    return env.Undefined();
+    return status_result(env, st, "deregister");
 }
 
 Napi::Value ServerPublish(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    ServerBox *sb = server_arg(env, info[0]);
-    if (!sb)
-        return env.Undefined();
     MethodArg m;
-    if (!get_method(env, info[1], m))
+    ServerBox *sb = handle_and_method(env, info, server_arg, m);
+    if (!sb)
         return env.Undefined();
     StrList topics;
     if (!topics.from(env, info[2], "topics must be an array of strings"))
         return env.Undefined();
     const uint8_t *data = nullptr;
     size_t len = 0;
-    if (!get_bytes(info[3], data, len))
-        return type_error(env, "message must be a Uint8Array"), env.Undefined();
+    if (!get_bytes_arg(env, info[3], data, len, "message must be a Uint8Array"))
+        return env.Undefined();
     int st = psrpc_server_publish(sb->server, &m.m, topics.data(), topics.s.size(), data, len);
-    if (st != PSRPC_OK)
-        return throw_status(env, st, "publish"), env.Undefined();
-    return env.Undefined();
+    return status_result(env, st, "publish");
 }
 
 // serverClose(server, force, id)
@@ -1281,13 +1273,9 @@ Napi::Value ServerClose(const Napi::CallbackInfo &info) {
     if (!sb)
         return env.Undefined();
     bool force = info[1].ToBoolean().Value();
-    UD *u = new UD{sb->bus, static_cast<uint64_t>(info[2].ToNumber().DoubleValue())};
+    UD *u = new UD{sb->bus, id_arg(info[2])};
     int st = psrpc_server_close(sb->server, force ? PSRPC_CLOSE_FORCE : 0, on_handle_closed, u);
-    if (st != PSRPC_OK) {
-        delete u;
-        return throw_status(env, st, "close"), env.Undefined();
-    }
-    return env.Undefined();
+    return status_result(env, st, "close", u);
 }
 
 ReqBox *req_arg(Napi::Env env, const Napi::Value &v) {
@@ -1297,10 +1285,8 @@ ReqBox *req_arg(Napi::Env env, const Napi::Value &v) {
         return nullptr;
     }
     if (!b->req) {
-        Napi::Error e = Napi::Error::New(env, "request already answered");
-        e.Set("psrpcStatus", Napi::Number::New(env, PSRPC_FAILED_PRECONDITION));
-        e.Set("psrpcCode", Napi::String::New(env, "failed_precondition"));
-        e.ThrowAsJavaScriptException();
+        throw_coded(env, "request already answered", PSRPC_FAILED_PRECONDITION,
+                    "failed_precondition");
         return nullptr;
     }
     return b;
@@ -1313,8 +1299,8 @@ Napi::Value RequestRespond(const Napi::CallbackInfo &info) {
         return env.Undefined();
     const uint8_t *data = nullptr;
     size_t len = 0;
-    if (!get_bytes(info[1], data, len))
-        return type_error(env, "response must be a Uint8Array"), env.Undefined();
+    if (!get_bytes_arg(env, info[1], data, len, "response must be a Uint8Array"))
+        return env.Undefined();
     psrpc_request *r = b->req;
     b->req = nullptr;
     int st = psrpc_request_respond(r, data, len);
@@ -1345,8 +1331,7 @@ Napi::Value RequestFail(const Napi::CallbackInfo &info) {
             const uint8_t *v = nullptr;
             size_t vl = 0;
             if (!get_string(o.Get("typeUrl"), url) || !get_bytes(o.Get("value"), v, vl))
-                return type_error(env, "details must be {typeUrl: string, value: Uint8Array}"),
-                       env.Undefined();
+                return throw_type(env, "details must be {typeUrl: string, value: Uint8Array}");
             urls.push_back(url);
             details.push_back({nullptr, v, vl});
         }
@@ -1391,10 +1376,10 @@ Napi::Value SelectionChoose(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     SelBox *b = unbox<SelBox>(info[0]);
     if (!b || !b->sel)
-        return type_error(env, "not a pending selection"), env.Undefined();
+        return throw_type(env, "not a pending selection");
     std::string id;
     if (!get_string(info[1], id))
-        return type_error(env, "server id must be a string"), env.Undefined();
+        return throw_type(env, "server id must be a string");
     psrpc_selection *s = b->sel;
     b->sel = nullptr;
     return Napi::Number::New(env, psrpc_selection_choose(s, id.c_str()));
@@ -1404,7 +1389,7 @@ Napi::Value SelectionFail(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     SelBox *b = unbox<SelBox>(info[0]);
     if (!b || !b->sel)
-        return type_error(env, "not a pending selection"), env.Undefined();
+        return throw_type(env, "not a pending selection");
     std::string code, msg;
     get_string(info[1], code);
     get_string(info[2], msg);
@@ -1453,11 +1438,9 @@ void bench_st_accept(psrpc_stream *s, void *) {
 // benchServe(server, method): registers the C echo (or stream acceptor); blocks until ready.
 Napi::Value BenchServe(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    ServerBox *sb = server_arg(env, info[0]);
-    if (!sb)
-        return env.Undefined();
     MethodArg m;
-    if (!get_method(env, info[1], m))
+    ServerBox *sb = handle_and_method(env, info, server_arg, m);
+    if (!sb)
         return env.Undefined();
     int st = (m.m.flags & PSRPC_METHOD_STREAM)
                  ? psrpc_server_register_stream(sb->server, &m.m, nullptr, 0, bench_st_accept,
@@ -1466,9 +1449,7 @@ Napi::Value BenchServe(const Napi::CallbackInfo &info) {
                                          nullptr, nullptr);
     if (st == PSRPC_OK)
         st = psrpc_server_wait_ready(sb->server, 10000);
-    if (st != PSRPC_OK)
-        return throw_status(env, st, "bench"), env.Undefined();
-    return env.Undefined();
+    return status_result(env, st, "bench");
 }
 
 struct BenchRun {
@@ -1511,16 +1492,14 @@ void bench_cs_close(psrpc_stream *, const psrpc_error *, void *) {}
 // issued from the completion callbacks; blocks the calling thread.
 Napi::Value BenchRunC(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    ClientBox *cb = client_arg(env, info[0]);
-    if (!cb)
-        return env.Undefined();
     MethodArg m;
-    if (!get_method(env, info[1], m))
+    ClientBox *cb = handle_and_method(env, info, client_arg, m);
+    if (!cb)
         return env.Undefined();
     const uint8_t *data = nullptr;
     size_t len = 0;
-    if (!get_bytes(info[2], data, len))
-        return type_error(env, "payload must be a Uint8Array"), env.Undefined();
+    if (!get_bytes_arg(env, info[2], data, len, "payload must be a Uint8Array"))
+        return env.Undefined();
     int inflight = info[3].ToNumber().Int32Value();
     int64_t warm = num_i64(info[4]), dur = num_i64(info[5]);
     auto *b = new BenchRun;
@@ -1536,7 +1515,7 @@ Napi::Value BenchRunC(const Napi::CallbackInfo &info) {
                                           bench_cs_msg, bench_cs_close, nullptr, nullptr);
         if (st != PSRPC_OK) {
             delete b;
-            return throw_status(env, st, "bench"), env.Undefined();
+            return throw_status(env, st, "bench");
         }
     }
     for (int i = 0; i < inflight; i++)

@@ -208,6 +208,12 @@ export class Bus extends EventEmitter {
     }
   }
 
+  /** @internal The target ID is done: forgotten, and its hold released. */
+  _release(id: number): void {
+    this._targets.delete(id);
+    this._unhold();
+  }
+
   /** @internal */
   _checkOpen(): void {
     if (this.closed) throw new PsrpcError(Code.Canceled, 'bus is closed');
@@ -270,5 +276,41 @@ export class Bus extends EventEmitter {
         /* ignore */
       }
     }
+  }
+}
+
+/**
+ * @internal One object's hold on its bus (Bus._hold) for a server or a
+ * subscription: taken while it is open and ref()'d, released once.
+ */
+export class BusHold {
+  private readonly bus: Bus;
+  private refed = true;
+  private held = false;
+
+  constructor(bus: Bus) {
+    this.bus = bus;
+  }
+
+  /** Holds the bus unless unref()'d or already holding. */
+  take(): void {
+    if (!this.held && this.refed) {
+      this.held = true;
+      this.bus._hold();
+    }
+  }
+
+  release(): void {
+    if (this.held) {
+      this.held = false;
+      this.bus._unhold();
+    }
+  }
+
+  /** The owner's ref() (ON; OPEN: it may hold now) or unref(). */
+  setRef(on: boolean, open: boolean): void {
+    this.refed = on;
+    if (!on) this.release();
+    else if (open) this.take();
   }
 }

@@ -1,4 +1,5 @@
 // Client: unary and multi calls, subscriptions, streams.
+import { BusHold } from './bus';
 import type { Bus } from './bus';
 import { Code, PsrpcError, asWireError, callNative } from './errors';
 import { EV, native, type Box, type NativeError } from './native';
@@ -201,8 +202,7 @@ export class Client<S extends ServiceLike = ServiceLike> {
       let onAbort: (() => void) | undefined;
       const id = bus._newId((kind, a, b, c) => {
         if (kind === EV.SELECT) return runSelect(o.select!, a, b);
-        bus._targets.delete(id);
-        bus._unhold();
+        bus._release(id);
         if (onAbort) signal!.removeEventListener('abort', onAbort);
         if (kind === -1) return reject(new PsrpcError(Code.Canceled, 'bus is closed'));
         const err = b as NativeError | null;
@@ -221,8 +221,7 @@ export class Client<S extends ServiceLike = ServiceLike> {
       try {
         callId = callNative(() => native.ClientCall(this._box, m.native, data, o.opts, id, false));
       } catch (e) {
-        bus._targets.delete(id);
-        bus._unhold();
+        bus._release(id);
         return reject(e);
       }
       if (signal) {
@@ -265,8 +264,7 @@ export class Client<S extends ServiceLike = ServiceLike> {
       }
       // EV_DONE or the bus closed
       finished = true;
-      bus._targets.delete(id);
-      bus._unhold();
+      bus._release(id);
       if (onAbort) signal!.removeEventListener('abort', onAbort);
       const err = kind === -1 ? { code: Code.Canceled, message: 'bus is closed', status: -1, details: [] } : (a as NativeError | null);
       if (!err) queue.end();
@@ -278,8 +276,7 @@ export class Client<S extends ServiceLike = ServiceLike> {
     try {
       callId = callNative(() => native.ClientCall(this._box, m.native, data, o.opts, id, true));
     } catch (e) {
-      bus._targets.delete(id);
-      bus._unhold();
+      bus._release(id);
       throw e;
     }
     if (signal) {
@@ -336,8 +333,7 @@ export class Client<S extends ServiceLike = ServiceLike> {
     this._closing = new Promise<void>((resolve) => {
       if (bus.closed) return resolve();
       const id = bus._newId(() => {
-        bus._targets.delete(id);
-        bus._unhold();
+        bus._release(id);
         resolve();
       });
       bus._hold();
@@ -346,8 +342,7 @@ export class Client<S extends ServiceLike = ServiceLike> {
       try {
         native.ClientClose(this._box, id);
       } catch {
-        bus._targets.delete(id);
-        bus._unhold();
+        bus._release(id);
         resolve();
       }
     });
@@ -387,12 +382,12 @@ export class Subscription<T> implements AsyncIterable<T> {
   private readonly client: Client<any>;
   private readonly id: number;
   private _box: Box | undefined;
-  private _refed = true;
-  private _held = false;
+  private readonly _busHold: BusHold;
 
   /** @internal */
   constructor(client: Client<any>, m: Method, topics: string[]) {
     const bus = (this.bus = client.bus);
+    this._busHold = new BusHold(bus);
     this.client = client;
     client._subs.add(this);
     let readyResolve!: () => void, readyReject!: (e: unknown) => void;
@@ -424,7 +419,7 @@ export class Subscription<T> implements AsyncIterable<T> {
       }
       return undefined;
     });
-    this._hold();
+    this._busHold.take();
     try {
       this._box = callNative(() => native.ClientSubscribe(client._box, m.native, topics, this.id));
     } catch (e) {
@@ -433,23 +428,9 @@ export class Subscription<T> implements AsyncIterable<T> {
     }
   }
 
-  private _hold(): void {
-    if (!this._held && this._refed) {
-      this._held = true;
-      this.bus._hold();
-    }
-  }
-
-  private _unhold(): void {
-    if (this._held) {
-      this._held = false;
-      this.bus._unhold();
-    }
-  }
-
   private _close(): void {
     this.client._subs.delete(this);
-    this._unhold();
+    this._busHold.release();
     this.bus._targets.delete(this.id);
     const box = this._box;
     this._box = undefined;
@@ -464,14 +445,12 @@ export class Subscription<T> implements AsyncIterable<T> {
 
   /** Do not keep the process alive for this subscription. */
   unref(): this {
-    this._refed = false;
-    this._unhold();
+    this._busHold.setRef(false, false);
     return this;
   }
 
   ref(): this {
-    this._refed = true;
-    if (this._box) this._hold();
+    this._busHold.setRef(true, this._box !== undefined);
     return this;
   }
 

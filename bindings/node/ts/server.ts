@@ -1,4 +1,5 @@
 // Server: handlers (async functions), affinity, stream handlers, publishing.
+import { BusHold } from './bus';
 import type { Bus } from './bus';
 import { Code, PsrpcError, asWireError, callNative } from './errors';
 import { EV, native, type Box, type NativeError, type NativeInfo } from './native';
@@ -105,14 +106,14 @@ export class Server<S extends ServiceLike = ServiceLike> {
   private readonly regs = new Map<string, Registration>();
   private readonly inflight = new Set<Context>();
   private _closing: Promise<void> | undefined;
-  private _refed = true;
-  private _held = false;
+  private readonly _busHold: BusHold;
 
   constructor(bus: Bus, service: S, options: ServerOptions = {}) {
     if (!bus || typeof (bus as any)._checkOpen !== 'function') throw new TypeError('bus must be a Bus');
     if (options === null || typeof options !== 'object') throw new TypeError('options must be an object');
     if (options.serverId !== undefined && typeof options.serverId !== 'string') throw new TypeError('serverId must be a string');
     this.bus = bus;
+    this._busHold = new BusHold(bus);
     this.service = Service.from(service);
     bus._checkOpen();
     [this._box, this.id] = callNative(() =>
@@ -122,33 +123,17 @@ export class Server<S extends ServiceLike = ServiceLike> {
         timeoutMs: options.timeoutMs ?? 0,
       }),
     );
-    this._hold();
-  }
-
-  private _hold(): void {
-    if (!this._held && this._refed && !this._closing) {
-      this._held = true;
-      this.bus._hold();
-    }
-  }
-
-  private _unhold(): void {
-    if (this._held) {
-      this._held = false;
-      this.bus._unhold();
-    }
+    this._busHold.take();
   }
 
   /** Do not keep the process alive for this server. */
   unref(): this {
-    this._refed = false;
-    this._unhold();
+    this._busHold.setRef(false, false);
     return this;
   }
 
   ref(): this {
-    this._refed = true;
-    this._hold();
+    this._busHold.setRef(true, !this._closing);
     return this;
   }
 
@@ -261,16 +246,14 @@ export class Server<S extends ServiceLike = ServiceLike> {
     const p = new Promise<void>((resolve) => {
       if (bus.closed) return resolve();
       const id = bus._newId(() => {
-        bus._targets.delete(id);
-        bus._unhold();
+        bus._release(id);
         resolve();
       });
       bus._hold();
       try {
         native.ServerClose(this._box, force, id);
       } catch {
-        bus._targets.delete(id);
-        bus._unhold();
+        bus._release(id);
         resolve();
       }
     });
@@ -280,7 +263,7 @@ export class Server<S extends ServiceLike = ServiceLike> {
       for (const r of this.regs.values()) bus._targets.delete(r.id);
       this.regs.clear();
     });
-    this._unhold();
+    this._busHold.release();
     return this._closing;
   }
 

@@ -79,8 +79,7 @@ export class Stream<Recv = Uint8Array, Send = Uint8Array> implements AsyncIterab
     if (typeof timeoutMs !== 'number') return Promise.reject(new TypeError('timeoutMs must be a number'));
     return new Promise<void>((resolve, reject) => {
       const sid = this.bus._newId((kind, err: NativeError | null) => {
-        this.bus._targets.delete(sid);
-        this.bus._unhold();
+        this.bus._release(sid);
         if (kind === EV.SEND_DONE && !err) resolve();
         else reject(err ? PsrpcError.fromNative(err) : new PsrpcError(Code.Canceled, 'bus is closed'));
       });
@@ -88,8 +87,7 @@ export class Stream<Recv = Uint8Array, Send = Uint8Array> implements AsyncIterab
       try {
         callNative(() => native.StreamSend(this._box!, data, timeoutMs, sid, this.bus._box));
       } catch (e) {
-        this.bus._targets.delete(sid);
-        this.bus._unhold();
+        this.bus._release(sid);
         reject(e);
       }
     });
@@ -159,8 +157,7 @@ export class Stream<Recv = Uint8Array, Send = Uint8Array> implements AsyncIterab
       this._onOpen = undefined;
     }
     this.queue.end(this._cause);
-    this.bus._targets.delete(this.id);
-    this.bus._unhold();
+    this.bus._release(this.id);
     const box = this._box;
     this._box = undefined;
     if (box) native.StreamFree(box);
