@@ -20,7 +20,11 @@ from conftest import GEN_DIR, TRANSPORTS, _selected, pb
 BROKERS = [t for t in _selected if t != "local"]
 
 PROLOGUE = """
-import asyncio, sys, threading, time
+import asyncio, signal, sys, threading, time
+# As in a terminal: Ctrl-C raises KeyboardInterrupt even when the test runner
+# was started with SIGINT ignored (a background job of a non-interactive
+# shell, which the child would inherit).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {gen!r})
 import psrpc, psrpc.aio, psrpc_test_pb2 as pb
 svc = psrpc.Service({name!r}, psrpc.Service.from_descriptor(
