@@ -21,10 +21,11 @@
  * that was sent after its SUB came back. The bus reports CONNECTED only after
  * such a flush on the (re)connected link.
  *
- * Connections. The first connection (and any replacement of a connection
- * that nats.c closed for good) is made by our own retry loop with backoff;
- * once connected, nats.c reconnects by itself (unlimited, our backoff). Two
- * consecutive authentication refusals stop the retries. */
+ * Connections. Every connection is made by our own retry loop with backoff:
+ * the first one, and the replacement of each one that is lost (nats.c's own
+ * reconnects are off, see bus_nats_opts.c: a reconnected natsConnection can
+ * keep a parser stuck in the lost link's last message). Two consecutive
+ * authentication refusals stop the retries. */
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -174,7 +175,7 @@ static char *dup_text(const char *s) { return psrpc__strdup(clean_text(s)); }
 
 /* ---- events (loop thread) ---- */
 
-enum { EV_CONNECT_RESULT, EV_FLUSHED, EV_UP, EV_DOWN, EV_CLOSED, EV_AUTH, EV_PERM };
+enum { EV_CONNECT_RESULT, EV_FLUSHED, EV_DOWN, EV_CLOSED, EV_AUTH, EV_PERM };
 
 typedef struct nats_event {
     nats_state *st;
@@ -229,10 +230,6 @@ static void on_disconnected(natsConnection *nc, void *closure) {
     post_event(closure, EV_DOWN, nc, s, txt);
 }
 
-static void on_reconnected(natsConnection *nc, void *closure) {
-    post_event(closure, EV_UP, nc, NATS_OK, NULL);
-}
-
 static void on_closed(natsConnection *nc, void *closure) {
     nats_state *st = closure;
     natsStatus s;
@@ -268,17 +265,6 @@ static int64_t backoff_ms(const psrpc__nats_settings *set, int attempt) {
     if (j > 0)
         d -= (int64_t)(x % (uint64_t)(j + 1));
     return d > 0 ? d : 1;
-}
-
-/* nats.c's reconnect thread, before each pass over the server list. */
-static int64_t on_reconnect_delay(natsConnection *nc, int attempts, void *closure) {
-    (void)nc;
-    nats_state *st = closure;
-    pthread_mutex_lock(&st->cb_mu);
-    if (!st->detached)
-        PSRPC__STAT_ADD(st->bus, reconnect_attempts, 1);
-    pthread_mutex_unlock(&st->cb_mu);
-    return backoff_ms(&st->set, attempts > 0 ? attempts - 1 : 0);
 }
 
 /* ---- inbound messages (loop thread) ---- */
@@ -808,8 +794,8 @@ static void on_flushed(nats_state *st, nats_event *ev) {
 static void on_closed_event(nats_state *st, nats_event *ev) {
     if (st->closing || !st->nc || ev->nc != st->nc)
         return;
-    /* nats.c gave up on this connection (it does not on a lost link with
-     * unlimited reconnects, but does on repeated refusals or a fatal -ERR). */
+    /* The connection is gone (a lost link: nats.c does not reconnect it, see
+     * bus_nats_opts.c; or a fatal -ERR): a new one replaces it. */
     st->nc = NULL;
     st->epoch++;
     st->up_pending = false;
@@ -834,13 +820,6 @@ static void event_task(void *arg) {
         break;
     case EV_FLUSHED:
         on_flushed(st, ev);
-        break;
-    case EV_UP:
-        if (!st->closing && st->nc && ev->nc == st->nc) {
-            st->epoch++;
-            st->up_pending = true;
-            request_flush(st);
-        }
         break;
     case EV_DOWN:
         if (!st->closing && st->nc && ev->nc == st->nc) {
@@ -1221,11 +1200,7 @@ int psrpc__nats_open(psrpc_bus *bus, const char *url) {
     if (s == NATS_OK)
         s = natsOptions_SetDisconnectedCB(st->opts, on_disconnected, st);
     if (s == NATS_OK)
-        s = natsOptions_SetReconnectedCB(st->opts, on_reconnected, st);
-    if (s == NATS_OK)
         s = natsOptions_SetErrorHandler(st->opts, on_async_error, st);
-    if (s == NATS_OK)
-        s = natsOptions_SetCustomReconnectDelay(st->opts, on_reconnect_delay, st);
     st->evctx.after_read = nats_pull;
     st->evctx.arg = st;
     if (s == NATS_OK)

@@ -499,8 +499,16 @@ int psrpc__nats_options_new(natsOptions **out, const char *url, const psrpc_bus_
     SET(natsOptions_SetTimeout(no, st->connect_timeout_ms), "connect_timeout_ms");
     SET(natsOptions_SetPingInterval(no, st->ping_interval_ms), "ping_interval_ms");
     SET(natsOptions_SetMaxPingsOut(no, PSRPC__NATS_MAX_PINGS_OUT), "max pings out");
-    SET(natsOptions_SetAllowReconnect(no, true), "allow reconnect");
-    SET(natsOptions_SetMaxReconnect(no, -1), "max reconnect");
+    /* No reconnects by nats.c: a lost link closes the connection and our own
+     * retry loop (bus_nats.c) makes a new one. nats.c (3.4.1, and upstream
+     * main) keeps a connection's protocol parser across its reconnects, and
+     * with an external event loop nothing resets it: a link lost in the
+     * middle of a message (large payloads under load) leaves the parser in
+     * MSG_PAYLOAD, so it takes the new link's PONGs and messages for the rest
+     * of that payload. Flushes and pings then go unanswered, each of nats.c's
+     * reconnects inherits the same parser, and the bus stays down. A new
+     * natsConnection starts with a new parser. */
+    SET(natsOptions_SetAllowReconnect(no, false), "allow reconnect");
     SET(natsOptions_SetReconnectBufSize(no, clamp_int(st->reconnect_buffer_size)),
         "reconnect_buffer_size");
     SET(natsOptions_SetMaxPendingMsgs(no, clamp_int(st->queue_capacity)), "queue_capacity");
