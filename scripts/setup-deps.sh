@@ -10,7 +10,7 @@ packages=(
     zlib1g-dev libssl-dev
     redis-server nats-server
     clang clang-format valgrind
-    protobuf-compiler libprotobuf-dev  # the Rust binding: psrpc-build runs protoc
+    protobuf-compiler libprotobuf-dev  # protoc: Rust psrpc-build, Node gen-pb.sh, the interop Go code
 )
 
 missing=()
