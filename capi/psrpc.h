@@ -107,7 +107,7 @@ extern "C" {
 #define PSRPC_VERSION_MAJOR 0
 #define PSRPC_VERSION_MINOR 1
 #define PSRPC_VERSION_PATCH 0
-#define PSRPC_VERSION_HEX                                                                 \
+#define PSRPC_VERSION_HEX \
     ((PSRPC_VERSION_MAJOR << 16) | (PSRPC_VERSION_MINOR << 8) | (PSRPC_VERSION_PATCH))
 #define PSRPC_VERSION_STRING "0.1.0"
 
@@ -128,31 +128,31 @@ PSRPC_API const char *psrpc_version_string(void);
  * code of the wire protocol (section 13.1), in its order, then the codes only
  * local API misuse can produce (wire string NULL: they travel as "internal").
  */
-#define PSRPC_STATUS_MAP(XX)                                                              \
-    XX(OK, 0, "", "success")                                                              \
-    XX(CANCELED, -1, "canceled", "request canceled")                                      \
-    XX(UNKNOWN, -2, "unknown", "unknown error")                                           \
-    XX(INVALID_ARGUMENT, -3, "invalid_argument", "invalid argument")                      \
-    XX(MALFORMED_REQUEST, -4, "malformed_request", "malformed request")                   \
-    XX(DEADLINE_EXCEEDED, -5, "deadline_exceeded", "deadline exceeded")                   \
-    XX(NOT_FOUND, -6, "not_found", "not found")                                           \
-    XX(ALREADY_EXISTS, -7, "already_exists", "already exists")                            \
-    XX(PERMISSION_DENIED, -8, "permission_denied", "permission denied")                   \
-    XX(RESOURCE_EXHAUSTED, -9, "resource_exhausted", "resource exhausted")                \
-    XX(FAILED_PRECONDITION, -10, "failed_precondition", "failed precondition")            \
-    XX(ABORTED, -11, "aborted", "aborted")                                                \
-    XX(OUT_OF_RANGE, -12, "out_of_range", "out of range")                                 \
-    XX(UNIMPLEMENTED, -13, "unimplemented", "unimplemented")                              \
-    XX(INTERNAL, -14, "internal", "internal error")                                       \
-    XX(MALFORMED_RESULT, -15, "malformed_result", "malformed result")                     \
-    XX(UNAVAILABLE, -16, "unavailable", "unavailable")                                    \
-    XX(DATA_LOSS, -17, "data_loss", "data loss")                                          \
-    XX(UNAUTHENTICATED, -18, "unauthenticated", "unauthenticated")                        \
-    XX(NOT_ACCEPTABLE, -19, "not_acceptable", "not acceptable")                           \
-    XX(UNPROCESSABLE_ENTITY, -20, "unprocessable_entity", "unprocessable entity")         \
-    XX(UPSTREAM_SERVER_ERROR, -21, "upstream_server_error", "upstream server error")      \
-    XX(UPSTREAM_CLIENT_ERROR, -22, "upstream_client_error", "upstream client error")      \
-    XX(WOULD_DEADLOCK, -100, NULL, "blocking call on the loop thread would deadlock")     \
+#define PSRPC_STATUS_MAP(XX)                                                          \
+    XX(OK, 0, "", "success")                                                          \
+    XX(CANCELED, -1, "canceled", "request canceled")                                  \
+    XX(UNKNOWN, -2, "unknown", "unknown error")                                       \
+    XX(INVALID_ARGUMENT, -3, "invalid_argument", "invalid argument")                  \
+    XX(MALFORMED_REQUEST, -4, "malformed_request", "malformed request")               \
+    XX(DEADLINE_EXCEEDED, -5, "deadline_exceeded", "deadline exceeded")               \
+    XX(NOT_FOUND, -6, "not_found", "not found")                                       \
+    XX(ALREADY_EXISTS, -7, "already_exists", "already exists")                        \
+    XX(PERMISSION_DENIED, -8, "permission_denied", "permission denied")               \
+    XX(RESOURCE_EXHAUSTED, -9, "resource_exhausted", "resource exhausted")            \
+    XX(FAILED_PRECONDITION, -10, "failed_precondition", "failed precondition")        \
+    XX(ABORTED, -11, "aborted", "aborted")                                            \
+    XX(OUT_OF_RANGE, -12, "out_of_range", "out of range")                             \
+    XX(UNIMPLEMENTED, -13, "unimplemented", "unimplemented")                          \
+    XX(INTERNAL, -14, "internal", "internal error")                                   \
+    XX(MALFORMED_RESULT, -15, "malformed_result", "malformed result")                 \
+    XX(UNAVAILABLE, -16, "unavailable", "unavailable")                                \
+    XX(DATA_LOSS, -17, "data_loss", "data loss")                                      \
+    XX(UNAUTHENTICATED, -18, "unauthenticated", "unauthenticated")                    \
+    XX(NOT_ACCEPTABLE, -19, "not_acceptable", "not acceptable")                       \
+    XX(UNPROCESSABLE_ENTITY, -20, "unprocessable_entity", "unprocessable entity")     \
+    XX(UPSTREAM_SERVER_ERROR, -21, "upstream_server_error", "upstream server error")  \
+    XX(UPSTREAM_CLIENT_ERROR, -22, "upstream_client_error", "upstream client error")  \
+    XX(WOULD_DEADLOCK, -100, NULL, "blocking call on the loop thread would deadlock") \
     XX(NOT_SUPPORTED, -101, NULL, "not supported by this library version")
 
 typedef enum psrpc_status {
@@ -191,7 +191,7 @@ typedef struct psrpc_error_detail {
  * the duration of the callback. Library-allocated: may grow at the end.
  */
 typedef struct psrpc_error {
-    int32_t status;  /* psrpc_status; PSRPC_UNKNOWN for a code string we do not know */
+    int32_t status; /* psrpc_status; PSRPC_UNKNOWN for a code string we do not know */
     uint32_t reserved;
     const char *code;    /* the code string exactly as received, e.g. "not_found" */
     const char *message; /* never NULL */
@@ -279,7 +279,8 @@ typedef struct psrpc_method {
     const char *output_type;
 } psrpc_method;
 
-#define PSRPC_METHOD_INIT {sizeof(psrpc_method), 0, 0, 0, NULL, NULL}
+#define PSRPC_METHOD_INIT \
+    { sizeof(psrpc_method), 0, 0, 0, NULL, NULL }
 #define PSRPC_METHOD_SIZE_V1 32
 
 /* ------------------------------------------------------------------------ */
@@ -292,32 +293,34 @@ typedef struct psrpc_bus psrpc_bus;
 #define PSRPC_BUS_TLS 0x1u /* use TLS even if the URL scheme does not say so */
 
 typedef struct psrpc_bus_options {
-    uint32_t struct_size;     /* sizeof(psrpc_bus_options) */
-    uint32_t flags;           /* PSRPC_BUS_* */
-    int64_t max_message_size; /* bytes; 0 = 1 MiB. Larger messages are refused
-                                 (resource_exhausted) and inbound ones dropped */
-    int64_t queue_capacity;   /* per-subscription inbound queue; 0 = 10000. Overflow
-                                 is dropped and counted as slow_consumer */
-    int64_t connect_timeout_ms;     /* per connection attempt; 0 = 5000 */
-    int64_t ping_interval_ms;       /* health check interval; 0 = 3000 (Redis), 10000 (NATS) */
-    int64_t reconnect_wait_ms;      /* first reconnect delay; 0 = 100, doubling */
-    int64_t reconnect_wait_max_ms;  /* backoff cap; 0 = 1000 (Redis), 2000 (NATS) */
-    int64_t compress_threshold;     /* gzip outbound payloads at least this large; 0 = never */
-    int64_t reconnect_buffer_size;  /* bytes of publishes buffered while (re)connecting;
-                                       0 = 8 MiB */
-    const char *tls_ca_file;        /* PEM CA bundle to verify the server; NULL = system */
-    const char *tls_cert_file;      /* PEM client certificate (mutual TLS) */
-    const char *tls_key_file;       /* PEM client key */
-    const char *tls_server_name;    /* SNI / verification name; NULL = the URL's host */
-    const char *nats_creds_file;    /* NATS: JWT + NKey seed credentials file */
-    const char *nats_nkey_seed_file;/* NATS: NKey seed file */
-    const char *channel_prefix;     /* Redis: prepended to every channel name; NULL = none
-                                       (Go peers use none) */
+    uint32_t struct_size;            /* sizeof(psrpc_bus_options) */
+    uint32_t flags;                  /* PSRPC_BUS_* */
+    int64_t max_message_size;        /* bytes; 0 = 1 MiB. Larger messages are refused
+                                        (resource_exhausted) and inbound ones dropped */
+    int64_t queue_capacity;          /* per-subscription inbound queue; 0 = 10000. Overflow
+                                        is dropped and counted as slow_consumer */
+    int64_t connect_timeout_ms;      /* per connection attempt; 0 = 5000 */
+    int64_t ping_interval_ms;        /* health check interval; 0 = 3000 (Redis), 10000 (NATS) */
+    int64_t reconnect_wait_ms;       /* first reconnect delay; 0 = 100, doubling */
+    int64_t reconnect_wait_max_ms;   /* backoff cap; 0 = 1000 (Redis), 2000 (NATS) */
+    int64_t compress_threshold;      /* gzip outbound payloads at least this large; 0 = never */
+    int64_t reconnect_buffer_size;   /* bytes of publishes buffered while (re)connecting;
+                                        0 = 8 MiB */
+    const char *tls_ca_file;         /* PEM CA bundle to verify the server; NULL = system */
+    const char *tls_cert_file;       /* PEM client certificate (mutual TLS) */
+    const char *tls_key_file;        /* PEM client key */
+    const char *tls_server_name;     /* SNI / verification name; NULL = the URL's host */
+    const char *nats_creds_file;     /* NATS: JWT + NKey seed credentials file */
+    const char *nats_nkey_seed_file; /* NATS: NKey seed file */
+    const char *channel_prefix;      /* Redis: prepended to every channel name; NULL = none
+                                        (Go peers use none) */
 } psrpc_bus_options;
 
-#define PSRPC_BUS_OPTIONS_INIT                                                            \
-    {sizeof(psrpc_bus_options), 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL,  \
-     NULL, NULL}
+#define PSRPC_BUS_OPTIONS_INIT                                                                    \
+    {                                                                                             \
+        sizeof(psrpc_bus_options), 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL, NULL, \
+            NULL                                                                                  \
+    }
 #define PSRPC_BUS_OPTIONS_SIZE_V1 128
 
 /** Fills opts with defaults for a caller compiled with struct_size. */
@@ -326,7 +329,8 @@ PSRPC_API psrpc_status psrpc_bus_options_init(psrpc_bus_options *opts, size_t st
 /**
  * Opens a bus. url: NULL or "local://" (a bus private to this handle),
  * "local://NAME" (shared by every bus opened with the same NAME in this
- * process), "redis://..." or "nats://..." where compiled in. opts may be NULL.
+ * process), "redis://..." (also rediss://, redis+sentinel://, redis+cluster://:
+ * docs/redis.md) or "nats://..." where compiled in. opts may be NULL.
  * Starts the loop thread. Returns at once; on failure *out is NULL.
  */
 PSRPC_API psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url,
@@ -339,8 +343,7 @@ PSRPC_API psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url,
  * last callback of anything on this bus returned. Idempotent: a second close
  * returns PSRPC_OK and its closed_cb also runs once.
  */
-PSRPC_API psrpc_status psrpc_bus_close(psrpc_bus *bus, psrpc_closed_cb closed_cb,
-                                       void *user_data);
+PSRPC_API psrpc_status psrpc_bus_close(psrpc_bus *bus, psrpc_closed_cb closed_cb, void *user_data);
 
 /**
  * Drops the caller's reference, closing first if needed. NULL is a no-op.
@@ -409,16 +412,16 @@ typedef struct psrpc_bus_stats {
     uint64_t connects;
     uint64_t disconnects;
     uint64_t reconnect_attempts;
-    uint64_t subscriptions;          /* broker subscriptions currently active */
+    uint64_t subscriptions; /* broker subscriptions currently active */
     uint64_t messages_published;
     uint64_t messages_received;
-    uint64_t dropped_malformed;      /* undecodable, wrong-typed, or a request whose id is
-                                        already waiting for its claim */
+    uint64_t dropped_malformed; /* undecodable, wrong-typed, or a request whose id is
+                                   already waiting for its claim */
     uint64_t dropped_oversize;
-    uint64_t dropped_slow_consumer;  /* inbound queue full */
-    uint64_t dropped_expired;        /* requests/stream messages past expiry */
-    uint64_t dropped_unknown;        /* responses/claims for no pending request */
-    uint64_t requests_in_flight;     /* client calls outstanding */
+    uint64_t dropped_slow_consumer; /* inbound queue full */
+    uint64_t dropped_expired;       /* requests/stream messages past expiry */
+    uint64_t dropped_unknown;       /* responses/claims for no pending request */
+    uint64_t requests_in_flight;    /* client calls outstanding */
     uint64_t streams_open;
     /* V2: requests a server dropped instead of claiming because it already
      * held 10,000 requests or 64 MiB awaiting their ClaimResponse (anyone who
@@ -449,11 +452,11 @@ typedef struct psrpc_client_options {
                                      or wildcard ("*", ">") dot-separated parts */
 } psrpc_client_options;
 
-#define PSRPC_CLIENT_OPTIONS_INIT {sizeof(psrpc_client_options), 0, 0, 0, NULL}
+#define PSRPC_CLIENT_OPTIONS_INIT \
+    { sizeof(psrpc_client_options), 0, 0, 0, NULL }
 #define PSRPC_CLIENT_OPTIONS_SIZE_V1 32
 
-PSRPC_API psrpc_status psrpc_client_options_init(psrpc_client_options *opts,
-                                                 size_t struct_size);
+PSRPC_API psrpc_status psrpc_client_options_init(psrpc_client_options *opts, size_t struct_size);
 
 /** One claim seen during server selection. Borrowed for the callback. */
 typedef struct psrpc_claim {
@@ -472,8 +475,8 @@ typedef struct psrpc_selection psrpc_selection;
  * keeps running meanwhile. user_data is the call option's selection_user_data;
  * it is never used after the call's completion callback ran.
  */
-typedef void (*psrpc_select_cb)(psrpc_selection *selection, const psrpc_claim *claims,
-                                size_t count, void *user_data);
+typedef void (*psrpc_select_cb)(psrpc_selection *selection, const psrpc_claim *claims, size_t count,
+                                void *user_data);
 
 /** Chooses a server (any string; an unknown id makes the call time out). Consumes selection. */
 PSRPC_API psrpc_status psrpc_selection_choose(psrpc_selection *selection, const char *server_id);
@@ -491,17 +494,18 @@ PSRPC_API psrpc_status psrpc_selection_fail(psrpc_selection *selection, int stat
  * (PSRPC_INVALID_ARGUMENT): one server bids, there is nothing to select.
  */
 typedef struct psrpc_selection_options {
-    uint32_t struct_size;              /* sizeof(psrpc_selection_options) */
-    uint32_t flags;                    /* PSRPC_SELECT_* */
-    float minimum_affinity;            /* > 0: claims below are ineligible */
-    float maximum_affinity;            /* > 0: an eligible claim >= it is taken at once */
-    int64_t affinity_timeout_ms;       /* selection deadline; 0 = none */
-    int64_t short_circuit_timeout_ms;  /* after the first eligible claim; 0 = none */
-    psrpc_select_cb select;            /* NULL = built-in choice */
+    uint32_t struct_size;             /* sizeof(psrpc_selection_options) */
+    uint32_t flags;                   /* PSRPC_SELECT_* */
+    float minimum_affinity;           /* > 0: claims below are ineligible */
+    float maximum_affinity;           /* > 0: an eligible claim >= it is taken at once */
+    int64_t affinity_timeout_ms;      /* selection deadline; 0 = none */
+    int64_t short_circuit_timeout_ms; /* after the first eligible claim; 0 = none */
+    psrpc_select_cb select;           /* NULL = built-in choice */
     void *select_user_data;
 } psrpc_selection_options;
 
-#define PSRPC_SELECTION_OPTIONS_INIT {sizeof(psrpc_selection_options), 0, 0, 0, 0, 0, NULL, NULL}
+#define PSRPC_SELECTION_OPTIONS_INIT \
+    { sizeof(psrpc_selection_options), 0, 0, 0, 0, 0, NULL, NULL }
 #define PSRPC_SELECTION_OPTIONS_SIZE_V1 48
 
 /* Timeouts (every *_timeout_ms of this header, and the waits'): any value up
@@ -528,7 +532,8 @@ typedef struct psrpc_call_options {
     int64_t deadline_ns;
 } psrpc_call_options;
 
-#define PSRPC_CALL_OPTIONS_INIT {sizeof(psrpc_call_options), 0, 0, NULL, 0, NULL, 0, NULL, 0}
+#define PSRPC_CALL_OPTIONS_INIT \
+    { sizeof(psrpc_call_options), 0, 0, NULL, 0, NULL, 0, NULL, 0 }
 #define PSRPC_CALL_OPTIONS_SIZE_V1 64
 
 PSRPC_API psrpc_status psrpc_call_options_init(psrpc_call_options *opts, size_t struct_size);
@@ -541,8 +546,8 @@ PSRPC_API psrpc_status psrpc_selection_options_init(psrpc_selection_options *opt
  * server_id names the answering server when known (else NULL). Everything is
  * borrowed for the callback.
  */
-typedef void (*psrpc_call_cb)(uint64_t call_id, const psrpc_msg *response,
-                              const psrpc_error *error, const char *server_id, void *user_data);
+typedef void (*psrpc_call_cb)(uint64_t call_id, const psrpc_msg *response, const psrpc_error *error,
+                              const char *server_id, void *user_data);
 
 /**
  * Creates a client of service (the wire service name, e.g. "MyService") on
@@ -552,8 +557,7 @@ typedef void (*psrpc_call_cb)(uint64_t call_id, const psrpc_msg *response,
 /* Names: service, method and server ids must match [A-Za-z_][A-Za-z0-9_]*,
  * client ids [A-Za-z0-9_.-]+ (they go into NATS subjects unescaped);
  * anything else is PSRPC_INVALID_ARGUMENT. Topics may be any UTF-8. */
-PSRPC_API psrpc_status psrpc_client_create(psrpc_client **out, psrpc_bus *bus,
-                                           const char *service,
+PSRPC_API psrpc_status psrpc_client_create(psrpc_client **out, psrpc_bus *bus, const char *service,
                                            const psrpc_client_options *opts);
 
 /** The client id used on the wire; valid for the client's lifetime. */
@@ -565,9 +569,9 @@ PSRPC_API const char *psrpc_client_id(const psrpc_client *client);
  * id for psrpc_client_cancel. data is copied.
  */
 PSRPC_API psrpc_status psrpc_client_call(uint64_t *call_id_out, psrpc_client *client,
-                                         const psrpc_method *method, const void *data,
-                                         size_t len, const psrpc_call_options *opts,
-                                         psrpc_call_cb cb, void *user_data);
+                                         const psrpc_method *method, const void *data, size_t len,
+                                         const psrpc_call_options *opts, psrpc_call_cb cb,
+                                         void *user_data);
 
 /**
  * Sends a multi request (MULTI routing). on_result runs once per response or
@@ -630,16 +634,15 @@ typedef void (*psrpc_message_cb)(psrpc_sub *sub, const psrpc_msg *msg, void *use
  * once after the last on_message, when the subscription is closed.
  */
 PSRPC_API psrpc_status psrpc_client_subscribe(psrpc_sub **out, psrpc_client *client,
-                                              const psrpc_method *method,
-                                              const char *const *topics, size_t topic_count,
-                                              psrpc_message_cb on_message, psrpc_done_cb on_ready,
-                                              void *user_data, psrpc_release_cb release);
+                                              const psrpc_method *method, const char *const *topics,
+                                              size_t topic_count, psrpc_message_cb on_message,
+                                              psrpc_done_cb on_ready, void *user_data,
+                                              psrpc_release_cb release);
 
 /** Blocks until the subscription is confirmed; PSRPC_DEADLINE_EXCEEDED after timeout_ms. */
 PSRPC_API psrpc_status psrpc_sub_wait_ready(psrpc_sub *sub, int64_t timeout_ms);
 /** Stops delivery. Idempotent; safe inside on_message. */
-PSRPC_API psrpc_status psrpc_sub_close(psrpc_sub *sub, psrpc_closed_cb closed_cb,
-                                       void *user_data);
+PSRPC_API psrpc_status psrpc_sub_close(psrpc_sub *sub, psrpc_closed_cb closed_cb, void *user_data);
 /** Closes if needed and drops the caller's reference. NULL is a no-op. */
 PSRPC_API void psrpc_sub_free(psrpc_sub *sub);
 
@@ -665,21 +668,20 @@ typedef struct psrpc_request psrpc_request;
 #define PSRPC_SERVER_SKIP_CLAIM 0x1u
 
 typedef struct psrpc_server_options {
-    uint32_t struct_size; /* sizeof(psrpc_server_options) */
-    uint32_t flags;       /* PSRPC_SERVER_* */
-    int64_t timeout_ms;   /* server stream timeout; 0 = 3000 */
+    uint32_t struct_size;  /* sizeof(psrpc_server_options) */
+    uint32_t flags;        /* PSRPC_SERVER_* */
+    int64_t timeout_ms;    /* server stream timeout; 0 = 3000 */
     const char *server_id; /* NULL or "" = "SRV_" + 12 random alphanumerics; any UTF-8
                               string (as Go: it travels in messages, not channel names) */
 } psrpc_server_options;
 
-#define PSRPC_SERVER_OPTIONS_INIT {sizeof(psrpc_server_options), 0, 0, NULL}
+#define PSRPC_SERVER_OPTIONS_INIT \
+    { sizeof(psrpc_server_options), 0, 0, NULL }
 #define PSRPC_SERVER_OPTIONS_SIZE_V1 24
 
-PSRPC_API psrpc_status psrpc_server_options_init(psrpc_server_options *opts,
-                                                 size_t struct_size);
+PSRPC_API psrpc_status psrpc_server_options_init(psrpc_server_options *opts, size_t struct_size);
 
-PSRPC_API psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus,
-                                           const char *service,
+PSRPC_API psrpc_status psrpc_server_create(psrpc_server **out, psrpc_bus *bus, const char *service,
                                            const psrpc_server_options *opts);
 
 /** The server id used on the wire; valid for the server's lifetime. */
@@ -691,8 +693,8 @@ typedef void (*psrpc_handler_cb)(psrpc_request *request, void *user_data);
 /**
  * An affinity question for a claim method. Answer exactly once with
  * psrpc_request_claim(request, affinity), from any thread; a negative
- * affinity (or psrpc_request_abandon) declines (no claim is sent). If this server is then chosen, the
- * same request is handed to the handler.
+ * affinity (or psrpc_request_abandon) declines (no claim is sent). If this server is then chosen,
+ * the same request is handed to the handler.
  */
 typedef void (*psrpc_affinity_cb)(psrpc_request *request, void *user_data);
 
@@ -758,8 +760,7 @@ PSRPC_API size_t psrpc_request_metadata_count(const psrpc_request *request);
 PSRPC_API psrpc_status psrpc_request_metadata_at(const psrpc_request *request, size_t index,
                                                  const char **key, const char **value);
 /** The value for key, or NULL; of duplicate keys, the last (as Go's map). */
-PSRPC_API const char *psrpc_request_metadata_get(const psrpc_request *request,
-                                                 const char *key);
+PSRPC_API const char *psrpc_request_metadata_get(const psrpc_request *request, const char *key);
 /** Unix time in nanoseconds when the caller sent the request. */
 PSRPC_API int64_t psrpc_request_sent_at_ns(const psrpc_request *request);
 /** Unix time in nanoseconds of the request's deadline (its expiry). */
@@ -783,15 +784,13 @@ PSRPC_API int64_t psrpc_request_remaining_ms(const psrpc_request *request);
  */
 
 /** Answers with a serialized response. Consumes the request. */
-PSRPC_API psrpc_status psrpc_request_respond(psrpc_request *request, const void *data,
-                                             size_t len);
+PSRPC_API psrpc_status psrpc_request_respond(psrpc_request *request, const void *data, size_t len);
 /**
  * Fails the request with a status and message (message NULL or "" becomes the
  * status description, since an empty error reads as success on the wire).
  * Consumes the request.
  */
-PSRPC_API psrpc_status psrpc_request_fail(psrpc_request *request, int status,
-                                          const char *message);
+PSRPC_API psrpc_status psrpc_request_fail(psrpc_request *request, int status, const char *message);
 /**
  * Fails the request with any code string (carried unchanged; "" means
  * "unknown"; NULL is refused), a message and details (google.protobuf.Any
@@ -832,8 +831,7 @@ typedef struct psrpc_stream psrpc_stream;
  * counted as dropped_slow_consumer). To decide later (on another thread),
  * call psrpc_stream_defer inside the callback and psrpc_stream_ack after.
  */
-typedef int (*psrpc_stream_message_cb)(psrpc_stream *stream, const psrpc_msg *msg,
-                                       void *user_data);
+typedef int (*psrpc_stream_message_cb)(psrpc_stream *stream, const psrpc_msg *msg, void *user_data);
 
 /**
  * The stream ended; cause is never NULL: a clean close reads as PSRPC_CANCELED
@@ -847,18 +845,15 @@ typedef void (*psrpc_stream_close_cb)(psrpc_stream *stream, const psrpc_error *c
 /**
  * Opens a stream to one server of a stream method (topics, metadata, timeout
  * and selection from opts, as for calls; the timeout is also the stream's
- * message timeout). on_message and on_close are required. on_open (may be NULL) runs once: error NULL when a server
- * acknowledged the open, else why it failed (then on_close follows with the
- * same cause). Sends made before the open completes wait for it. *out is the
- * caller's reference, released with psrpc_stream_free.
+ * message timeout). on_message and on_close are required. on_open (may be NULL) runs once: error
+ * NULL when a server acknowledged the open, else why it failed (then on_close follows with the same
+ * cause). Sends made before the open completes wait for it. *out is the caller's reference,
+ * released with psrpc_stream_free.
  */
-PSRPC_API psrpc_status psrpc_client_open_stream(psrpc_stream **out, psrpc_client *client,
-                                                const psrpc_method *method,
-                                                const psrpc_call_options *opts,
-                                                psrpc_done_cb on_open,
-                                                psrpc_stream_message_cb on_message,
-                                                psrpc_stream_close_cb on_close, void *user_data,
-                                                psrpc_release_cb release);
+PSRPC_API psrpc_status psrpc_client_open_stream(
+    psrpc_stream **out, psrpc_client *client, const psrpc_method *method,
+    const psrpc_call_options *opts, psrpc_done_cb on_open, psrpc_stream_message_cb on_message,
+    psrpc_stream_close_cb on_close, void *user_data, psrpc_release_cb release);
 
 /**
  * A new stream accepted by a server (the open was claimed and acknowledged).
@@ -876,13 +871,10 @@ typedef void (*psrpc_stream_handler_cb)(psrpc_stream *stream, void *user_data);
  * psrpc_request_claim. Deregistering or closing the server closes its open
  * streams with PSRPC_UNAVAILABLE "EOF".
  */
-PSRPC_API psrpc_status psrpc_server_register_stream(psrpc_server *server,
-                                                    const psrpc_method *method,
-                                                    const char *const *topics, size_t topic_count,
-                                                    psrpc_stream_handler_cb handler,
-                                                    psrpc_affinity_cb affinity,
-                                                    psrpc_done_cb on_ready, void *user_data,
-                                                    psrpc_release_cb release);
+PSRPC_API psrpc_status psrpc_server_register_stream(
+    psrpc_server *server, const psrpc_method *method, const char *const *topics, size_t topic_count,
+    psrpc_stream_handler_cb handler, psrpc_affinity_cb affinity, psrpc_done_cb on_ready,
+    void *user_data, psrpc_release_cb release);
 
 /**
  * Sets a server-side stream's callbacks (once; PSRPC_ALREADY_EXISTS after).
@@ -893,8 +885,8 @@ PSRPC_API psrpc_status psrpc_server_register_stream(psrpc_server *server,
  */
 PSRPC_API psrpc_status psrpc_stream_set_callbacks(psrpc_stream *stream,
                                                   psrpc_stream_message_cb on_message,
-                                                  psrpc_stream_close_cb on_close,
-                                                  void *user_data, psrpc_release_cb release);
+                                                  psrpc_stream_close_cb on_close, void *user_data,
+                                                  psrpc_release_cb release);
 
 /**
  * Sends a message; on_done (may be NULL) runs once: error NULL when the peer
@@ -913,8 +905,7 @@ PSRPC_API psrpc_status psrpc_stream_send(psrpc_stream *stream, const void *data,
  * The local on_close runs with the same cause. Idempotent: once closed (by
  * either side) nothing more is sent.
  */
-PSRPC_API psrpc_status psrpc_stream_close(psrpc_stream *stream, int status,
-                                          const char *message);
+PSRPC_API psrpc_status psrpc_stream_close(psrpc_stream *stream, int status, const char *message);
 
 /**
  * Deferred acks: inside a stream's on_message callback (client or server
@@ -965,6 +956,360 @@ PSRPC_API psrpc_status psrpc_stream_metadata_at(const psrpc_stream *stream, size
                                                 const char **key, const char **value);
 /* The value for key, or NULL; of duplicate keys, the last (as Go's map). */
 PSRPC_API const char *psrpc_stream_metadata_get(const psrpc_stream *stream, const char *key);
+
+/* ------------------------------------------------------------------------ */
+/* Hooks (interceptors), retries, logs, metrics, trace context (issue 16)    */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Hooks see every call a client makes and every request a server handles.
+ * They are added to a client or server (any thread, any time; they apply to
+ * calls made / requests received after psrpc_*_add_hooks returned) and run
+ * in registration order. A client or server without hooks pays one atomic
+ * load per call (an acquire load: a plain load on x86-64) and nothing else.
+ *
+ * | hook                        | runs on                                     |
+ * |-----------------------------|---------------------------------------------|
+ * | client before_send          | the thread calling psrpc_client_call,        |
+ * |                             | _call_multi, _open_stream (_sync: the caller)|
+ * | client on_outcome           | the loop thread, just before the call's own  |
+ * |                             | outcome callback (cb / on_done / on_open)    |
+ * | server before_handle        | the loop thread, just before the handler     |
+ * |                             | (or the stream handler)                      |
+ * | server on_outcome           | unary/multi: the thread that answers         |
+ * |                             | (respond/fail/abandon); streams: the loop    |
+ * |                             | thread when the stream ends                  |
+ *
+ * Hooks must not block (before_send blocks the caller; the others stall the
+ * bus) and must not call psrpc_*_sync on a loop thread. Everything they get
+ * is borrowed for the duration of the hook.
+ */
+
+/* Call kinds (psrpc_call_info.kind). */
+#define PSRPC_CALL_KIND_UNARY 1u  /* psrpc_client_call (QUEUE / AFFINITY) */
+#define PSRPC_CALL_KIND_MULTI 2u  /* psrpc_client_call_multi (MULTI) */
+#define PSRPC_CALL_KIND_STREAM 3u /* psrpc_client_open_stream / a stream a server accepts */
+
+/* Which side a hook or metric is on. */
+#define PSRPC_ROLE_CLIENT 1u
+#define PSRPC_ROLE_SERVER 2u
+
+/** What a hook knows about a call or a handled request. Borrowed; may grow at the end. */
+typedef struct psrpc_call_info {
+    uint32_t struct_size; /* sizeof as the library compiled it */
+    uint32_t kind;        /* PSRPC_CALL_KIND_* */
+    uint32_t role;        /* PSRPC_ROLE_* */
+    uint32_t reserved;
+    const char *service;
+    const char *method;
+    const char *const *topics;
+    size_t topic_count;
+    uint64_t call_id;       /* client: the call id (as returned); server: 0 */
+    const char *client_id;  /* client: its own id; server: the caller's id */
+    const char *server_id;  /* server: its own id; client: NULL */
+    const char *request_id; /* server: the request (stream open) id; client: NULL */
+    int64_t expiry_ns;      /* the deadline (Unix ns) the request carries / will carry; 0 if
+                               not yet known (client before_send with no deadline_ns) */
+} psrpc_call_info;
+
+/** A call's (or a handled request's) outcome. Borrowed; may grow at the end. */
+typedef struct psrpc_call_outcome {
+    uint32_t struct_size;
+    uint32_t attempts;        /* client: attempts made (1 without retries; 0 when it
+                                 failed before sending); server: 1 */
+    int64_t duration_ns;      /* client: from the call to its outcome; server: from the
+                                 request's arrival to its answer (streams: to their end) */
+    const char *server_id;    /* the answering server when known, else NULL */
+    const psrpc_error *error; /* NULL on success (a clean stream close is success) */
+    uint64_t responses;       /* multi (client): results delivered; else 0 */
+    uint64_t errors;          /* multi (client): error results delivered; else 0 */
+} psrpc_call_outcome;
+
+/** What a before-hook may do with the call; valid only during the hook. */
+typedef struct psrpc_hook_call psrpc_hook_call;
+
+/**
+ * Client hook run before a call is sent (once per call, not per retry
+ * attempt). It may read and change the metadata the call will send
+ * (psrpc_hook_call_metadata_*). Return 0 to go on; a negative psrpc status
+ * (or the value of psrpc_hook_call_fail) fails the call: no later hook runs,
+ * nothing is sent, and the call's outcome callback still runs exactly once
+ * (on the loop thread) with that error, as do the on_outcome hooks (with
+ * attempts 0). The call function itself returns PSRPC_OK.
+ */
+typedef int (*psrpc_client_before_cb)(const psrpc_call_info *info, psrpc_hook_call *call,
+                                      void *user_data);
+/** Client hook run once per call with its final outcome (after all retries). */
+typedef void (*psrpc_client_outcome_cb)(const psrpc_call_info *info,
+                                        const psrpc_call_outcome *outcome, void *user_data);
+
+typedef struct psrpc_client_hooks {
+    uint32_t struct_size;               /* sizeof(psrpc_client_hooks) */
+    uint32_t reserved;                  /* 0 */
+    psrpc_client_before_cb before_send; /* may be NULL */
+    psrpc_client_outcome_cb on_outcome; /* may be NULL */
+    void *user_data;
+    psrpc_release_cb release; /* may be NULL; runs once when the client is freed, after
+                                 the last hook invocation */
+} psrpc_client_hooks;
+
+#define PSRPC_CLIENT_HOOKS_INIT \
+    { sizeof(psrpc_client_hooks), 0, NULL, NULL, NULL, NULL }
+#define PSRPC_CLIENT_HOOKS_SIZE_V1 40
+
+PSRPC_API psrpc_status psrpc_client_hooks_init(psrpc_client_hooks *hooks, size_t struct_size);
+/** Appends hooks to the client's chain (any thread). Both callbacks NULL: invalid. */
+PSRPC_API psrpc_status psrpc_client_add_hooks(psrpc_client *client,
+                                              const psrpc_client_hooks *hooks);
+
+/**
+ * Server hook run before the handler of each request (in its handler stage:
+ * after the claim, if any) and before the stream handler of each accepted
+ * stream (after the open was acknowledged: a rejected stream open is then
+ * closed with the error). It may read the request's metadata
+ * (psrpc_hook_call_metadata_count/_at/_get; psrpc_hook_call_metadata_set is
+ * refused on the server side) and reject: return a negative status (or
+ * psrpc_hook_call_fail's value): the caller gets that error, the handler
+ * never sees the request, the on_outcome hooks run with it.
+ */
+typedef int (*psrpc_server_before_cb)(const psrpc_call_info *info, psrpc_hook_call *call,
+                                      void *user_data);
+/** Server hook run once per handled request / accepted stream with its outcome. */
+typedef void (*psrpc_server_outcome_cb)(const psrpc_call_info *info,
+                                        const psrpc_call_outcome *outcome, void *user_data);
+
+typedef struct psrpc_server_hooks {
+    uint32_t struct_size;                 /* sizeof(psrpc_server_hooks) */
+    uint32_t reserved;                    /* 0 */
+    psrpc_server_before_cb before_handle; /* may be NULL */
+    psrpc_server_outcome_cb on_outcome;   /* may be NULL */
+    void *user_data;
+    psrpc_release_cb release; /* may be NULL; runs once when the server is freed */
+} psrpc_server_hooks;
+
+#define PSRPC_SERVER_HOOKS_INIT \
+    { sizeof(psrpc_server_hooks), 0, NULL, NULL, NULL, NULL }
+#define PSRPC_SERVER_HOOKS_SIZE_V1 40
+
+PSRPC_API psrpc_status psrpc_server_hooks_init(psrpc_server_hooks *hooks, size_t struct_size);
+/** Appends hooks to the server's chain (any thread). Both callbacks NULL: invalid. */
+PSRPC_API psrpc_status psrpc_server_add_hooks(psrpc_server *server,
+                                              const psrpc_server_hooks *hooks);
+
+/* Inside a before-hook. */
+PSRPC_API size_t psrpc_hook_call_metadata_count(const psrpc_hook_call *call);
+PSRPC_API psrpc_status psrpc_hook_call_metadata_at(const psrpc_hook_call *call, size_t index,
+                                                   const char **key, const char **value);
+/** The value for key or NULL (the last of duplicates). */
+PSRPC_API const char *psrpc_hook_call_metadata_get(const psrpc_hook_call *call, const char *key);
+/**
+ * Client side only: sets key to value (replacing every existing entry of
+ * key, appended at the end otherwise); value NULL removes key. Both copied,
+ * valid UTF-8. Server side: PSRPC_FAILED_PRECONDITION.
+ */
+PSRPC_API psrpc_status psrpc_hook_call_metadata_set(psrpc_hook_call *call, const char *key,
+                                                    const char *value);
+/**
+ * Fails the call (client) or rejects the request (server) with status
+ * (negative psrpc status; other values -> PSRPC_INTERNAL) and message (NULL
+ * or "" -> the status description). Returns the status, for
+ * `return psrpc_hook_call_fail(call, PSRPC_PERMISSION_DENIED, "no");`.
+ */
+PSRPC_API int psrpc_hook_call_fail(psrpc_hook_call *call, int status, const char *message);
+
+/*
+ * Retries, with livekit/psrpc v0.8.2 middleware.RetryOptions semantics
+ * (pkg/middleware/retry.go), for unary calls (WithRPCRetries) and, beyond Go,
+ * stream opens. Attempt n (1-based) of a call:
+ *   - its timeout is timeout_ms + (n-1) * backoff_ms when that is > 0 AND the
+ *     caller set no timeout_ms in its psrpc_call_options (a caller's timeout
+ *     wins and applies to every attempt); else the client's timeout;
+ *   - the caller's deadline_ns bounds every attempt and the whole call;
+ *   - after a failed attempt: no retry (the attempt's error is the outcome) if
+ *     the error is not recoverable or n == max_attempts; else, if the
+ *     caller's deadline passed or the call was canceled, the outcome is
+ *     PSRPC_CANCELED "request canceled" (as Go's ErrRequestCanceled);
+ *     else the next attempt starts at once (Go waits 0 between attempts:
+ *     "backoff" grows the attempt timeout, it is not a sleep), or after
+ *     wait_ms when a retry_params callback asks for it.
+ *   - recoverable (default, Go's isTimeout): PSRPC_DEADLINE_EXCEEDED and
+ *     PSRPC_UNAVAILABLE (e.g. "no response from servers").
+ *   - max_attempts 0 means no limit, as Go's zero value: only the deadline,
+ *     a cancel or a non-recoverable error ends the call.
+ * Each attempt is a new request (new request id, same payload and the
+ * metadata the before_send hooks produced). The before_send hooks run once
+ * per call; on_outcome once, with outcome->attempts. Multi calls are never
+ * retried (as Go).
+ */
+typedef struct psrpc_retry_options {
+    uint32_t struct_size;  /* sizeof(psrpc_retry_options) */
+    uint32_t max_attempts; /* 0 = no limit (Go's zero value) */
+    int64_t timeout_ms;    /* first attempt's timeout; 0 = see above */
+    int64_t backoff_ms;    /* added to the attempt timeout after each failed attempt */
+    /* NULL = PSRPC_DEADLINE_EXCEEDED or PSRPC_UNAVAILABLE. Loop thread. */
+    int (*is_recoverable)(const psrpc_error *error, void *user_data);
+    /* Go's GetRetryParameters (overrides max_attempts, timeout_ms, backoff_ms
+     * and is_recoverable): return non-zero to retry after failed attempt
+     * `attempt`, with *timeout_ms (0 = the client's timeout) for the next one,
+     * after *wait_ms. NULL = the rule above. Loop thread. */
+    int (*retry_params)(const psrpc_error *error, uint32_t attempt, int64_t *timeout_ms,
+                        int64_t *wait_ms, void *user_data);
+    void *user_data;
+} psrpc_retry_options;
+
+#define PSRPC_RETRY_OPTIONS_INIT \
+    { sizeof(psrpc_retry_options), 0, 0, 0, NULL, NULL, NULL }
+#define PSRPC_RETRY_OPTIONS_SIZE_V1 48
+
+/* psrpc_client_set_retries kinds. */
+#define PSRPC_RETRY_UNARY 0x1u
+#define PSRPC_RETRY_STREAM_OPEN 0x2u
+
+PSRPC_API psrpc_status psrpc_retry_options_init(psrpc_retry_options *opts, size_t struct_size);
+/**
+ * Sets (opts non-NULL) or clears (opts NULL) the retry policy of the calls of
+ * the given kinds (PSRPC_RETRY_* bits) made after it returns. Any thread.
+ * The callbacks' user_data must stay valid until the client is freed.
+ */
+PSRPC_API psrpc_status psrpc_client_set_retries(psrpc_client *client, uint32_t kinds,
+                                                const psrpc_retry_options *opts);
+
+/*
+ * Logs. Off by default. One process-wide callback (psrpc_set_log_callback);
+ * it runs on the thread where the event happens (mostly a loop thread), never
+ * while the library holds a lock, and must not block or call back into the
+ * library except psrpc_msg_* and accessors. Events, each logged once:
+ *   - PSRPC_LOG_INFO  "bus": connected, reconnected (after a loss).
+ *   - PSRPC_LOG_WARN  "bus": connection lost (with why), reconnect failed
+ *                     (once per outage, then at DEBUG).
+ *   - PSRPC_LOG_ERROR "bus": authentication / permission refused by the broker.
+ *   - PSRPC_LOG_WARN  "drop": messages dropped, by reason (malformed, oversize,
+ *                     expired, unknown, slow_consumer, held_limit): the first
+ *                     drop of a reason on a bus, then at most one summary
+ *                     line per reason per 10 s ("N more since"); every single
+ *                     drop at DEBUG.
+ * Never one line per message at INFO or above.
+ */
+#define PSRPC_LOG_ERROR 1
+#define PSRPC_LOG_WARN 2
+#define PSRPC_LOG_INFO 3
+#define PSRPC_LOG_DEBUG 4
+
+typedef void (*psrpc_log_cb)(int level, const char *component, const char *message,
+                             void *user_data);
+/**
+ * Installs (cb non-NULL) or removes (cb NULL) the log callback; events above
+ * max_level (PSRPC_LOG_*) are not formatted at all. Any thread. The previous
+ * callback may still be running on another thread when this returns.
+ */
+PSRPC_API psrpc_status psrpc_set_log_callback(psrpc_log_cb cb, int max_level, void *user_data);
+
+/*
+ * Metrics: per (role, service, method) counters and latency histograms, kept
+ * by a psrpc_metrics object attached to clients and servers (it is a pair of
+ * built-in on_outcome hooks). Counting costs one short mutex-held update per
+ * outcome; nothing when no metrics object is attached.
+ */
+typedef struct psrpc_metrics psrpc_metrics;
+
+/** Latency bucket upper bounds (ms), as Prometheus DefBuckets: 5,10,25,50,100,250,500,
+ * 1000,2500,5000,10000, then +Inf. */
+#define PSRPC_METRICS_BUCKETS 12
+
+typedef struct psrpc_method_metrics {
+    uint32_t struct_size; /* the caller's sizeof */
+    uint32_t role;        /* PSRPC_ROLE_* */
+    uint32_t kind;        /* PSRPC_CALL_KIND_* */
+    uint32_t reserved;
+    const char *service;
+    const char *method;
+    uint64_t calls;    /* outcomes counted */
+    uint64_t errors;   /* outcomes with an error */
+    uint64_t attempts; /* client: attempts (retries included) */
+    uint64_t latency_sum_ns;
+    uint64_t buckets[PSRPC_METRICS_BUCKETS]; /* NON-cumulative counts per bucket */
+    uint64_t error_codes_count;              /* number of distinct error codes below */
+} psrpc_method_metrics;
+
+#define PSRPC_METHOD_METRICS_SIZE_V1 168
+
+PSRPC_API psrpc_status psrpc_metrics_new(psrpc_metrics **out);
+/** Counts calls of client / requests of server from now on (any thread). */
+PSRPC_API psrpc_status psrpc_metrics_attach_client(psrpc_metrics *m, psrpc_client *client);
+PSRPC_API psrpc_status psrpc_metrics_attach_server(psrpc_metrics *m, psrpc_server *server);
+/** The bucket bounds in ms (index < PSRPC_METRICS_BUCKETS - 1), else -1 (+Inf). */
+PSRPC_API double psrpc_metrics_bucket_bound_ms(size_t index);
+/** A row of psrpc_metrics_read (borrowed for the callback). */
+typedef void (*psrpc_metrics_row_cb)(const psrpc_method_metrics *row, void *user_data);
+/** One error code's count of a row (borrowed for the callback). */
+typedef void (*psrpc_metrics_code_cb)(const psrpc_method_metrics *row, const char *code,
+                                      uint64_t count, void *user_data);
+/**
+ * Visits a consistent-enough snapshot of every (role, service, method) row:
+ * cb(row, user_data) per row, on the calling thread; the row is borrowed for
+ * the callback. Also per error code: code_cb(row, code, count, user_data)
+ * (may be NULL). Any thread.
+ */
+PSRPC_API psrpc_status psrpc_metrics_read(psrpc_metrics *m, psrpc_metrics_row_cb cb,
+                                          psrpc_metrics_code_cb code_cb, void *user_data);
+/** Frees m; the clients and servers it is attached to keep a reference until freed. */
+PSRPC_API void psrpc_metrics_free(psrpc_metrics *m);
+
+/*
+ * W3C trace context (https://www.w3.org/TR/trace-context/), carried in the
+ * request metadata under "traceparent" and "tracestate" exactly as
+ * livekit/psrpc's otelpsrpc writes them (its TextMapPropagator, default
+ * propagation.TraceContext{}): traceparent "00-<32 hex trace id>-<16 hex
+ * span id>-<2 hex flags>", tracestate omitted when empty.
+ */
+#define PSRPC_TRACEPARENT_SIZE 56 /* 55 characters + NUL */
+
+/**
+ * A child of parent (a traceparent string): same version, trace id and flags,
+ * a new random non-zero span id, written to out (PSRPC_TRACEPARENT_SIZE
+ * bytes). parent invalid (per W3C: version ff, all-zero ids, bad hex or
+ * length) or NULL: PSRPC_INVALID_ARGUMENT, out = "". Any thread.
+ */
+PSRPC_API psrpc_status psrpc_trace_child(char *out, const char *parent);
+/**
+ * For a handler forwarding its request's trace context into the calls it
+ * makes: fills kv (room for 2) with "traceparent" = a child of traceparent
+ * (written into buf, PSRPC_TRACEPARENT_SIZE bytes) and, when tracestate is
+ * non-NULL and non-empty, "tracestate" unchanged. Returns the number of
+ * entries written: 0 when traceparent is NULL or invalid. Any thread.
+ */
+PSRPC_API size_t psrpc_trace_forward(psrpc_kv *kv, char *buf, const char *traceparent,
+                                     const char *tracestate);
+
+/*
+ * The ABI gaps noted when the core landed.
+ *  - psrpc_client_call_sync losing the code string and details: closed by
+ *    psrpc_client_call_sync_ex (above).
+ *  - custom close codes on streams: psrpc_stream_close_code (above). The
+ *    wire's StreamClose has no details field, so none can be sent.
+ */
+
+/**
+ * Answers a request with an error in ANY stage. Handler stage: as
+ * psrpc_request_fail_details. Affinity stage: the caller gets the error at
+ * once, without this server claiming the request (as Go answers a request it
+ * cannot decode); the caller's call fails with it, unless another server's
+ * claim was already chosen. Consumes the request; arguments as
+ * psrpc_request_fail_details (code NULL refused, "" = "unknown").
+ */
+PSRPC_API psrpc_status psrpc_request_reject(psrpc_request *request, const char *code,
+                                            const char *message, const psrpc_error_detail *details,
+                                            size_t details_count);
+
+/**
+ * The deadline a handler works under, uniformly for every kind: a request
+ * (either stage): its expiry (= psrpc_request_expiry_ns); a server-side
+ * stream: the expiry its open request carried (the opener's deadline for the
+ * open; Go gives stream handlers no deadline, the stream lives on); a
+ * client-side stream: 0. Unix ns; 0 = none. Pass it as
+ * psrpc_call_options.deadline_ns for nested calls.
+ */
+PSRPC_API int64_t psrpc_stream_expiry_ns(const psrpc_stream *stream);
 
 #ifdef __cplusplus
 }

@@ -33,6 +33,11 @@ int psrpc__error(int status, const char *fmt, ...) PSRPC__PRINTF(2, 3);
             return psrpc__error(PSRPC_INVALID_ARGUMENT, __VA_ARGS__); \
     } while (0)
 
+/* Logs (psrpc_set_log_callback, impl/core/hooks.c). psrpc__log_on is false when no callback
+ * takes that level: test it before formatting anything costly. */
+bool psrpc__log_on(int level);
+void psrpc__log(int level, const char *component, const char *fmt, ...) PSRPC__PRINTF(3, 4);
+
 /* An error object built on the loop thread to hand to callbacks. All strings
  * owned. */
 typedef struct psrpc__err {
@@ -67,6 +72,9 @@ struct timespec;
 void psrpc__deadline_in(struct timespec *ts, int64_t timeout_ms);
 
 char *psrpc__strdup(const char *s);
+/* v in decimal, NUL-terminated, into buf (at least 21 bytes): what "%llu"
+ * prints, without the cost of printf. Returns the length. */
+size_t psrpc__u64_str(char *buf, uint64_t v);
 /* Duplicates an array of n strings (each must be non-NULL). NULL + 0 → NULL. */
 int psrpc__strv_dup(char ***out, const char *const *v, size_t n);
 void psrpc__strv_free(char **v, size_t n);

@@ -109,14 +109,14 @@ ProtobufCMessage *psrpc__decode_control(psrpc_bus *bus, const uint8_t *data, siz
                                         const ProtobufCMessageDescriptor *desc) {
     psrpc__envelope env;
     if (psrpc__envelope_decode(&env, data, len, (size_t)bus->opts.max_message_size) != 0) {
-        PSRPC__STAT_ADD(bus, dropped_malformed, 1);
+        PSRPC__DROP(bus, dropped_malformed, PSRPC__DROP_MALFORMED);
         return NULL;
     }
     ProtobufCMessage *m = NULL;
     int rc = psrpc__wire_unpack(&m, &env, desc);
     psrpc__envelope_clear(&env);
     if (rc != 0) {
-        PSRPC__STAT_ADD(bus, dropped_malformed, 1);
+        PSRPC__DROP(bus, dropped_malformed, PSRPC__DROP_MALFORMED);
         return NULL;
     }
     return m;

@@ -1,6 +1,7 @@
 #include "map.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -12,6 +13,7 @@
  * (drawn once; a forked child keeps its parent's, as it keeps its maps). */
 static uint64_t sip_k0, sip_k1;
 static pthread_once_t sip_once = PTHREAD_ONCE_INIT;
+static atomic_bool sip_ready;
 
 static void sip_seed(void) {
     uint64_t k[2] = {0, 0};
@@ -25,6 +27,7 @@ static void sip_seed(void) {
     }
     sip_k0 = k[0];
     sip_k1 = k[1];
+    atomic_store_explicit(&sip_ready, true, memory_order_release);
 }
 
 #define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
@@ -46,31 +49,32 @@ static void sip_seed(void) {
         v2 = ROTL(v2, 32); \
     } while (0)
 
-/* SipHash-1-3 of a NUL-terminated string (length read as it goes). */
+/* SipHash-1-3 of a NUL-terminated string: its length first (strlen), then
+ * whole 8-byte words, then the last 0-7 bytes with the length in the top byte
+ * (SipHash's padding). */
 static size_t hash(const char *s) {
-    pthread_once(&sip_once, sip_seed);
+    if (!atomic_load_explicit(&sip_ready, memory_order_acquire))
+        pthread_once(&sip_once, sip_seed);
     uint64_t v0 = sip_k0 ^ 0x736f6d6570736575ull, v1 = sip_k1 ^ 0x646f72616e646f6dull;
     uint64_t v2 = sip_k0 ^ 0x6c7967656e657261ull, v3 = sip_k1 ^ 0x7465646279746573ull;
     const unsigned char *p = (const unsigned char *)s;
-    uint64_t len = 0;
-    for (;;) {
-        uint64_t m = 0;
-        int i = 0;
-        for (; i < 8 && p[i]; i++)
-            m |= (uint64_t)p[i] << (8 * i);
-        len += (uint64_t)i;
-        if (i < 8) {
-            m |= len << 56;
-            v3 ^= m;
-            SIPROUND;
-            v0 ^= m;
-            break;
-        }
+    size_t n = strlen(s), full = n & ~(size_t)7;
+    for (size_t i = 0; i < full; i += 8) {
+        uint64_t m;
+        memcpy(&m, p + i, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        m = __builtin_bswap64(m);
+#endif
         v3 ^= m;
         SIPROUND;
         v0 ^= m;
-        p += 8;
     }
+    uint64_t m = (uint64_t)n << 56;
+    for (size_t i = full; i < n; i++)
+        m |= (uint64_t)p[i] << (8 * (i - full));
+    v3 ^= m;
+    SIPROUND;
+    v0 ^= m;
     v2 ^= 0xff;
     SIPROUND;
     SIPROUND;

@@ -5,6 +5,7 @@
 
 #include "chan_cache.h"
 #include "core.h"
+#include "hooks.h"
 #include "live_set.h"
 #include "map.h"
 #include "stream.h"
@@ -68,6 +69,7 @@ struct psrpc_server {
     bool drain_timer_on;
     psrpc__closed_waiter *closed_waiters;
     void (*child_done)(psrpc__child *);
+    _Atomic(psrpc__hooks *) hooks; /* any thread; immutable chains */
 };
 
 struct reg {
@@ -122,6 +124,11 @@ struct psrpc_request {
     bool claim_timer_on;
     bool in_claims;
     size_t held_bytes; /* counted in the server's held_bytes while in_claims */
+    /* Hooks: the server's chain when the request arrived (NULL: none). */
+    const psrpc__hooks *hooks;
+    int64_t arrived_ns; /* monotonic, when hooks are set */
+    bool hooked;        /* passed the before hooks: its answer is reported */
+    bool rejecting;     /* answered in the affinity stage (psrpc_request_reject) */
 };
 
 static void server_release(psrpc_server *s);
@@ -139,6 +146,7 @@ static void server_destroy(psrpc_server *s) {
     psrpc__chan_cache_clear(&s->peers);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cond);
+    psrpc__hooks_free(atomic_load(&s->hooks));
     free(s->service);
     free(s->id);
     psrpc_bus *bus = s->bus;
@@ -277,18 +285,106 @@ static void reg_unsubscribe(reg *r) {
 
 /* ---------------------------------------------------------------- streams */
 
+/* ---------------------------------------------------------------- hooks */
+
+static psrpc_call_info request_info(const psrpc_request *q, unsigned kind) {
+    psrpc_server *s = q->server;
+    psrpc_call_info info = {sizeof info,
+                            kind,
+                            PSRPC_ROLE_SERVER,
+                            0,
+                            s->service,
+                            q->method,
+                            (const char *const *)q->topics,
+                            q->topic_count,
+                            0,
+                            q->client_id,
+                            s->id,
+                            q->request_id,
+                            q->expiry};
+    return info;
+}
+
+static unsigned request_kind(const psrpc_request *q) {
+    if (q->stream_id)
+        return PSRPC_CALL_KIND_STREAM;
+    return q->reg->method.routing == PSRPC_ROUTING_MULTI ? PSRPC_CALL_KIND_MULTI
+                                                         : PSRPC_CALL_KIND_UNARY;
+}
+
+/* The before_handle hooks; 0 or the rejecting status (message in hc). */
+static int run_before_hooks(psrpc_request *q, psrpc_hook_call *hc) {
+    psrpc_call_info info = request_info(q, request_kind(q));
+    psrpc__hook_call_init(hc, &q->meta_keys, &q->meta_values, &q->meta_count, true);
+    return psrpc__hooks_run_before(q->hooks, &info, hc);
+}
+
+static void report(const psrpc__hooks *h, const psrpc_call_info *info, int64_t since,
+                   const psrpc_error *error) {
+    psrpc_call_outcome out = {sizeof out, 1, psrpc__mono_ns() - since, info->server_id, error,
+                              0,          0};
+    psrpc__hooks_run_outcome(h, info, &out);
+}
+
+/* q's answer (any thread): the on_outcome hooks. */
+static void report_answer(psrpc_request *q, const Internal__Response *resp) {
+    psrpc_call_info info = request_info(q, request_kind(q));
+    bool failed = resp->error && resp->error[0];
+    psrpc_error e;
+    memset(&e, 0, sizeof e);
+    if (failed) {
+        e.status = psrpc_status_from_code(resp->code);
+        e.code = resp->code && *resp->code ? resp->code : "unknown";
+        e.message = resp->error;
+    }
+    report(q->hooks, &info, q->arrived_ns, failed ? &e : NULL);
+}
+
 typedef struct srv_stream {
     psrpc_stream *stream;
     reg *reg;
+    /* Hooks (NULL: none): reported when the stream ends. */
+    const psrpc__hooks *hooks;
+    int64_t arrived_ns;
+    char *request_id;
+    int64_t expiry;
 } srv_stream;
 
 static void owner_retain(void *o) { server_retain(o); }
 static void owner_release(void *o) { server_release(o); }
+/* A hooked stream ended: its outcome (a clean close is a success). */
+static void report_stream_end(psrpc_server *s, srv_stream *ss) {
+    reg *r = ss->reg;
+    psrpc_call_info info = {sizeof info,
+                            PSRPC_CALL_KIND_STREAM,
+                            PSRPC_ROLE_SERVER,
+                            0,
+                            s->service,
+                            r->method.name,
+                            (const char *const *)r->topics,
+                            r->topic_count,
+                            0,
+                            psrpc_stream_node_id(ss->stream),
+                            s->id,
+                            ss->request_id,
+                            ss->expiry};
+    const psrpc__err *cause = psrpc__stream_cause(ss->stream);
+    bool clean = !cause || (cause->status == PSRPC_CANCELED && cause->message &&
+                            strcmp(cause->message, "stream closed") == 0);
+    psrpc_error view;
+    if (!clean)
+        psrpc__err_view(cause, &view);
+    report(ss->hooks, &info, ss->arrived_ns, clean ? NULL : &view);
+}
+
 static void owner_detach(void *o, psrpc_stream *st) {
     psrpc_server *s = o;
     srv_stream *ss = psrpc__map_get(&s->streams, psrpc__stream_id(st));
     if (ss && ss->stream == st) {
         psrpc__map_del(&s->streams, psrpc__stream_id(st));
+        if (ss->hooks)
+            report_stream_end(s, ss);
+        free(ss->request_id);
         free(ss);
     }
 }
@@ -338,12 +434,27 @@ static void end_streams(psrpc_server *s, reg *r) {
 static void accept_stream(psrpc_request *q) {
     psrpc_server *s = q->server;
     reg *r = q->reg;
+    if (psrpc__map_get(&s->streams, q->stream_id)) {
+        /* A stream with this id is open already: a replayed (or forged)
+         * open. Replacing the table entry would orphan the open stream (never
+         * ended by close, keeping the server alive); the duplicate is dropped
+         * and its client, unacknowledged, times out. */
+        PSRPC__STAT_ADD(s->bus, dropped_malformed, 1);
+        request_release(q);
+        return;
+    }
     const psrpc__channel *peer =
         psrpc__chan_cache_peer(&s->peers, PSRPC__CHAN_CLIENT_STREAM, s->service, q->client_id);
     if (!peer) {
         request_release(q);
         return;
     }
+    /* The before_handle hooks see the open's metadata; a rejection closes
+     * the stream with their error once it is acknowledged. */
+    psrpc_hook_call hc;
+    int verdict = q->hooks && q->hooks->before_count ? run_before_hooks(q, &hc) : PSRPC_OK;
+    const psrpc__hooks *hooks = q->hooks;
+    int64_t arrived_ns = q->arrived_ns;
     psrpc__stream_params p = {s->bus, true,          q->stream_id, q->client_id,   q->method,
                               peer,   s->timeout_ms, q->meta_keys, q->meta_values, q->meta_count,
                               {0}};
@@ -366,6 +477,13 @@ static void accept_stream(psrpc_request *q) {
     }
     ss->stream = st;
     ss->reg = r;
+    psrpc__stream_set_expiry(st, q->expiry);
+    if (q->hooks && verdict == PSRPC_OK) {
+        ss->hooks = q->hooks;
+        ss->arrived_ns = q->arrived_ns;
+        ss->expiry = q->expiry;
+        ss->request_id = psrpc__strdup(q->request_id); /* NULL (out of memory): reported so */
+    }
     /* Ack the open, echoing its ids and times (11.3 step 4). */
     Internal__StreamAck ack = INTERNAL__STREAM_ACK__INIT;
     Internal__Stream is = INTERNAL__STREAM__INIT;
@@ -385,6 +503,34 @@ static void accept_stream(psrpc_request *q) {
         psrpc__stream_end(st, e ? e : &fallback, true);
         psrpc__err_free(e);
         psrpc__stream_release(st);
+        return;
+    }
+    if (verdict != PSRPC_OK) {
+        psrpc__err *e = psrpc__err_new(hc.status, "%s", hc.message);
+        psrpc__err fallback = {hc.status, (char *)psrpc_status_code(hc.status), hc.message, NULL,
+                               0};
+        if (hooks) {
+            /* Rejected: its one outcome, now (the handler never sees it). */
+            psrpc_error view;
+            psrpc__err_view(e ? e : &fallback, &view);
+            psrpc_call_info info = {sizeof info,
+                                    PSRPC_CALL_KIND_STREAM,
+                                    PSRPC_ROLE_SERVER,
+                                    0,
+                                    s->service,
+                                    r->method.name,
+                                    (const char *const *)r->topics,
+                                    r->topic_count,
+                                    0,
+                                    psrpc_stream_node_id(st),
+                                    s->id,
+                                    NULL,
+                                    0};
+            report(hooks, &info, arrived_ns, &view);
+        }
+        psrpc__stream_end(st, e ? e : &fallback, true);
+        psrpc__err_free(e);
+        psrpc__stream_release(st); /* the user's reference, never handed out */
         return;
     }
     r->stream_handler(st, r->user_data);
@@ -550,6 +696,14 @@ static void call_handler(psrpc_request *q) {
     atomic_fetch_add(&s->inflight, 1);
     if (q->expiry > s->latest_expiry_ns)
         s->latest_expiry_ns = q->expiry;
+    if (q->hooks) {
+        q->hooked = true;
+        psrpc_hook_call hc;
+        if (q->hooks->before_count && run_before_hooks(q, &hc) != PSRPC_OK) {
+            psrpc_request_fail(q, hc.status, hc.message); /* reported as its answer */
+            return;
+        }
+    }
     r->handler(q, r->user_data);
 }
 
@@ -586,7 +740,7 @@ static void send_claim(psrpc_request *q) {
     }
     int64_t now = psrpc__now_ns();
     if (now >= q->expiry) {
-        PSRPC__STAT_ADD(s->bus, dropped_expired, 1);
+        PSRPC__DROP(s->bus, dropped_expired, PSRPC__DROP_EXPIRED);
         request_release(q);
         return;
     }
@@ -615,7 +769,7 @@ static void send_claim(psrpc_request *q) {
         /* The same request id is already waiting for its claim response (a
          * replay, or a forged copy): replacing the entry would orphan the
          * first request's timer and let its timeout remove the second. */
-        PSRPC__STAT_ADD(s->bus, dropped_malformed, 1);
+        PSRPC__DROP(s->bus, dropped_malformed, PSRPC__DROP_MALFORMED);
         request_release(q);
         return;
     }
@@ -624,7 +778,7 @@ static void send_claim(psrpc_request *q) {
         atomic_load(&s->held_bytes) + qb > s->hold_max_bytes) {
         /* Over the cap: not claimed (the client picks another server or
          * times out), counted. */
-        PSRPC__STAT_ADD(s->bus, dropped_held_limit, 1);
+        PSRPC__DROP(s->bus, dropped_held_limit, PSRPC__DROP_HELD_LIMIT);
         request_release(q);
         return;
     }
@@ -683,6 +837,9 @@ static psrpc_request *request_new(reg *r, const request_fields *f) {
     q->sent_at = f->sent_at;
     q->expiry = f->expiry;
     q->skip_claim = f->skip_claim;
+    q->hooks = atomic_load_explicit(&r->server->hooks, memory_order_acquire);
+    if (q->hooks)
+        q->arrived_ns = psrpc__mono_ns();
     int64_t clamp = psrpc__sat_add(psrpc__now_ns(), EXPIRY_CLAMP_NS);
     if (q->expiry > clamp)
         q->expiry = clamp;
@@ -744,7 +901,7 @@ static void on_request(void *ctx, const uint8_t *data, size_t len) {
     if (!in)
         return;
     if (psrpc__now_ns() >= in->expiry) {
-        PSRPC__STAT_ADD(s->bus, dropped_expired, 1);
+        PSRPC__DROP(s->bus, dropped_expired, PSRPC__DROP_EXPIRED);
         psrpc__wire_free(&in->base);
         return;
     }
@@ -790,10 +947,13 @@ static void on_stream_inbound(void *ctx, const uint8_t *data, size_t len) {
     if (!is)
         return;
     if (psrpc__now_ns() >= is->expiry) {
-        PSRPC__STAT_ADD(s->bus, dropped_expired, 1);
+        PSRPC__DROP(s->bus, dropped_expired, PSRPC__DROP_EXPIRED);
     } else if (is->body_case == INTERNAL__STREAM__BODY_OPEN) {
-        /* A draining handler ignores opens. */
-        if (!atomic_load(&r->deregistered) && !atomic_load(&s->closing)) {
+        /* A draining handler ignores opens; an open for a stream id that is
+         * open already (a replay) is dropped before claiming it. */
+        if (psrpc__map_get(&s->streams, is->stream_id)) {
+            PSRPC__STAT_ADD(s->bus, dropped_malformed, 1);
+        } else if (!atomic_load(&r->deregistered) && !atomic_load(&s->closing)) {
             const Internal__StreamOpen *open = is->open;
             const char **keys = open->n_metadata ? calloc(open->n_metadata, sizeof *keys) : NULL;
             const char **values =
@@ -1406,7 +1566,8 @@ static void answer_task(void *arg) {
         if (ch)
             psrpc__bus_publish(s->bus, ch, a->bytes);
     }
-    atomic_fetch_sub(&s->inflight, 1);
+    if (!a->req->rejecting)
+        atomic_fetch_sub(&s->inflight, 1);
     maybe_finish(s);
     psrpc_msg_release(a->bytes);
     request_release(a->req);
@@ -1416,6 +1577,8 @@ static void answer_task(void *arg) {
 /* Sends a packed Response for q, taken in its handler stage (request_take). */
 static int answer(psrpc_request *q, Internal__Response *resp) {
     psrpc_server *s = q->server;
+    if (q->hooked)
+        report_answer(q, resp);
     answer_task_arg *a = calloc(1, sizeof *a);
     int rc = a ? PSRPC_OK : PSRPC_RESOURCE_EXHAUSTED;
     resp->request_id = q->request_id;
@@ -1456,7 +1619,8 @@ static int answer(psrpc_request *q, Internal__Response *resp) {
     /* Could not hand it to the loop (out of memory, or the bus is gone): the
      * request leaves the handler stage here, or a graceful close would wait
      * for it until its expiry (the draining close polls inflight). */
-    atomic_fetch_sub(&s->inflight, 1);
+    if (!q->rejecting)
+        atomic_fetch_sub(&s->inflight, 1);
     if (a) {
         psrpc_msg_release(a->bytes);
         free(a);
@@ -1661,4 +1825,39 @@ void psrpc_request_abandon(psrpc_request *request, int status, const char *messa
             message = psrpc_status_str(status);
         send_failure(request, psrpc_status_code(status), message, NULL, 0);
     }
+}
+
+/* ---------------------------------------------------------------- issue 16 */
+
+psrpc_status psrpc_server_add_hooks(psrpc_server *server, const psrpc_server_hooks *hooks) {
+    PSRPC__CHECK_ARG(server && server->magic == SERVER_MAGIC,
+                     "server is NULL or not a psrpc_server");
+    PSRPC__CHECK_NOT_FORKED(server->bus);
+    PSRPC__CHECK_ARG(hooks, "hooks is NULL");
+    psrpc_server_hooks h = PSRPC_SERVER_HOOKS_INIT;
+    int rc = psrpc__options_load(&h, sizeof h, hooks, "psrpc_server_hooks");
+    if (rc != PSRPC_OK)
+        return rc;
+    PSRPC__CHECK_ARG(h.before_handle || h.on_outcome,
+                     "hooks has neither before_handle nor on_outcome");
+    psrpc__hook e = {h.before_handle, h.on_outcome, h.user_data, h.release};
+    return psrpc__hooks_add(&server->hooks, &e);
+}
+
+psrpc_status psrpc_request_reject(psrpc_request *request, const char *code, const char *message,
+                                  const psrpc_error_detail *details, size_t details_count) {
+    static const char fn[] = "psrpc_request_reject";
+    int stage = request_take(request);
+    if (!stage)
+        return not_live(request);
+    char buf[96];
+    const char *wrong = check_failure(&code, &message, details, details_count, buf, sizeof buf);
+    if (wrong)
+        return refuse(request, stage, fn, wrong);
+    if (stage == STAGE_AFFINITY) {
+        /* No claim: the caller gets this error (as Go answers a request it
+         * cannot decode); answer() sends it without the handler stage. */
+        request->rejecting = true;
+    }
+    return send_failure(request, code, message, details, details_count);
 }

@@ -36,6 +36,7 @@ struct psrpc_stream {
     psrpc__stream_owner owner;
     psrpc__task_node free_node; /* psrpc_stream_free's close */
     psrpc__err oom_cause;       /* the cause when copying one failed (static strings) */
+    int64_t expiry_ns;          /* server side: the open request's expiry */
 
     /* Callbacks: set once (server side from any thread, under mu). */
     pthread_mutex_t mu;
@@ -312,7 +313,7 @@ static void deliver(psrpc_stream *s, psrpc_msg *msg, const char *request_id, int
     if (d.token)
         return; /* psrpc_stream_ack decides */
     if (rc != 0)
-        PSRPC__STAT_ADD(s->bus, dropped_slow_consumer, 1);
+        PSRPC__DROP(s->bus, dropped_slow_consumer, PSRPC__DROP_SLOW_CONSUMER);
     else
         send_ack(s, request_id, sent_at, expiry);
 }
@@ -341,7 +342,7 @@ void psrpc__stream_handle(psrpc_stream *s, const Internal__Stream *is) {
         if (op)
             send_finish(op, NULL);
         else
-            PSRPC__STAT_ADD(s->bus, dropped_unknown, 1);
+            PSRPC__DROP(s->bus, dropped_unknown, PSRPC__DROP_UNKNOWN);
         break;
     }
     case INTERNAL__STREAM__BODY_MESSAGE: {
@@ -367,7 +368,7 @@ void psrpc__stream_handle(psrpc_stream *s, const Internal__Stream *is) {
             if (callbacks)
                 flush_held(s);
         } else {
-            PSRPC__STAT_ADD(s->bus, dropped_slow_consumer, 1);
+            PSRPC__DROP(s->bus, dropped_slow_consumer, PSRPC__DROP_SLOW_CONSUMER);
             psrpc_msg_release(msg);
         }
         break;
@@ -518,6 +519,10 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
     s->owner.release(s->owner.owner);
     psrpc__stream_release(s); /* the owner table's reference */
 }
+
+const psrpc__err *psrpc__stream_cause(const psrpc_stream *s) { return s->cause; }
+
+void psrpc__stream_set_expiry(psrpc_stream *s, int64_t expiry_ns) { s->expiry_ns = expiry_ns; }
 
 /* ---------------------------------------------------------------- public API */
 
@@ -763,7 +768,8 @@ static void ack_task(void *arg) {
         if (psrpc__now_ns() < a->ack.expiry)
             send_ack(s, a->ack.request_id, a->ack.sent_at, a->ack.expiry);
         else
-            PSRPC__STAT_ADD(s->bus, dropped_expired, 1); /* the peer gave up already */
+            PSRPC__DROP(s->bus, dropped_expired,
+                        PSRPC__DROP_EXPIRED); /* the peer gave up already */
     }
     psrpc__stream_release(s);
     free(a);
@@ -782,7 +788,7 @@ psrpc_status psrpc_stream_ack(psrpc_stream *stream, uint64_t token, int accept) 
                             "already, or the stream closed)",
                             (unsigned long long)token);
     if (!accept) {
-        PSRPC__STAT_ADD(stream->bus, dropped_slow_consumer, 1);
+        PSRPC__DROP(stream->bus, dropped_slow_consumer, PSRPC__DROP_SLOW_CONSUMER);
         free(d);
         return PSRPC_OK;
     }
@@ -850,4 +856,8 @@ const char *psrpc_stream_metadata_get(const psrpc_stream *s, const char *key) {
         if (strcmp(s->meta_keys[i], key) == 0)
             return s->meta_values[i];
     return NULL;
+}
+
+int64_t psrpc_stream_expiry_ns(const psrpc_stream *stream) {
+    return stream && stream->magic == STREAM_MAGIC ? stream->expiry_ns : 0;
 }

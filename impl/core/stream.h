@@ -62,6 +62,10 @@ void psrpc__stream_end(psrpc_stream *s, const psrpc__err *cause, bool send_close
 void psrpc__stream_close_late_open(psrpc_stream *s);
 
 int psrpc__stream_state(const psrpc_stream *s);
+/* Why it ended (NULL: a clean close, or not ended). Loop thread. */
+const psrpc__err *psrpc__stream_cause(const psrpc_stream *s);
+/* Server side: the expiry its open request carried (psrpc_stream_expiry_ns). */
+void psrpc__stream_set_expiry(psrpc_stream *s, int64_t expiry_ns);
 const char *psrpc__stream_id(const psrpc_stream *s);
 
 /* Reference counting (any thread). */

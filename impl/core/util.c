@@ -3,6 +3,19 @@
 
 #include "common.h"
 
+size_t psrpc__u64_str(char *buf, uint64_t v) {
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = tmp[n - 1 - i];
+    buf[n] = 0;
+    return n;
+}
+
 char *psrpc__strdup(const char *s) {
     if (!s)
         return NULL;
