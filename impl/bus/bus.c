@@ -72,8 +72,38 @@ void psrpc__bus_remove_child(psrpc_bus *bus, psrpc__child *child) {
 
 /* ---- connection state ---- */
 
+static bool auth_status(int status) {
+    return status == PSRPC_UNAUTHENTICATED || status == PSRPC_PERMISSION_DENIED;
+}
+
+/* Logs a state change once per event (psrpc_set_log_callback). */
+static void log_state(psrpc_bus *bus, int old, int state, int old_status, int64_t down_since) {
+    if (state == PSRPC_BUS_CONNECTED) {
+        if (old == PSRPC_BUS_DISCONNECTED)
+            psrpc__log(PSRPC_LOG_INFO, "bus", "%s: reconnected after %lld ms", bus->url_safe,
+                       (long long)((psrpc__now_ns() - down_since) / 1000000));
+        else if (old != PSRPC_BUS_CONNECTED)
+            psrpc__log(PSRPC_LOG_INFO, "bus", "%s: connected", bus->url_safe);
+        return;
+    }
+    if (state != PSRPC_BUS_DISCONNECTED)
+        return;
+    bool auth = auth_status(bus->down_status);
+    if (old != PSRPC_BUS_DISCONNECTED || (auth && !auth_status(old_status)))
+        psrpc__log(auth ? PSRPC_LOG_ERROR : PSRPC_LOG_WARN, "bus", "%s: %s%s: %s", bus->url_safe,
+                   auth                         ? "refused by the broker"
+                   : old == PSRPC_BUS_CONNECTED ? "connection lost"
+                                                : "cannot connect",
+                   auth ? "" : ", reconnecting", bus->down_reason);
+    else
+        psrpc__log(PSRPC_LOG_DEBUG, "bus", "%s: reconnect failed: %s", bus->url_safe,
+                   bus->down_reason);
+}
+
 void psrpc__bus_set_state(psrpc_bus *bus, int state, int status, const char *reason) {
     int old = atomic_load(&bus->conn_state);
+    int old_status = bus->down_status;
+    int64_t down_since = bus->down_since_ns;
     pthread_mutex_lock(&bus->state_mu);
     if (state == PSRPC_BUS_DISCONNECTED) {
         if (old != PSRPC_BUS_DISCONNECTED)
@@ -84,6 +114,8 @@ void psrpc__bus_set_state(psrpc_bus *bus, int state, int status, const char *rea
     atomic_store(&bus->conn_state, state);
     pthread_cond_broadcast(&bus->state_cond);
     pthread_mutex_unlock(&bus->state_mu);
+    if (psrpc__log_on(PSRPC_LOG_ERROR))
+        log_state(bus, old, state, old_status, down_since);
     if (state == old && state == PSRPC_BUS_CONNECTED)
         return;
     if (state == PSRPC_BUS_CONNECTED)
@@ -108,6 +140,15 @@ void psrpc__bus_set_state(psrpc_bus *bus, int state, int status, const char *rea
             psrpc__child *next = c->next;
             if (c->connected)
                 c->connected(c);
+            c = next;
+        }
+    } else if (state == PSRPC_BUS_DISCONNECTED && old != PSRPC_BUS_DISCONNECTED) {
+        /* Calls waiting for the bus fail now with this reason (fail fast,
+         * from the first attempt on), not at their deadline. */
+        for (psrpc__child *c = bus->children.next; c != &bus->children;) {
+            psrpc__child *next = c->next;
+            if (c->disconnected)
+                c->disconnected(c);
             c = next;
         }
     }
@@ -151,7 +192,7 @@ static void wrapped_deliver(void *ctx, const uint8_t *data, size_t len) {
     sub_wrap *w = ctx;
     PSRPC__STAT_ADD(w->bus, received, 1);
     if ((int64_t)len > w->bus->opts.max_message_size) {
-        PSRPC__STAT_ADD(w->bus, dropped_oversize, 1);
+        PSRPC__DROP(w->bus, dropped_oversize, PSRPC__DROP_OVERSIZE);
         return;
     }
     w->deliver(w->ctx, data, len);
@@ -287,7 +328,11 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
     if (strncmp(url, "local://", 8) == 0) {
         rc = psrpc__local_open(bus, url + 8);
 #ifdef PSRPC_WITH_REDIS
-    } else if (strncmp(url, "redis://", 8) == 0 || strncmp(url, "rediss://", 9) == 0) {
+    } else if (strncmp(url, "redis://", 8) == 0 || strncmp(url, "rediss://", 9) == 0 ||
+               strncmp(url, "redis+sentinel://", 17) == 0 ||
+               strncmp(url, "rediss+sentinel://", 18) == 0 ||
+               strncmp(url, "redis+cluster://", 16) == 0 ||
+               strncmp(url, "rediss+cluster://", 17) == 0) {
         rc = psrpc__redis_open(bus, url);
 #endif
 #ifdef PSRPC_WITH_NATS
@@ -301,9 +346,10 @@ psrpc_status psrpc_bus_open(psrpc_bus **out, const char *url, const psrpc_bus_op
             rc = psrpc__error(PSRPC_INVALID_ARGUMENT, "unsupported bus URL scheme \"%.*s\"",
                               (int)(sep - url), url);
         else
-            rc = psrpc__error(PSRPC_INVALID_ARGUMENT,
-                              "bus URL without a supported scheme (local://, redis://, "
-                              "rediss://, nats://, tls://)");
+            rc = psrpc__error(
+                PSRPC_INVALID_ARGUMENT,
+                "bus URL without a supported scheme (local://, redis://, redis+sentinel://, "
+                "redis+cluster://, rediss://, nats://, tls://)");
     }
     if (rc != PSRPC_OK) {
         pthread_mutex_destroy(&bus->state_mu);

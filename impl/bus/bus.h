@@ -49,6 +49,9 @@ typedef struct psrpc__child {
     void (*close)(struct psrpc__child *child, void (*done)(struct psrpc__child *));
     /* Optional: the bus (re)connected (loop thread). */
     void (*connected)(struct psrpc__child *child);
+    /* Optional: the bus became disconnected, also when its first connection
+     * attempt failed (loop thread); psrpc__bus_check_connected says why. */
+    void (*disconnected)(struct psrpc__child *child);
 } psrpc__child;
 
 typedef struct psrpc__stats {
@@ -62,6 +65,29 @@ typedef struct psrpc__stats {
 
 #define PSRPC__STAT_ADD(bus, field, n) atomic_fetch_add(&(bus)->stats.field, (n))
 #define PSRPC__STAT_SUB(bus, field, n) atomic_fetch_sub(&(bus)->stats.field, (n))
+
+/* A message was dropped on bus for reason (a psrpc_bus_stats field name):
+ * counted by the caller; logged here, the first of a reason at WARN, then at
+ * most one summary per reason per 10 s, each drop at DEBUG. Any thread. */
+void psrpc__log_drop(psrpc_bus *bus, int reason);
+enum {
+    PSRPC__DROP_MALFORMED,
+    PSRPC__DROP_OVERSIZE,
+    PSRPC__DROP_SLOW_CONSUMER,
+    PSRPC__DROP_EXPIRED,
+    PSRPC__DROP_UNKNOWN,
+    PSRPC__DROP_HELD_LIMIT,
+    PSRPC__DROP_REASONS
+};
+
+/* Counts a dropped message (psrpc_bus_stats.dropped_<field>) and logs it
+ * (psrpc__log_drop, reason PSRPC__DROP_<FIELD>). */
+#define PSRPC__DROP(bus, field, reason)               \
+    do {                                              \
+        psrpc_bus *drop_bus_ = (bus);                 \
+        atomic_fetch_add(&drop_bus_->stats.field, 1); \
+        psrpc__log_drop(drop_bus_, reason);           \
+    } while (0)
 
 enum { PSRPC__OPEN = 0, PSRPC__CLOSING = 1, PSRPC__CLOSED = 2 };
 
@@ -80,6 +106,12 @@ psrpc__closed_waiter *psrpc__waiter_new(psrpc_closed_cb cb, void *user_data, boo
 /* Adds w (NULL: nothing) to the list (loop thread); freed when it runs. */
 void psrpc__waiters_push(psrpc__closed_waiter **list, psrpc__closed_waiter *w);
 void psrpc__waiters_run(psrpc__closed_waiter **list);
+
+/* Drop logging of one reason (impl/core/hooks.c psrpc__log_drop). */
+typedef struct psrpc__drop_log {
+    _Atomic int64_t last_ns; /* monotonic time of the last report, 0 = never */
+    atomic_uint_fast64_t suppressed;
+} psrpc__drop_log;
 
 struct psrpc_bus {
     uint32_t magic;
@@ -110,6 +142,7 @@ struct psrpc_bus {
     psrpc_bus_state_cb watch_cb;
     void *watch_user_data;
     psrpc_release_cb watch_release;
+    psrpc__drop_log drop_log[6]; /* per PSRPC__DROP_* reason */
 };
 
 #define PSRPC__BUS_MAGIC 0x50425553u /* "PBUS" */
@@ -153,7 +186,8 @@ void psrpc__bus_unsubscribe(psrpc_bus *bus, psrpc__bus_sub *sub);
  * PSRPC_BUS_CONNECTED or PSRPC_BUS_DISCONNECTED; for DISCONNECTED, status is
  * unavailable, unauthenticated or permission_denied and reason says why (no
  * secrets). Updates the counters, wakes psrpc_bus_wait_ready, tells the
- * watcher and the children (calls waiting for the bus). */
+ * watcher and the children (calls waiting for the bus), on connecting and on
+ * becoming disconnected (from connected or from the first attempt). */
 void psrpc__bus_set_state(psrpc_bus *bus, int state, int status, const char *reason);
 
 /* If the bus is known to be disconnected, sets psrpc__error to "<scheme>

@@ -145,12 +145,12 @@ static void deliver_task(void *arg) {
 /* Under hub->mu. */
 static void post_delivery(struct psrpc__bus_sub *s, psrpc_msg *bytes) {
     if (atomic_load(&s->queued) >= s->bus->opts.queue_capacity) {
-        PSRPC__STAT_ADD(s->bus, dropped_slow_consumer, 1);
+        PSRPC__DROP(s->bus, dropped_slow_consumer, PSRPC__DROP_SLOW_CONSUMER);
         return;
     }
     delivery *d = malloc(sizeof *d);
     if (!d) {
-        PSRPC__STAT_ADD(s->bus, dropped_slow_consumer, 1);
+        PSRPC__DROP(s->bus, dropped_slow_consumer, PSRPC__DROP_SLOW_CONSUMER);
         return;
     }
     d->sub = s;

@@ -110,8 +110,11 @@ struct nats_state {
     psrpc__map routers; /* subject -> router nsub */
     nsub *nsubs;        /* every attached nsub */
     uint64_t sub_seq, epoch;
-    bool up_pending, flush_inflight, flush_again, pull_posted;
+    bool up_pending, flush_inflight, flush_again, pull_posted, flush_timer_init;
+    bool settle_timer_init;
     uv_timer_t timer;
+    uv_timer_t flush_timer;  /* request_flush again after running out of memory */
+    uv_timer_t settle_timer; /* settle_timer_cb: on_ready lost to out of memory */
     int attempt, auth_failures;
     /* Publishes made before the first connection exists (bus state still
      * "connecting"): sent once it does, dropped if that attempt fails. */
@@ -154,13 +157,6 @@ static void bsub_release(struct psrpc__bus_sub *b) {
 
 /* ---- the gate: posting from nats.c and worker threads ---- */
 
-static int gate_post(nats_state *st, psrpc__task_fn fn, void *arg) {
-    pthread_mutex_lock(&st->cb_mu);
-    int rc = st->detached ? PSRPC_CANCELED : psrpc__bus_post(st->bus, fn, arg);
-    pthread_mutex_unlock(&st->cb_mu);
-    return rc;
-}
-
 /* nats.c's error texts start with "(file.c:line): "; keep the rest. */
 static const char *clean_text(const char *s) {
     if (s && s[0] == '(') {
@@ -178,6 +174,7 @@ static char *dup_text(const char *s) { return psrpc__strdup(clean_text(s)); }
 enum { EV_CONNECT_RESULT, EV_FLUSHED, EV_DOWN, EV_CLOSED, EV_AUTH, EV_PERM };
 
 typedef struct nats_event {
+    psrpc__task_node node; /* posting cannot fail for lack of memory */
     nats_state *st;
     int kind;
     natsConnection *nc;
@@ -187,6 +184,19 @@ typedef struct nats_event {
 } nats_event;
 
 static void event_task(void *arg);
+
+/* Posts ev to the loop on its own node (event_task frees it), or frees it if
+ * the bus is gone. Any thread. */
+static void deliver_event(nats_state *st, nats_event *ev) {
+    pthread_mutex_lock(&st->cb_mu);
+    int rc = st->detached ? PSRPC_CANCELED
+                          : psrpc__loop_post_node(st->bus->loop, &ev->node, event_task, ev);
+    pthread_mutex_unlock(&st->cb_mu);
+    if (rc != PSRPC_OK) {
+        free(ev->text);
+        free(ev);
+    }
+}
 
 static void post_event(nats_state *st, int kind, natsConnection *nc, natsStatus status,
                        const char *text) {
@@ -198,10 +208,7 @@ static void post_event(nats_state *st, int kind, natsConnection *nc, natsStatus 
     ev->nc = nc;
     ev->status = status;
     ev->text = text ? dup_text(text) : NULL;
-    if (gate_post(st, event_task, ev) != PSRPC_OK) {
-        free(ev->text);
-        free(ev);
-    }
+    deliver_event(st, ev);
 }
 
 static int classify(natsStatus s, const char *text) {
@@ -291,7 +298,7 @@ static void deliver(nsub *ns, natsMsg *msg) {
         data = (const uint8_t *)"";
     /* Size first, before anything looks inside (R7). */
     if ((int64_t)len > bus->opts.max_message_size) {
-        PSRPC__STAT_ADD(bus, dropped_oversize, 1);
+        PSRPC__DROP(bus, dropped_oversize, PSRPC__DROP_OVERSIZE);
         return;
     }
     if (!ns->router) {
@@ -304,14 +311,14 @@ static void deliver(nsub *ns, natsMsg *msg) {
     /* On a SRV. subject every message carries its Local key (wire spec 6.2):
      * bytes without one are not a NATS psrpc message. */
     if (psrpc__wire_peek_channel(&key, data, len) != PSRPC_OK || !key[0]) {
-        PSRPC__STAT_ADD(bus, dropped_malformed, 1);
+        PSRPC__DROP(bus, dropped_malformed, PSRPC__DROP_MALFORMED);
         free(key);
         return;
     }
     struct psrpc__bus_sub *head = psrpc__map_get(&ns->routes, key);
     free(key);
     if (!head) {
-        PSRPC__STAT_ADD(bus, dropped_unknown, 1);
+        PSRPC__DROP(bus, dropped_unknown, PSRPC__DROP_UNKNOWN);
         return;
     }
     /* Snapshot: callbacks may (un)subscribe. */
@@ -320,7 +327,7 @@ static void deliver(nsub *ns, natsMsg *msg) {
     for (struct psrpc__bus_sub *b = head; b; b = b->next)
         n++;
     if (n > PSRPC__ARRAY_SIZE(small) && !(list = malloc(n * sizeof *list))) {
-        PSRPC__STAT_ADD(bus, dropped_slow_consumer, 1);
+        PSRPC__DROP(bus, dropped_slow_consumer, PSRPC__DROP_SLOW_CONSUMER);
         return;
     }
     size_t i = 0;
@@ -429,10 +436,14 @@ static void ready_task(void *arg) {
 
 /* Readiness of a subscription made while its NATS subscription already had
  * an answer: reported from a task, never from inside subscribe(). */
+static void settle_later(nats_state *st);
+
 static void post_ready(nats_state *st, struct psrpc__bus_sub *b, int status, const char *message) {
     ready_req *r = calloc(1, sizeof *r);
-    if (!r)
+    if (!r) {
+        settle_later(st);
         return;
+    }
     r->b = b;
     r->status = status;
     r->message = message ? psrpc__strdup(message) : NULL;
@@ -441,6 +452,7 @@ static void post_ready(nats_state *st, struct psrpc__bus_sub *b, int status, con
         b->refs--;
         free(r->message);
         free(r);
+        settle_later(st);
     }
 }
 
@@ -497,13 +509,17 @@ static void ready_list(struct psrpc__bus_sub **list, size_t n, int status, const
 static void confirm_upto(nats_state *st, uint64_t upto) {
     struct psrpc__bus_sub **list = NULL;
     size_t n = 0, cap = 0;
+    bool short_of_memory = false;
     for (nsub *ns = st->nsubs; ns; ns = ns->next) {
         if (ns->sub && !ns->confirmed && !ns->denied && ns->seq <= upto) {
             ns->confirmed = true;
-            collect_unready(ns, &list, &n, &cap);
+            if (collect_unready(ns, &list, &n, &cap) != PSRPC_OK)
+                short_of_memory = true;
         }
     }
     ready_list(list, n, PSRPC_OK, NULL);
+    if (short_of_memory)
+        settle_later(st);
 }
 
 /* The subscription can never be confirmed: its waiting subscriptions (and
@@ -515,8 +531,48 @@ static void deny(nsub *ns, int status, const char *msg) {
     ns->denied_msg = psrpc__strdup(msg);
     struct psrpc__bus_sub **list = NULL;
     size_t n = 0, cap = 0;
-    collect_unready(ns, &list, &n, &cap);
+    int rc = collect_unready(ns, &list, &n, &cap);
     ready_list(list, n, status, msg);
+    if (rc != PSRPC_OK)
+        settle_later(ns->st);
+}
+
+#define SETTLE_RETRY_MS 20
+
+/* A subscription whose NATS subscription has its answer (confirmed or
+ * denied) but did not get its on_ready because memory ran out on the way
+ * (the list to call, the ready task): settle_timer_cb tells it shortly, so no
+ * on_ready waits until the subscription is freed. One nsub per pass, from the
+ * head again (the callbacks may free subscriptions). */
+static void settle_timer_cb(uv_timer_t *t) {
+    nats_state *st = t->data;
+    for (;;) {
+        struct psrpc__bus_sub **list = NULL;
+        size_t n = 0, cap = 0;
+        int rc = PSRPC_OK;
+        nsub *ns = st->nsubs;
+        for (; ns; ns = ns->next) {
+            if ((ns->confirmed || ns->denied) &&
+                ((rc = collect_unready(ns, &list, &n, &cap)) != PSRPC_OK || n > 0))
+                break;
+        }
+        if (!ns)
+            return;
+        int status = ns->denied ? ns->denied : PSRPC_OK;
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s",
+                 ns->denied_msg ? ns->denied_msg : "NATS refused the subscription");
+        ready_list(list, n, status, status ? msg : NULL);
+        if (rc != PSRPC_OK) {
+            settle_later(st);
+            return;
+        }
+    }
+}
+
+static void settle_later(nats_state *st) {
+    if (st->settle_timer_init && !st->closing)
+        uv_timer_start(&st->settle_timer, settle_timer_cb, SETTLE_RETRY_MS, 0);
 }
 
 /* We stopped connecting for good (repeated refusals): nothing waiting for
@@ -558,30 +614,35 @@ typedef struct flush_job {
     nats_state *st;
     natsConnection *nc;
     uint64_t upto, epoch;
+    nats_event *ev; /* EV_FLUSHED, allocated with the job */
 } flush_job;
 
+#define FLUSH_RETRY_MS 20
+
+/* flush_inflight stays set until EV_FLUSHED arrives: it must not be lost for
+ * lack of memory (no subscription would be confirmed again), so it is
+ * allocated with the job and posted on its own node. */
 static void flush_run(void *arg) {
     flush_job *j = arg;
     nats_state *st = j->st;
-    nats_event *ev = calloc(1, sizeof *ev);
+    nats_event *ev = j->ev;
     natsStatus s = natsConnection_FlushTimeout(j->nc, st->set.connect_timeout_ms);
-    if (ev) {
-        ev->st = st;
-        ev->kind = EV_FLUSHED;
-        ev->nc = j->nc;
-        ev->status = s;
-        ev->upto = j->upto;
-        ev->epoch = j->epoch;
-        const char *txt = NULL;
-        if (s == NATS_OK && natsConnection_GetLastError(j->nc, &txt) == NATS_NOT_PERMITTED)
-            ev->text = dup_text(txt);
-        if (gate_post(st, event_task, ev) != PSRPC_OK) {
-            free(ev->text);
-            free(ev);
-        }
-    }
+    ev->st = st;
+    ev->kind = EV_FLUSHED;
+    ev->nc = j->nc;
+    ev->status = s;
+    ev->upto = j->upto;
+    ev->epoch = j->epoch;
+    const char *txt = NULL;
+    if (s == NATS_OK && natsConnection_GetLastError(j->nc, &txt) == NATS_NOT_PERMITTED)
+        ev->text = dup_text(txt);
     free(j);
+    deliver_event(st, ev);
 }
+
+static void request_flush(nats_state *st);
+
+static void flush_timer_cb(uv_timer_t *t) { request_flush(t->data); }
 
 static void request_flush(nats_state *st) {
     if (!st->nc || st->closing || !st->worker)
@@ -591,17 +652,28 @@ static void request_flush(nats_state *st) {
         return;
     }
     flush_job *j = malloc(sizeof *j);
-    if (!j)
-        return;
-    *j = (flush_job){st, st->nc, st->sub_seq, st->epoch};
-    if (psrpc__loop_post(st->worker, flush_run, j) == PSRPC_OK)
-        st->flush_inflight = true;
-    else
-        free(j);
+    nats_event *ev = j ? calloc(1, sizeof *ev) : NULL;
+    if (ev) {
+        *j = (flush_job){st, st->nc, st->sub_seq, st->epoch, ev};
+        if (psrpc__loop_post(st->worker, flush_run, j) == PSRPC_OK) {
+            st->flush_inflight = true;
+            return;
+        }
+    }
+    free(ev);
+    free(j);
+    /* Out of memory: the subscriptions waiting for this flush would wait for
+     * good; try again shortly. */
+    if (st->flush_timer_init)
+        uv_timer_start(&st->flush_timer, flush_timer_cb, FLUSH_RETRY_MS, 0);
 }
 
+/* connect_inflight stays set until EV_CONNECT_RESULT arrives (the bus would
+ * never connect again without it): the event is allocated by start_connect
+ * and is the job's argument. */
 static void connect_run(void *arg) {
-    nats_state *st = arg;
+    nats_event *ev = arg;
+    nats_state *st = ev->st;
     if (st->w_nc) {
         natsConnection_Destroy(st->w_nc);
         st->w_nc = NULL;
@@ -626,14 +698,28 @@ static void connect_run(void *arg) {
         pthread_mutex_unlock(&st->mu);
         st_release(st); /* not the last: the bus holds one */
     }
-    post_event(st, EV_CONNECT_RESULT, nc, s, txt);
+    ev->kind = EV_CONNECT_RESULT;
+    ev->nc = nc;
+    ev->status = s;
+    ev->text = txt ? dup_text(txt) : NULL;
+    deliver_event(st, ev);
 }
+
+static void schedule_retry(nats_state *st);
 
 static void start_connect(nats_state *st) {
     if (!st->worker || st->connect_inflight || st->closing || st->final)
         return;
-    if (psrpc__loop_post(st->worker, connect_run, st) == PSRPC_OK)
-        st->connect_inflight = true;
+    nats_event *ev = calloc(1, sizeof *ev);
+    if (ev) {
+        ev->st = st;
+        if (psrpc__loop_post(st->worker, connect_run, ev) == PSRPC_OK) {
+            st->connect_inflight = true;
+            return;
+        }
+        free(ev);
+    }
+    schedule_retry(st); /* out of memory: try again after the backoff */
 }
 
 static void retry_timer_cb(uv_timer_t *t) {
@@ -854,6 +940,14 @@ static void nats_start(psrpc_bus *bus) {
     if (uv_timer_init(psrpc__loop_uv(bus->loop), &st->timer) == 0) {
         st->timer.data = st;
         st->timer_init = true;
+    }
+    if (uv_timer_init(psrpc__loop_uv(bus->loop), &st->flush_timer) == 0) {
+        st->flush_timer.data = st;
+        st->flush_timer_init = true;
+    }
+    if (uv_timer_init(psrpc__loop_uv(bus->loop), &st->settle_timer) == 0) {
+        st->settle_timer.data = st;
+        st->settle_timer_init = true;
     }
     st->evctx.loop = bus->loop;
     if (psrpc__loop_start(&st->worker) != PSRPC_OK) {
@@ -1097,6 +1191,16 @@ static void nats_close(psrpc_bus *bus, void (*done)(psrpc_bus *bus)) {
         uv_timer_stop(&st->timer);
         uv_close((uv_handle_t *)&st->timer, NULL);
         st->timer_init = false;
+    }
+    if (st->flush_timer_init) {
+        uv_timer_stop(&st->flush_timer);
+        uv_close((uv_handle_t *)&st->flush_timer, NULL);
+        st->flush_timer_init = false;
+    }
+    if (st->settle_timer_init) {
+        uv_timer_stop(&st->settle_timer);
+        uv_close((uv_handle_t *)&st->settle_timer, NULL);
+        st->settle_timer_init = false;
     }
     for (nsub *ns = st->nsubs; ns; ns = ns->next) {
         nsub_unsubscribe_nats(ns);

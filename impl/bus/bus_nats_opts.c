@@ -24,18 +24,17 @@ static void free_secret(char *s) {
 }
 
 void psrpc__nats_settings_init(psrpc__nats_settings *s, const psrpc_bus_options *o) {
-    s->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms
-                                                  : PSRPC__NATS_CONNECT_TIMEOUT_MS;
-    s->ping_interval_ms = o->ping_interval_ms ? o->ping_interval_ms
-                                              : PSRPC__NATS_PING_INTERVAL_MS;
-    s->reconnect_wait_ms = o->reconnect_wait_ms ? o->reconnect_wait_ms
-                                                : PSRPC__NATS_RECONNECT_WAIT_MS;
-    s->reconnect_wait_max_ms = o->reconnect_wait_max_ms ? o->reconnect_wait_max_ms
-                                                        : PSRPC__NATS_RECONNECT_WAIT_MAX_MS;
+    s->connect_timeout_ms =
+        o->connect_timeout_ms ? o->connect_timeout_ms : PSRPC__NATS_CONNECT_TIMEOUT_MS;
+    s->ping_interval_ms = o->ping_interval_ms ? o->ping_interval_ms : PSRPC__NATS_PING_INTERVAL_MS;
+    s->reconnect_wait_ms =
+        o->reconnect_wait_ms ? o->reconnect_wait_ms : PSRPC__NATS_RECONNECT_WAIT_MS;
+    s->reconnect_wait_max_ms =
+        o->reconnect_wait_max_ms ? o->reconnect_wait_max_ms : PSRPC__NATS_RECONNECT_WAIT_MAX_MS;
     if (s->reconnect_wait_max_ms < s->reconnect_wait_ms)
         s->reconnect_wait_max_ms = s->reconnect_wait_ms;
-    s->reconnect_buffer_size = o->reconnect_buffer_size ? o->reconnect_buffer_size
-                                                        : PSRPC__NATS_RECONNECT_BUFFER;
+    s->reconnect_buffer_size =
+        o->reconnect_buffer_size ? o->reconnect_buffer_size : PSRPC__NATS_RECONNECT_BUFFER;
     s->queue_capacity = o->queue_capacity ? o->queue_capacity : 1000;
 }
 
@@ -397,8 +396,7 @@ static int nats_opt_fail(natsStatus s, const char *what) {
     if (txt && txt[0] == '(' && strstr(txt, "): "))
         txt = strstr(txt, "): ") + 3;
     return psrpc__error(s == NATS_NO_MEMORY ? PSRPC_RESOURCE_EXHAUSTED : PSRPC_INVALID_ARGUMENT,
-                        "NATS option %s: %s", what,
-                        txt && *txt ? txt : natsStatus_GetText(s));
+                        "NATS option %s: %s", what, txt && *txt ? txt : natsStatus_GetText(s));
 }
 
 static int readable(const char *path, const char *what) {
@@ -436,12 +434,12 @@ int psrpc__nats_options_new(natsOptions **out, const char *url, const psrpc_bus_
         parsed_url_clear(&u);
         return nats_opt_fail(s, "create");
     }
-#define SET(call, what)                                                                  \
-    do {                                                                                 \
-        if ((s = (call)) != NATS_OK) {                                                   \
-            rc = nats_opt_fail(s, what);                                                 \
-            goto fail;                                                                   \
-        }                                                                                \
+#define SET(call, what)                  \
+    do {                                 \
+        if ((s = (call)) != NATS_OK) {   \
+            rc = nats_opt_fail(s, what); \
+            goto fail;                   \
+        }                                \
     } while (0)
     SET(natsOptions_SetServers(no, (const char **)u.servers, (int)u.nservers), "servers");
     if (u.user)

@@ -7,6 +7,11 @@
  * PING. Each connection has a FIFO of the replies it expects; pub/sub
  * "message" pushes are the only replies outside that order.
  *
+ * Sentinel (redis+sentinel://) finds the master through the sentinels before
+ * each connection attempt; Cluster (redis+cluster://) asks the nodes for the
+ * slot map and puts both connections on one node (pub/sub is cluster-wide),
+ * while the queue locks go to their slot's master (redis_cluster.c).
+ *
  * Connection cycle: open both, AUTH / SELECT / PING on each (the handshake),
  * then SUBSCRIBE every channel somebody wants; when Redis acknowledged all of
  * them the bus is CONNECTED. Any failure (socket error, protocol error, no
@@ -27,6 +32,7 @@
 
 #include "bus.h"
 #include "map.h"
+#include "redis_cluster.h"
 #include "redis_conn.h"
 
 #define LOCK_EXPIRY_S "5"
@@ -48,6 +54,7 @@ enum {
     X_UNSUB,  /* a: rchan */
     X_PUB,    /* a: the channel name (owned) */
     X_LOCK,   /* a: sub (a reference), b: psrpc_msg (a reference) */
+    X_ROLE,   /* the handshake's ROLE (Sentinel mode: the server must be a master) */
 };
 
 typedef struct rexp {
@@ -164,6 +171,20 @@ struct redis_t {
     int64_t connect_timeout_ms, ping_ms, wait_min_ms, wait_max_ms;
     size_t out_cap;
     char where[300]; /* host:port for messages */
+    /* Sentinel mode (redis+sentinel://): the master's address comes from
+     * the sentinels (host/port above are then the current master). */
+    bool sentinel;
+    char *master_name;
+    char **s_hosts;
+    int *s_ports;
+    size_t ns, s_idx, s_tried;
+    psrpc__rconn *sconn;
+    psrpc__rconn *wconn; /* subscribed to +switch-master on a sentinel */
+    char s_why[300];
+    /* Cluster mode (redis+cluster://): both connections go to one node
+     * (classic pub/sub is cluster-wide), the queue locks to their slot's
+     * master through redis_cluster.c. host/port above: the node in use. */
+    psrpc__rcluster *cl;
 
     /* Loop thread state. */
     bool started, closing, stopped, connected, ever_connected;
@@ -194,6 +215,10 @@ static const psrpc__transport psrpc__transport_redis;
 
 static void conn_lost(redis_t *r, int status, const char *reason, bool auth);
 static void attempt_start(redis_t *r);
+static void sides_open(redis_t *r);
+static void sentinel_down(redis_t *r);
+static void sentinel_next(redis_t *r);
+static void sentinel_watch(redis_t *r);
 
 /* ---- small helpers --------------------------------------------------------- */
 
@@ -613,27 +638,36 @@ static bool is_message(const redisReply *rep) {
 }
 
 static void send_lock(redis_t *r, struct psrpc__bus_sub *s, const redisReply *payload) {
-    if (r->pub.state != S_READY) {
-        PSRPC__STAT_ADD(r->bus, dropped_slow_consumer, 1);
+    if (r->pub.state != S_READY && !r->cl) {
+        PSRPC__DROP(r->bus, dropped_slow_consumer, PSRPC__DROP_SLOW_CONSUMER);
         return;
     }
     char key[PSRPC__LOCK_KEY_LEN + 1];
     psrpc__redis_lock_key(key, (const uint8_t *)payload->str, payload->len);
     char value[24];
-    snprintf(value, sizeof value, "%llu", (unsigned long long)(rnd(r) >> 1));
+    size_t value_len = psrpc__u64_str(value, rnd(r) >> 1);
     psrpc_msg *msg = NULL;
     if (psrpc_msg_new(&msg, payload->str, payload->len) != PSRPC_OK) {
-        PSRPC__STAT_ADD(r->bus, dropped_slow_consumer, 1);
+        PSRPC__DROP(r->bus, dropped_slow_consumer, PSRPC__DROP_SLOW_CONSUMER);
+        return;
+    }
+    s->refs++;
+    if (r->cl) {
+        /* To the key's master; the outcome comes to cluster_lock_done. */
+        if (psrpc__rcluster_lock(r->cl, key, PSRPC__LOCK_KEY_LEN, value, s, msg) != PSRPC_OK) {
+            s->refs--;
+            psrpc_msg_release(msg);
+            PSRPC__DROP(r->bus, dropped_slow_consumer, PSRPC__DROP_SLOW_CONSUMER);
+        }
         return;
     }
     const char *argv[6] = {"SET", key, value, "EX", LOCK_EXPIRY_S, "NX"};
-    size_t lens[6] = {3, PSRPC__LOCK_KEY_LEN, strlen(value), 2, 1, 2};
+    size_t lens[6] = {3, PSRPC__LOCK_KEY_LEN, value_len, 2, 1, 2};
     rexp e = {.kind = X_LOCK, .a = s, .b = msg};
-    s->refs++;
     if (send_cmd(&r->pub, 6, argv, lens, e, false) != PSRPC_OK) {
         s->refs--;
         psrpc_msg_release(msg);
-        PSRPC__STAT_ADD(r->bus, dropped_slow_consumer, 1);
+        PSRPC__DROP(r->bus, dropped_slow_consumer, PSRPC__DROP_SLOW_CONSUMER);
     }
 }
 
@@ -647,7 +681,7 @@ static void on_message(redis_t *r, const redisReply *rep) {
     if (payload->type != REDIS_REPLY_STRING) {
         /* The framing filter replaced a bulk over max_message_size by nil. */
         PSRPC__STAT_ADD(r->bus, received, 1);
-        PSRPC__STAT_ADD(r->bus, dropped_oversize, 1);
+        PSRPC__DROP(r->bus, dropped_oversize, PSRPC__DROP_OVERSIZE);
         return;
     }
     ch->busy++;
@@ -699,6 +733,8 @@ static void become_connected(redis_t *r) {
     r->connected = true;
     r->resubscribing = false;
     psrpc__bus_set_state(r->bus, PSRPC_BUS_CONNECTED, PSRPC_OK, NULL);
+    if (r->sentinel && !r->wconn)
+        sentinel_watch(r);
 }
 
 static void ping_tick(uv_timer_t *t) {
@@ -816,6 +852,11 @@ static void on_connected(psrpc__rconn *c) {
         rc = send1(s, "PING", NULL, e);
         s->hs_pending += rc == PSRPC_OK;
     }
+    if (rc == PSRPC_OK && r->sentinel) {
+        rexp e = {.kind = X_ROLE};
+        rc = send1(s, "ROLE", NULL, e);
+        s->hs_pending += rc == PSRPC_OK;
+    }
     if (rc != PSRPC_OK)
         conn_lost(r, PSRPC_UNAVAILABLE, "out of memory while connecting", false);
 }
@@ -823,13 +864,32 @@ static void on_connected(psrpc__rconn *c) {
 static void handshake_reply(side *s, const rexp *e, const redisReply *rep) {
     redis_t *r = s->r;
     if (rep->type == REDIS_REPLY_ERROR) {
-        const char *cmd = e->kind == X_AUTH ? "AUTH" : e->kind == X_SELECT ? "SELECT" : "PING";
+        const char *cmd = e->kind == X_AUTH     ? "AUTH"
+                          : e->kind == X_SELECT ? "SELECT"
+                          : e->kind == X_ROLE   ? "ROLE"
+                                                : "PING";
         char reason[400];
         snprintf(reason, sizeof reason, "%s: redis refused %s: %s", r->where, cmd, reply_text(rep));
         scrub(r, reason);
         int status = error_status(reply_text(rep));
         conn_lost(r, status, reason, status != PSRPC_UNAVAILABLE);
         return;
+    }
+    if (e->kind == X_ROLE) {
+        /* A sentinel may still name a master that has since been demoted
+         * (or that came back as a replica): never publish to a replica. */
+        const char *role = rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                                   rep->element[0]->type == REDIS_REPLY_STRING
+                               ? rep->element[0]->str
+                               : "?";
+        if (strcmp(role, "master") != 0) {
+            char reason[400];
+            snprintf(reason, sizeof reason,
+                     "%s (%s): reports role \"%.40s\", not master (sentinel master %s)", r->where,
+                     s->what, role, r->master_name);
+            conn_lost(r, PSRPC_UNAVAILABLE, reason, false);
+            return;
+        }
     }
     if (--s->hs_pending == 0)
         side_ready(s);
@@ -864,6 +924,15 @@ static void sub_reply(redis_t *r, const rexp *e, const redisReply *rep) {
         become_connected(r);
 }
 
+/* A queue lock's outcome: the message goes to the subscription if the lock is
+ * ours. */
+static void lock_done(redis_t *r, struct psrpc__bus_sub *sub, psrpc_msg *msg, bool acquired) {
+    if (acquired && sub->active && !r->closing)
+        sub->deliver(sub->ctx, msg->data, msg->len);
+    psrpc_msg_release(msg);
+    sub_release(sub);
+}
+
 static void on_reply(psrpc__rconn *c, redisReply *rep) {
     side *s = psrpc__rconn_owner(c);
     redis_t *r = s->r;
@@ -884,6 +953,7 @@ static void on_reply(psrpc__rconn *c, redisReply *rep) {
     case X_AUTH:
     case X_SELECT:
     case X_HSPING:
+    case X_ROLE:
         handshake_reply(s, &e, rep);
         break;
     case X_PING:
@@ -899,21 +969,14 @@ static void on_reply(psrpc__rconn *c, redisReply *rep) {
             deny_channel(r, e.a, reply_text(rep));
         free(e.a);
         break;
-    case X_LOCK: {
-        struct psrpc__bus_sub *sub = e.a;
-        psrpc_msg *msg = e.b;
-        if (rep->type == REDIS_REPLY_STATUS && strcmp(reply_text(rep), "OK") == 0) {
-            if (sub->active && !r->closing)
-                sub->deliver(sub->ctx, msg->data, msg->len);
-        }
-        /* Otherwise another server holds the lock, or Redis refused the SET
+    case X_LOCK:
+        /* Not OK: another server holds the lock, or Redis refused the SET
          * (NOPERM: the user may not write the lock keys): either way this
          * server does not take the request. A refusal is not the bus's
          * failure: its other channels, and its answers, go on. */
-        psrpc_msg_release(msg);
-        sub_release(sub);
+        lock_done(r, e.a, e.b,
+                  rep->type == REDIS_REPLY_STATUS && strcmp(reply_text(rep), "OK") == 0);
         break;
-    }
     default:
         break;
     }
@@ -986,9 +1049,250 @@ static bool side_open(side *s, char *why, size_t why_len) {
     return true;
 }
 
+/* ---- Sentinel: master discovery ---------------------------------------------
+ * Each connection attempt first asks the sentinels, in turn from the last one
+ * that answered, for the master's address (SENTINEL get-master-addr-by-name);
+ * the first that names it wins, and both connections go there (and check
+ * ROLE). After a failover the old master's connections break, and the next
+ * attempt asks again: sentinels name the promoted replica once they agreed. */
+
+static void sentinel_down(redis_t *r) {
+    if (r->sconn) {
+        psrpc__rconn_close(r->sconn);
+        r->sconn = NULL;
+    }
+    if (r->wconn) {
+        psrpc__rconn_close(r->wconn);
+        r->wconn = NULL;
+    }
+}
+
+/* The watch: SUBSCRIBE +switch-master on the sentinel that named the master.
+ * A switch of our master ("NAME oldip oldport newip newport") to another
+ * address drops the connections at once and reconnects without backoff, so a
+ * master that is still reachable (a partition, a manual SENTINEL FAILOVER) is
+ * left too. A failing watch is just dropped: the health PINGs and ROLE cover
+ * the rest, and the next connection opens a new one. */
+static void w_on_connected(psrpc__rconn *c) {
+    redis_t *r = psrpc__rconn_owner(c);
+    if (r->wconn != c)
+        return;
+    const char *argv[2] = {"SUBSCRIBE", "+switch-master"};
+    size_t lens[2] = {9, 14};
+    if (psrpc__rconn_send_command(c, 2, argv, lens, false) != PSRPC_OK) {
+        psrpc__rconn_close(c);
+        r->wconn = NULL;
+    }
+}
+
+static void w_on_reply(psrpc__rconn *c, redisReply *rep) {
+    redis_t *r = psrpc__rconn_owner(c);
+    if (r->closing || r->wconn != c)
+        return;
+    if (!is_message(rep) || rep->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    char name[256], oh[128], nh[128];
+    int op = 0, np = 0;
+    if (sscanf(rep->element[2]->str, "%255s %127s %d %127s %d", name, oh, &op, nh, &np) != 5 ||
+        strcmp(name, r->master_name) != 0)
+        return;
+    if (np == r->port && strcmp(nh, r->host) == 0)
+        return;
+    char reason[400];
+    snprintf(reason, sizeof reason, "sentinel: +switch-master %s from %s:%d to %s:%d",
+             r->master_name, oh, op, nh, np);
+    r->backoff_ms = 0;
+    conn_lost(r, PSRPC_UNAVAILABLE, reason, false);
+    r->backoff_ms = r->wait_min_ms;
+}
+
+static void w_on_error(psrpc__rconn *c, const char *why) {
+    redis_t *r = psrpc__rconn_owner(c);
+    (void)why;
+    if (r->wconn != c)
+        return;
+    psrpc__rconn_close(c);
+    r->wconn = NULL;
+}
+
+static void s_on_closed(psrpc__rconn *c);
+
+/* Opens a connection to the current sentinel (r->s_idx) into *out, with the
+ * given handlers (the lookup or the +switch-master watch). */
+static psrpc_status sentinel_open(redis_t *r, psrpc__rconn **out,
+                                  void (*on_connected)(psrpc__rconn *),
+                                  void (*on_reply)(psrpc__rconn *, redisReply *),
+                                  void (*on_error)(psrpc__rconn *, const char *),
+                                  const char **reason) {
+    psrpc__rconn_config cfg = {
+        .loop = psrpc__loop_uv(r->bus->loop),
+        .host = r->s_hosts[r->s_idx],
+        .port = r->s_ports[r->s_idx],
+        .ssl_ctx = r->ssl_ctx,
+        .server_name = r->server_name,
+        .max_bulk = 65536,
+        .owner = r,
+        .on_connected = on_connected,
+        .on_reply = on_reply,
+        .on_error = on_error,
+        .on_closed = s_on_closed,
+    };
+    return psrpc__rconn_open(out, &cfg, reason);
+}
+
+static void sentinel_watch(redis_t *r) {
+    const char *reason = NULL;
+    if (sentinel_open(r, &r->wconn, w_on_connected, w_on_reply, w_on_error, &reason) != PSRPC_OK) {
+        r->wconn = NULL;
+        return;
+    }
+    r->handles++;
+}
+
+static void sentinel_next(redis_t *r);
+
+static void sentinel_failed(redis_t *r, const char *why) {
+    /* The reasons are for messages: cut to fit (a used return value tells
+     * gcc's -Wformat-truncation that cutting is meant). */
+    if (snprintf(r->s_why, sizeof r->s_why, "sentinel %s:%d: %s", r->s_hosts[r->s_idx],
+                 r->s_ports[r->s_idx], why) < 0)
+        r->s_why[0] = 0;
+    sentinel_down(r);
+    r->s_idx = (r->s_idx + 1) % r->ns;
+    sentinel_next(r);
+}
+
+static void s_on_connected(psrpc__rconn *c) {
+    redis_t *r = psrpc__rconn_owner(c);
+    if (r->sconn != c)
+        return;
+    const char *argv[3] = {"SENTINEL", "get-master-addr-by-name", r->master_name};
+    size_t lens[3] = {8, 23, strlen(r->master_name)};
+    if (psrpc__rconn_send_command(c, 3, argv, lens, false) != PSRPC_OK)
+        sentinel_failed(r, "out of memory");
+}
+
+static void s_on_reply(psrpc__rconn *c, redisReply *rep) {
+    redis_t *r = psrpc__rconn_owner(c);
+    if (r->closing || r->sconn != c)
+        return;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+        rep->element[0]->type == REDIS_REPLY_STRING &&
+        rep->element[1]->type == REDIS_REPLY_STRING) {
+        long port = strtol(rep->element[1]->str, NULL, 10);
+        char *host = psrpc__strdup(rep->element[0]->str);
+        if (!host || port < 1 || port > 65535 || !*host) {
+            free(host);
+            sentinel_failed(r, "bad master address in the reply");
+            return;
+        }
+        free(r->host);
+        r->host = host;
+        r->port = (int)port;
+        snprintf(r->where, sizeof r->where, "%s%s%s:%d", strchr(host, ':') ? "[" : "", host,
+                 strchr(host, ':') ? "]" : "", r->port);
+        sentinel_down(r);
+        sides_open(r);
+        return;
+    }
+    char why[300];
+    if (rep->type == REDIS_REPLY_ERROR)
+        snprintf(why, sizeof why, "refused: %.200s", rep->str);
+    else
+        snprintf(why, sizeof why, "does not know master \"%.100s\"", r->master_name);
+    sentinel_failed(r, why);
+}
+
+static void s_on_error(psrpc__rconn *c, const char *why) {
+    redis_t *r = psrpc__rconn_owner(c);
+    if (r->sconn != c)
+        return;
+    sentinel_failed(r, why);
+}
+
+static void s_on_closed(psrpc__rconn *c) {
+    redis_t *r = psrpc__rconn_owner(c);
+    r->handles--;
+    check_closed(r);
+}
+
+static void sentinel_next(redis_t *r) {
+    if (r->closing)
+        return;
+    if (r->s_tried++ >= r->ns) {
+        char reason[400];
+        if (snprintf(reason, sizeof reason, "sentinel master %s: no sentinel named it (last: %s)",
+                     r->master_name, r->s_why) < 0)
+            reason[0] = 0;
+        conn_lost(r, PSRPC_UNAVAILABLE, reason, false);
+        return;
+    }
+    const char *reason = NULL;
+    if (sentinel_open(r, &r->sconn, s_on_connected, s_on_reply, s_on_error, &reason) != PSRPC_OK) {
+        r->sconn = NULL;
+        if (snprintf(r->s_why, sizeof r->s_why, "sentinel %s:%d: %s", r->s_hosts[r->s_idx],
+                     r->s_ports[r->s_idx], reason ? reason : "cannot connect") < 0)
+            r->s_why[0] = 0;
+        r->s_idx = (r->s_idx + 1) % r->ns;
+        sentinel_next(r);
+        return;
+    }
+    r->handles++;
+}
+
+/* ---- Cluster: the node for the connections -----------------------------------
+ * Each connection attempt asks the cluster nodes for the slot map (in turn,
+ * from the one after the node last used); both connections go to the node
+ * that answered. When that node fails, the next attempt goes to another. The
+ * queue locks go their own way (redis_cluster.c). */
+
+static void cluster_discovered(void *owner, const char *host, int port, const char *err,
+                               bool auth_refused) {
+    redis_t *r = owner;
+    if (r->closing)
+        return;
+    if (err) {
+        /* Every node refused the AUTH: as a plain redis:// bus, twice in a
+         * row stops the retries. */
+        conn_lost(r, auth_refused ? PSRPC_UNAUTHENTICATED : PSRPC_UNAVAILABLE, err, auth_refused);
+        return;
+    }
+    char *h = psrpc__strdup(host);
+    if (!h) {
+        conn_lost(r, PSRPC_UNAVAILABLE, "out of memory while connecting", false);
+        return;
+    }
+    free(r->host);
+    r->host = h;
+    r->port = port;
+    snprintf(r->where, sizeof r->where, "cluster node %s%s%s:%d", strchr(h, ':') ? "[" : "", h,
+             strchr(h, ':') ? "]" : "", port);
+    sides_open(r);
+}
+
+static void cluster_lock_done(void *owner, void *a, void *b, int outcome) {
+    redis_t *r = owner;
+    /* Given up (no master took the SET within the lock's 5 s): this server
+     * does not take the request; counted, as the request may be lost if no
+     * other server took it either. */
+    if (outcome == PSRPC__LOCK_GIVEN_UP && !r->closing)
+        PSRPC__DROP(r->bus, dropped_expired, PSRPC__DROP_EXPIRED);
+    lock_done(r, a, b, outcome == PSRPC__LOCK_ACQUIRED);
+}
+
+static void cluster_closed(void *owner) {
+    redis_t *r = owner;
+    r->cl = NULL; /* it freed itself */
+    r->handles--;
+    check_closed(r);
+}
+
 static void attempt_timeout(uv_timer_t *t) {
     redis_t *r = t->data;
-    const char *stage = r->sub.state == S_CONNECTING || r->pub.state == S_CONNECTING
+    const char *stage = r->sconn ? "asking the sentinels for the master"
+                        : r->cl && r->sub.state == S_DOWN
+                            ? "asking the cluster nodes for the slot map"
+                        : r->sub.state == S_CONNECTING || r->pub.state == S_CONNECTING
                             ? (r->tls ? "connecting (TCP and TLS)" : "connecting")
                         : r->sub.state == S_HANDSHAKE || r->pub.state == S_HANDSHAKE
                             ? "waiting for the AUTH/SELECT/PING replies"
@@ -1006,12 +1310,24 @@ static void attempt_start(redis_t *r) {
         return;
     if (r->attempts++ > 0)
         PSRPC__STAT_ADD(r->bus, reconnect_attempts, 1);
-    char why[400];
-    if (!side_open(&r->sub, why, sizeof why) || !side_open(&r->pub, why, sizeof why)) {
-        conn_lost(r, PSRPC_UNAVAILABLE, why, false);
+    uv_timer_start(&r->attempt_timer, attempt_timeout, (uint64_t)r->connect_timeout_ms, 0);
+    if (r->sentinel) {
+        r->s_tried = 0;
+        r->s_why[0] = 0;
+        sentinel_next(r);
         return;
     }
-    uv_timer_start(&r->attempt_timer, attempt_timeout, (uint64_t)r->connect_timeout_ms, 0);
+    if (r->cl) {
+        psrpc__rcluster_discover(r->cl); /* cluster_discovered follows */
+        return;
+    }
+    sides_open(r);
+}
+
+static void sides_open(redis_t *r) {
+    char why[400];
+    if (!side_open(&r->sub, why, sizeof why) || !side_open(&r->pub, why, sizeof why))
+        conn_lost(r, PSRPC_UNAVAILABLE, why, false);
 }
 
 /* The bus gave up: every subscription still waiting for its SUBSCRIBE
@@ -1033,6 +1349,9 @@ static void conn_lost(redis_t *r, int status, const char *reason, bool auth) {
     if (r->closing)
         return;
     r->gen++;
+    sentinel_down(r);
+    if (r->cl)
+        psrpc__rcluster_abandon(r->cl);
     side_down(&r->sub);
     side_down(&r->pub);
     uv_timer_stop(&r->attempt_timer);
@@ -1085,6 +1404,10 @@ static void redis_start(psrpc_bus *bus) {
         timers[i]->data = r;
         r->handles++;
     }
+    if (r->cl) {
+        psrpc__rcluster_start(r->cl, loop);
+        r->handles++;
+    }
     r->started = true;
     attempt_start(r);
 }
@@ -1106,6 +1429,9 @@ static void redis_close(psrpc_bus *bus, void (*done)(psrpc_bus *bus)) {
         done(bus);
         return;
     }
+    sentinel_down(r);
+    if (r->cl)
+        psrpc__rcluster_close(r->cl); /* cluster_closed follows */
     side_down(&r->sub);
     side_down(&r->pub);
     uv_close((uv_handle_t *)&r->retry_timer, timer_closed);
@@ -1148,6 +1474,12 @@ static void redis_free(redis_t *r) {
     free_str_secret(r->pass);
     free(r->server_name);
     free(r->prefix);
+    for (size_t i = 0; i < r->ns; i++)
+        free(r->s_hosts[i]);
+    free(r->s_hosts);
+    free(r->s_ports);
+    free(r->master_name);
+    psrpc__rcluster_free(r->cl); /* NULL unless it never started */
     free(r);
 }
 
@@ -1277,6 +1609,153 @@ userinfo_done:;
     return PSRPC_OK;
 }
 
+/* redis+sentinel://[user:password@]host:port[,host:port...]/MASTER_NAME
+ * (rediss+sentinel:// for TLS to the sentinels and the master). The user
+ * information is the master's AUTH; each host:port is a sentinel. */
+/* The credentials of a multi-host URL (sentinel, cluster): the USERINFO in
+ * p..end before the last '@', parsed as those of "redis://USERINFO@h".
+ * *list: where the host list starts. */
+static int parse_userinfo(redis_t *r, psrpc_bus *bus, const char *p, const char *end,
+                          const char **list) {
+    const char *at = NULL;
+    for (const char *q = p; q < end; q++)
+        if (*q == '@')
+            at = q;
+    *list = at ? at + 1 : p;
+    if (!at)
+        return PSRPC_OK;
+    size_t n = (size_t)(at - p);
+    char *tmp = malloc(n + 16);
+    if (!tmp)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    memcpy(tmp, "redis://", 8);
+    memcpy(tmp + 8, p, n);
+    memcpy(tmp + 8 + n, "@h", 3);
+    int rc = parse_url(r, bus, tmp);
+    OPENSSL_cleanse(tmp, n + 11);
+    free(tmp);
+    free(r->host);
+    r->host = NULL;
+    return rc;
+}
+
+static int parse_sentinel_url(redis_t *r, psrpc_bus *bus, const char *url) {
+    const char *safe = bus->url_safe;
+    bool tls = strncmp(url, "rediss+", 7) == 0;
+    const char *p = url + (tls ? 18 : 17);
+    if (strpbrk(p, "?#"))
+        return psrpc__error(PSRPC_INVALID_ARGUMENT,
+                            "redis URL %s: query and fragment are not supported", safe);
+    const char *slash = strchr(p, '/');
+    if (!slash || !slash[1] || strchr(slash + 1, '/'))
+        return psrpc__error(PSRPC_INVALID_ARGUMENT,
+                            "redis URL %s: a sentinel URL ends with /MASTER_NAME", safe);
+    bool oom = false;
+    r->master_name = psrpc__url_unescape(slash + 1, strlen(slash + 1), &oom);
+    if (!r->master_name)
+        return oom ? psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory")
+                   : psrpc__error(PSRPC_INVALID_ARGUMENT,
+                                  "redis URL %s: bad percent-encoding in the master name", safe);
+    const char *list = p;
+    int urc = parse_userinfo(r, bus, p, slash, &list);
+    if (urc != PSRPC_OK)
+        return urc;
+    size_t cap = 1;
+    for (const char *q = list; q < slash; q++)
+        cap += *q == ',';
+    r->s_hosts = calloc(cap, sizeof *r->s_hosts);
+    r->s_ports = calloc(cap, sizeof *r->s_ports);
+    if (!r->s_hosts || !r->s_ports)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    for (const char *q = list; q <= slash;) {
+        const char *e = q;
+        while (e < slash && *e != ',')
+            e++;
+        if (e == q || memchr(q, '@', (size_t)(e - q)))
+            return psrpc__error(PSRPC_INVALID_ARGUMENT, "redis URL %s: bad sentinel address", safe);
+        char tmp[300];
+        if ((size_t)(e - q) > 250)
+            return psrpc__error(PSRPC_INVALID_ARGUMENT, "redis URL %s: sentinel address too long",
+                                safe);
+        snprintf(tmp, sizeof tmp, "redis://%.*s", (int)(e - q), q);
+        redis_t t = {0};
+        int rc = parse_url(&t, bus, tmp);
+        if (rc != PSRPC_OK) {
+            free(t.host);
+            return rc;
+        }
+        r->s_hosts[r->ns] = t.host;
+        r->s_ports[r->ns++] =
+            strchr(tmp + 8, ':') && !(tmp[8] == '[' && !strstr(tmp, "]:")) ? t.port : 26379;
+        q = e + 1;
+    }
+    r->tls = tls;
+    r->sentinel = true;
+    r->host = psrpc__strdup("");
+    if (!r->host)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    snprintf(r->where, sizeof r->where, "sentinel master %.200s", r->master_name);
+    return PSRPC_OK;
+}
+
+/* redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster://
+ * for TLS): the seed nodes; the others come from the slot map. */
+static int parse_cluster_url(redis_t *r, psrpc_bus *bus, const char *url) {
+    const char *safe = bus->url_safe;
+    bool tls = strncmp(url, "rediss+", 7) == 0;
+    const char *p = url + (tls ? 17 : 16);
+    if (strpbrk(p, "?#"))
+        return psrpc__error(PSRPC_INVALID_ARGUMENT,
+                            "redis URL %s: query and fragment are not supported", safe);
+    const char *end = p + strlen(p);
+    const char *slash = strchr(p, '/');
+    if (slash && (slash[1] && strcmp(slash + 1, "0") != 0))
+        return psrpc__error(PSRPC_INVALID_ARGUMENT,
+                            "redis URL %s: Redis Cluster has database 0 only (no path)", safe);
+    if (slash)
+        end = slash;
+    const char *list = p;
+    int urc = parse_userinfo(r, bus, p, end, &list);
+    if (urc != PSRPC_OK)
+        return urc;
+    psrpc__rcluster_config cfg = {
+        .user = NULL, /* set once the options are read (psrpc__redis_open) */
+        .owner = r,
+        .on_lock = cluster_lock_done,
+        .on_discovered = cluster_discovered,
+        .on_closed = cluster_closed,
+    };
+    if (psrpc__rcluster_new(&r->cl, &cfg) != PSRPC_OK)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    for (const char *q = list; q <= end;) {
+        const char *e = q;
+        while (e < end && *e != ',')
+            e++;
+        if (e == q || memchr(q, '@', (size_t)(e - q)))
+            return psrpc__error(PSRPC_INVALID_ARGUMENT, "redis URL %s: bad cluster node address",
+                                safe);
+        if ((size_t)(e - q) > 250)
+            return psrpc__error(PSRPC_INVALID_ARGUMENT,
+                                "redis URL %s: cluster node address too long", safe);
+        char tmp[300];
+        snprintf(tmp, sizeof tmp, "redis://%.*s", (int)(e - q), q);
+        redis_t t = {0};
+        int rc = parse_url(&t, bus, tmp);
+        if (rc == PSRPC_OK && psrpc__rcluster_add_seed(r->cl, t.host, t.port) != PSRPC_OK)
+            rc = psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+        free(t.host);
+        if (rc != PSRPC_OK)
+            return rc;
+        q = e + 1;
+    }
+    r->tls = tls;
+    r->host = psrpc__strdup("");
+    if (!r->host)
+        return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "out of memory");
+    snprintf(r->where, sizeof r->where, "redis cluster");
+    return PSRPC_OK;
+}
+
 static int tls_error(const char *what, const char *file) {
     char tmp[160];
     unsigned long e = ERR_get_error();
@@ -1339,7 +1818,9 @@ int psrpc__redis_open(psrpc_bus *bus, const char *url) {
     psrpc__map_init(&r->denied);
     r->sub = (side){.r = r, .what = "subscriber"};
     r->pub = (side){.r = r, .what = "publisher"};
-    int rc = parse_url(r, bus, url);
+    int rc = strstr(url, "+sentinel://")  ? parse_sentinel_url(r, bus, url)
+             : strstr(url, "+cluster://") ? parse_cluster_url(r, bus, url)
+                                          : parse_url(r, bus, url);
     if (o->flags & PSRPC_BUS_TLS)
         r->tls = true;
     if (rc == PSRPC_OK)
@@ -1382,6 +1863,23 @@ int psrpc__redis_open(psrpc_bus *bus, const char *url) {
     }
     if (r->wait_max_ms < r->wait_min_ms)
         r->wait_max_ms = r->wait_min_ms;
+    if (r->cl) {
+        /* The settings the lock connections share with the bus's (borrowed:
+         * they live as long as r). */
+        psrpc__rcluster_config cfg = {
+            .ssl_ctx = r->ssl_ctx,
+            .server_name = r->server_name,
+            .user = r->user,
+            .pass = r->pass,
+            .timeout_ms = r->connect_timeout_ms,
+            .max_bulk = 65536,
+            .owner = r,
+            .on_lock = cluster_lock_done,
+            .on_discovered = cluster_discovered,
+            .on_closed = cluster_closed,
+        };
+        psrpc__rcluster_configure(r->cl, &cfg);
+    }
     r->backoff_ms = r->wait_min_ms;
     r->out_cap = o->reconnect_buffer_size > 0 ? (size_t)o->reconnect_buffer_size : DEFAULT_OUT_CAP;
     if (r->out_cap < 2 * (size_t)o->max_message_size + 1024)

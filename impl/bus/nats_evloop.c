@@ -56,6 +56,13 @@ struct ev_conn {
      * loop still polls it. */
     psrpc__task_node detach_node;
     ev_task detach_task;
+    /* Read and write interest changes from another thread that could not be
+     * posted (out of memory): the latest of each (-1: none), applied by one
+     * task on the connection's own node. A lost write ADD would leave
+     * nats.c's output (a flush's PING) unsent for good. */
+    atomic_int pending_read, pending_write;
+    atomic_bool pending_posted;
+    psrpc__task_node pending_node;
 };
 
 static void ec_release(ev_conn *ec) {
@@ -247,6 +254,8 @@ static natsStatus ev_attach(void **user, void *loop, natsConnection *nc, natsSoc
         if (!ec)
             return NATS_NO_MEMORY;
         atomic_init(&ec->refs, 1); /* nats.c's, until detach */
+        atomic_init(&ec->pending_read, -1);
+        atomic_init(&ec->pending_write, -1);
         ec->ctx = ctx;
         ec->nc = nc;
         *user = ec;
@@ -265,14 +274,36 @@ static natsStatus ev_attach(void **user, void *loop, natsConnection *nc, natsSoc
     return NATS_OK;
 }
 
+static void pending_task(void *arg) {
+    ev_conn *ec = arg;
+    atomic_store(&ec->pending_posted, false); /* later changes post the node again */
+    int r = atomic_exchange(&ec->pending_read, -1);
+    if (r >= 0)
+        apply(ec, T_READ, r == 1, (natsSock)-1);
+    int w = atomic_exchange(&ec->pending_write, -1);
+    if (w >= 0)
+        apply(ec, T_WRITE, w == 1, (natsSock)-1);
+    ec_release(ec);
+}
+
 static natsStatus ev_update(void *user, int kind, bool add) {
     ev_conn *ec = user;
     if (psrpc__loop_on_thread(ec->ctx->loop)) {
         apply(ec, kind, add, (natsSock)-1);
         return NATS_OK;
     }
-    /* A stopping loop polls nothing any more: nothing to change. */
-    post(ec, kind, add, (natsSock)-1, NULL);
+    if (post(ec, kind, add, (natsSock)-1, NULL) == PSRPC_OK)
+        return NATS_OK;
+    /* Out of memory (or a stopping loop, which polls nothing any more): the
+     * change goes on the connection's own node, which cannot fail to post. */
+    atomic_store(kind == T_READ ? &ec->pending_read : &ec->pending_write, add ? 1 : 0);
+    if (!atomic_exchange(&ec->pending_posted, true)) {
+        atomic_fetch_add(&ec->refs, 1);
+        if (psrpc__loop_post_node(ec->ctx->loop, &ec->pending_node, pending_task, ec) != PSRPC_OK) {
+            atomic_store(&ec->pending_posted, false);
+            atomic_fetch_sub(&ec->refs, 1); /* not the last: nats.c's attachment holds one */
+        }
+    }
     return NATS_OK;
 }
 

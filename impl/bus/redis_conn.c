@@ -22,7 +22,10 @@
 
 #define RCONN_READ_CHUNK 65536
 #define RCONN_MAX_LINE 65536 /* a status, error or length line */
-#define RCONN_MAX_ARRAY 64   /* our replies have at most 3 elements */
+#define RCONN_MAX_ARRAY 64   /* our replies have at most 3 elements (by default) */
+/* Output buffers (see buf_written). */
+#define RCONN_KEEP_MAX ((size_t)4 << 20)
+#define RCONN_KEEP_WRITES 64
 
 /* ---- the framing filter ------------------------------------------------ */
 
@@ -30,8 +33,10 @@
  * after "$N" N bytes + CRLF. The filter follows that sequence and feeds the
  * reader, replacing a bulk longer than max_bulk by a nil bulk and skipping its
  * bytes, so the reader never buffers more than max_bulk + one read chunk.
- * Arrays are limited to RCONN_MAX_ARRAY elements (the reader allocates the
- * element vector from the announced count). */
+ * Arrays are limited to max_array elements (RCONN_MAX_ARRAY unless the
+ * connection asks for more; the reader allocates the
+ * element vector from the announced count). It also counts the items still
+ * missing in the current reply, so it can stop right after a whole reply. */
 enum { F_TYPE, F_LINE, F_BULK, F_SKIP };
 
 typedef struct rfilter {
@@ -40,7 +45,14 @@ typedef struct rfilter {
     size_t line_len;
     int64_t remain; /* F_BULK / F_SKIP: bytes left, CRLF included */
     size_t max_bulk;
+    size_t max_array;
+    int64_t need; /* items of the current reply still to come; 0: between replies */
 } rfilter;
+
+struct psrpc__rin {
+    rfilter filter;
+    redisReader *reader;
+};
 
 struct psrpc__rconn {
     psrpc__rconn_config cfg;
@@ -67,6 +79,8 @@ struct psrpc__rconn {
     char *out;
     size_t out_len, out_cap;
     bool out_secret;
+    size_t out_hint;  /* the last batch written (at most RCONN_KEEP_MAX) */
+    int small_writes; /* writes in a row that used a quarter of a large buffer or less */
     char *wbuf;
     size_t wbuf_len, wbuf_cap;
     size_t wbuf_off; /* written so far */
@@ -79,8 +93,7 @@ struct psrpc__rconn {
     /* Input. */
     char rbuf[RCONN_READ_CHUNK];
     char plain[RCONN_READ_CHUNK];
-    rfilter filter;
-    redisReader *reader;
+    psrpc__rin *in;
 };
 
 static void rconn_fail(psrpc__rconn *c, const char *reason);
@@ -99,8 +112,7 @@ static void maybe_free(psrpc__rconn *c) {
         uv_freeaddrinfo(c->ai_list);
     if (c->ssl)
         SSL_free(c->ssl);
-    if (c->reader)
-        redisReaderFree(c->reader);
+    psrpc__rin_free(c->in);
     if (c->out) {
         if (c->out_secret)
             OPENSSL_cleanse(c->out, c->out_len);
@@ -111,7 +123,6 @@ static void maybe_free(psrpc__rconn *c) {
             OPENSSL_cleanse(c->wbuf, c->wbuf_len);
         free(c->wbuf);
     }
-    free(c->filter.line);
     free(c->host);
     free(c->server_name);
     free(c);
@@ -124,7 +135,9 @@ static void maybe_free(psrpc__rconn *c) {
 static int out_reserve(psrpc__rconn *c, size_t n) {
     if (c->out_cap - c->out_len >= n)
         return 0;
-    size_t cap = c->out_cap ? c->out_cap : 4096;
+    /* A new buffer starts at twice the last batch written: under load it is
+     * not grown (and copied) doubling by doubling from 4 KiB again. */
+    size_t cap = c->out_cap ? c->out_cap : c->out_hint > 2048 ? 2 * c->out_hint : 4096;
     while (cap - c->out_len < n) {
         if (cap > SIZE_MAX / 2)
             return -1;
@@ -168,15 +181,28 @@ static int drain_wbio(psrpc__rconn *c) {
     return 0;
 }
 
-/* Empties a written buffer: wipes it if it held a secret, and frees it if a
- * burst made it large (not kept for the connection's lifetime). */
-static void buf_written(char **buf, size_t *len, size_t *cap, bool *secret) {
+/* Empties a written buffer: wipes it if it held a secret. A buffer that a
+ * burst made large is not kept for the connection's lifetime: it is freed
+ * once RCONN_KEEP_WRITES writes in a row used a quarter of it or less (or at
+ * once above RCONN_KEEP_MAX). Under a steady load of large batches it is
+ * kept, rather than grown again (and copied at each doubling) for every
+ * batch. */
+static void buf_written(psrpc__rconn *c, char **buf, size_t *len, size_t *cap, bool *secret) {
     if (*secret) {
         OPENSSL_cleanse(*buf, *len);
         *secret = false;
     }
+    size_t written = *len;
     *len = 0;
-    if (*cap > (size_t)4 * RCONN_READ_CHUNK) {
+    c->out_hint = written < RCONN_KEEP_MAX ? written : RCONN_KEEP_MAX;
+    if (*cap <= (size_t)4 * RCONN_READ_CHUNK)
+        return;
+    if (written > *cap / 4 && *cap <= RCONN_KEEP_MAX) {
+        c->small_writes = 0;
+        return;
+    }
+    if (++c->small_writes >= RCONN_KEEP_WRITES || *cap > RCONN_KEEP_MAX) {
+        c->small_writes = 0;
         free(*buf);
         *buf = NULL;
         *cap = 0;
@@ -204,7 +230,7 @@ static void write_cb(uv_write_t *req, int status) {
             return;
         }
     }
-    buf_written(&c->wbuf, &c->wbuf_len, &c->wbuf_cap, &c->wbuf_secret);
+    buf_written(c, &c->wbuf, &c->wbuf_len, &c->wbuf_cap, &c->wbuf_secret);
     c->wbuf_off = 0;
     if (c->closing) {
         maybe_free(c);
@@ -245,7 +271,7 @@ static void start_write(psrpc__rconn *c) {
     }
     size_t done = n > 0 ? (size_t)n : 0;
     if (done == c->out_len) {
-        buf_written(&c->out, &c->out_len, &c->out_cap, &c->out_secret);
+        buf_written(c, &c->out, &c->out_len, &c->out_cap, &c->out_secret);
         return;
     }
     /* Swap: what collected becomes the write, the old write buffer collects. */
@@ -517,10 +543,44 @@ static int tls_setup(psrpc__rconn *c) {
     return 0;
 }
 
-/* ---- input -------------------------------------------------------------- */
+/* ---- input ------------------------------------------------------------------
+ * Two paths. The fast path takes a reply that lies whole in the bytes at hand
+ * and is a scalar (status, error, integer, bulk, nil) or an array of at most
+ * RCONN_MAX_ARRAY (and max_array) scalars: pub/sub messages, subscribe acknowledgements, the
+ * PUBLISH and SET replies, nearly all the traffic. Its reply objects live on
+ * the stack and point into the read buffer (each string's CR overwritten by
+ * its terminating NUL): no allocation, no copy. Everything else (a reply cut
+ * by the end of a read, nested arrays, anything unusual or malformed) goes
+ * through the framing filter and the hiredis redisReader, one whole reply at a
+ * time, and gets the replies and the errors it always got; then the fast path
+ * resumes. The fast path accepts only what the slow one reads the same way. */
 
-static int feed(psrpc__rconn *c, const char *p, size_t n) {
-    return redisReaderFeed(c->reader, p, n) == REDIS_OK ? 0 : -1;
+psrpc__rin *psrpc__rin_new(size_t max_bulk, size_t max_array) {
+    psrpc__rin *in = calloc(1, sizeof *in);
+    if (!in)
+        return NULL;
+    in->filter.line = malloc(RCONN_MAX_LINE);
+    in->filter.max_bulk = max_bulk;
+    in->filter.max_array = max_array ? max_array : RCONN_MAX_ARRAY;
+    in->reader = redisReaderCreate();
+    if (!in->filter.line || !in->reader) {
+        psrpc__rin_free(in);
+        return NULL;
+    }
+    return in;
+}
+
+void psrpc__rin_free(psrpc__rin *in) {
+    if (!in)
+        return;
+    if (in->reader)
+        redisReaderFree(in->reader);
+    free(in->filter.line);
+    free(in);
+}
+
+static int feed(psrpc__rin *in, const char *p, size_t n) {
+    return redisReaderFeed(in->reader, p, n) == REDIS_OK ? 0 : -1;
 }
 
 /* Parses the length of a "$N" / "*N" line (without type byte and CRLF). */
@@ -541,9 +601,15 @@ static bool parse_len(const char *s, size_t n, int64_t *out) {
     return true;
 }
 
+/* One item of the current reply is complete. */
+static void item_done(rfilter *f) {
+    if (f->need > 0)
+        f->need--;
+}
+
 /* A complete line in f->line (CRLF included). Returns 0 or -1 (protocol). */
-static int filter_line(psrpc__rconn *c, const char **err) {
-    rfilter *f = &c->filter;
+static int filter_line(psrpc__rin *in, const char **err) {
+    rfilter *f = &in->filter;
     if (f->line_len < 3 || f->line[f->line_len - 2] != '\r') {
         *err = "protocol error: bad line ending";
         return -1;
@@ -561,31 +627,42 @@ static int filter_line(psrpc__rconn *c, const char **err) {
         f->remain = n + 2;
         f->state = F_SKIP;
         f->line_len = 0;
-        return feed(c, "$-1\r\n", 5);
+        return feed(in, "$-1\r\n", 5);
     }
-    if (type == '*' && n > RCONN_MAX_ARRAY) {
+    if (type == '*' && n > (int64_t)f->max_array) {
         *err = "protocol error: array too long";
         return -1;
     }
     if (type == '$' && n >= 0) {
         f->remain = n + 2;
         f->state = F_BULK;
+    } else if (type == '*' && n > 0) {
+        f->need += n - 1; /* the array is this item; its elements follow */
+    } else {
+        item_done(f);
     }
-    int rc = feed(c, f->line, f->line_len);
+    int rc = feed(in, f->line, f->line_len);
     f->line_len = 0;
     return rc;
 }
 
-static int filter_feed(psrpc__rconn *c, const char *p, size_t n, const char **err) {
-    rfilter *f = &c->filter;
+/* Feeds the reader from p until n bytes are used or a whole reply has been
+ * fed (*whole set); *used: the bytes taken. Returns 0 or -1 (*err). */
+static int filter_feed(psrpc__rin *in, const char *p, size_t n, size_t *used, bool *whole,
+                       const char **err) {
+    rfilter *f = &in->filter;
+    const char *start = p;
     *err = "out of memory";
-    while (n > 0) {
+    *whole = false;
+    while (n > 0 && !*whole) {
         switch (f->state) {
         case F_TYPE:
             if (!strchr("+-:$*", *p) || *p == 0) {
                 *err = "protocol error: unexpected byte";
                 return -1;
             }
+            if (f->need == 0)
+                f->need = 1;
             f->line[0] = *p;
             f->line_len = 1;
             f->state = F_LINE;
@@ -603,46 +680,213 @@ static int filter_feed(psrpc__rconn *c, const char *p, size_t n, const char **er
             f->line_len += take;
             p += take;
             n -= take;
-            if (nl && filter_line(c, err) != 0)
-                return -1;
+            if (nl) {
+                if (filter_line(in, err) != 0)
+                    return -1;
+                *whole = f->state == F_TYPE && f->need == 0;
+            }
             break;
         }
         case F_BULK:
         case F_SKIP: {
             size_t take = (int64_t)n < f->remain ? n : (size_t)f->remain;
-            if (f->state == F_BULK && feed(c, p, take) != 0)
+            if (f->state == F_BULK && feed(in, p, take) != 0)
                 return -1;
             f->remain -= (int64_t)take;
             p += take;
             n -= take;
-            if (f->remain == 0)
+            if (f->remain == 0) {
                 f->state = F_TYPE;
+                item_done(f);
+                *whole = f->need == 0;
+            }
             break;
         }
+        }
+    }
+    *used = (size_t)(p - start);
+    return 0;
+}
+
+/* A length or integer as the slow path surely reads it too: "-1", "0" or
+ * up to 18 digits without a leading zero. */
+static bool fast_num(const char *s, size_t n, int64_t *out) {
+    if (n == 2 && s[0] == '-' && s[1] == '1') {
+        *out = -1;
+        return true;
+    }
+    if (n == 0 || n > 18 || (s[0] == '0' && n > 1))
+        return false;
+    int64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+/* The line after a type byte at p: its content [p + 1, *eol) where *eol is
+ * the CR of the first LF at or after p + 1 (the filter's rule). Returns the
+ * bytes of type + line + CRLF, or 0 (incomplete, too long, no CR). */
+static size_t fast_line(const char *p, const char *end, const char **eol) {
+    size_t avail = (size_t)(end - p);
+    if (avail > RCONN_MAX_LINE)
+        avail = RCONN_MAX_LINE;
+    const char *nl = memchr(p, '\n', avail);
+    if (!nl || nl - p < 2 || nl[-1] != '\r')
+        return 0;
+    *eol = nl - 1;
+    return (size_t)(nl - p) + 1;
+}
+
+/* One scalar at p: fills *r (*nul: where its string's NUL goes, or NULL).
+ * Returns the bytes it takes, or 0 (for the slow path). */
+static size_t fast_scalar(const psrpc__rin *in, char *p, const char *end, redisReply *r,
+                          char **nul) {
+    const char *eol;
+    size_t hdr = fast_line(p, end, &eol);
+    if (!hdr)
+        return 0;
+    memset(r, 0, sizeof *r);
+    *nul = NULL;
+    int64_t v;
+    switch (*p) {
+    case '+':
+    case '-':
+        r->type = *p == '+' ? REDIS_REPLY_STATUS : REDIS_REPLY_ERROR;
+        r->str = p + 1;
+        r->len = (size_t)(eol - (p + 1));
+        *nul = p + (eol - p);
+        return hdr;
+    case ':':
+        if (!fast_num(p + 1, (size_t)(eol - (p + 1)), &v))
+            return 0;
+        r->type = REDIS_REPLY_INTEGER;
+        r->integer = v;
+        return hdr;
+    case '$':
+        if (!fast_num(p + 1, (size_t)(eol - (p + 1)), &v))
+            return 0;
+        if (v < 0) {
+            r->type = REDIS_REPLY_NIL;
+            return hdr;
+        }
+        if ((uint64_t)v > (uint64_t)(end - p) || (size_t)(end - p) - hdr < (size_t)v + 2)
+            return 0;
+        if ((uint64_t)v > in->filter.max_bulk) {
+            r->type = REDIS_REPLY_NIL; /* as the filter does */
+            return hdr + (size_t)v + 2;
+        }
+        r->type = REDIS_REPLY_STRING;
+        r->str = p + hdr;
+        r->len = (size_t)v;
+        *nul = p + hdr + v;
+        return hdr + (size_t)v + 2;
+    default:
+        return 0;
+    }
+}
+
+/* A whole reply at p handed to on_reply (*go: what it returned). Returns the
+ * bytes it took, or 0: nothing was done, the slow path takes it. */
+static size_t fast_reply(psrpc__rin *in, char *p, size_t n, psrpc__rin_reply_fn on_reply, void *ctx,
+                         bool *go) {
+    const char *end = p + n;
+    redisReply top;
+    char *nul;
+    if (*p != '*') {
+        size_t used = fast_scalar(in, p, end, &top, &nul);
+        if (used) {
+            if (nul)
+                *nul = 0;
+            *go = on_reply(ctx, &top);
+        }
+        return used;
+    }
+    const char *eol;
+    size_t used = fast_line(p, end, &eol);
+    int64_t count;
+    if (!used || !fast_num(p + 1, (size_t)(eol - (p + 1)), &count) || count > RCONN_MAX_ARRAY ||
+        count > (int64_t)in->filter.max_array)
+        return 0;
+    redisReply el[RCONN_MAX_ARRAY];
+    redisReply *elp[RCONN_MAX_ARRAY];
+    char *nuls[RCONN_MAX_ARRAY];
+    for (int64_t i = 0; i < count; i++) {
+        size_t u = fast_scalar(in, p + used, end, &el[i], &nuls[i]);
+        if (!u)
+            return 0;
+        elp[i] = &el[i];
+        used += u;
+    }
+    for (int64_t i = 0; i < count; i++)
+        if (nuls[i])
+            *nuls[i] = 0;
+    memset(&top, 0, sizeof top);
+    if (count < 0) {
+        top.type = REDIS_REPLY_NIL;
+    } else {
+        top.type = REDIS_REPLY_ARRAY;
+        top.elements = (size_t)count;
+        top.element = count ? elp : NULL;
+    }
+    *go = on_reply(ctx, &top);
+    return used;
+}
+
+int psrpc__rin_feed(psrpc__rin *in, char *p, size_t n, psrpc__rin_reply_fn on_reply, void *ctx,
+                    const char **err) {
+    bool go = true;
+    while (n > 0) {
+        if (in->filter.state == F_TYPE && in->filter.need == 0) {
+            size_t used = fast_reply(in, p, n, on_reply, ctx, &go);
+            if (used) {
+                if (!go)
+                    return 0;
+                p += used;
+                n -= used;
+                continue;
+            }
+        }
+        size_t used = 0;
+        bool whole = false;
+        if (filter_feed(in, p, n, &used, &whole, err) != 0)
+            return -1;
+        p += used;
+        n -= used;
+        while (whole) {
+            void *reply = NULL;
+            if (redisReaderGetReply(in->reader, &reply) != REDIS_OK) {
+                *err =
+                    in->reader->err == REDIS_ERR_OOM ? "out of memory" : "protocol error in reply";
+                return -1;
+            }
+            if (!reply)
+                break;
+            go = on_reply(ctx, reply);
+            freeReplyObject(reply);
+            if (!go)
+                return 0;
         }
     }
     return 0;
 }
 
-/* Plaintext from the server: filter, parse, hand every complete reply over. */
-static void process_plain(psrpc__rconn *c, const char *p, size_t n) {
+static bool conn_reply(void *ctx, redisReply *reply) {
+    psrpc__rconn *c = ctx;
+    c->cfg.on_reply(c, reply);
+    return !c->closing && !c->failed;
+}
+
+/* Plaintext from the server: parse, hand every complete reply over. */
+static void process_plain(psrpc__rconn *c, char *p, size_t n) {
     const char *err = NULL;
-    if (filter_feed(c, p, n, &err) != 0) {
-        rconn_fail(c, err);
+    if (c->closing || c->failed)
         return;
-    }
-    while (!c->closing && !c->failed) {
-        void *reply = NULL;
-        if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
-            rconn_fail(c, c->reader->err == REDIS_ERR_OOM ? "out of memory"
-                                                          : "protocol error in reply");
-            return;
-        }
-        if (!reply)
-            break;
-        c->cfg.on_reply(c, reply);
-        freeReplyObject(reply);
-    }
+    if (psrpc__rin_feed(c->in, p, n, conn_reply, c, &err) != 0)
+        rconn_fail(c, err);
 }
 
 static void tls_input(psrpc__rconn *c, const char *p, size_t n) {
@@ -847,11 +1091,9 @@ int psrpc__rconn_open(psrpc__rconn **out, const psrpc__rconn_config *cfg, const 
     c->loop = cfg->loop;
     c->host = psrpc__strdup(cfg->host);
     c->server_name = cfg->server_name ? psrpc__strdup(cfg->server_name) : NULL;
-    c->filter.line = malloc(RCONN_MAX_LINE);
-    c->filter.max_bulk = cfg->max_bulk;
-    c->reader = redisReaderCreate();
+    c->in = psrpc__rin_new(cfg->max_bulk, cfg->max_array);
     int rc = PSRPC_RESOURCE_EXHAUSTED;
-    if (!c->host || (cfg->server_name && !c->server_name) || !c->filter.line || !c->reader)
+    if (!c->host || (cfg->server_name && !c->server_name) || !c->in)
         goto fail;
     c->cfg.host = c->host;
     c->cfg.server_name = c->server_name;

@@ -25,6 +25,9 @@ typedef struct psrpc__rconn_config {
     const char *server_name; /* TLS: SNI and the name verified (NULL = host); copied */
     size_t max_bulk;         /* inbound bulk strings longer than this reach the
                                 reader as nil, and are never buffered */
+    size_t max_array;        /* longest array a reply may announce (0: 64, what the
+                                bus's replies need; CLUSTER SLOTS has one element
+                                per slot range) */
     void *owner;
     /* The transport (and TLS) is established; commands may be sent. */
     void (*on_connected)(psrpc__rconn *c);
@@ -73,6 +76,21 @@ size_t psrpc__rconn_write_chunk(size_t n);
 /* Bytes queued and not yet handed to the socket (excluding the write in
  * flight). */
 size_t psrpc__rconn_queued(const psrpc__rconn *c);
+
+/* Inbound RESP2 (what a connection does with the bytes it reads; separate
+ * for the tests). psrpc__rin_feed parses n bytes at p, which it may modify
+ * (string terminators are written in place), and calls on_reply for every
+ * complete reply, in order, with a reply borrowed for the call (its strings
+ * may point into p); on_reply returns false to stop at once. Bytes of an
+ * incomplete reply are kept for the next feed; a bulk longer than max_bulk
+ * arrives as nil and is never buffered. Returns 0 or -1 (*err: a protocol
+ * error or out of memory; the stream cannot go on). */
+typedef struct psrpc__rin psrpc__rin;
+typedef bool (*psrpc__rin_reply_fn)(void *ctx, redisReply *reply);
+psrpc__rin *psrpc__rin_new(size_t max_bulk, size_t max_array); /* max_array 0: 64 */
+void psrpc__rin_free(psrpc__rin *in);
+int psrpc__rin_feed(psrpc__rin *in, char *p, size_t n, psrpc__rin_reply_fn on_reply, void *ctx,
+                    const char **err);
 
 /* Closes (idempotent): no on_connected, on_reply or on_error afterwards, also
  * when called from inside one of them; on_closed comes later. */

@@ -47,8 +47,7 @@ static psrpc_bus *open_bus(const char *url) {
     o.tls_ca_file = getenv("PSRPC_PEER_CA");
     o.reconnect_wait_ms = 250;
     psrpc_bus *bus = NULL;
-    if (psrpc_bus_open(&bus, url, &o) != PSRPC_OK ||
-        psrpc_bus_wait_ready(bus, 10000) != PSRPC_OK) {
+    if (psrpc_bus_open(&bus, url, &o) != PSRPC_OK || psrpc_bus_wait_ready(bus, 10000) != PSRPC_OK) {
         fprintf(stderr, "nats_peer: bus: %s\n", psrpc_last_error());
         psrpc_bus_free(bus);
         return NULL;
@@ -188,8 +187,8 @@ static int call(const char *url, int servers) {
     psrpc_msg_release(out);
     out = NULL;
 
-    if (psrpc_client_call_sync(&out, cl, &p, "x", 1, NULL) == PSRPC_OK &&
-        psrpc_msg_size(out) > 4 && memcmp(psrpc_msg_data(out), "SRV_", 4) == 0) {
+    if (psrpc_client_call_sync(&out, cl, &p, "x", 1, NULL) == PSRPC_OK && psrpc_msg_size(out) > 4 &&
+        memcmp(psrpc_msg_data(out), "SRV_", 4) == 0) {
         printf("Pick: %.*s\n", (int)psrpc_msg_size(out), (const char *)psrpc_msg_data(out));
     } else {
         printf("Pick: FAILED %s\n", psrpc_last_error());

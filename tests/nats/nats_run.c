@@ -51,8 +51,9 @@ int main(int argc, char **argv) {
     if (rc != PSRPC_OK) {
         fprintf(stderr, "FAIL: no usable NATS server at ");
         print_url(stderr, url);
-        fprintf(stderr, " (%s: %s); start one (scripts/brokers.sh start, or "
-                        "nats-server -a 127.0.0.1 -p 4222) or set PSRPC_TEST_NATS_URL\n",
+        fprintf(stderr,
+                " (%s: %s); start one (scripts/brokers.sh start, or "
+                "nats-server -a 127.0.0.1 -p 4222) or set PSRPC_TEST_NATS_URL\n",
                 psrpc_status_name(rc), psrpc_last_error());
         psrpc_bus_free(bus);
         return 1;

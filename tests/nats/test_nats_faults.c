@@ -5,6 +5,7 @@
 #include "nt.h"
 
 #include "bus_nats.h"
+#include "failfast.h"
 
 #ifndef PSRPC_NATS_TEST_DIR
 #error "PSRPC_NATS_TEST_DIR must name tests/nats"
@@ -94,7 +95,7 @@ static bool contains(const char *hay, const char *needle) {
 
 /* Handler user data that also records the registration's outcome. */
 typedef struct ready_srv {
-    nt_srv srv; /* first: nt_echo's view */
+    nt_srv srv;       /* first: nt_echo's view */
     atomic_int ready; /* 1000 = confirmed, else the error status */
 } ready_srv;
 
@@ -159,8 +160,9 @@ TEST(restart_under_load) {
     CHECK(st.unavailable > 0); /* fail fast while down */
     CHECK(atomic_load(&w->downs) >= 1);
     long long rec = first_ok_after(calls, n, restarted_at);
-    fprintf(stderr, "  (down reported %lld ms after the kill; first success %lld ms after the "
-                    "restart)\n",
+    fprintf(stderr,
+            "  (down reported %lld ms after the kill; first success %lld ms after the "
+            "restart)\n",
             atomic_load(&w->down_at_ms) - killed_at, rec < 0 ? -1 : rec - restarted_at);
     CHECK(rec > 0 && rec - restarted_at <= nt_ms(3000));
     if (rec > 0) {
@@ -314,8 +316,8 @@ static int echo_works(const char *url, const psrpc_bus_options *o) {
 
 /* Opens a bus that must be refused: wait_ready's status (after at most 5 s),
  * its message, how long it took; checks the secret appears nowhere. */
-static int refused(const char *url, const psrpc_bus_options *o, const char *secret,
-                   long long *took, uint64_t *attempts) {
+static int refused(const char *url, const psrpc_bus_options *o, const char *secret, long long *took,
+                   uint64_t *attempts) {
     psrpc_bus *b = nt_bus(url, o);
     if (!b)
         return PSRPC_INVALID_ARGUMENT;
@@ -498,8 +500,9 @@ TEST(auth_nkey) {
     nt_server_init(&s, "authorization { users = [ { nkey: %s } ] }\n", pub);
     REQUIRE(nt_server_start(&s));
     /* The seed file in the usual decorated format. */
-    REQUIRE(nt_write("user.nk", "-----BEGIN USER NKEY SEED-----\n%s\n------END USER NKEY "
-                                "SEED------\n",
+    REQUIRE(nt_write("user.nk",
+                     "-----BEGIN USER NKEY SEED-----\n%s\n------END USER NKEY "
+                     "SEED------\n",
                      seed));
     REQUIRE(nt_write("other.nk", "%s\n", other));
     char path[512], opath[512];
@@ -764,8 +767,8 @@ TEST(q10_queue_subscribers_share_per_bus) {
     /* bus 1 gets k messages, each to both of its subscriptions; bus 2 the rest */
     CHECK(WAIT_UNTIL(atomic_load(&got[0]) + atomic_load(&got[2]) == N, 5000));
     th_sleep_ms(200);
-    fprintf(stderr, "  (bus 1: %d + %d, bus 2: %d)\n", atomic_load(&got[0]),
-            atomic_load(&got[1]), atomic_load(&got[2]));
+    fprintf(stderr, "  (bus 1: %d + %d, bus 2: %d)\n", atomic_load(&got[0]), atomic_load(&got[1]),
+            atomic_load(&got[2]));
     CHECK_EQ_INT(atomic_load(&got[0]), atomic_load(&got[1]));
     CHECK_EQ_INT(atomic_load(&got[0]) + atomic_load(&got[2]), N);
     CHECK(atomic_load(&got[0]) > 0 && atomic_load(&got[2]) > 0);
@@ -781,7 +784,6 @@ TEST(q10_queue_subscribers_share_per_bus) {
     free(got);
     nt_server_kill(&s);
 }
-
 
 /* Q11 (with the Q27 subject ambiguity): a queue method of S and a plain
  * method of S under the topic "Q" share the subject SRV.S.Q; one bus cannot
@@ -801,10 +803,10 @@ TEST(q11_queue_and_plain_on_one_subject) {
     psrpc_method p = nt_method("Broadcast", PSRPC_ROUTING_MULTI, PSRPC_METHOD_TOPICS);
     ready_srv *st = (ready_srv *)calloc(2, sizeof *st);
     const char *topic = "Q";
-    REQUIRE(psrpc_server_register(srv, &q, NULL, 0, nt_echo, NULL, on_ready_status, &st[0],
-                                  NULL) == PSRPC_OK);
-    int rc = psrpc_server_register(srv, &p, &topic, 1, nt_echo, NULL, on_ready_status, &st[1],
-                                   NULL);
+    REQUIRE(psrpc_server_register(srv, &q, NULL, 0, nt_echo, NULL, on_ready_status, &st[0], NULL) ==
+            PSRPC_OK);
+    int rc =
+        psrpc_server_register(srv, &p, &topic, 1, nt_echo, NULL, on_ready_status, &st[1], NULL);
     CHECK(rc == PSRPC_FAILED_PRECONDITION ||
           (rc == PSRPC_OK && WAIT_UNTIL(atomic_load(&st[1].ready) != 0, 5000) &&
            atomic_load(&st[1].ready) == PSRPC_FAILED_PRECONDITION));
@@ -861,9 +863,8 @@ TEST(slow_consumer_bounded_and_counted) {
     for (int i = 0; i < N; i++)
         CHECK_EQ_INT(psrpc_server_publish(pub, &m, NULL, 0, "burst", 5), PSRPC_OK);
     /* settles once the loop is free again */
-    CHECK(WAIT_UNTIL(atomic_load(&ss->got) - 1 + (int)(nt_stats(sb).dropped_slow_consumer - d0) ==
-                         N,
-                     10000));
+    CHECK(WAIT_UNTIL(
+        atomic_load(&ss->got) - 1 + (int)(nt_stats(sb).dropped_slow_consumer - d0) == N, 10000));
     int got = atomic_load(&ss->got) - 1;
     uint64_t dropped = nt_stats(sb).dropped_slow_consumer - d0;
     fprintf(stderr, "  (%d delivered, %llu dropped as slow consumer)\n", got,
@@ -900,8 +901,7 @@ TEST(close_delivers_what_was_published) {
     REQUIRE(cl);
     atomic_int *got = (atomic_int *)calloc(1, sizeof *got);
     psrpc_sub *sub = NULL;
-    REQUIRE(psrpc_client_subscribe(&sub, cl, &m, NULL, 0, count_msg, NULL, got, NULL) ==
-            PSRPC_OK);
+    REQUIRE(psrpc_client_subscribe(&sub, cl, &m, NULL, 0, count_msg, NULL, got, NULL) == PSRPC_OK);
     REQUIRE(psrpc_sub_wait_ready(sub, nt_ms(5000)) == PSRPC_OK);
     REQUIRE(psrpc_bus_wait_ready(pb, nt_ms(5000)) == PSRPC_OK);
     psrpc_server *pub = NULL;
@@ -946,19 +946,9 @@ TEST(url_and_options_refused) {
         "nats://%zz@host:4222",
         "nats://a:4222,redis://b:6379",
     };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        psrpc_bus *b = NULL;
-        int rc = psrpc_bus_open(&b, bad[i], NULL);
-        if (rc != PSRPC_INVALID_ARGUMENT)
-            fprintf(stderr, "  %s -> %s\n", bad[i], psrpc_status_name(rc));
-        CHECK_EQ_INT(rc, PSRPC_INVALID_ARGUMENT);
-        psrpc_bus_free(b);
-    }
-    /* secrets never in the message */
+    /* ... and secrets never in the message */
+    TU_CHECK_BAD_URLS(bad, "nats://user:Hunter2Secret@host:4222/x", "Hunter2Secret");
     psrpc_bus *b = NULL;
-    CHECK_EQ_INT(psrpc_bus_open(&b, "nats://user:Hunter2Secret@host:4222/x", NULL),
-                 PSRPC_INVALID_ARGUMENT);
-    CHECK(!contains(psrpc_last_error(), "Hunter2Secret"));
     psrpc_bus_options o = PSRPC_BUS_OPTIONS_INIT;
     o.tls_ca_file = "/nonexistent/ca.pem";
     CHECK_EQ_INT(psrpc_bus_open(&b, "tls://localhost:4222", &o), PSRPC_INVALID_ARGUMENT);
@@ -980,8 +970,7 @@ TEST(url_and_options_refused) {
         b = NULL;
         int rc = psrpc_bus_open(&b, good[i], NULL);
         if (rc != PSRPC_OK)
-            fprintf(stderr, "  %s -> %s %s\n", good[i], psrpc_status_name(rc),
-                    psrpc_last_error());
+            fprintf(stderr, "  %s -> %s %s\n", good[i], psrpc_status_name(rc), psrpc_last_error());
         CHECK_EQ_INT(rc, PSRPC_OK);
         psrpc_bus_free(b);
     }
@@ -990,6 +979,22 @@ TEST(url_and_options_refused) {
 /* No server yet: the bus reports unavailable, retries with backoff, comes up
  * when the server appears, and a registration made while waiting completes
  * then. Closing a bus that never connected is quick. */
+/* Fail fast from the first moment (issue 18): calls made right after the
+ * open fail with the first attempt's error, not at their deadline. */
+/* D5: a broker that accepts and never speaks, 20 attempts. */
+TEST(no_greeting_attempts) { ff_no_greeting("nats"); }
+
+TEST(first_attempt_failure_fails_waiting_calls) {
+    char url[64];
+    snprintf(url, sizeof url, "nats://127.0.0.1:%d", ff_refused_port());
+    ff_check(url, 1000, "cannot connect", 1500);
+    int port = 0, fd = ff_silent_listener(&port);
+    REQUIRE(fd >= 0);
+    snprintf(url, sizeof url, "nats://127.0.0.1:%d", port);
+    ff_check(url, 800, "timeout", 2500);
+    close(fd);
+}
+
 TEST(server_appears_later) {
     nt_server s;
     nt_server_init(&s, NULL);
@@ -1005,8 +1010,8 @@ TEST(server_appears_later) {
     psrpc_server *srv = NULL;
     REQUIRE(psrpc_server_create(&srv, b, svc, NULL) == PSRPC_OK);
     ready_srv *ready = (ready_srv *)calloc(1, sizeof *ready);
-    REQUIRE(psrpc_server_register(srv, &m, NULL, 0, nt_echo, NULL, on_ready_status, ready,
-                                  NULL) == PSRPC_OK);
+    REQUIRE(psrpc_server_register(srv, &m, NULL, 0, nt_echo, NULL, on_ready_status, ready, NULL) ==
+            PSRPC_OK);
     th_sleep_ms(1500);
     CHECK_EQ_INT(atomic_load(&ready->ready), 0);
     CHECK(nt_stats(b).reconnect_attempts >= 1);
@@ -1096,8 +1101,7 @@ TEST(processes_every_kind) {
     REQUIRE(make_certs());
     const char *d = nt_dir();
     nt_server s;
-    nt_server_init(&s,
-                   "tls {\n  cert_file: \"%s/server.crt\"\n  key_file: \"%s/server.key\"\n}\n",
+    nt_server_init(&s, "tls {\n  cert_file: \"%s/server.crt\"\n  key_file: \"%s/server.key\"\n}\n",
                    d, d);
     REQUIRE(nt_server_start(&s));
     char ca[512], url[256];

@@ -3,31 +3,8 @@
  * last callbacks (up to 3 s): with its server stopped (SIGSTOP) the close
  * takes that long. Freeing it on another bus's loop thread must not make
  * that loop wait for it; the freed bus still closes and its thread ends. */
-#include <dirent.h>
 
 #include "nt.h"
-
-/* Threads of this process (/proc/self/task). The directory is opened once,
- * before any bus exists, and re-read: opening it while detached loop threads
- * close their epoll descriptors would reuse their numbers, which
- * ThreadSanitizer reports as a race on the descriptor. */
-static DIR *task_dir;
-
-__attribute__((constructor)) static void open_task_dir(void) {
-    task_dir = opendir("/proc/self/task");
-}
-
-static int thread_count(void) {
-    if (!task_dir)
-        return -1;
-    rewinddir(task_dir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(task_dir)))
-        if (e->d_name[0] != '.')
-            n++;
-    return n;
-}
 
 typedef struct free_rec {
     psrpc_bus *victim;
@@ -58,7 +35,7 @@ TEST(free_stalled_nats_bus_inside_other_bus_callback) {
     psrpc_bus *warm = nt_bus(s.url, &o);
     REQUIRE(warm && psrpc_bus_wait_ready(warm, nt_ms(5000)) == PSRPC_OK);
     psrpc_bus_free(warm);
-    int base = thread_count();
+    int base = th_count_threads();
 
     for (int release = 0; release < 2; release++) {
         psrpc_bus *b = nt_bus(s.url, &o);
@@ -99,7 +76,7 @@ TEST(free_stalled_nats_bus_inside_other_bus_callback) {
          * answers again, and its threads end. */
         long long tc = th_now_ms();
         nt_server_signal(&s, SIGCONT);
-        CHECK(WAIT_UNTIL(thread_count() <= base, 8000));
+        CHECK(WAIT_UNTIL(th_count_threads() <= base, 8000));
         fprintf(stderr, "  its threads ended %lld ms after SIGCONT\n", th_now_ms() - tc);
         free(r);
     }

@@ -150,19 +150,33 @@ static inline bool rs_start_opts(rs_server *s, bool tls) {
         perror("  mkdtemp");
         return false;
     }
-    s->port = rs_free_port();
-    if (s->port <= 0)
-        return false;
-    if (tls) {
-        do
-            s->tls_port = rs_free_port();
-        while (s->tls_port == s->port);
-        if (s->tls_port <= 0)
+    /* A free port can be taken by a test running beside this one before
+     * redis-server binds it (it then exits at start): new ports, up to 3
+     * tries. */
+    for (int attempt = 1;; attempt++) {
+        s->port = rs_free_port();
+        if (s->port <= 0)
             return false;
+        if (tls) {
+            do
+                s->tls_port = rs_free_port();
+            while (s->tls_port == s->port);
+            if (s->tls_port <= 0)
+                return false;
+        }
+        snprintf(s->url, sizeof s->url, "%s://127.0.0.1:%d", tls ? "rediss" : "redis",
+                 tls ? s->tls_port : s->port);
+        if (rs_spawn(s))
+            return true;
+        if (s->pid > 0) { /* up but not listening: not ours to keep */
+            kill(s->pid, SIGKILL);
+            waitpid(s->pid, NULL, 0);
+            s->pid = 0;
+        }
+        if (attempt == 3)
+            return false;
+        fprintf(stderr, "  trying again on other ports\n");
     }
-    snprintf(s->url, sizeof s->url, "%s://127.0.0.1:%d", tls ? "rediss" : "redis",
-             tls ? s->tls_port : s->port);
-    return rs_spawn(s);
 }
 
 static inline bool rs_start(rs_server *s) { return rs_start_opts(s, false); }

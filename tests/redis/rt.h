@@ -123,6 +123,52 @@ static inline psrpc_bus *rt_bus_ready(const char *url, const psrpc_bus_options *
     return b;
 }
 
+/* Calls under load: each issued call's return (rc), issue time and callback
+ * record (calls[i], tu_call_cb), up to max calls. */
+typedef struct rt_load {
+    tu_call *calls;
+    long long *issued_ms;
+    int *rc; /* psrpc_client_call's return */
+    int n, max;
+} rt_load;
+
+static inline rt_load *rt_load_new(int max) {
+    rt_load *l = (rt_load *)calloc(1, sizeof *l);
+    l->calls = tu_calls_new((size_t)max);
+    l->issued_ms = (long long *)calloc((size_t)max, sizeof *l->issued_ms);
+    l->rc = (int *)calloc((size_t)max, sizeof *l->rc);
+    l->max = max;
+    return l;
+}
+
+static inline void rt_load_free(rt_load *l) {
+    free(l->calls);
+    free(l->issued_ms);
+    free(l->rc);
+    free(l);
+}
+
+/* Issues one call "load-<i>" with timeout_ms (0: the client's timeout). */
+static inline void rt_load_issue_t(rt_load *l, psrpc_client *cl, const psrpc_method *m,
+                                   int64_t timeout_ms) {
+    if (l->n >= l->max)
+        return;
+    int i = l->n++;
+    char payload[64];
+    snprintf(payload, sizeof payload, "load-%d", i);
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.timeout_ms = timeout_ms;
+    l->issued_ms[i] = th_now_ms();
+    uint64_t id = 0;
+    l->rc[i] =
+        psrpc_client_call(&id, cl, m, payload, strlen(payload), &o, tu_call_cb, &l->calls[i]);
+}
+
+/* One call with a 1 s deadline. */
+static inline void rt_load_issue(rt_load *l, psrpc_client *cl, const psrpc_method *m) {
+    rt_load_issue_t(l, cl, m, 1000);
+}
+
 /* One synchronous unary call; returns the status (0 on an echo of payload). */
 static inline int rt_call(psrpc_client *cl, const psrpc_method *m, const char *payload,
                           const char *const *topics, size_t ntopics, int64_t timeout_ms) {

@@ -4,12 +4,12 @@
  * queue-lock keys (B10), oversize inbound messages, the channel prefix.
  * White box only for channel names and raw injection. Every wait is bounded
  * and scaled by PSRPC_TEST_TIME_FACTOR. */
-#include <dirent.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
 #include "bus.h"
 #include "channel.h"
+#include "failfast.h"
 #include "rt.h"
 
 static psrpc_method echo_method(void) { return tu_method("Echo", PSRPC_ROUTING_QUEUE, 0); }
@@ -20,32 +20,11 @@ static psrpc_method echo_method(void) { return tu_method("Echo", PSRPC_ROUTING_Q
 
 #define LOAD_MAX 2000
 
-typedef struct load {
-    tu_call *calls;
-    long long issued_ms[LOAD_MAX];
-    int rc[LOAD_MAX]; /* psrpc_client_call's return */
-    int n;
-} load;
-
-static void load_issue(load *l, psrpc_client *cl, const psrpc_method *m) {
-    if (l->n >= LOAD_MAX)
-        return;
-    int i = l->n++;
-    char payload[64];
-    snprintf(payload, sizeof payload, "load-%d", i);
-    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
-    o.timeout_ms = 1000;
-    l->issued_ms[i] = th_now_ms();
-    uint64_t id = 0;
-    l->rc[i] =
-        psrpc_client_call(&id, cl, m, payload, strlen(payload), &o, tu_call_cb, &l->calls[i]);
-}
-
 /* Issues one call every period_ms for ms. */
-static void load_run(load *l, psrpc_client *cl, const psrpc_method *m, long ms, long period_ms) {
+static void load_run(rt_load *l, psrpc_client *cl, const psrpc_method *m, long ms, long period_ms) {
     long long end = th_now_ms() + ms;
     while (th_now_ms() < end) {
-        load_issue(l, cl, m);
+        rt_load_issue(l, cl, m);
         th_sleep_ms(period_ms);
     }
 }
@@ -67,8 +46,7 @@ TEST(kill9_restart_under_load) {
     REQUIRE(rt_call(cl, &m, "warmup", NULL, 0, 2000) == PSRPC_OK);
     psrpc_bus_stats s0 = tu_stats(cb);
 
-    load *l = (load *)calloc(1, sizeof *l);
-    l->calls = tu_calls_new(LOAD_MAX);
+    rt_load *l = rt_load_new(LOAD_MAX);
     load_run(l, cl, &m, 1000, 10); /* ~100 requests/s */
     int before_kill = l->n;
     long long kill_ms = th_now_ms();
@@ -149,8 +127,7 @@ TEST(kill9_restart_under_load) {
     psrpc_bus_free(cb);
     psrpc_bus_free(sb);
     tu_srv_destroy(srv);
-    free(l->calls);
-    free(l);
+    rt_load_free(l);
     rs_stop(&rs);
 }
 
@@ -205,17 +182,6 @@ TEST(burst_of_requests_pipelined) {
 /* B2: repeated kill -9 / restart cycles: no fd or handle leaks               */
 /* ------------------------------------------------------------------------ */
 
-static int count_fds(void) {
-    int n = 0;
-    DIR *d = opendir("/proc/self/fd");
-    if (!d)
-        return -1;
-    while (readdir(d))
-        n++;
-    closedir(d);
-    return n;
-}
-
 TEST(restart_cycles_leave_no_fds) {
     rs_server rs = {0};
     REQUIRE(rs_start(&rs));
@@ -229,7 +195,7 @@ TEST(restart_cycles_leave_no_fds) {
     REQUIRE(srv->server && tu_srv_register(srv, &m, NULL, 0) == PSRPC_OK);
     psrpc_client *cl = tu_client(cb, svc, 1000, 500);
     REQUIRE(rt_call(cl, &m, "base", NULL, 0, 2000) == PSRPC_OK);
-    int fds0 = count_fds();
+    int fds0 = th_count_fds();
     const int cycles = 10;
     int recovered = 0;
     for (int i = 0; i < cycles; i++) {
@@ -238,7 +204,7 @@ TEST(restart_cycles_leave_no_fds) {
             recovered++;
     }
     CHECK_EQ_INT(recovered, cycles);
-    int fds1 = count_fds();
+    int fds1 = th_count_fds();
     fprintf(stderr, "  fds before %d, after %d restarts %d\n", fds0, cycles, fds1);
     CHECK(fds1 <= fds0 + 2 && fds1 >= fds0 - 2);
     psrpc_client_free(cl);
@@ -449,6 +415,22 @@ TEST(resubscribe_exact_after_client_kill_and_restart) {
 /* B3: a bus opened while Redis is down                                      */
 /* ------------------------------------------------------------------------ */
 
+/* Fail fast from the first moment (issue 18): calls made right after the
+ * open fail with the first attempt's error, not at their deadline. */
+/* D5: a broker that accepts and never speaks, 20 attempts. */
+TEST(no_greeting_attempts) { ff_no_greeting("redis"); }
+
+TEST(first_attempt_failure_fails_waiting_calls) {
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", ff_refused_port());
+    ff_check(url, 1000, "connection refused", 1500);
+    int port = 0, fd = ff_silent_listener(&port);
+    REQUIRE(fd >= 0);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", port);
+    ff_check(url, 800, "timed out", 2500);
+    close(fd);
+}
+
 TEST(opened_while_down_then_started) {
     rs_server rs = {0};
     snprintf(rs.dir, sizeof rs.dir, "%s/psrpc-redis-XXXXXX",
@@ -485,16 +467,9 @@ TEST(opened_while_down_then_started) {
     CHECK(tu_call_wait(cl, &m, "x", NULL, &c[0], 2000));
     fprintf(stderr, "  call on a client created while down: %s after %lld ms: %s\n",
             psrpc_status_name(c[0].status), c[0].at_ms - t, c[0].message);
-    if (c[0].status == PSRPC_UNAVAILABLE) {
-        CHECK(c[0].at_ms - t <= tu_ms(50));
-        CHECK(tu_contains_ci(c[0].message, "unreachable"));
-    } else {
-        /* The core holds calls of a client whose reply subscriptions were
-         * never confirmed until their deadline (reported as a core change:
-         * fail fast there too); the outcome is still bounded. */
-        CHECK_EQ_INT(c[0].status, PSRPC_DEADLINE_EXCEEDED);
-        CHECK(c[0].at_ms - t <= 1000 + tu_ms(100));
-    }
+    CHECK_EQ_INT(c[0].status, PSRPC_UNAVAILABLE);
+    CHECK(c[0].at_ms - t <= tu_ms(50));
+    CHECK(tu_contains_ci(c[0].message, "unreachable"));
     /* wait-for-ready: a request issued now succeeds once Redis is there */
     psrpc_call_options co = PSRPC_CALL_OPTIONS_INIT;
     co.flags = PSRPC_CALL_WAIT_FOR_READY;

@@ -11,8 +11,26 @@
 
 #include "rt.h"
 
+#if defined(__SANITIZE_THREAD__)
+#define PSRPC_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PSRPC_TEST_TSAN 1
+#endif
+#endif
+
+#ifdef PSRPC_TEST_TSAN
+/* Under TSan every copy of a payload is instrumented byte range by byte
+ * range: with 48 x 256 KiB in flight the process read its subscriber socket
+ * so slowly that Redis's 4 MB pubsub output limit dropped it again and again
+ * and too few calls got through to measure recovery. Smaller messages keep
+ * bytes in every connection's write queue all the same. */
+#define PAYLOAD (32 * 1024)
+#define WINDOW 16
+#else
 #define PAYLOAD (256 * 1024)
 #define WINDOW 48
+#endif
 
 typedef struct load {
     psrpc_client *cl;
@@ -113,11 +131,29 @@ TEST(sigpipe_default_disposition_survives_resets_under_load) {
     CHECK(WAIT_UNTIL(atomic_load(&l->inflight) == 0, 5000));
     fprintf(stderr, "  calls: %d ok, %d failed; bus events: server %d, client %d\n",
             atomic_load(&l->ok), atomic_load(&l->failed), rt_nevents(ws), rt_nevents(wc));
+    {
+        char msg[512];
+        rt_watch *wv[2] = {wc, ws};
+        psrpc_bus *bv[2] = {cb, sb};
+        for (int i = 0; i < 2; i++) {
+            psrpc_bus_stats bs = tu_stats(bv[i]);
+            rt_last(wv[i], NULL, msg, sizeof msg);
+            fprintf(stderr,
+                    "  %s bus: state %d, connects %llu, disconnects %llu, attempts %llu; last: "
+                    "%s\n",
+                    i ? "server" : "client", rt_state(wv[i]), (unsigned long long)bs.connects,
+                    (unsigned long long)bs.disconnects, (unsigned long long)bs.reconnect_attempts,
+                    msg);
+        }
+    }
     CHECK(atomic_load(&l->failed) > 0);
     CHECK(rt_event_at(ws, 0, PSRPC_BUS_DISCONNECTED) >= 0);
     CHECK(rt_event_at(wc, 0, PSRPC_BUS_DISCONNECTED) >= 0);
     CHECK(tu_stats(cb).connects >= 2);
-    CHECK_EQ_INT(rt_call(l->cl, &m, "after", NULL, 0, 2000), PSRPC_OK);
+    int last = rt_call(l->cl, &m, "after", NULL, 0, 2000);
+    if (last != PSRPC_OK)
+        fprintf(stderr, "  last call: %s\n", psrpc_last_error());
+    CHECK_EQ_INT(last, PSRPC_OK);
 
     psrpc_client_free(l->cl);
     psrpc_server_free(srv->server);
