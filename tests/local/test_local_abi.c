@@ -11,59 +11,138 @@
 
 /* Every exported function this file exercises with bad arguments. */
 static const char *const covered[] = {
-    "psrpc_version", "psrpc_version_string", "psrpc_status_name", "psrpc_status_str",
-    "psrpc_status_code", "psrpc_status_from_code", "psrpc_last_error",
-    "psrpc_last_error_status", "psrpc_clear_error", "psrpc_msg_new", "psrpc_msg_data",
-    "psrpc_msg_size", "psrpc_msg_retain", "psrpc_msg_release", "psrpc_bus_options_init",
-    "psrpc_bus_open", "psrpc_bus_close", "psrpc_bus_free", "psrpc_bus_get_stats",
-    "psrpc_bus_watch", "psrpc_bus_wait_ready", "psrpc_bus_release",
-    "psrpc_client_options_init", "psrpc_selection_choose", "psrpc_selection_fail",
-    "psrpc_call_options_init", "psrpc_selection_options_init", "psrpc_client_create",
-    "psrpc_client_id", "psrpc_client_call", "psrpc_client_call_multi", "psrpc_client_cancel",
-    "psrpc_client_call_sync", "psrpc_client_subscribe", "psrpc_sub_wait_ready",
-    "psrpc_sub_close", "psrpc_sub_free", "psrpc_client_close", "psrpc_client_free",
-    "psrpc_server_options_init", "psrpc_server_create", "psrpc_server_id",
-    "psrpc_server_register", "psrpc_server_deregister", "psrpc_server_wait_ready",
-    "psrpc_server_publish", "psrpc_server_close", "psrpc_server_free",
-    "psrpc_request_payload", "psrpc_request_id", "psrpc_request_client_id",
-    "psrpc_request_method", "psrpc_request_topic_count", "psrpc_request_topic",
-    "psrpc_request_metadata_count", "psrpc_request_metadata_at", "psrpc_request_metadata_get",
-    "psrpc_request_sent_at_ns", "psrpc_request_expiry_ns", "psrpc_request_remaining_ms",
-    "psrpc_request_respond", "psrpc_request_fail", "psrpc_request_fail_details",
-    "psrpc_request_claim", "psrpc_client_open_stream", "psrpc_server_register_stream",
-    "psrpc_stream_set_callbacks", "psrpc_stream_send", "psrpc_stream_close",
-    "psrpc_stream_free", "psrpc_stream_id", "psrpc_stream_node_id", "psrpc_stream_method",
-    "psrpc_stream_metadata_count", "psrpc_stream_metadata_at", "psrpc_stream_metadata_get",
+    "psrpc_version",
+    "psrpc_version_string",
+    "psrpc_status_name",
+    "psrpc_status_str",
+    "psrpc_status_code",
+    "psrpc_status_from_code",
+    "psrpc_last_error",
+    "psrpc_last_error_status",
+    "psrpc_clear_error",
+    "psrpc_msg_new",
+    "psrpc_msg_data",
+    "psrpc_msg_size",
+    "psrpc_msg_retain",
+    "psrpc_msg_release",
+    "psrpc_bus_options_init",
+    "psrpc_bus_open",
+    "psrpc_bus_close",
+    "psrpc_bus_free",
+    "psrpc_bus_get_stats",
+    "psrpc_bus_watch",
+    "psrpc_bus_wait_ready",
+    "psrpc_bus_release",
+    "psrpc_client_options_init",
+    "psrpc_selection_choose",
+    "psrpc_selection_fail",
+    "psrpc_call_options_init",
+    "psrpc_selection_options_init",
+    "psrpc_client_create",
+    "psrpc_client_id",
+    "psrpc_client_call",
+    "psrpc_client_call_multi",
+    "psrpc_client_cancel",
+    "psrpc_client_call_sync",
+    "psrpc_client_subscribe",
+    "psrpc_sub_wait_ready",
+    "psrpc_sub_close",
+    "psrpc_sub_free",
+    "psrpc_client_close",
+    "psrpc_client_free",
+    "psrpc_server_options_init",
+    "psrpc_server_create",
+    "psrpc_server_id",
+    "psrpc_server_register",
+    "psrpc_server_deregister",
+    "psrpc_server_wait_ready",
+    "psrpc_server_publish",
+    "psrpc_server_close",
+    "psrpc_server_free",
+    "psrpc_request_payload",
+    "psrpc_request_id",
+    "psrpc_request_client_id",
+    "psrpc_request_method",
+    "psrpc_request_topic_count",
+    "psrpc_request_topic",
+    "psrpc_request_metadata_count",
+    "psrpc_request_metadata_at",
+    "psrpc_request_metadata_get",
+    "psrpc_request_sent_at_ns",
+    "psrpc_request_expiry_ns",
+    "psrpc_request_remaining_ms",
+    "psrpc_request_respond",
+    "psrpc_request_fail",
+    "psrpc_request_fail_details",
+    "psrpc_request_claim",
+    "psrpc_client_open_stream",
+    "psrpc_server_register_stream",
+    "psrpc_stream_set_callbacks",
+    "psrpc_stream_send",
+    "psrpc_stream_close",
+    "psrpc_stream_free",
+    "psrpc_stream_id",
+    "psrpc_stream_node_id",
+    "psrpc_stream_method",
+    "psrpc_stream_metadata_count",
+    "psrpc_stream_metadata_at",
+    "psrpc_stream_metadata_get",
     /* issue 20 additions: covered by test_local_ext.c */
-    "psrpc_error_copy", "psrpc_error_free", "psrpc_client_call_sync_ex",
-    "psrpc_request_abandon", "psrpc_stream_defer", "psrpc_stream_ack",
+    "psrpc_error_copy",
+    "psrpc_error_free",
+    "psrpc_client_call_sync_ex",
+    "psrpc_request_abandon",
+    "psrpc_stream_defer",
+    "psrpc_stream_ack",
     "psrpc_stream_close_code",
+    /* issue 16 additions: covered by test_local_hooks.c (issue16_bad_arguments) */
+    "psrpc_client_hooks_init",
+    "psrpc_client_add_hooks",
+    "psrpc_server_hooks_init",
+    "psrpc_server_add_hooks",
+    "psrpc_hook_call_metadata_count",
+    "psrpc_hook_call_metadata_at",
+    "psrpc_hook_call_metadata_get",
+    "psrpc_hook_call_metadata_set",
+    "psrpc_hook_call_fail",
+    "psrpc_retry_options_init",
+    "psrpc_client_set_retries",
+    "psrpc_set_log_callback",
+    "psrpc_metrics_new",
+    "psrpc_metrics_attach_client",
+    "psrpc_metrics_attach_server",
+    "psrpc_metrics_bucket_bound_ms",
+    "psrpc_metrics_read",
+    "psrpc_metrics_free",
+    "psrpc_trace_child",
+    "psrpc_trace_forward",
+    "psrpc_request_reject",
+    "psrpc_stream_expiry_ns",
 };
 
 /* The call returns `code`, sets a non-empty last error and its status. */
-#define EXPECT_ERR(expr, code)                                                               \
-    do {                                                                                     \
-        psrpc_clear_error();                                                                 \
-        int rc_ = (expr);                                                                    \
-        if (rc_ != (code) || psrpc_last_error()[0] == 0 ||                                   \
-            psrpc_last_error_status() != rc_) {                                              \
-            fprintf(stderr, "  %s:%d: %s -> %d (%s) last_error \"%s\" status %d, want %s\n",  \
-                    __FILE__, __LINE__, #expr, rc_, psrpc_status_name(rc_),                  \
-                    psrpc_last_error(), psrpc_last_error_status(), #code);                   \
-            th_failed_current = 1;                                                           \
-        }                                                                                    \
+#define EXPECT_ERR(expr, code)                                                                  \
+    do {                                                                                        \
+        psrpc_clear_error();                                                                    \
+        int rc_ = (expr);                                                                       \
+        if (rc_ != (code) || psrpc_last_error()[0] == 0 || psrpc_last_error_status() != rc_) {  \
+            fprintf(stderr, "  %s:%d: %s -> %d (%s) last_error \"%s\" status %d, want %s\n",    \
+                    __FILE__, __LINE__, #expr, rc_, psrpc_status_name(rc_), psrpc_last_error(), \
+                    psrpc_last_error_status(), #code);                                          \
+            th_failed_current = 1;                                                              \
+        }                                                                                       \
     } while (0)
 
 /* Any failure status, with a last error. */
-#define EXPECT_FAIL(expr)                                                                    \
-    do {                                                                                     \
-        psrpc_clear_error();                                                                 \
-        int rc_ = (expr);                                                                    \
-        if (rc_ >= 0 || psrpc_last_error()[0] == 0) {                                        \
-            fprintf(stderr, "  %s:%d: %s -> %d last_error \"%s\", want a failure\n",          \
-                    __FILE__, __LINE__, #expr, rc_, psrpc_last_error());                     \
-            th_failed_current = 1;                                                           \
-        }                                                                                    \
+#define EXPECT_FAIL(expr)                                                                      \
+    do {                                                                                       \
+        psrpc_clear_error();                                                                   \
+        int rc_ = (expr);                                                                      \
+        if (rc_ >= 0 || psrpc_last_error()[0] == 0) {                                          \
+            fprintf(stderr, "  %s:%d: %s -> %d last_error \"%s\", want a failure\n", __FILE__, \
+                    __LINE__, #expr, rc_, psrpc_last_error());                                 \
+            th_failed_current = 1;                                                             \
+        }                                                                                      \
     } while (0)
 
 static void nop_call(uint64_t id, const psrpc_msg *r, const psrpc_error *e, const char *s,
@@ -106,7 +185,8 @@ static int missing_from_coverage(int *total) {
         const char *q = p;
         char name[128] = {0};
         while (*q && *q != ';') {
-            if (strncmp(q, "psrpc_", 6) == 0 && (q == text || !(isalnum((unsigned char)q[-1]) || q[-1] == '_'))) {
+            if (strncmp(q, "psrpc_", 6) == 0 &&
+                (q == text || !(isalnum((unsigned char)q[-1]) || q[-1] == '_'))) {
                 size_t l = 0;
                 while (isalnum((unsigned char)q[l]) || q[l] == '_')
                     l++;
@@ -147,11 +227,11 @@ TEST(abi_every_exported_function_is_covered) {
 TEST(abi_version_and_status_tables) {
     CHECK_EQ_INT(psrpc_version(), PSRPC_VERSION_HEX);
     CHECK_EQ_STR(psrpc_version_string(), PSRPC_VERSION_STRING);
-#define X(name, value, code, desc)                                                           \
-    CHECK_EQ_STR(psrpc_status_name(value), "PSRPC_" #name);                                  \
-    CHECK_EQ_STR(psrpc_status_str(value), desc);                                             \
-    CHECK_EQ_STR(psrpc_status_code(value), (code) ? (const char *)(code) : "internal");      \
-    if (code)                                                                                \
+#define X(name, value, code, desc)                                                      \
+    CHECK_EQ_STR(psrpc_status_name(value), "PSRPC_" #name);                             \
+    CHECK_EQ_STR(psrpc_status_str(value), desc);                                        \
+    CHECK_EQ_STR(psrpc_status_code(value), (code) ? (const char *)(code) : "internal"); \
+    if (code)                                                                           \
         CHECK_EQ_INT(psrpc_status_from_code(code), value);
     PSRPC_STATUS_MAP(X)
 #undef X
@@ -208,8 +288,7 @@ TEST(abi_null_pure_and_msg) {
                PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_server_options_init(NULL, sizeof(psrpc_server_options)),
                PSRPC_INVALID_ARGUMENT);
-    EXPECT_ERR(psrpc_call_options_init(NULL, sizeof(psrpc_call_options)),
-               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_call_options_init(NULL, sizeof(psrpc_call_options)), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_selection_options_init(NULL, sizeof(psrpc_selection_options)),
                PSRPC_INVALID_ARGUMENT);
     psrpc_bus_options bo;
@@ -240,8 +319,7 @@ TEST(abi_null_pure_and_msg) {
     (void)psrpc_request_remaining_ms(NULL);
     EXPECT_ERR(psrpc_request_respond(NULL, "x", 1), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_request_fail(NULL, PSRPC_NOT_FOUND, "x"), PSRPC_INVALID_ARGUMENT);
-    EXPECT_ERR(psrpc_request_fail_details(NULL, "not_found", "x", NULL, 0),
-               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_request_fail_details(NULL, "not_found", "x", NULL, 0), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_request_claim(NULL, 1.0f), PSRPC_INVALID_ARGUMENT);
     psrpc_request_abandon(NULL, PSRPC_ABORTED, "x"); /* no-op */
 
@@ -342,8 +420,7 @@ TEST(abi_null_client) {
                PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_client_call(&id, l->cl, &m, NULL, 5, NULL, nop_call, NULL),
                PSRPC_INVALID_ARGUMENT);
-    EXPECT_ERR(psrpc_client_call(&id, l->cl, &m, "x", 1, NULL, NULL, NULL),
-               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(psrpc_client_call(&id, l->cl, &m, "x", 1, NULL, NULL, NULL), PSRPC_INVALID_ARGUMENT);
     psrpc_method bad = m;
     bad.name = NULL;
     EXPECT_ERR(psrpc_client_call(&id, l->cl, &bad, "x", 1, NULL, nop_call, NULL),
@@ -486,17 +563,16 @@ TEST(abi_null_server) {
     psrpc_method m = tu_method("Echo", PSRPC_ROUTING_QUEUE, 0);
     EXPECT_ERR(psrpc_server_register(NULL, &m, NULL, 0, nop_handler, NULL, NULL, NULL, nop_release),
                PSRPC_INVALID_ARGUMENT);
-    EXPECT_ERR(psrpc_server_register(l->srv, NULL, NULL, 0, nop_handler, NULL, NULL, NULL,
-                                     nop_release),
-               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(
+        psrpc_server_register(l->srv, NULL, NULL, 0, nop_handler, NULL, NULL, NULL, nop_release),
+        PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_server_register(l->srv, &m, NULL, 0, NULL, NULL, NULL, NULL, nop_release),
                PSRPC_INVALID_ARGUMENT);
-    EXPECT_ERR(psrpc_server_register(l->srv, &m, NULL, 1, nop_handler, NULL, NULL, NULL,
-                                     nop_release),
-               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(
+        psrpc_server_register(l->srv, &m, NULL, 1, nop_handler, NULL, NULL, NULL, nop_release),
+        PSRPC_INVALID_ARGUMENT);
     const char *nt[1] = {NULL};
-    EXPECT_ERR(psrpc_server_register(l->srv, &m, nt, 1, nop_handler, NULL, NULL, NULL,
-                                     nop_release),
+    EXPECT_ERR(psrpc_server_register(l->srv, &m, nt, 1, nop_handler, NULL, NULL, NULL, nop_release),
                PSRPC_INVALID_ARGUMENT);
     const char *names[] = {"", "bad.name", "1abc", "a b", "a|b", "a*"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
@@ -504,24 +580,24 @@ TEST(abi_null_server) {
         b.name = names[i];
         int was = th_failed_current;
         th_failed_current = 0;
-        EXPECT_ERR(psrpc_server_register(l->srv, &b, NULL, 0, nop_handler, NULL, NULL, NULL,
-                                         nop_release),
-                   PSRPC_INVALID_ARGUMENT);
+        EXPECT_ERR(
+            psrpc_server_register(l->srv, &b, NULL, 0, nop_handler, NULL, NULL, NULL, nop_release),
+            PSRPC_INVALID_ARGUMENT);
         if (th_failed_current)
             fprintf(stderr, "    (method name \"%s\")\n", names[i]);
         th_failed_current |= was;
     }
     psrpc_method b = m;
     b.routing = 3;
-    EXPECT_ERR(psrpc_server_register(l->srv, &b, NULL, 0, nop_handler, NULL, NULL, NULL,
-                                     nop_release),
-               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(
+        psrpc_server_register(l->srv, &b, NULL, 0, nop_handler, NULL, NULL, NULL, nop_release),
+        PSRPC_INVALID_ARGUMENT);
     /* servers publish subscription methods, they do not register them */
     psrpc_method sm = tu_method("Updates", PSRPC_ROUTING_MULTI, PSRPC_METHOD_SUBSCRIPTION);
     sm.output_type = "test.Update";
-    EXPECT_ERR(psrpc_server_register(l->srv, &sm, NULL, 0, nop_handler, NULL, NULL, NULL,
-                                     nop_release),
-               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(
+        psrpc_server_register(l->srv, &sm, NULL, 0, nop_handler, NULL, NULL, NULL, nop_release),
+        PSRPC_INVALID_ARGUMENT);
 
     EXPECT_ERR(psrpc_server_deregister(NULL, "Echo", NULL, 0), PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_server_deregister(l->srv, NULL, NULL, 0), PSRPC_INVALID_ARGUMENT);
@@ -542,7 +618,9 @@ static int nop_smsg(psrpc_stream *st, const psrpc_msg *m, void *u) {
     (void)st, (void)m, (void)u;
     return 0;
 }
-static void nop_sclose(psrpc_stream *st, const psrpc_error *e, void *u) { (void)st, (void)e, (void)u; }
+static void nop_sclose(psrpc_stream *st, const psrpc_error *e, void *u) {
+    (void)st, (void)e, (void)u;
+}
 static void nop_shandler(psrpc_stream *st, void *u) {
     (void)u;
     psrpc_stream_free(st);
@@ -567,14 +645,14 @@ TEST(abi_null_stream) {
                PSRPC_INVALID_ARGUMENT);
     /* on_message and on_close are not optional (only on_open "may be NULL") */
     st = NULL;
-    EXPECT_ERR(psrpc_client_open_stream(&st, l->cl, &sm, NULL, NULL, NULL, nop_sclose, NULL,
-                                        nop_release),
-               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(
+        psrpc_client_open_stream(&st, l->cl, &sm, NULL, NULL, NULL, nop_sclose, NULL, nop_release),
+        PSRPC_INVALID_ARGUMENT);
     psrpc_stream_free(st);
     st = NULL;
-    EXPECT_ERR(psrpc_client_open_stream(&st, l->cl, &sm, NULL, NULL, nop_smsg, NULL, NULL,
-                                        nop_release),
-               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(
+        psrpc_client_open_stream(&st, l->cl, &sm, NULL, NULL, nop_smsg, NULL, NULL, nop_release),
+        PSRPC_INVALID_ARGUMENT);
     psrpc_stream_free(st);
     st = NULL;
     /* not a stream method */
@@ -594,9 +672,9 @@ TEST(abi_null_stream) {
     EXPECT_ERR(psrpc_server_register_stream(l->srv, NULL, NULL, 0, nop_shandler, NULL, NULL, NULL,
                                             nop_release),
                PSRPC_INVALID_ARGUMENT);
-    EXPECT_ERR(psrpc_server_register_stream(l->srv, &sm, NULL, 0, NULL, NULL, NULL, NULL,
-                                            nop_release),
-               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(
+        psrpc_server_register_stream(l->srv, &sm, NULL, 0, NULL, NULL, NULL, NULL, nop_release),
+        PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_server_register_stream(l->srv, &sm, NULL, 1, nop_shandler, NULL, NULL, NULL,
                                             nop_release),
                PSRPC_INVALID_ARGUMENT);
@@ -604,9 +682,9 @@ TEST(abi_null_stream) {
                                             nop_release),
                PSRPC_INVALID_ARGUMENT);
     /* the unary entry points refuse stream methods */
-    EXPECT_ERR(psrpc_server_register(l->srv, &sm, NULL, 0, nop_handler, NULL, NULL, NULL,
-                                     nop_release),
-               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(
+        psrpc_server_register(l->srv, &sm, NULL, 0, nop_handler, NULL, NULL, NULL, nop_release),
+        PSRPC_INVALID_ARGUMENT);
     uint64_t id;
     EXPECT_ERR(psrpc_client_call(&id, l->cl, &sm, "x", 1, NULL, nop_call, NULL),
                PSRPC_INVALID_ARGUMENT);
@@ -628,9 +706,9 @@ TEST(abi_null_stream) {
     EXPECT_ERR(psrpc_stream_send((psrpc_stream *)l->cl, "x", 1, 0, nop_done, NULL),
                PSRPC_INVALID_ARGUMENT);
     EXPECT_ERR(psrpc_stream_close((psrpc_stream *)l->srv, 0, NULL), PSRPC_INVALID_ARGUMENT);
-    EXPECT_ERR(psrpc_stream_set_callbacks((psrpc_stream *)l->sub, nop_smsg, nop_sclose, NULL,
-                                          nop_release),
-               PSRPC_INVALID_ARGUMENT);
+    EXPECT_ERR(
+        psrpc_stream_set_callbacks((psrpc_stream *)l->sub, nop_smsg, nop_sclose, NULL, nop_release),
+        PSRPC_INVALID_ARGUMENT);
     CHECK(psrpc_stream_id((psrpc_stream *)l->bus) == NULL);
     live_free(l);
 }
@@ -684,16 +762,16 @@ typedef struct big {
     uint8_t bytes[256];
 } big;
 
-#define BIG_OF(type, init_value, extra, tailbyte)                                            \
-    ({                                                                                       \
-        big b_;                                                                              \
-        memset(&b_, 0, sizeof b_);                                                           \
-        type t_ = init_value;                                                                \
-        memcpy(b_.bytes, &t_, sizeof t_);                                                    \
-        uint32_t sz_ = (uint32_t)(sizeof t_ + (extra));                                      \
-        memcpy(b_.bytes, &sz_, 4);                                                           \
-        b_.bytes[sizeof t_ + (extra)-1] = (tailbyte);                                        \
-        b_;                                                                                  \
+#define BIG_OF(type, init_value, extra, tailbyte)       \
+    ({                                                  \
+        big b_;                                         \
+        memset(&b_, 0, sizeof b_);                      \
+        type t_ = init_value;                           \
+        memcpy(b_.bytes, &t_, sizeof t_);               \
+        uint32_t sz_ = (uint32_t)(sizeof t_ + (extra)); \
+        memcpy(b_.bytes, &sz_, 4);                      \
+        b_.bytes[sizeof t_ + (extra)-1] = (tailbyte);   \
+        b_;                                             \
     })
 
 TEST(abi_options_sizes_bus) {
@@ -710,8 +788,7 @@ TEST(abi_options_sizes_bus) {
     psrpc_bus_free(b);
     big nz = BIG_OF(psrpc_bus_options, PSRPC_BUS_OPTIONS_INIT, 16, 1);
     b = (psrpc_bus *)0x1;
-    EXPECT_ERR(psrpc_bus_open(&b, NULL, (const psrpc_bus_options *)nz.bytes),
-               PSRPC_NOT_SUPPORTED);
+    EXPECT_ERR(psrpc_bus_open(&b, NULL, (const psrpc_bus_options *)nz.bytes), PSRPC_NOT_SUPPORTED);
     CHECK(b == NULL);
     /* unknown flags refused rather than ignored? flags are reserved: 0 */
 }
@@ -826,15 +903,14 @@ TEST(abi_options_sizes_call_selection_method) {
     CHECK_EQ_INT(c[4].status, PSRPC_OK);
     big snz = BIG_OF(psrpc_selection_options, PSRPC_SELECTION_OPTIONS_INIT, 8, 9);
     o.selection = (const psrpc_selection_options *)snz.bytes;
-    EXPECT_ERR(psrpc_client_call(&id, cl, &m, "f", 1, &o, count_call, &c[5]),
-               PSRPC_NOT_SUPPORTED);
+    EXPECT_ERR(psrpc_client_call(&id, cl, &m, "f", 1, &o, count_call, &c[5]), PSRPC_NOT_SUPPORTED);
 
     /* method struct larger with a non-zero tail */
     big mnz = BIG_OF(psrpc_method, PSRPC_METHOD_INIT, 8, 1);
     ((psrpc_method *)mnz.bytes)->name = "Echo";
     ((psrpc_method *)mnz.bytes)->routing = PSRPC_ROUTING_AFFINITY;
-    EXPECT_ERR(psrpc_client_call(&id, cl, (const psrpc_method *)mnz.bytes, "g", 1, NULL,
-                                 count_call, &c[5]),
+    EXPECT_ERR(psrpc_client_call(&id, cl, (const psrpc_method *)mnz.bytes, "g", 1, NULL, count_call,
+                                 &c[5]),
                PSRPC_NOT_SUPPORTED);
     th_sleep_ms(50);
     psrpc_client_free(cl);

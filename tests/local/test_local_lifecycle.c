@@ -353,8 +353,8 @@ TEST(double_close_everything) {
     sm.output_type = "test.Update";
     psrpc_sub *sub = NULL;
     atomic_int *rel = (atomic_int *)calloc(1, sizeof *rel);
-    REQUIRE(psrpc_client_subscribe(&sub, cl, &sm, NULL, 0, dummy_msg_cb, NULL, rel,
-                                   tu_count_cb) == PSRPC_OK);
+    REQUIRE(psrpc_client_subscribe(&sub, cl, &sm, NULL, 0, dummy_msg_cb, NULL, rel, tu_count_cb) ==
+            PSRPC_OK);
     atomic_int *cnt = (atomic_int *)calloc(8, sizeof *cnt);
     CHECK_EQ_INT(psrpc_sub_close(sub, tu_count_cb, &cnt[0]), PSRPC_OK);
     CHECK_EQ_INT(psrpc_sub_close(sub, tu_count_cb, &cnt[1]), PSRPC_OK);
@@ -614,8 +614,8 @@ static void self_close_release(void *ud) { atomic_fetch_add(&((self_close *)ud)-
 
 static void self_close_handler(psrpc_request *req, void *ud) {
     self_close *s = (self_close *)ud;
-    s->close_rc = psrpc_server_close(s->server, s->force ? PSRPC_CLOSE_FORCE : 0,
-                                     self_close_closed, s);
+    s->close_rc =
+        psrpc_server_close(s->server, s->force ? PSRPC_CLOSE_FORCE : 0, self_close_closed, s);
     s->respond_rc = psrpc_request_respond(req, "bye", 3);
     atomic_fetch_add(&s->handled, 1);
 }
@@ -806,7 +806,8 @@ TEST(free_with_work_from_threads) {
     CHECK_EQ_INT(started, N);
     if (!WAIT_UNTIL(tu_srv_nheld(f->srv) == N, 5000))
         fprintf(stderr, "  only %d of %d requests reached the handler (slow consumer drops %llu)\n",
-                tu_srv_nheld(f->srv), N, (unsigned long long)tu_stats(f->sbus).dropped_slow_consumer);
+                tu_srv_nheld(f->srv), N,
+                (unsigned long long)tu_stats(f->sbus).dropped_slow_consumer);
     long long t0 = th_now_ms();
     psrpc_bus_free(f->cbus);
     f->cbus_freed = true;

@@ -323,9 +323,9 @@ TEST(multi_wrong_routing_refused) {
     psrpc_method q = tu_method("Echo", PSRPC_ROUTING_QUEUE, 0);
     uint64_t id;
     psrpc_clear_error();
-    CHECK_EQ_INT(psrpc_client_call_multi(&id, f->cl, &q, "x", 1, NULL, multi_result_cb,
-                                         multi_done_cb, r),
-                 PSRPC_INVALID_ARGUMENT);
+    CHECK_EQ_INT(
+        psrpc_client_call_multi(&id, f->cl, &q, "x", 1, NULL, multi_result_cb, multi_done_cb, r),
+        PSRPC_INVALID_ARGUMENT);
     CHECK(psrpc_last_error()[0] != 0);
     psrpc_method mm = fanout_method();
     tu_call *c = tu_calls_new(1);

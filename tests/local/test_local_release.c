@@ -4,32 +4,8 @@
  * other from their callbacks would deadlock. psrpc_bus_release never waits,
  * from any thread; the loop thread finishes the close and exits by itself.
  * Runs over local, Redis and NATS (PSRPC_TEST_BUS_URL). */
-#include <dirent.h>
 
 #include "util.h"
-
-/* Threads of this process (/proc/self/task). */
-/* Threads of this process (/proc/self/task). The directory is opened once,
- * before any bus exists, and re-read: opening it while detached loop threads
- * close their epoll descriptors would reuse their numbers, which
- * ThreadSanitizer reports as a race on the descriptor. */
-static DIR *task_dir;
-
-__attribute__((constructor)) static void open_task_dir(void) {
-    task_dir = opendir("/proc/self/task");
-}
-
-static int thread_count(void) {
-    if (!task_dir)
-        return -1;
-    rewinddir(task_dir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(task_dir)))
-        if (e->d_name[0] != '.')
-            n++;
-    return n;
-}
 
 /* Opens and frees one bus first, so that library-wide threads (nats.c's)
  * exist before the baseline is taken. */
@@ -37,7 +13,7 @@ static int baseline_threads(void) {
     psrpc_bus *b[1] = {NULL};
     if (open_bus_group(b, 1) == 0)
         psrpc_bus_free(b[0]);
-    return thread_count();
+    return th_count_threads();
 }
 
 typedef struct closed_rec {
@@ -103,7 +79,7 @@ TEST(two_buses_free_each_other_from_callbacks) {
     /* Both buses close (their watchers are released) and both loop threads
      * end by themselves. */
     CHECK(WAIT_UNTIL(atomic_load(&ps->released) == 2, 5000));
-    CHECK(WAIT_UNTIL(thread_count() <= base, 5000));
+    CHECK(WAIT_UNTIL(th_count_threads() <= base, 5000));
     free(ps);
     free(args);
 }
@@ -146,7 +122,7 @@ TEST(release_from_main_thread) {
     psrpc_client_free(cl);
     psrpc_server_free(srv->server);
     tu_srv_destroy(srv);
-    CHECK(WAIT_UNTIL(thread_count() <= base, 5000));
+    CHECK(WAIT_UNTIL(th_count_threads() <= base, 5000));
     free(c);
     free(cr);
 }
@@ -208,7 +184,7 @@ TEST(release_and_free_inside_callbacks) {
             psrpc_bus_free(b[0]);
             CHECK(atomic_load(&r->released) == 1);
         }
-        CHECK(WAIT_UNTIL(thread_count() <= base, 5000));
+        CHECK(WAIT_UNTIL(th_count_threads() <= base, 5000));
         free(r);
     }
 }
@@ -259,7 +235,7 @@ TEST(release_self_in_callback_with_calls_in_flight) {
     psrpc_bus_free(b[0]);
     tu_srv_destroy(srv);
     CHECK(WAIT_UNTIL(atomic_load(&r->watcher_released) == 1, 5000));
-    CHECK(WAIT_UNTIL(thread_count() <= base, 5000));
+    CHECK(WAIT_UNTIL(th_count_threads() <= base, 5000));
     free(c);
     free(r);
 }

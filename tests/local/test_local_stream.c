@@ -315,8 +315,7 @@ static void ss_handler(psrpc_stream *st, void *ud) {
         psrpc_stream_free(atomic_exchange(&r->handle, NULL));
     } else if (!s->no_callbacks) {
         r->cbs = true;
-        if (psrpc_stream_set_callbacks(st, sr_on_message, sr_on_close, r, sr_release) !=
-            PSRPC_OK) {
+        if (psrpc_stream_set_callbacks(st, sr_on_message, sr_on_close, r, sr_release) != PSRPC_OK) {
             r->cbs = false;
             atomic_fetch_add(&s->handler_errors, 1);
         }
@@ -402,8 +401,7 @@ static int ss_register(ssrv *s, const psrpc_method *m) {
                                           s->aff_mode != AFF_NONE ? ss_affinity : NULL, NULL, s,
                                           ss_reg_release);
     if (rc != PSRPC_OK) {
-        fprintf(stderr, "  psrpc_server_register_stream failed: %d %s\n", rc,
-                psrpc_last_error());
+        fprintf(stderr, "  psrpc_server_register_stream failed: %d %s\n", rc, psrpc_last_error());
         return rc;
     }
     rc = psrpc_server_wait_ready(s->server, tu_ms(5000));
@@ -488,8 +486,8 @@ static srec *sfx_open_m(sfx *f, const psrpc_method *m, const psrpc_call_options 
     srec *r = sr_new();
     r->cbs = true;
     psrpc_stream *st = NULL;
-    int rc = psrpc_client_open_stream(&st, f->cl, m, o, sr_on_open, sr_on_message, sr_on_close,
-                                      r, sr_release);
+    int rc = psrpc_client_open_stream(&st, f->cl, m, o, sr_on_open, sr_on_message, sr_on_close, r,
+                                      sr_release);
     if (rc != PSRPC_OK || !st) {
         fprintf(stderr, "  psrpc_client_open_stream failed: %d %s\n", rc, psrpc_last_error());
         sr_free(r); /* no callback runs after a refused open */
@@ -511,8 +509,7 @@ static bool sr_wait_open(srec *r) {
     if (!tu_wait_count(&r->opens, 1, 5000))
         return false;
     if (r->open_status != PSRPC_OK) {
-        fprintf(stderr, "  open failed: %d %s %s\n", r->open_status, r->open_code,
-                r->open_message);
+        fprintf(stderr, "  open failed: %d %s %s\n", r->open_status, r->open_code, r->open_message);
         return false;
     }
     return true;
@@ -520,8 +517,7 @@ static bool sr_wait_open(srec *r) {
 
 /* Opens a stream to server 0 and waits until both sides have it; *srv_rec
  * receives the server side's record. */
-static srec *sfx_open_pair(sfx *f, uint32_t routing, const psrpc_call_options *o,
-                           srec **srv_rec) {
+static srec *sfx_open_pair(sfx *f, uint32_t routing, const psrpc_call_options *o, srec **srv_rec) {
     int before = atomic_load(&f->srv[0]->accepted);
     srec *c = sfx_open(f, routing, o);
     if (!c || !sr_wait_open(c))
@@ -533,8 +529,7 @@ static srec *sfx_open_pair(sfx *f, uint32_t routing, const psrpc_call_options *o
 }
 
 static void sr_check_final(srec *r, const char *side, int idx) {
-    if (atomic_load(&r->bad) != 0 || atomic_load(&r->closes) != 1 ||
-        atomic_load(&r->released) != 1)
+    if (atomic_load(&r->bad) != 0 || atomic_load(&r->closes) != 1 || atomic_load(&r->released) != 1)
         fprintf(stderr, "  %s stream %d: bad %d closes %d released %d\n", side, idx,
                 atomic_load(&r->bad), atomic_load(&r->closes), atomic_load(&r->released));
     CHECK_EQ_INT(atomic_load(&r->bad), 0);
@@ -1638,15 +1633,15 @@ static void never_unary(psrpc_request *req, void *ud) {
     psrpc_request_fail(req, PSRPC_INTERNAL, "unexpected");
 }
 
-#define EXPECT_INVALID(call)                                                           \
-    do {                                                                               \
-        psrpc_clear_error();                                                           \
-        int rc_ = (call);                                                              \
-        if (rc_ != PSRPC_INVALID_ARGUMENT)                                             \
+#define EXPECT_INVALID(call)                                                                \
+    do {                                                                                    \
+        psrpc_clear_error();                                                                \
+        int rc_ = (call);                                                                   \
+        if (rc_ != PSRPC_INVALID_ARGUMENT)                                                  \
             fprintf(stderr, "  %s returned %d (%s)\n", #call, rc_, psrpc_status_name(rc_)); \
-        CHECK_EQ_INT(rc_, PSRPC_INVALID_ARGUMENT);                                     \
-        CHECK(psrpc_last_error()[0] != 0);                                             \
-        nchecked++;                                                                    \
+        CHECK_EQ_INT(rc_, PSRPC_INVALID_ARGUMENT);                                          \
+        CHECK(psrpc_last_error()[0] != 0);                                                  \
+        nchecked++;                                                                         \
     } while (0)
 
 /* NULL and wrong arguments on every stream function: INVALID_ARGUMENT with a
@@ -1669,8 +1664,8 @@ TEST(stream_bad_arguments) {
     psrpc_method unary = tu_method("Chat", PSRPC_ROUTING_QUEUE, 0);
     psrpc_method unnamed = chat_method(PSRPC_ROUTING_QUEUE);
     unnamed.name = NULL;
-    psrpc_method subst = tu_method("Feed", PSRPC_ROUTING_QUEUE,
-                                   PSRPC_METHOD_STREAM | PSRPC_METHOD_SUBSCRIPTION);
+    psrpc_method subst =
+        tu_method("Feed", PSRPC_ROUTING_QUEUE, PSRPC_METHOD_STREAM | PSRPC_METHOD_SUBSCRIPTION);
 
     /* psrpc_client_open_stream */
     psrpc_stream *out = (psrpc_stream *)0x1;
@@ -1685,12 +1680,12 @@ TEST(stream_bad_arguments) {
     CHECK(out == NULL);
     EXPECT_INVALID(psrpc_client_open_stream(&out, (psrpc_client *)junk, &m, NULL, sr_on_open,
                                             sr_on_message, sr_on_close, never, sr_release));
-    EXPECT_INVALID(psrpc_client_open_stream(&out, f->cl, &unary, NULL, sr_on_open,
-                                            sr_on_message, sr_on_close, never, sr_release));
-    EXPECT_INVALID(psrpc_client_open_stream(&out, f->cl, &unnamed, NULL, sr_on_open,
-                                            sr_on_message, sr_on_close, never, sr_release));
-    EXPECT_INVALID(psrpc_client_open_stream(&out, f->cl, &subst, NULL, sr_on_open,
-                                            sr_on_message, sr_on_close, never, sr_release));
+    EXPECT_INVALID(psrpc_client_open_stream(&out, f->cl, &unary, NULL, sr_on_open, sr_on_message,
+                                            sr_on_close, never, sr_release));
+    EXPECT_INVALID(psrpc_client_open_stream(&out, f->cl, &unnamed, NULL, sr_on_open, sr_on_message,
+                                            sr_on_close, never, sr_release));
+    EXPECT_INVALID(psrpc_client_open_stream(&out, f->cl, &subst, NULL, sr_on_open, sr_on_message,
+                                            sr_on_close, never, sr_release));
     {
         psrpc_kv bad_md[1] = {{"k", NULL}};
         psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
@@ -1700,39 +1695,39 @@ TEST(stream_bad_arguments) {
                                                 sr_on_close, never, sr_release));
         psrpc_call_options o2 = PSRPC_CALL_OPTIONS_INIT;
         o2.timeout_ms = -1;
-        EXPECT_INVALID(psrpc_client_open_stream(&out, f->cl, &m, &o2, sr_on_open,
-                                                sr_on_message, sr_on_close, never, sr_release));
+        EXPECT_INVALID(psrpc_client_open_stream(&out, f->cl, &m, &o2, sr_on_open, sr_on_message,
+                                                sr_on_close, never, sr_release));
         psrpc_call_options o3 = PSRPC_CALL_OPTIONS_INIT;
         o3.topic_count = 1; /* topics NULL */
-        EXPECT_INVALID(psrpc_client_open_stream(&out, f->cl, &m, &o3, sr_on_open,
-                                                sr_on_message, sr_on_close, never, sr_release));
+        EXPECT_INVALID(psrpc_client_open_stream(&out, f->cl, &m, &o3, sr_on_open, sr_on_message,
+                                                sr_on_close, never, sr_release));
         psrpc_call_options o4 = PSRPC_CALL_OPTIONS_INIT;
         o4.struct_size = 0;
-        EXPECT_INVALID(psrpc_client_open_stream(&out, f->cl, &m, &o4, sr_on_open,
-                                                sr_on_message, sr_on_close, never, sr_release));
+        EXPECT_INVALID(psrpc_client_open_stream(&out, f->cl, &m, &o4, sr_on_open, sr_on_message,
+                                                sr_on_close, never, sr_release));
     }
     CHECK(out == NULL);
 
     /* psrpc_server_register_stream / psrpc_server_register */
     psrpc_method other = tu_method("Other", PSRPC_ROUTING_QUEUE, PSRPC_METHOD_STREAM);
     psrpc_server *srv = f->srv[0]->server;
-    EXPECT_INVALID(psrpc_server_register_stream(NULL, &other, NULL, 0, never_handler, NULL,
-                                                NULL, never_count, tu_count_cb));
+    EXPECT_INVALID(psrpc_server_register_stream(NULL, &other, NULL, 0, never_handler, NULL, NULL,
+                                                never_count, tu_count_cb));
     EXPECT_INVALID(psrpc_server_register_stream((psrpc_server *)junk, &other, NULL, 0,
                                                 never_handler, NULL, NULL, never_count,
                                                 tu_count_cb));
     EXPECT_INVALID(psrpc_server_register_stream(srv, NULL, NULL, 0, never_handler, NULL, NULL,
                                                 never_count, tu_count_cb));
-    EXPECT_INVALID(psrpc_server_register_stream(srv, &other, NULL, 0, NULL, NULL, NULL,
-                                                never_count, tu_count_cb));
+    EXPECT_INVALID(psrpc_server_register_stream(srv, &other, NULL, 0, NULL, NULL, NULL, never_count,
+                                                tu_count_cb));
     {
         psrpc_method o_unary = tu_method("Other", PSRPC_ROUTING_QUEUE, 0);
         EXPECT_INVALID(psrpc_server_register_stream(srv, &o_unary, NULL, 0, never_handler, NULL,
                                                     NULL, never_count, tu_count_cb));
         EXPECT_INVALID(psrpc_server_register(srv, &other, NULL, 0, never_unary, NULL, NULL,
                                              never_count, tu_count_cb));
-        EXPECT_INVALID(psrpc_server_register_stream(srv, &other, NULL, 2, never_handler, NULL,
-                                                    NULL, never_count, tu_count_cb));
+        EXPECT_INVALID(psrpc_server_register_stream(srv, &other, NULL, 2, never_handler, NULL, NULL,
+                                                    never_count, tu_count_cb));
     }
     /* the same stream method twice */
     psrpc_clear_error();
@@ -1742,12 +1737,10 @@ TEST(stream_bad_arguments) {
     CHECK(psrpc_last_error()[0] != 0);
 
     /* psrpc_stream_set_callbacks */
-    EXPECT_INVALID(psrpc_stream_set_callbacks(NULL, sr_on_message, sr_on_close, never,
-                                              sr_release));
-    EXPECT_INVALID(psrpc_stream_set_callbacks(junk, sr_on_message, sr_on_close, never,
-                                              sr_release));
-    EXPECT_INVALID(psrpc_stream_set_callbacks(wrong, sr_on_message, sr_on_close, never,
-                                              sr_release));
+    EXPECT_INVALID(psrpc_stream_set_callbacks(NULL, sr_on_message, sr_on_close, never, sr_release));
+    EXPECT_INVALID(psrpc_stream_set_callbacks(junk, sr_on_message, sr_on_close, never, sr_release));
+    EXPECT_INVALID(
+        psrpc_stream_set_callbacks(wrong, sr_on_message, sr_on_close, never, sr_release));
 
     /* psrpc_stream_send */
     sends *sd = sends_new(1, NULL);

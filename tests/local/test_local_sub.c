@@ -84,8 +84,8 @@ static sfx *sfx_new(int n, const psrpc_method *m, const char *const *topics_per_
             return f;
         const char *t[1] = {topics_per_sub ? topics_per_sub[i] : NULL};
         int rc = psrpc_client_subscribe(&f->sub[i], f->cl[i], m, topics_per_sub ? t : NULL,
-                                        topics_per_sub ? 1 : 0, sub_msg_cb, sub_ready_cb,
-                                        f->rec[i], sub_release_cb);
+                                        topics_per_sub ? 1 : 0, sub_msg_cb, sub_ready_cb, f->rec[i],
+                                        sub_release_cb);
         if (rc != PSRPC_OK) {
             fprintf(stderr, "  psrpc_client_subscribe: %d %s\n", rc, psrpc_last_error());
             f->sub[i] = NULL;
@@ -133,8 +133,8 @@ static void sfx_free(sfx *f, bool subs_freed) {
 
 static int publish(sfx *f, const psrpc_method *m, const char *topic, const char *payload) {
     const char *t[1] = {topic};
-    int rc = psrpc_server_publish(f->pub, m, topic ? t : NULL, topic ? 1 : 0, payload,
-                                  strlen(payload));
+    int rc =
+        psrpc_server_publish(f->pub, m, topic ? t : NULL, topic ? 1 : 0, payload, strlen(payload));
     if (rc != PSRPC_OK)
         fprintf(stderr, "  psrpc_server_publish: %d %s\n", rc, psrpc_last_error());
     return rc;
@@ -250,8 +250,8 @@ TEST(sub_wrong_type_dropped) {
     psrpc_client *cla = tu_client(f->bus[1], f->service, 0, 0);
     REQUIRE(cla);
     psrpc_sub *sa = NULL;
-    REQUIRE(psrpc_client_subscribe(&sa, cla, &any, NULL, 0, sub_msg_cb, NULL, ra,
-                                   sub_release_cb) == PSRPC_OK);
+    REQUIRE(psrpc_client_subscribe(&sa, cla, &any, NULL, 0, sub_msg_cb, NULL, ra, sub_release_cb) ==
+            PSRPC_OK);
     REQUIRE(psrpc_sub_wait_ready(sa, tu_ms(5000)) == PSRPC_OK);
 
     uint64_t mal0 = tu_stats(f->bus[1]).dropped_malformed;
@@ -278,9 +278,9 @@ TEST(sub_wrong_type_dropped) {
     unary.output_type = "test.Update";
     CHECK_EQ_INT(psrpc_server_publish(f->pub, &unary, NULL, 0, "x", 1), PSRPC_INVALID_ARGUMENT);
     psrpc_sub *bad = (psrpc_sub *)0x1;
-    CHECK_EQ_INT(psrpc_client_subscribe(&bad, cla, &unary, NULL, 0, sub_msg_cb, NULL, ra,
-                                        sub_release_cb),
-                 PSRPC_INVALID_ARGUMENT);
+    CHECK_EQ_INT(
+        psrpc_client_subscribe(&bad, cla, &unary, NULL, 0, sub_msg_cb, NULL, ra, sub_release_cb),
+        PSRPC_INVALID_ARGUMENT);
     CHECK(bad == NULL);
 
     psrpc_sub_free(sa);
@@ -298,8 +298,8 @@ TEST(sub_close_stops_delivery) {
     sfx *f = sfx_new(2, &m, NULL);
     REQUIRE(sfx_ok(f));
     REQUIRE(publish(f, &m, NULL, "one") == PSRPC_OK);
-    REQUIRE(WAIT_UNTIL(atomic_load(&f->rec[0]->msgs) == 1 && atomic_load(&f->rec[1]->msgs) == 1,
-                       3000));
+    REQUIRE(
+        WAIT_UNTIL(atomic_load(&f->rec[0]->msgs) == 1 && atomic_load(&f->rec[1]->msgs) == 1, 3000));
     atomic_int *closed = (atomic_int *)calloc(2, sizeof *closed);
     CHECK_EQ_INT(psrpc_sub_close(f->sub[0], tu_count_cb, &closed[0]), PSRPC_OK);
     CHECK_EQ_INT(psrpc_sub_close(f->sub[0], tu_count_cb, &closed[1]), PSRPC_OK);

@@ -93,8 +93,8 @@ static void *async_thread(void *a) {
     for (int i = 0; i < PER; i++) {
         mini *r = &t->recs[t->idx * PER + i];
         snprintf(r->expect, sizeof r->expect, "t%d-%d", t->idx, i);
-        if (psrpc_client_call(NULL, t->f->cl, &m, r->expect, strlen(r->expect), NULL, mini_cb,
-                              r) != PSRPC_OK)
+        if (psrpc_client_call(NULL, t->f->cl, &m, r->expect, strlen(r->expect), NULL, mini_cb, r) !=
+            PSRPC_OK)
             t->rejected++;
     }
     return NULL;
@@ -289,8 +289,8 @@ TEST(sync_call_in_handler_would_deadlock) {
     psrpc_server *srv = NULL;
     REQUIRE(psrpc_server_create(&srv, sb, svc, NULL) == PSRPC_OK);
     psrpc_method m = echo();
-    REQUIRE(psrpc_server_register(srv, &m, NULL, 0, sync_in_handler, NULL, NULL, h,
-                                  noop_release) == PSRPC_OK);
+    REQUIRE(psrpc_server_register(srv, &m, NULL, 0, sync_in_handler, NULL, NULL, h, noop_release) ==
+            PSRPC_OK);
     REQUIRE(psrpc_server_wait_ready(srv, tu_ms(5000)) == PSRPC_OK);
     psrpc_client *cl = tu_client(cb, svc, 0, 0);
     REQUIRE(cl);
@@ -389,8 +389,8 @@ static void *race_thread(void *a) {
     for (int i = 0; i < r->n; i++) {
         mini *x = &r->recs[r->base + i];
         snprintf(x->expect, sizeof x->expect, "r%d", r->base + i);
-        int rc = psrpc_client_call(NULL, r->f->cl, &m, x->expect, strlen(x->expect), NULL,
-                                   mini_cb, x);
+        int rc =
+            psrpc_client_call(NULL, r->f->cl, &m, x->expect, strlen(x->expect), NULL, mini_cb, x);
         if (rc != PSRPC_OK) {
             r->refused++;
             if (rc != PSRPC_CANCELED)
@@ -507,8 +507,8 @@ TEST(register_deregister_race) {
     int n = 0;
     while (!atomic_load(stop) && n < MAXC) {
         snprintf(recs[n].expect, sizeof recs[n].expect, "f%d", n);
-        if (psrpc_client_call(NULL, f->cl, &m, recs[n].expect, strlen(recs[n].expect), &o,
-                              mini_cb, &recs[n]) == PSRPC_OK)
+        if (psrpc_client_call(NULL, f->cl, &m, recs[n].expect, strlen(recs[n].expect), &o, mini_cb,
+                              &recs[n]) == PSRPC_OK)
             n++;
         if (n % 20 == 0)
             th_sleep_ms(1);

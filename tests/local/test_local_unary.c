@@ -77,8 +77,7 @@ TEST(unary_empty_payload) {
     REQUIRE(fx_ok(f));
     tu_call *c = tu_calls_new(1);
     uint64_t id = 0;
-    REQUIRE(psrpc_client_call(&id, f->cl, echo_method(), NULL, 0, NULL, tu_call_cb, c) ==
-            PSRPC_OK);
+    REQUIRE(psrpc_client_call(&id, f->cl, echo_method(), NULL, 0, NULL, tu_call_cb, c) == PSRPC_OK);
     CHECK(id != 0);
     REQUIRE(tu_wait_count(&c->count, 1, 5000));
     CHECK_EQ_INT(c->status, PSRPC_OK);
@@ -149,8 +148,8 @@ TEST(unary_every_error_code) {
     tu_service(svc, sizeof svc);
     tu_srv *s = tu_srv_new(sb, svc, NULL, TU_ECHO);
     REQUIRE(s->server);
-    REQUIRE(psrpc_server_register(s->server, echo_method(), NULL, 0, status_handler, NULL, NULL,
-                                  s, tu_srv_release) == PSRPC_OK);
+    REQUIRE(psrpc_server_register(s->server, echo_method(), NULL, 0, status_handler, NULL, NULL, s,
+                                  tu_srv_release) == PSRPC_OK);
     REQUIRE(psrpc_server_wait_ready(s->server, tu_ms(5000)) == PSRPC_OK);
     psrpc_client *cl = tu_client(cb, svc, 0, 0);
     REQUIRE(cl);
@@ -258,8 +257,8 @@ TEST(unary_fail_details_custom_code) {
     tu_service(svc, sizeof svc);
     tu_srv *s = tu_srv_new(sb, svc, NULL, TU_ECHO);
     REQUIRE(s->server);
-    REQUIRE(psrpc_server_register(s->server, echo_method(), NULL, 0, details_handler, NULL,
-                                  NULL, s, tu_srv_release) == PSRPC_OK);
+    REQUIRE(psrpc_server_register(s->server, echo_method(), NULL, 0, details_handler, NULL, NULL, s,
+                                  tu_srv_release) == PSRPC_OK);
     REQUIRE(psrpc_server_wait_ready(s->server, tu_ms(5000)) == PSRPC_OK);
     psrpc_client *cl = tu_client(cb, svc, 0, 0);
     REQUIRE(cl);
@@ -508,7 +507,7 @@ TEST(unary_tiny_timeout) {
 static void blocking_handler(psrpc_request *req, void *ud) {
     tu_srv *s = (tu_srv *)ud;
     atomic_fetch_add(&s->affinity_calls, 1); /* "started" */
-    th_sleep_ms(600); /* deliberately violates "callbacks must not block" */
+    th_sleep_ms(600);                        /* deliberately violates "callbacks must not block" */
     if (psrpc_request_respond(req, "done", 4) != PSRPC_OK)
         atomic_fetch_add(&s->answer_errors, 1);
     atomic_fetch_add(&s->handled, 1);
@@ -526,8 +525,8 @@ TEST(unary_expired_request_dropped) {
                                   tu_srv_release) == PSRPC_OK);
     tu_srv *victim = (tu_srv *)calloc(1, sizeof *victim);
     pthread_mutex_init(&victim->mu, NULL);
-    REQUIRE(psrpc_server_register(blk->server, echo_method(), NULL, 0, tu_srv_handler, NULL,
-                                  NULL, victim, tu_srv_release) == PSRPC_OK);
+    REQUIRE(psrpc_server_register(blk->server, echo_method(), NULL, 0, tu_srv_handler, NULL, NULL,
+                                  victim, tu_srv_release) == PSRPC_OK);
     REQUIRE(psrpc_server_wait_ready(blk->server, tu_ms(5000)) == PSRPC_OK);
     psrpc_client *cl = tu_client(cb, svc, 5000, 0);
     REQUIRE(cl);
@@ -581,7 +580,8 @@ TEST(unary_handler_deadline) {
     CHECK(s->last_sent_at_ns <= s->last_seen_now_ns + 50 * 1000000LL);
     CHECK(s->last_expiry_ns > s->last_seen_now_ns);
     int64_t rem_from_expiry = (s->last_expiry_ns - s->last_seen_now_ns) / 1000000;
-    CHECK(rem_from_expiry - s->last_remaining_ms <= 50 && s->last_remaining_ms - rem_from_expiry <= 50);
+    CHECK(rem_from_expiry - s->last_remaining_ms <= 50 &&
+          s->last_remaining_ms - rem_from_expiry <= 50);
     fx_free(f);
     free(c);
 }
@@ -602,8 +602,8 @@ typedef struct nest_call {
     nest *n;
 } nest_call;
 
-static void nested_done(uint64_t id, const psrpc_msg *resp, const psrpc_error *err,
-                        const char *sid, void *ud) {
+static void nested_done(uint64_t id, const psrpc_msg *resp, const psrpc_error *err, const char *sid,
+                        void *ud) {
     (void)id, (void)sid;
     nest_call *nc = (nest_call *)ud;
     if (err)
@@ -623,8 +623,8 @@ static void outer_handler(psrpc_request *req, void *ud) {
     nest_call *nc = (nest_call *)calloc(1, sizeof *nc);
     nc->outer_req = req;
     nc->n = n;
-    n->nested_rc = psrpc_client_call(NULL, n->inner_cl, echo_method(), "inner", 5, &o, nested_done,
-                                     nc);
+    n->nested_rc =
+        psrpc_client_call(NULL, n->inner_cl, echo_method(), "inner", 5, &o, nested_done, nc);
     if (n->nested_rc != PSRPC_OK) {
         psrpc_request_fail(req, PSRPC_INTERNAL, "nested call refused");
         free(nc);
@@ -944,9 +944,9 @@ TEST(unary_register_twice) {
     /* same method, other topics: allowed */
     const char *t[] = {"x"};
     psrpc_method mt = tu_method("Echo", PSRPC_ROUTING_QUEUE, PSRPC_METHOD_TOPICS);
-    CHECK_EQ_INT(psrpc_server_register(s->server, &mt, t, 1, tu_srv_handler, NULL, NULL, s,
-                                       tu_srv_release),
-                 PSRPC_OK);
+    CHECK_EQ_INT(
+        psrpc_server_register(s->server, &mt, t, 1, tu_srv_handler, NULL, NULL, s, tu_srv_release),
+        PSRPC_OK);
     psrpc_server_free(s->server);
     psrpc_bus_free(v[0]);
     CHECK_EQ_INT(atomic_load(&d->ready.count), 0);
@@ -1150,7 +1150,8 @@ TEST(unary_skip_claim_server) {
     tu_service(svc, sizeof svc);
     tu_srv *s[3];
     for (int i = 0; i < 3; i++) {
-        s[i] = i < 2 ? skip_claim_srv(b[i], svc, TU_ECHO_ID) : tu_srv_new(b[i], svc, NULL, TU_ECHO_ID);
+        s[i] =
+            i < 2 ? skip_claim_srv(b[i], svc, TU_ECHO_ID) : tu_srv_new(b[i], svc, NULL, TU_ECHO_ID);
         REQUIRE(s[i]->server);
         REQUIRE(tu_srv_register(s[i], echo_method(), NULL, 0) == PSRPC_OK);
     }

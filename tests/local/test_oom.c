@@ -160,7 +160,13 @@ static bool round_setup(round_t *r, bool with_client) {
         psrpc_method em = echo_m();
         psrpc_call_options wo = PSRPC_CALL_OPTIONS_INIT;
         wo.timeout_ms = tu_ms(5000);
-        if (psrpc_client_call_sync(&out, r->cl, &em, "w", 1, &wo) != PSRPC_OK)
+        /* The client's 60 ms selection timeout is for the armed calls; on a
+         * loaded machine the warm call's claim can take longer ("no response
+         * from servers"), so it gets a few tries. */
+        int rc = PSRPC_UNAVAILABLE;
+        for (int i = 0; i < 5 && rc != PSRPC_OK; i++)
+            rc = psrpc_client_call_sync(&out, r->cl, &em, "w", 1, &wo);
+        if (rc != PSRPC_OK)
             return false;
         psrpc_msg_release(out);
     }
@@ -188,6 +194,18 @@ static void round_teardown(round_t *r, int n) {
         int got_ = atomic_load(&(v)), want_ = (promised) ? 1 : 0;                            \
         if (got_ != want_) {                                                                 \
             fprintf(stderr, "  N=%d: %s ran %d times, want %d\n", (n), (what), got_, want_); \
+            th_failed_current = 1;                                                           \
+        }                                                                                    \
+    } while (0)
+
+/* In the mode where only the N-th allocation fails, an on_ready the API
+ * promised arrives before the free (the wait before this one was bounded by
+ * ready_bound_ms()); in the persistent mode it may come only with the free. */
+#define EXPECT_READY_BEFORE_FREE(n, what, v, promised)                                       \
+    do {                                                                                     \
+        if ((promised) && !atomic_load(&af_persistent) && atomic_load(&(v)) != 1) {          \
+            fprintf(stderr, "  N=%d: %s on_ready had not come %ld ms after the call\n", (n), \
+                    (what), (long)ready_bound_ms());                                         \
             th_failed_current = 1;                                                           \
         }                                                                                    \
     } while (0)
@@ -227,8 +245,19 @@ static void sweep(const char *name, scenario_fn op, bool with_client) {
         sweep_mode(name, op, with_client, true);
 }
 
-/* Waits for v to reach 1 (liveness bound). */
-static void wait1(atomic_int *v, long ms) { WAIT_UNTIL(atomic_load(v) >= 1, tu_ms(ms)); }
+/* Waits for v to reach 1 (liveness bound, scaled by WAIT_UNTIL). Only for a
+ * callback the API promised: a wait for one that is not owed runs to its
+ * bound (3 s per refused call was 80 % of the unary sweep; 27 s under
+ * PSRPC_TEST_TIME_FACTOR=3 when the bound was scaled twice). */
+static void wait1(atomic_int *v, long ms) { WAIT_UNTIL(atomic_load(v) >= 1, ms); }
+
+/* The bound for an on_ready while the allocator is still armed. In the
+ * persistent mode (every allocation from the N-th on fails) a subscription or
+ * registration cannot be confirmed until allocations work again (the bus
+ * retries it after the disarm), so waiting the full 3 s there only cost time
+ * (over NATS, 33 s of the 85 s of oom_subscribe/oom_register). Its on_ready is
+ * still checked exactly once, after the disarm and the release. */
+static long ready_bound_ms(void) { return atomic_load(&af_persistent) ? 300 : 3000; }
 
 /* ------------------------------------------------------------------------ */
 /* Scenarios                                                                 */
@@ -240,7 +269,8 @@ static int op_call(round_t *r, int n) {
     o.timeout_ms = 150;
     af_arm(n, false);
     int rc = psrpc_client_call(NULL, r->cl, &m, "hello", 5, &o, c_call, r->c);
-    wait1(&r->c->call_done, 3000);
+    if (rc == PSRPC_OK)
+        wait1(&r->c->call_done, 3000);
     int fired = af_disarm();
     th_sleep_ms(5);
     EXPECT_ONCE(n, "call callback", r->c->call_done, rc == PSRPC_OK);
@@ -253,7 +283,8 @@ static int op_affinity_call(round_t *r, int n) {
     o.timeout_ms = 200;
     af_arm(n, false);
     int rc = psrpc_client_call(NULL, r->cl, &m, "hello", 5, &o, c_call, r->c);
-    wait1(&r->c->call_done, 3000);
+    if (rc == PSRPC_OK)
+        wait1(&r->c->call_done, 3000);
     int fired = af_disarm();
     th_sleep_ms(5);
     EXPECT_ONCE(n, "affinity call callback", r->c->call_done, rc == PSRPC_OK);
@@ -267,7 +298,8 @@ static int op_multi(round_t *r, int n) {
     af_arm(n, false);
     int rc =
         psrpc_client_call_multi(NULL, r->cl, &m, "m", 1, &o, c_multi_result, c_multi_done, r->c);
-    wait1(&r->c->call_done, 3000);
+    if (rc == PSRPC_OK)
+        wait1(&r->c->call_done, 3000);
     int fired = af_disarm();
     th_sleep_ms(5);
     EXPECT_ONCE(n, "multi on_done", r->c->call_done, rc == PSRPC_OK);
@@ -286,11 +318,14 @@ static int op_subscribe(round_t *r, int n) {
     int rc = psrpc_client_subscribe(&sub, r->cl, &m, NULL, 0, c_sub_msg, c_sub_ready, r->c,
                                     c_sub_release);
     if (rc == PSRPC_OK) {
-        wait1(&r->c->sub_ready, 3000);
+        wait1(&r->c->sub_ready, ready_bound_ms());
         psrpc_server_publish(r->srv, &m, NULL, 0, "u", 1);
         th_sleep_ms(20);
     }
     int fired = af_disarm();
+    /* With one failed allocation the subscription still gets its answer
+     * while it lives, not only when it is freed. */
+    EXPECT_READY_BEFORE_FREE(n, "subscription", r->c->sub_ready, rc == PSRPC_OK);
     psrpc_sub_free(sub);
     if (rc == PSRPC_OK)
         wait1(&r->c->sub_release, 3000);
@@ -323,7 +358,7 @@ static int op_stream(round_t *r, int n) {
     }
     /* the server's side ends when the client's close arrives (or at server close) */
     if (atomic_load(&c->s_handler))
-        WAIT_UNTIL(atomic_load(&c->s_release) >= 1, tu_ms(1000));
+        WAIT_UNTIL(atomic_load(&c->s_release) >= 1, 1000);
     psrpc_server_close(r->srv, 0, NULL, NULL);
     if (atomic_load(&c->s_handler))
         wait1(&c->s_release, 3000);
@@ -351,8 +386,9 @@ static int op_register(round_t *r, int n) {
     int rc = psrpc_server_register(r->srv, &m, NULL, 0, echo_handler, NULL, c_reg_ready, extra,
                                    c_reg_release);
     if (rc == PSRPC_OK)
-        wait1(&extra->reg_ready, 3000);
+        wait1(&extra->reg_ready, ready_bound_ms());
     int fired = af_disarm();
+    EXPECT_READY_BEFORE_FREE(n, "late registration", extra->reg_ready, rc == PSRPC_OK);
     psrpc_server_free(r->srv);
     r->srv = NULL;
     if (rc == PSRPC_OK)

@@ -89,7 +89,9 @@ static inline int open_bus_group_opts(psrpc_bus **out, int n, const psrpc_bus_op
     return 0;
 }
 
-static inline int open_bus_group(psrpc_bus **out, int n) { return open_bus_group_opts(out, n, NULL); }
+static inline int open_bus_group(psrpc_bus **out, int n) {
+    return open_bus_group_opts(out, n, NULL);
+}
 
 /* The pair most tests use: one bus for servers, one for clients. */
 static inline int open_bus_pair(psrpc_bus **a, psrpc_bus **b) {
@@ -144,7 +146,9 @@ static inline psrpc_method tu_method(const char *name, uint32_t routing, uint32_
 static pthread_t tu_main_thread;
 static atomic_int tu_cb_on_main; /* callbacks observed on the main (API-calling) thread */
 
-__attribute__((constructor)) static void tu_init_main_thread(void) { tu_main_thread = pthread_self(); }
+__attribute__((constructor)) static void tu_init_main_thread(void) {
+    tu_main_thread = pthread_self();
+}
 
 static inline void tu_note_cb_thread(void) {
     if (pthread_equal(pthread_self(), tu_main_thread))
@@ -158,11 +162,11 @@ static inline void tu_note_cb_thread(void) {
 #define TU_MAX_DETAILS 4
 
 typedef struct tu_call {
-    atomic_int count;   /* completions (must end at exactly 1) */
-    atomic_int bad;     /* contract violations seen in the callback */
-    uint64_t call_id;   /* id from psrpc_client_call (test thread) */
+    atomic_int count;    /* completions (must end at exactly 1) */
+    atomic_int bad;      /* contract violations seen in the callback */
+    uint64_t call_id;    /* id from psrpc_client_call (test thread) */
     uint64_t cb_call_id; /* id reported by the callback (loop thread) */
-    int status;         /* PSRPC_OK or the error's status */
+    int status;          /* PSRPC_OK or the error's status */
     char code[128];
     char message[512];
     size_t details_count;
@@ -179,7 +183,9 @@ typedef struct tu_call {
     void *hook_arg;
 } tu_call;
 
-static inline tu_call *tu_calls_new(size_t n) { return (tu_call *)calloc(n ? n : 1, sizeof(tu_call)); }
+static inline tu_call *tu_calls_new(size_t n) {
+    return (tu_call *)calloc(n ? n : 1, sizeof(tu_call));
+}
 
 static inline void tu_copy_error(tu_call *c, const psrpc_error *e) {
     c->status = e->status;
@@ -201,8 +207,9 @@ static inline void tu_copy_error(tu_call *c, const psrpc_error *e) {
 }
 
 /* The completion callback for unary calls (and multi results/done). */
-__attribute__((unused)) static void tu_call_cb(uint64_t call_id, const psrpc_msg *response, const psrpc_error *error,
-                       const char *server_id, void *user_data) {
+__attribute__((unused)) static void tu_call_cb(uint64_t call_id, const psrpc_msg *response,
+                                               const psrpc_error *error, const char *server_id,
+                                               void *user_data) {
     tu_call *c = (tu_call *)user_data;
     tu_note_cb_thread();
     c->cb_call_id = call_id;
@@ -300,10 +307,10 @@ static inline psrpc_client *tu_client(psrpc_bus *bus, const char *service, int64
 /* ------------------------------------------------------------------------ */
 
 enum {
-    TU_ECHO = 0,       /* respond with the payload */
-    TU_HOLD = 1,       /* keep the request for the test to answer */
-    TU_FAIL = 2,       /* psrpc_request_fail(fail_status, fail_message) */
-    TU_ECHO_ID = 3,    /* respond with the server id */
+    TU_ECHO = 0,    /* respond with the payload */
+    TU_HOLD = 1,    /* keep the request for the test to answer */
+    TU_FAIL = 2,    /* psrpc_request_fail(fail_status, fail_message) */
+    TU_ECHO_ID = 3, /* respond with the server id */
 };
 
 #define TU_MAX_HELD 4096
@@ -325,7 +332,7 @@ typedef struct tu_srv {
     atomic_int handled;
     atomic_int affinity_calls;
     atomic_int released;
-    atomic_int answer_errors; /* respond/fail/claim that did not return OK */
+    atomic_int answer_errors;  /* respond/fail/claim that did not return OK */
     atomic_int claims_pending; /* asynchronous claim threads still running */
     /* what the last handler invocation saw */
     pthread_mutex_t mu;
@@ -470,9 +477,9 @@ static inline tu_srv *tu_srv_new(psrpc_bus *bus, const char *service, const char
  * then waits for the registration to be confirmed. Returns the status. */
 static inline int tu_srv_register(tu_srv *s, const psrpc_method *m, const char *const *topics,
                                   size_t ntopics) {
-    int rc = psrpc_server_register(s->server, m, topics, ntopics, tu_srv_handler,
-                                   s->use_affinity ? tu_srv_affinity : NULL, NULL, s,
-                                   tu_srv_release);
+    int rc =
+        psrpc_server_register(s->server, m, topics, ntopics, tu_srv_handler,
+                              s->use_affinity ? tu_srv_affinity : NULL, NULL, s, tu_srv_release);
     if (rc != PSRPC_OK) {
         fprintf(stderr, "  psrpc_server_register failed: %d %s\n", rc, psrpc_last_error());
         return rc;
@@ -550,6 +557,31 @@ static inline int tu_answer_all_from_thread(tu_srv *s, int expect, int *mismatch
     free(j);
     return n;
 }
+
+/* Each of the n URLs is refused by psrpc_bus_open with PSRPC_INVALID_ARGUMENT
+ * and no bus; then secret_url is refused too, and its secret does not show
+ * in psrpc_last_error(). */
+static inline void tu_check_bad_urls(const char *const *urls, size_t n, const char *secret_url,
+                                     const char *secret) {
+    for (size_t i = 0; i < n; i++) {
+        psrpc_bus *b = NULL;
+        int rc = psrpc_bus_open(&b, urls[i], NULL);
+        if (rc != PSRPC_INVALID_ARGUMENT)
+            fprintf(stderr, "  %s -> %s\n", urls[i], psrpc_status_name(rc));
+        CHECK_EQ_INT(rc, PSRPC_INVALID_ARGUMENT);
+        CHECK(b == NULL);
+        psrpc_bus_free(b);
+    }
+    psrpc_bus *b = NULL;
+    CHECK_EQ_INT(psrpc_bus_open(&b, secret_url, NULL), PSRPC_INVALID_ARGUMENT);
+    CHECK(b == NULL);
+    if (strstr(psrpc_last_error(), secret)) {
+        fprintf(stderr, "  the secret shows: %s\n", psrpc_last_error());
+        th_failed_current = 1;
+    }
+}
+#define TU_CHECK_BAD_URLS(urls, secret_url, secret) \
+    tu_check_bad_urls(urls, sizeof urls / sizeof *urls, secret_url, secret)
 
 /* Callbacks must run on a loop thread, never on the thread calling the API. */
 #define TU_CHECK_THREADS() CHECK_EQ_INT(atomic_load(&tu_cb_on_main), 0)

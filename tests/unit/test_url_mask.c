@@ -52,6 +52,10 @@ static const url_case redis_cases[] = {
     {"redis://u:So6x@127.0.0.1:6379/0@x", {"So6x"}},
     {"redis://u:Sp7x@Sq8y@127.0.0.1:1/99x", {"Sp7x", "Sq8y"}},
     {"redis://u:Sr9x,Ss0y@127.0.0.1:0", {"Sr9x", "Ss0y"}},
+    /* Redis Cluster: one user information for the list of nodes */
+    {"redis+cluster://u:Ct1x@Ct2y@127.0.0.1:1,127.0.0.1:0", {"Ct1x", "Ct2y"}},
+    {"rediss+cluster://:Cu3x,Cu4y@127.0.0.1:1/5", {"Cu3x", "Cu4y"}},
+    {"redis+cluster://Cv5x@127.0.0.1:0,127.0.0.1:1", {"Cv5x"}},
 };
 
 /* NATS URLs that parse: each server has credentials (shared, as the parser

@@ -1080,4 +1080,19 @@ TEST(bit_flips_and_random_bytes) {
         free(seeds[i]);
 }
 
+/* Request ids and lock values are printed with psrpc__u64_str: exactly what
+ * "%llu" prints. */
+TEST(u64_str_matches_printf) {
+    uint64_t v[] = {0, 1, 9, 10, 99, 100, 12345678901234567890ull, UINT64_MAX, UINT64_MAX / 2};
+    for (size_t i = 0; i < sizeof v / sizeof v[0] + 1000; i++) {
+        uint64_t x = i < sizeof v / sizeof v[0] ? v[i] : (uint64_t)rand() * 2654435761u * (i + 1);
+        char want[32], got[32];
+        memset(got, 'x', sizeof got);
+        int n = snprintf(want, sizeof want, "%llu", (unsigned long long)x);
+        CHECK_EQ_INT(psrpc__u64_str(got, x), n);
+        CHECK(strcmp(got, want) == 0);
+        CHECK(got[n + 1] == 'x');
+    }
+}
+
 TEST_MAIN()
