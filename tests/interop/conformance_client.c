@@ -355,8 +355,8 @@ static uint8_t *build_request(const char *method, const args *a, size_t *len) {
 }
 
 /* Fills call options from the command; kv/topic storage is the caller's. */
-static void build_opts(const args *a, slot *s, psrpc_call_options *o, psrpc_kv *kv,
-                       size_t kv_cap, const char **topic, psrpc_selection_options *sel) {
+static void build_opts(const args *a, slot *s, psrpc_call_options *o, psrpc_kv *kv, size_t kv_cap,
+                       const char **topic, psrpc_selection_options *sel) {
     psrpc_call_options_init(o, sizeof *o);
     o->timeout_ms = strtoll(arg_or(a, "timeout_ms", "0"), NULL, 10);
     if ((*topic = arg(a, "topic")) != NULL) {
@@ -431,8 +431,8 @@ static void cmd_call(const char *id, const args *a, bool multi) {
      * callbacks never run inside the call that scheduled them. */
     pthread_mutex_lock(&slot_mu);
     if (multi)
-        rc = psrpc_client_call_multi(&call_id, client, &m, req, len, &o, multi_result,
-                                     multi_done, s);
+        rc = psrpc_client_call_multi(&call_id, client, &m, req, len, &o, multi_result, multi_done,
+                                     s);
     else
         rc = psrpc_client_call(&call_id, client, &m, req, len, &o, call_done, s);
     s->call_id = call_id;
@@ -549,8 +549,8 @@ static void chat_opened(const psrpc_error *error, void *user_data) {
 static int chat_message(psrpc_stream *stream, const psrpc_msg *msg, void *user_data) {
     (void)stream;
     slot *s = user_data;
-    Psrpc__Conformance__ChatMessage *m = psrpc__conformance__chat_message__unpack(
-        NULL, psrpc_msg_size(msg), psrpc_msg_data(msg));
+    Psrpc__Conformance__ChatMessage *m =
+        psrpc__conformance__chat_message__unpack(NULL, psrpc_msg_size(msg), psrpc_msg_data(msg));
     out_begin(s->id, "message");
     if (m) {
         printf(",\"seq\":%u", m->seq);

@@ -11,9 +11,8 @@ const conf_method_def conf_methods[] = {
 const size_t conf_method_count = sizeof conf_methods / sizeof conf_methods[0];
 
 int conf_streams_available(void) {
-    return psrpc_client_open_stream && psrpc_server_register_stream &&
-           psrpc_stream_set_callbacks && psrpc_stream_send && psrpc_stream_close &&
-           psrpc_stream_free;
+    return psrpc_client_open_stream && psrpc_server_register_stream && psrpc_stream_set_callbacks &&
+           psrpc_stream_send && psrpc_stream_close && psrpc_stream_free;
 }
 
 const conf_method_def *conf_method_def_find(const char *service, const char *name) {

@@ -6,6 +6,12 @@
  *                      [--topic T]... [--methods LIST]
  *   test hooks:        [--affinity-delay-ms N] [--skip-claim]
  *                      [--max-message-size N] [--compress-threshold N]
+ *   tracing:           [--trace-next TOPIC] (issue 16, /work/coord/hooks-abi.md 5):
+ *                      an Echo carrying a W3C traceparent first calls
+ *                      RegionEcho under TOPIC with a child trace context
+ *                      (same trace id, new span id, tracestate copied) within
+ *                      the request's deadline, then answers Echo with the
+ *                      extra metadata trace.sent and trace.next_server
  *
  * Prints "ready" once every registration is confirmed by the broker, serves
  * until SIGTERM or SIGINT, then closes gracefully (in-flight requests finish)
@@ -48,7 +54,9 @@ typedef struct srv_state {
     float affinity;
     int affinity_delay_ms;
     atomic_int counter;
-    atomic_int open_jobs; /* delayed answers still running */
+    atomic_int open_jobs;       /* delayed answers still running */
+    const char *trace_next;     /* --trace-next TOPIC: Echo forwards the trace context */
+    psrpc_client *trace_client; /* calls RegionEcho under trace_next */
 } srv_state;
 
 static srv_state st;
@@ -66,8 +74,7 @@ static void sleep_ms(int ms) {
     }
 }
 
-static void event_line(const char *event, const char *code, const char *message,
-                       uint32_t max_seq) {
+static void event_line(const char *event, const char *code, const char *message, uint32_t max_seq) {
     pthread_mutex_lock(&out_mu);
     printf("{\"event\":");
     conf_json_str(stdout, event);
@@ -128,8 +135,7 @@ static void echo_answer(echo_job *job) {
             details[n].value = bufs[n];
             n++;
         }
-        answer_or_log(psrpc_request_fail_details(req, code, in->fail_message, details, n),
-                      "fail");
+        answer_or_log(psrpc_request_fail_details(req, code, in->fail_message, details, n), "fail");
         free(bufs[0]);
         free(bufs[1]);
     } else {
@@ -165,6 +171,90 @@ static void echo_answer(echo_job *job) {
     free(job);
 }
 
+/* --trace-next: the answer to an Echo whose nested RegionEcho call ended. */
+typedef struct trace_job {
+    psrpc_request *req;
+    Psrpc__Conformance__EchoRequest *in;
+    char sent[PSRPC_TRACEPARENT_SIZE];
+} trace_job;
+
+static void trace_done(uint64_t id, const psrpc_msg *response, const psrpc_error *error,
+                       const char *server_id, void *user_data) {
+    (void)id;
+    trace_job *j = user_data;
+    if (error) {
+        answer_or_log(psrpc_request_fail_details(j->req, error->code, error->message, NULL, 0),
+                      "fail");
+    } else {
+        Psrpc__Conformance__EchoResponse out = PSRPC__CONFORMANCE__ECHO_RESPONSE__INIT;
+        out.payload = j->in->payload;
+        out.server_id = (char *)st.server_id;
+        out.tag = j->in->tag;
+        out.topic = "";
+        (void)response;
+        size_t nmd = psrpc_request_metadata_count(j->req);
+        Psrpc__Conformance__EchoResponse__MetadataEntry *entries = calloc(nmd + 2, sizeof *entries);
+        Psrpc__Conformance__EchoResponse__MetadataEntry **ptrs = calloc(nmd + 2, sizeof *ptrs);
+        for (size_t i = 0; i < nmd + 2; i++) {
+            const char *k = "trace.sent", *v = j->sent;
+            if (i < nmd)
+                psrpc_request_metadata_at(j->req, i, &k, &v);
+            else if (i == nmd + 1)
+                k = "trace.next_server", v = server_id ? server_id : "";
+            psrpc__conformance__echo_response__metadata_entry__init(&entries[i]);
+            entries[i].key = (char *)k;
+            entries[i].value = (char *)v;
+            ptrs[i] = &entries[i];
+        }
+        out.n_metadata = nmd + 2;
+        out.metadata = ptrs;
+        size_t len = psrpc__conformance__echo_response__get_packed_size(&out);
+        uint8_t *buf = malloc(len ? len : 1);
+        psrpc__conformance__echo_response__pack(&out, buf);
+        answer_or_log(psrpc_request_respond(j->req, buf, len), "respond");
+        free(buf);
+        free(entries);
+        free(ptrs);
+    }
+    psrpc__conformance__echo_request__free_unpacked(j->in, NULL);
+    free(j);
+}
+
+/* Echo with a traceparent under --trace-next: calls RegionEcho under that
+ * topic with a child of the trace context (psrpc_trace_forward), within the
+ * request's deadline; answers when it ends. false: not forwarded. */
+static bool trace_forward(psrpc_request *req, Psrpc__Conformance__EchoRequest *in) {
+    const char *tp = psrpc_request_metadata_get(req, "traceparent");
+    if (!st.trace_next || !tp)
+        return false;
+    trace_job *j = calloc(1, sizeof *j);
+    psrpc_kv kv[2];
+    size_t n = psrpc_trace_forward(kv, j->sent, tp, psrpc_request_metadata_get(req, "tracestate"));
+    if (!n) {
+        free(j);
+        return false; /* not a valid traceparent: answered as a plain Echo */
+    }
+    j->req = req;
+    j->in = in;
+    fprintf(stderr, PROG ": trace: in=%s out=%s\n", tp, j->sent);
+    psrpc_method m = conf_method(CONF_SERVICE, "RegionEcho");
+    const char *topics[1] = {st.trace_next};
+    psrpc_call_options o = PSRPC_CALL_OPTIONS_INIT;
+    o.topics = topics;
+    o.topic_count = 1;
+    o.metadata = kv;
+    o.metadata_count = n;
+    o.deadline_ns = psrpc_request_expiry_ns(req);
+    const psrpc_msg *p = psrpc_request_payload(req);
+    if (psrpc_client_call(NULL, st.trace_client, &m, psrpc_msg_data(p), psrpc_msg_size(p), &o,
+                          trace_done, j) != PSRPC_OK) {
+        answer_or_log(psrpc_request_fail(req, PSRPC_INTERNAL, psrpc_last_error()), "fail");
+        psrpc__conformance__echo_request__free_unpacked(in, NULL);
+        free(j);
+    }
+    return true;
+}
+
 static void *delayed_echo(void *arg) {
     echo_job *job = arg;
     sleep_ms((int)job->in->delay_ms);
@@ -178,10 +268,12 @@ static void echo_handler(psrpc_request *req, void *user_data) {
     Psrpc__Conformance__EchoRequest *in =
         psrpc__conformance__echo_request__unpack(NULL, psrpc_msg_size(m), psrpc_msg_data(m));
     if (!in) {
-        answer_or_log(psrpc_request_fail(req, PSRPC_MALFORMED_REQUEST, "bad EchoRequest"),
-                      "fail");
+        answer_or_log(psrpc_request_fail(req, PSRPC_MALFORMED_REQUEST, "bad EchoRequest"), "fail");
         return;
     }
+    const reg_ctx *rc = user_data;
+    if (!strcmp(rc->method, "Echo") && trace_forward(req, in))
+        return;
     echo_job *job = malloc(sizeof *job);
     job->req = req;
     job->in = in;
@@ -254,8 +346,8 @@ static void publish_handler(psrpc_request *req, void *user_data) {
                       "fail");
         return;
     }
-    const conf_method_def *d = in->method ? conf_method_def_find(CONF_UPDATES_SERVICE, in->method)
-                                          : NULL;
+    const conf_method_def *d =
+        in->method ? conf_method_def_find(CONF_UPDATES_SERVICE, in->method) : NULL;
     if (!d) {
         answer_or_log(psrpc_request_fail(req, PSRPC_INVALID_ARGUMENT, "unknown update method"),
                       "fail");
@@ -276,8 +368,8 @@ static void publish_handler(psrpc_request *req, void *user_data) {
         size_t len = psrpc__conformance__update__get_packed_size(&u);
         uint8_t *buf = malloc(len ? len : 1);
         psrpc__conformance__update__pack(&u, buf);
-        rc = psrpc_server_publish(st.updates, &pm, (const char *const *)in->topic, in->n_topic,
-                                  buf, len);
+        rc = psrpc_server_publish(st.updates, &pm, (const char *const *)in->topic, in->n_topic, buf,
+                                  len);
         free(buf);
         if (rc != PSRPC_OK)
             break;
@@ -309,8 +401,8 @@ typedef struct chat_ctx {
 
 static int chat_message(psrpc_stream *s, const psrpc_msg *msg, void *user_data) {
     chat_ctx *c = user_data;
-    Psrpc__Conformance__ChatMessage *in = psrpc__conformance__chat_message__unpack(
-        NULL, psrpc_msg_size(msg), psrpc_msg_data(msg));
+    Psrpc__Conformance__ChatMessage *in =
+        psrpc__conformance__chat_message__unpack(NULL, psrpc_msg_size(msg), psrpc_msg_data(msg));
     if (!in) {
         psrpc_stream_close(s, PSRPC_MALFORMED_REQUEST, "bad ChatMessage");
         return 0;
@@ -404,7 +496,7 @@ static int usage(void) {
     fprintf(stderr,
             "usage: " PROG " [--bus URL] [--server-id ID] [--affinity F] [--topic T]...\n"
             "       [--methods LIST] [--affinity-delay-ms N] [--skip-claim]\n"
-            "       [--max-message-size N] [--compress-threshold N]\n");
+            "       [--max-message-size N] [--compress-threshold N] [--trace-next TOPIC]\n");
     return 2;
 }
 
@@ -464,6 +556,8 @@ int main(int argc, char **argv) {
             st.affinity_delay_ms = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--methods"))
             methods = argv[i + 1];
+        else if (!strcmp(argv[i], "--trace-next"))
+            st.trace_next = argv[i + 1];
         else if (!strcmp(argv[i], "--topic") && ntopics < MAX_TOPICS)
             topics[ntopics++] = argv[i + 1];
         else
@@ -493,6 +587,11 @@ int main(int argc, char **argv) {
         return 1;
     }
     st.server_id = psrpc_server_id(st.server);
+    if (st.trace_next &&
+        psrpc_client_create(&st.trace_client, bus, CONF_SERVICE, NULL) != PSRPC_OK) {
+        fprintf(stderr, PROG ": client: %s\n", psrpc_last_error());
+        return 1;
+    }
 
     static reg_ctx regs[8 + 2 * MAX_TOPICS];
     size_t nreg = 0;
@@ -539,6 +638,7 @@ int main(int argc, char **argv) {
     wait_sem(&closed_sem, 10);
     psrpc_server_free(st.server);
     psrpc_server_free(st.updates);
+    psrpc_client_free(st.trace_client);
     psrpc_bus_free(bus);
     return rc;
 }
