@@ -4,7 +4,8 @@
 #   2. pip installs the binding from this directory (scikit-build-core + CMake
 #      + SWIG from PyPI, libpsrpc compiled from this source tree and linked in
 #      statically) and the test tools (pytest, pytest-timeout, protobuf,
-#      grpcio-tools for protoc, mypy + types-protobuf for the typed-stub tests),
+#      grpcio-tools for protoc, mypy + types-protobuf for the typed-stub tests,
+#      opentelemetry-api + -sdk for the psrpc.otel tests),
 #   3. runs pytest over local://, Redis and NATS.
 # Brokers: PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (defaults
 # redis://127.0.0.1:6379, nats://127.0.0.1:4222); a broker that does not answer
@@ -31,7 +32,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-"${pip[@]}" install -q pytest pytest-timeout protobuf grpcio-tools mypy types-protobuf
+"${pip[@]}" install -q pytest pytest-timeout protobuf grpcio-tools mypy types-protobuf \
+    opentelemetry-api opentelemetry-sdk
 # Always rebuild from the current sources (the CMake build dir is reused).
 "${pip[@]}" install -q --force-reinstall --no-deps "$here"
 "${pip[@]}" install -q "$here"   # its dependencies (protobuf), if missing

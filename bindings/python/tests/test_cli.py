@@ -1,7 +1,8 @@
 """The ``psrpc`` command (psrpc.cli): every subcommand over local:// (in
 process: local:// buses only meet inside one process), Redis and NATS against
-a Python server, and call / listen / stream / sniff / bench against the Go
-conformance server (livekit/psrpc v0.8.2) on both brokers. Bad input must give
+a Python server, and against Go livekit/psrpc v0.8.2 on both brokers: call /
+listen / stream / sniff / bench against the Go conformance server, publish to a
+Go subscriber, a Go client calling serve --mock. Bad input must give
 one line on stderr and a non-zero exit status, never a traceback."""
 
 from __future__ import annotations
@@ -198,6 +199,9 @@ def test_bad_input_is_one_line(tmp_path):
     one_error_line(p, 2, "cannot compile", "bad.proto:2")
     p = run_cli("list", "--proto", str(tmp_path / "missing.proto"))
     one_error_line(p, 2, "no such file")
+    # sniff taps a broker: a local:// bus lives inside one process
+    p = run_cli("sniff", "--bus", "local://x", "--for", "1")
+    one_error_line(p, 2, "redis:// or nats://", "local://")
 
 
 def test_unreachable_bus_fails_fast(tmp_path):
@@ -318,6 +322,50 @@ def test_local_in_process(tmp_path, capsys, monkeypatch):
         assert list(res["errors"]) == ["aborted"] and res["errors"]["aborted"] > 5
 
 
+def test_serve_mock_local(tmp_path, monkeypatch):
+    """serve --mock over local:// (in process: the command serves on the main
+    thread, a Python client calls it from another, then SIGINT ends it)."""
+    path, svc, _, mod = make_proto(tmp_path)
+    url = f"local://mock-{uuid.uuid4().hex[:8]}"
+    serving = threading.Event()
+
+    class Err(io.StringIO):
+        def write(self, s):
+            if s.startswith("serving "):
+                serving.set()
+            return super().write(s)
+
+    err = Err()
+    monkeypatch.setattr(sys, "stderr", err)
+    box = {}
+
+    def client():
+        try:
+            assert serving.wait(10)
+            with psrpc.Bus(url) as bus:
+                c = psrpc.Client(bus, mod.DESCRIPTOR.services_by_name[svc], timeout=3)
+                box["add"] = c.call("Add", mod.AddRequest(increment=1))
+                box["region"] = c.call("RegionEcho", mod.EchoRequest(), topics=["eu"])
+                with c.open_stream("Chat") as st:
+                    st.send(mod.ChatMessage(seq=1))
+                    box["chat"] = st.recv(timeout=3)
+        except BaseException as e:  # reported by the main thread
+            box["error"] = e
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    t = threading.Thread(target=client)
+    t.start()
+    rc = cli.main(["serve", "--mock", "--proto", path, "--bus", url, svc, "--topic", "eu",
+                   "--response", 'Add={"value": 7}', "--response", 'Chat={"seq": 3}'])
+    t.join(10)
+    assert "error" not in box, box.get("error")
+    assert rc == 0, err.getvalue()
+    assert box == {"add": mod.AddResult(value=7), "region": mod.EchoResponse(),
+                   "chat": mod.ChatMessage(seq=3)}
+    assert err.getvalue() == f"serving {svc} on {url}\n"
+
+
 # ------------------------------------------------------------ Redis / NATS, Python server
 
 @pytest.fixture(params=BROKERS)
@@ -418,18 +466,24 @@ def test_serve_mock_over_broker(tmp_path, broker):
 # ------------------------------------------------------------ Go livekit/psrpc v0.8.2
 
 @pytest.fixture(scope="session")
-def go_server_bin(tmp_path_factory):
-    exe = os.environ.get("PSRPC_GO_CONFORMANCE_SERVER")
-    if exe:
-        return exe
+def go_bins(tmp_path_factory):
+    """The Go conformance server and probe (a Go client), built once."""
     go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go")
                                 else None)
     if go is None:
         pytest.fail("go not found: run tests/interop/setup.sh")
-    out = str(tmp_path_factory.mktemp("go") / "go-conformance-server")
-    subprocess.run([go, "build", "-o", out, "./cmd/conformance-server"],
+    out = str(tmp_path_factory.mktemp("go"))
+    subprocess.run([go, "build", "-o", out + "/", "./cmd/conformance-server",
+                    "./cmd/conformance-probe"],
                    cwd=os.path.join(ROOT, "tests", "interop", "go"), check=True, timeout=600)
-    return out
+    return {"server": os.environ.get("PSRPC_GO_CONFORMANCE_SERVER")
+            or os.path.join(out, "conformance-server"),
+            "probe": os.path.join(out, "conformance-probe")}
+
+
+@pytest.fixture(scope="session")
+def go_server_bin(go_bins):
+    return go_bins["server"]
 
 
 @pytest.fixture
@@ -510,8 +564,10 @@ def test_against_go_server(broker, go_server):
     p = run_cli("stream", *P, "Conformance.Chat", "--linger", "0.3",
                 input='{"seq": 1}\n{"seq": 10, "payload": "YQ=="}\n')
     assert p.returncode == 0, p.stderr
-    assert [json.loads(ln) for ln in p.stdout.splitlines()] == [{"seq": 2},
-                                                                 {"seq": 11, "payload": "YQ=="}]
+    # Go's conformance server sends each answer from its own goroutine: the two
+    # answers may arrive in either order.
+    got = sorted((json.loads(ln) for ln in p.stdout.splitlines()), key=lambda m: m["seq"])
+    assert got == [{"seq": 2}, {"seq": 11, "payload": "YQ=="}], p.stdout
     out, err = sniff.communicate(timeout=20)
     evs = [json.loads(ln) for ln in out.splitlines()]
     evs = [e for e in evs if e.get("method") == "Chat" and e["kind"].startswith("stream")]
@@ -528,3 +584,57 @@ def test_against_go_server(broker, go_server):
                 "--duration", "0.5", "--json")
     res = json.loads(p.stdout)
     assert p.returncode == 0 and res["ok"] > 10 and res["errors"] == {}, p.stderr
+
+
+def test_publish_to_go_subscriber(broker, go_bins):
+    """`psrpc publish` received by a Go livekit/psrpc subscriber."""
+    topic = f"T{uuid.uuid4().hex[:8]}"
+    sub = subprocess.Popen([go_bins["probe"], "--bus", broker, "--mode", "subscribe",
+                            "--method", "RegionUpdates", "--topic", topic, "--count", "2",
+                            "--for", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        assert sub.stdout.readline().strip() == "ready", sub.stderr.read()
+        P = ["--proto", CONFORMANCE_PROTO, "--bus", broker, "--topic", topic]
+        for msg in ('{"seq": 3, "payload": "AQI="}', '{"seq": 4, "nonce": "n"}'):
+            p = run_cli("publish", *P, "ConformanceUpdates.RegionUpdates", msg)
+            assert p.returncode == 0 and p.stdout == "", p.stderr
+        out, err = sub.communicate(timeout=20)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.communicate()
+    assert sub.returncode == 0, err
+    assert [json.loads(ln) for ln in out.splitlines()] == [{"seq": 3, "payload": "AQI="},
+                                                            {"seq": 4, "nonce": "n"}]
+
+
+def test_go_client_calls_serve_mock(broker, go_bins):
+    """A Go livekit/psrpc client calls every method of `psrpc serve --mock`."""
+    topic = f"T{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:8]
+    P = ["--proto", CONFORMANCE_PROTO, "--bus", broker]
+    mock = spawn_cli("serve", "--mock", *P, "Conformance", "--server-id", "MOCK_" + tag,
+                     "--topic", topic, "--response", f'Echo={{"tag": "{tag}"}}',
+                     "--response", 'Add={"value": 42}',
+                     "--response", f'RegionFanout={{"topic": "{topic}"}}',
+                     "--response", 'Chat={"seq": 9}')
+    try:
+        wait_stderr_line(mock, f"serving Conformance on {broker}")
+        p = subprocess.run([go_bins["probe"], "--bus", broker, "--mode", "call", "--topic", topic,
+                            "--for", "20"], capture_output=True, text=True, timeout=30)
+    finally:
+        mock.send_signal(signal.SIGINT)
+        mock.communicate(timeout=20)
+    assert p.returncode == 0 and mock.returncode == 0, p.stderr
+    got = {r.pop("method"): r for r in map(json.loads, p.stdout.splitlines())}
+    assert got == {
+        "Echo": {"response": {"tag": tag}},
+        "Add": {"response": {"value": 42}},
+        "Claim": {"response": {}},
+        "Fanout": {"responses": [{"response": {}}]},
+        "RegionEcho": {"response": {}},
+        "RegionFanout": {"responses": [{"response": {"topic": topic}}]},
+        "Publish": {"response": {}},
+        "Chat": {"response": {"seq": 9}},
+    }, p.stdout

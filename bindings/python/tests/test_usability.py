@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 
@@ -173,6 +174,36 @@ def test_unreachable_broker_fails_first_call_with_connection_error(url, svc):
         await bus.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+@pytest.mark.parametrize("scheme", ["redis", "nats"])
+def test_call_right_after_open_fails_when_first_attempt_fails(scheme, svc):
+    """A call made at once on a fresh bus, while its first connection attempt
+    is still under way, fails with that attempt's error as soon as it fails
+    (here: a broker that accepts TCP and never speaks, so the attempt ends at
+    the 1 s connect timeout), not at the call's 5 s deadline. A call that asked
+    to wait for ready keeps waiting until its own deadline."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    url = "%s://127.0.0.1:%d" % (scheme, silent.getsockname()[1])
+    try:
+        with psrpc.Bus(url, connect_timeout=1.0) as bus:
+            client = psrpc.Client(bus, svc)
+            patient = client.call_future("Echo", pb.EchoRequest(), timeout=3,
+                                         wait_for_ready=True)
+            t0 = time.monotonic()
+            with pytest.raises(psrpc.Unavailable) as ei:
+                client.call("Echo", pb.EchoRequest(), timeout=5)
+            took = time.monotonic() - t0
+            assert 0.5 < took < 2.5, took
+            msg = ei.value.message
+            assert "unreachable" in msg and ("timed out" in msg or "Timeout" in msg), msg
+            assert not patient.done()
+            with pytest.raises(psrpc.DeadlineExceeded):
+                patient.result(timeout=10)
+    finally:
+        silent.close()
 
 
 def test_bus_watch_still_reports_and_replaces(url):

@@ -31,7 +31,9 @@ from ._errors import (Aborted, AlreadyExists, Canceled, DataLoss, DeadlineExceed
                       PermissionDenied, PsrpcError, ResourceExhausted, Status, Unauthenticated,
                       Unavailable, Unimplemented, Unknown, UnprocessableEntity,
                       UpstreamClientError, UpstreamServerError, WouldDeadlock)
+from ._intercept import ClientCall, ClientInterceptor, Outcome, ServerCall, ServerInterceptor
 from ._method import Method, Service
+from ._observe import Metrics, MethodMetrics, RetryOptions, disable_logging, enable_logging
 from ._options import (ROUTING_AFFINITY, ROUTING_MULTI, ROUTING_QUEUE, PsrpcOptions, TopicParams,
                        camel_case, proto_include)
 from ._protoc import compile_protos, load_proto
@@ -55,4 +57,6 @@ __all__ = [
     "Internal", "MalformedResult", "Unavailable", "DataLoss", "Unauthenticated",
     "NotAcceptable", "UnprocessableEntity", "UpstreamServerError", "UpstreamClientError",
     "WouldDeadlock", "NotSupported", "LIBRARY_VERSION", "WIRE_VERSION",
+    "ClientInterceptor", "ServerInterceptor", "ClientCall", "ServerCall", "Outcome",
+    "RetryOptions", "Metrics", "MethodMetrics", "enable_logging", "disable_logging",
 ]

@@ -11,6 +11,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, L
 
 from . import _core
 from ._errors import Canceled, DeadlineExceeded, InvalidArgument, PsrpcError, Status, from_wire
+from ._intercept import ClientCall, check_interceptors, start_call
 from ._method import Method, ServiceLike, as_service, metadata_items, resolve, topic_list
 
 if TYPE_CHECKING:
@@ -165,10 +166,12 @@ def require_kind(m: Method, want: str) -> None:
 
 
 def connect_wait(client: "Client", timeout: Optional[float]) -> Optional[float]:
-    """Before a call on a bus whose first connection attempt has not ended
-    yet: waits for its outcome (so that an unreachable broker fails the call
-    with the connection error at once); returns the timeout left for the
-    call (None: the client's default, nothing waited)."""
+    """Before a subscription on a bus whose first connection attempt has not
+    ended yet: waits for its outcome (so that an unreachable broker fails the
+    subscription with the connection error at once); returns the timeout left
+    (None: the client's default, nothing waited). Calls and streams do not
+    need it: the core fails those waiting for the bus as soon as an attempt
+    fails, and keeps wait-for-ready ones waiting."""
     bus = client._bus
     if bus._watch.settled.is_set() or _core.on_loop_thread():
         return timeout
@@ -209,15 +212,20 @@ class Client(_Handle):
     (``my_pb2.DESCRIPTOR.services_by_name["MyService"]``), a ``psrpc.Service``,
     or a plain service name (then methods are plain queue methods carrying
     bytes unless given as ``psrpc.Method`` objects). ``timeout`` is the default
-    request timeout in seconds (3 s).
+    request timeout in seconds (3 s). ``interceptors``: ``psrpc.ClientInterceptor``
+    objects run around every call, in order (``add_interceptor`` adds more).
+    ``retry``: a ``psrpc.RetryOptions`` (livekit/psrpc's WithRPCRetries);
+    ``metrics``: a ``psrpc.Metrics`` counting this client's calls.
     """
 
     _free = staticmethod(_core.psrpc_client_free)
 
     def __init__(self, bus: Any, service: ServiceLike, *, client_id: Optional[str] = None,
                  timeout: Optional[float] = None, selection_timeout: Optional[float] = None,
-                 methods: Iterable[Method] = ()) -> None:
+                 methods: Iterable[Method] = (), interceptors: Iterable[Any] = (),
+                 retry: Any = None, metrics: Any = None) -> None:
         self._service, self._strict = as_service(service, methods)
+        self._interceptors: Tuple[Any, ...] = check_interceptors(interceptors, "client")
         opts = None
         if client_id is not None or timeout is not None or selection_timeout is not None:
             opts = (_ms(timeout), _ms(selection_timeout, "selection_timeout"), client_id)
@@ -227,6 +235,10 @@ class Client(_Handle):
         self._bus = bus
         bus._adopt(self)
         self.id: str = _core.psrpc_client_id(self._ptr)
+        if retry is not None:
+            self.set_retry(retry)
+        if metrics is not None:
+            metrics.attach(self)
 
     @property
     def service(self) -> Any:
@@ -239,6 +251,22 @@ class Client(_Handle):
         if self._closed:
             raise Canceled("client is closed")
         return self._ptr
+
+    def set_retry(self, retry: Any) -> None:
+        """Sets (a ``psrpc.RetryOptions``) or clears (None) the retry policy of
+        the calls made from now on."""
+        if retry is None:
+            _core.client_clear_retries(self._check())
+        else:
+            retry._apply(self._check())
+
+    def add_interceptor(self, interceptor: Any) -> None:
+        """Appends a ``psrpc.ClientInterceptor`` (calls started from now on)."""
+        self._interceptors = self._interceptors + check_interceptors([interceptor], "client")
+
+    @property
+    def interceptors(self) -> Tuple[Any, ...]:
+        return self._interceptors
 
     # ---- unary ----
     def call(self, method: Union[str, Method], request: Any = b"", *,
@@ -255,12 +283,21 @@ class Client(_Handle):
         m = self.method(method)
         require_kind(m, "unary")
         data = m.encode_request(request)
-        timeout = connect_wait(self, timeout)
-        opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
-        resp, err, sid = _core.call_blocking(self._check(), m._c, data, opts)
-        if err is not None:
-            raise from_wire(err, sid)
-        return m.decode_response(resp)
+        ic, metadata = start_call(self, m, "unary", request, metadata, topics, timeout, deadline)
+        sid = None
+        try:
+            opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
+            resp, err, sid = _core.call_blocking(self._check(), m._c, data, opts)
+            if err is not None:
+                raise from_wire(err, sid)
+            result = m.decode_response(resp)
+        except BaseException as e:
+            if ic is not None:
+                ic.finish(e, sid)
+            raise
+        if ic is not None:
+            ic.finish(None, sid)
+        return result
 
     def call_future(self, method: Union[str, Method], request: Any = b"", *,
                     timeout: Optional[float] = None, topics: Topics = None,
@@ -272,8 +309,13 @@ class Client(_Handle):
         m = self.method(method)
         require_kind(m, "unary")
         data = m.encode_request(request)
-        timeout = connect_wait(self, timeout)
-        opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
+        ic, metadata = start_call(self, m, "unary", request, metadata, topics, timeout, deadline)
+        try:
+            opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
+        except BaseException as e:
+            if ic is not None:
+                ic.finish(e)
+            raise
         fut = CallFuture()
         fut.set_running_or_notify_cancel()
 
@@ -281,15 +323,29 @@ class Client(_Handle):
                  _keep: Any = opts) -> None:
             fut.server_id = server_id
             if err is not None:
-                fut.set_exception(from_wire(err, server_id))
+                exc = from_wire(err, server_id)
+                if ic is not None:
+                    ic.finish(exc, server_id)
+                fut.set_exception(exc)
                 return
             try:
-                fut.set_result(m.decode_response(resp))  # type: ignore[arg-type]
+                result = m.decode_response(resp)  # type: ignore[arg-type]
             except PsrpcError as e:
+                if ic is not None:
+                    ic.finish(e, server_id)
                 fut.set_exception(e)
+                return
+            if ic is not None:
+                ic.finish(None, server_id)
+            fut.set_result(result)
 
         fut._client = self
-        fut._call_id = _core.psrpc_client_call(self._check(), m._c, data, opts, done)
+        try:
+            fut._call_id = _core.psrpc_client_call(self._check(), m._c, data, opts, done)
+        except BaseException as e:
+            if ic is not None:
+                ic.finish(e)
+            raise
         return fut
 
     def cancel(self, call_id: int) -> None:
@@ -308,15 +364,16 @@ class Client(_Handle):
         m = self.method(method)
         require_kind(m, "multi")
         data = m.encode_request(request)
-        timeout = connect_wait(self, timeout)
-        opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
-        q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-
-        def on_event(final: bool, call_id: int, resp: Optional[bytes], err: Any,
-                     server_id: Optional[str], _keep: Any = opts) -> None:
-            q.put((final, resp, err, server_id))
-
-        call_id = _core.psrpc_client_call_multi(self._check(), m._c, data, opts, on_event)
+        ic, metadata = start_call(self, m, "multi", request, metadata, topics, timeout, deadline)
+        try:
+            opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
+            q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+            on_event = _multi_sink(q.put, ic, opts)
+            call_id = _core.psrpc_client_call_multi(self._check(), m._c, data, opts, on_event)
+        except BaseException as e:
+            if ic is not None:
+                ic.finish(e)
+            raise
         return MultiCall(self, m, call_id, q)
 
     # ---- subscriptions ----
@@ -369,6 +426,30 @@ class Client(_Handle):
 
     def __repr__(self) -> str:
         return f"Client({self._service.name!r}, id={getattr(self, 'id', None)!r})"
+
+
+def _multi_sink(put: Callable[[Any], Any], ic: Optional[ClientCall],
+                opts: Any) -> Callable[..., None]:
+    """The callable a C multi call holds: puts (final, resp, err, server_id)
+    events; with interceptors, counts the results and finishes the call on
+    the final event (on the loop thread)."""
+    if ic is None:
+        def on_event(final: bool, call_id: int, resp: Optional[bytes], err: Any,
+                     server_id: Optional[str], _keep: Any = opts) -> None:
+            put((final, resp, err, server_id))
+
+        return on_event
+    counts = [0, 0]
+
+    def on_event_ic(final: bool, call_id: int, resp: Optional[bytes], err: Any,
+                    server_id: Optional[str], _keep: Any = opts) -> None:
+        if final:
+            ic.finish(from_wire(err) if err is not None else None, None, counts[0], counts[1])
+        else:
+            counts[0 if err is None else 1] += 1
+        put((final, resp, err, server_id))
+
+    return on_event_ic
 
 
 class CallFuture(concurrent.futures.Future):  # type: ignore[type-arg]

@@ -15,6 +15,7 @@ from . import _core
 from ._client import KIND_READY, KIND_RELEASED, Topics, _Handle, _ms
 from ._errors import (Canceled, DeadlineExceeded, InvalidArgument, MalformedResult, PsrpcError,
                       Status, from_wire, to_failure)
+from ._intercept import ServerCall, check_interceptors, run_after_handle, run_before_handle
 from ._method import Method, ServiceLike, as_service, resolve, topic_list
 
 __all__ = ["Server", "Context"]
@@ -104,10 +105,43 @@ def answer(req: Any, method: Method, fn: Callable[[], Any], server_id: str = "")
     respond(req, method, result, server_id)
 
 
-def respond(req: Any, method: Method, result: Any, server_id: str) -> None:
+def answer_intercepted(req: Any, method: Method, handler: Callable[..., Any], ctx: "Context",
+                       chain: Tuple[Any, ...], service: str, server_id: str) -> None:
+    """answer() with the server interceptors around the handler."""
+    call = server_call(req, method, ctx, service, server_id)
+    error: Optional[BaseException] = None
+    try:
+        try:
+            call.request = method.decode_request(req.payload)
+            run_before_handle(chain, call)
+            result = handler(call.request, ctx)
+        except BaseException as e:  # noqa: B902 - every failure must answer the request
+            error = e
+            report(e, method, server_id)
+            fail(req, e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        error = respond(req, method, result, server_id)
+    finally:
+        run_after_handle(chain, call, error)
+
+
+def server_call(req: Any, method: Method, ctx: Optional["Context"], service: str,
+                server_id: str, stream: Any = None) -> ServerCall:
+    from ._client import method_kind
+
+    if stream is not None:
+        return ServerCall(service, method, "stream", stream.node_id, server_id, stream.id, None,
+                          stream.metadata, (), stream.deadline, None, stream)
+    return ServerCall(service, method, method_kind(method), req.client_id, server_id, req.id,
+                      None, req.metadata, req.topics, req.expiry_ns / 1e9 or None, ctx)
+
+
+def respond(req: Any, method: Method, result: Any, server_id: str) -> Optional[PsrpcError]:
     """Answers req with a handler's result; a result that is not the
     method's response type fails the request (malformed_result) and is
-    logged at ERROR."""
+    logged at ERROR. Returns the error answered, if any."""
     try:
         data = method.encode_response(result)
     except Exception as e:
@@ -115,13 +149,15 @@ def respond(req: Any, method: Method, result: Any, server_id: str) -> None:
                     if method.response_type is not None else "bytes")
         log.error("psrpc: handler of %s (server %s) returned %s, not a %s: %s", method.name,
                   server_id, type(result).__name__, expected, e)
-        fail(req, e if isinstance(e, PsrpcError) else MalformedResult(
-            f"handler of {method.name} returned {type(result).__name__}, not {expected}"))
-        return
+        err = e if isinstance(e, PsrpcError) else MalformedResult(
+            f"handler of {method.name} returned {type(result).__name__}, not {expected}")
+        fail(req, err)
+        return err
     try:
         req.respond(data)
     except PsrpcError:
         pass  # server force-closed meanwhile: the answer is discarded
+    return None
 
 
 def fail(req: Any, exc: BaseException) -> None:
@@ -148,6 +184,9 @@ class _Registration:
         self.ready = threading.Event()
         self.released = threading.Event()
         self.error: Optional[PsrpcError] = None
+        # The server's interceptors (a one-element list shared with it) and name.
+        self.chain: List[Tuple[Any, ...]] = [()]
+        self.service = ""
 
     def __call__(self, kind: int, arg: Any) -> None:
         if kind == KIND_REQUEST:
@@ -170,8 +209,13 @@ class _Registration:
         ctx = Context(req, m, self.server_id)
         _tls.in_handler = True
         try:
-            answer(req, m, lambda: self.handler(m.decode_request(req.payload), ctx),
-                   self.server_id)
+            chain = self.chain[0]
+            if chain:
+                answer_intercepted(req, m, self.handler, ctx, chain, self.service,
+                                   self.server_id)
+            else:
+                answer(req, m, lambda: self.handler(m.decode_request(req.payload), ctx),
+                       self.server_id)
         finally:
             _tls.in_handler = False
 
@@ -179,11 +223,9 @@ class _Registration:
         # Runs on the loop thread: affinity functions must be quick.
         try:
             msg = self.method.decode_request(req.payload)
-        except PsrpcError:
-            # Undecodable: claim, so that the handler stage answers
-            # malformed_request (Go answers it without a claim; the C API has
-            # no failure at the affinity stage).
-            req.claim(1.0)
+        except PsrpcError as e:
+            # Undecodable: answered at once without a claim, as Go does.
+            req.reject(e.code, e.message)
             return
         try:
             a = self.affinity(msg, Context(req, self.method, self.server_id))  # type: ignore[misc]
@@ -199,7 +241,9 @@ class Server(_Handle):
     return the response message (or raise: a ``psrpc.PsrpcError`` travels
     with its code and details, ``NotImplementedError`` as unimplemented, any
     other exception as unknown with its text). They run on a thread pool
-    (``max_workers`` threads, or your ``executor``).
+    (``max_workers`` threads, or your ``executor``). ``interceptors``:
+    ``psrpc.ServerInterceptor`` objects run around every handler, in order;
+    ``metrics``: a ``psrpc.Metrics`` counting its handled requests.
 
     ``server.register("Method", handler)`` or, as a decorator,
     ``@server.handler("Method")``.
@@ -210,8 +254,11 @@ class Server(_Handle):
     def __init__(self, bus: Any, service: ServiceLike, *, server_id: Optional[str] = None,
                  skip_claim: bool = False, stream_timeout: Optional[float] = None,
                  executor: Optional[concurrent.futures.Executor] = None,
-                 max_workers: Optional[int] = None, methods: Iterable[Method] = ()) -> None:
+                 max_workers: Optional[int] = None, methods: Iterable[Method] = (),
+                 interceptors: Iterable[Any] = (), metrics: Any = None) -> None:
         self._service, self._strict = as_service(service, methods)
+        # One-element list shared with the registrations (which never hold the server).
+        self._chain: List[Tuple[Any, ...]] = [check_interceptors(interceptors, "server")]
         opts = None
         if server_id is not None or skip_claim or stream_timeout is not None:
             opts = (_core.PSRPC_SERVER_SKIP_CLAIM if skip_claim else 0, _ms(stream_timeout),
@@ -224,6 +271,8 @@ class Server(_Handle):
         self._bus = bus
         bus._adopt(self, keep=True)
         self.id: str = _core.psrpc_server_id(self._ptr)
+        if metrics is not None:
+            metrics.attach(self)
         self._regs: Dict[Tuple[str, Tuple[str, ...]], _Registration] = {}
         self._wake = threading.Event()  # set once closed: ends serve_forever
         # The event loop of a psrpc.aio.Server wrapping this one (its handlers
@@ -244,6 +293,19 @@ class Server(_Handle):
             raise Canceled("server is closed")
         return self._ptr
 
+    def add_interceptor(self, interceptor: Any) -> None:
+        """Appends a ``psrpc.ServerInterceptor`` (requests handled from now on)."""
+        self._chain[0] = self._chain[0] + check_interceptors([interceptor], "server")
+
+    @property
+    def interceptors(self) -> Tuple[Any, ...]:
+        return self._chain[0]
+
+    def _attach(self, reg: Any) -> Any:
+        reg.chain = self._chain
+        reg.service = self._service.name
+        return reg
+
     def register(self, method: Union[str, Method], handler: Handler, *, topics: Topics = None,
                  affinity: Optional[AffinityFunc] = None, wait: bool = True,
                  timeout: float = 5.0) -> None:
@@ -257,7 +319,7 @@ class Server(_Handle):
             return self._register_stream(m, handler, topics=topics, affinity=affinity,
                                          wait=wait, timeout=timeout)
         t = topic_list(topics)
-        reg = _Registration(m, handler, affinity, t, self.id, self._executor.submit)
+        reg = self._attach(_Registration(m, handler, affinity, t, self.id, self._executor.submit))
         _core.psrpc_server_register(self._check(), m._c, t, (reg, affinity is not None))
         with self._lock:
             self._regs[(m.name, t or ())] = reg

@@ -9,8 +9,9 @@ from typing import (Any, Callable, Generic, Iterator, Mapping, Optional, Tuple, 
 
 from . import _core
 from ._client import (KIND_MESSAGE, KIND_READY, KIND_RELEASED, _END, Topics, _ms, call_options,
-                      connect_wait, require_kind)
+                      require_kind)
 from ._errors import Canceled, PsrpcError, from_wire, to_failure
+from ._intercept import run_after_handle, run_before_handle, start_call
 from ._method import Method, topic_list
 
 __all__ = ["Stream", "open_stream", "register_stream"]
@@ -38,15 +39,16 @@ class _StreamSink:
     """The callable the C stream holds: feeds a queue; refuses messages (not
     acknowledged: the peer's send times out) while ``max_queue`` wait."""
 
-    __slots__ = ("q", "max", "opened", "open_error", "cause", "closed", "lock")
+    __slots__ = ("q", "max", "opened", "open_error", "cause", "closed", "lock", "ic")
 
-    def __init__(self, max_queue: int) -> None:
+    def __init__(self, max_queue: int, ic: Any = None) -> None:
         self.q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.max = max_queue
         self.opened = threading.Event()
         self.open_error: Optional[PsrpcError] = None
         self.cause: Optional[PsrpcError] = None
         self.closed = threading.Event()
+        self.ic = ic  # client interceptors' call: finished with the open's outcome
 
     def __call__(self, kind: int, arg: Any) -> Optional[bool]:
         if kind == KIND_MESSAGE:
@@ -56,13 +58,19 @@ class _StreamSink:
         elif kind == KIND_OPEN:
             if arg is not None:
                 self.open_error = from_wire(arg)
+            if self.ic is not None:
+                self.ic.finish(self.open_error)
             self.opened.set()
         elif kind == KIND_CLOSE:
             self.cause = from_wire(arg) if arg is not None else None
+            if self.ic is not None:
+                self.ic.finish(self.cause or Canceled("stream closed"))
             self.opened.set()
             self.closed.set()
             self.q.put(_END)
         elif kind == KIND_RELEASED:
+            if self.ic is not None:
+                self.ic.finish(Canceled("stream closed"))
             self.opened.set()
             if not self.closed.is_set():
                 self.closed.set()
@@ -114,6 +122,13 @@ class Stream(Generic[S, R]):
     def metadata(self) -> Mapping[str, str]:
         """The opener's metadata."""
         return cast("Mapping[str, str]", self._core.metadata)
+
+    @property
+    def deadline(self) -> Optional[float]:
+        """Server side: Unix time (seconds) of the deadline the open request
+        carried (pass ``deadline=stream`` to nested calls; the stream itself
+        lives on past it, as in Go); None on the client side."""
+        return _stream_deadline(self._core)
 
     @property
     def closed(self) -> bool:
@@ -180,14 +195,24 @@ class Stream(Generic[S, R]):
         return f"Stream({self._method.name!r}, id={self.id!r}{', closed' if self.closed else ''})"
 
 
+def _stream_deadline(core: Any) -> Optional[float]:
+    ns = getattr(core, "expiry_ns", 0)  # server streams: the open request's expiry
+    return ns / 1e9 if ns else None
+
+
 def open_stream(client: Any, method: Method, *, timeout: Optional[float], topics: Topics,
                 metadata: Optional[Mapping[str, str]], selection: Any, wait_for_ready: bool,
                 max_queue: int) -> "Stream[Any, Any]":
     require_kind(method, "stream")
-    connect_wait(client, timeout)
-    opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
-    sink = _StreamSink(max_queue)
-    core = _core.psrpc_client_open_stream(client._check(), method._c, opts, sink)
+    ic, metadata = start_call(client, method, "stream", None, metadata, topics, timeout, None)
+    try:
+        opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
+        sink = _StreamSink(max_queue, ic)
+        core = _core.psrpc_client_open_stream(client._check(), method._c, opts, sink)
+    except BaseException as e:
+        if ic is not None:
+            ic.finish(e)
+        raise
     stream: Stream[Any, Any] = Stream(core, method, sink, server_side=False)
     if not _core.on_loop_thread():
         sink.opened.wait()  # the library always reports the open's outcome
@@ -213,6 +238,8 @@ class _StreamRegistration:
         self.released = threading.Event()
         self.error: Optional[PsrpcError] = None
         self._claim = _Registration.claim
+        self.chain: Any = [()]
+        self.service = ""
 
     def __call__(self, kind: int, arg: Any) -> None:
         if kind == 0:
@@ -243,25 +270,36 @@ class _StreamRegistration:
             _tls.in_handler = False
 
     def _run(self, stream: "Stream[Any, Any]", report: Callable[..., None]) -> None:
+        chain = self.chain[0]
+        call = None
+        if chain:
+            from ._server import server_call
+
+            call = server_call(None, self.method, None, self.service, self.server_id, stream)
+        error: Optional[BaseException] = None
         try:
+            if call is not None:
+                run_before_handle(chain, call)
             self.handler(stream)
-        except Exception as e:
-            report(e, self.method, self.server_id, "stream handler")
-            stream.close(e)
-            return
         except BaseException as e:
+            error = e
             report(e, self.method, self.server_id, "stream handler")
             stream.close(e)
-            raise
-        stream.close()
+            if not isinstance(e, Exception):
+                raise
+        else:
+            stream.close()
+        finally:
+            if call is not None:
+                run_after_handle(chain, call, error if error is not None else stream.error)
 
 
 def register_stream(server: Any, method: Method, handler: Callable[["Stream[Any, Any]"], Any], *,
                     topics: Topics, affinity: Optional[Callable[..., Any]], wait: bool,
                     timeout: float, max_queue: int = 100) -> None:
     t = topic_list(topics)
-    reg = _StreamRegistration(method, handler, affinity, t, server.id, server._executor.submit,
-                              max_queue)
+    reg = server._attach(_StreamRegistration(method, handler, affinity, t, server.id,
+                                             server._executor.submit, max_queue))
     _core.psrpc_server_register_stream(server._check(), method._c, t,
                                        (reg, affinity is not None))
     with server._lock:

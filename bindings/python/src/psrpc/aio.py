@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
+import functools
 import inspect
 import logging
 import signal
@@ -36,9 +38,10 @@ from ._bus import Bus
 from ._client import (KIND_MESSAGE, KIND_READY, KIND_RELEASED, MultiResult, SelectionOptions,
                       Topics, _ms, call_options, require_kind)
 from ._errors import Canceled, DeadlineExceeded, PsrpcError, Status, from_wire, to_failure
+from ._intercept import run_after_handle, run_before_handle, start_call
 from ._method import Method, ServiceLike, topic_list
 from ._server import Context
-from ._stream import KIND_CLOSE, KIND_OPEN, close_args, is_clean_close
+from ._stream import KIND_CLOSE, KIND_OPEN, _stream_deadline, close_args, is_clean_close
 
 __all__ = ["Bus", "Client", "Server", "MultiCall", "Subscription", "Stream"]
 
@@ -62,7 +65,8 @@ def _settle(fut: "asyncio.Future[Any]", value: Any) -> None:
 
 
 async def _connect_wait(client: _client.Client, timeout: Optional[float]) -> Optional[float]:
-    """psrpc._client.connect_wait without blocking the event loop."""
+    """psrpc._client.connect_wait (for subscriptions) without blocking the
+    event loop."""
     w = client._bus._watch
     if w.settled.is_set():
         return timeout
@@ -96,6 +100,10 @@ class Client:
     def method(self, name: Union[str, Method]) -> Method:
         return self._c.method(name)
 
+    def add_interceptor(self, interceptor: Any) -> None:
+        """See ``psrpc.Client.add_interceptor``."""
+        self._c.add_interceptor(interceptor)
+
     async def call(self, method: Union[str, Method], request: Any = b"", *,
                    timeout: Optional[float] = None, topics: Topics = None,
                    metadata: Optional[Mapping[str, str]] = None,
@@ -106,24 +114,34 @@ class Client:
         m = self._c.method(method)
         require_kind(m, "unary")
         data = m.encode_request(request)
-        timeout = await _connect_wait(self._c, timeout)
-        opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
-        loop = asyncio.get_running_loop()
-        fut: "asyncio.Future[Any]" = loop.create_future()
-
-        def done(call_id: int, resp: Optional[bytes], err: Any, server_id: Optional[str],
-                 _keep: Any = opts) -> None:
-            _post(loop, _settle, fut, (resp, err, server_id))
-
-        call_id = _core.psrpc_client_call(self._c._check(), m._c, data, opts, done)
+        ic, metadata = start_call(self._c, m, "unary", request, metadata, topics, timeout,
+                                  deadline)
+        server_id = None
         try:
-            resp, err, server_id = await fut
-        except asyncio.CancelledError:
-            self._c.cancel(call_id)
+            opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
+            loop = asyncio.get_running_loop()
+            fut: "asyncio.Future[Any]" = loop.create_future()
+
+            def done(call_id: int, resp: Optional[bytes], err: Any, server_id: Optional[str],
+                     _keep: Any = opts) -> None:
+                _post(loop, _settle, fut, (resp, err, server_id))
+
+            call_id = _core.psrpc_client_call(self._c._check(), m._c, data, opts, done)
+            try:
+                resp, err, server_id = await fut
+            except asyncio.CancelledError:
+                self._c.cancel(call_id)
+                raise
+            if err is not None:
+                raise from_wire(err, server_id)
+            result = m.decode_response(resp)
+        except BaseException as e:
+            if ic is not None:
+                ic.finish(e, server_id)
             raise
-        if err is not None:
-            raise from_wire(err, server_id)
-        return m.decode_response(resp)
+        if ic is not None:
+            ic.finish(None, server_id)
+        return result
 
     def multi_call(self, method: Union[str, Method], request: Any = b"", *,
                    timeout: Optional[float] = None, topics: Topics = None,
@@ -134,15 +152,18 @@ class Client:
         m = self._c.method(method)
         require_kind(m, "multi")
         data = m.encode_request(request)
-        opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
-        loop = asyncio.get_running_loop()
-        q: "asyncio.Queue[Any]" = asyncio.Queue()
-
-        def on_event(final: bool, call_id: int, resp: Optional[bytes], err: Any,
-                     server_id: Optional[str], _keep: Any = opts) -> None:
-            _post(loop, q.put_nowait, (final, resp, err, server_id))
-
-        call_id = _core.psrpc_client_call_multi(self._c._check(), m._c, data, opts, on_event)
+        ic, metadata = start_call(self._c, m, "multi", request, metadata, topics, timeout,
+                                  deadline)
+        try:
+            opts = call_options(timeout, topics, metadata, selection, wait_for_ready, deadline)
+            loop = asyncio.get_running_loop()
+            q: "asyncio.Queue[Any]" = asyncio.Queue()
+            on_event = _client._multi_sink(lambda ev: _post(loop, q.put_nowait, ev), ic, opts)
+            call_id = _core.psrpc_client_call_multi(self._c._check(), m._c, data, opts, on_event)
+        except BaseException as e:
+            if ic is not None:
+                ic.finish(e)
+            raise
         return MultiCall(self._c, m, call_id, q)
 
     async def subscribe(self, method: Union[str, Method], topics: Topics = None, *,
@@ -170,18 +191,25 @@ class Client:
         """Opens a bidirectional stream and waits until a server accepted it."""
         m = self._c.method(method)
         require_kind(m, "stream")
-        await _connect_wait(self._c, timeout)
-        opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
-        sink = _StreamSink(asyncio.get_running_loop(), max_queue)
-        core = _core.psrpc_client_open_stream(self._c._check(), m._c, opts, sink)
-        stream: Stream[Any, Any] = Stream(core, m, sink, server_side=False)
+        ic, metadata = start_call(self._c, m, "stream", None, metadata, topics, timeout, None)
         try:
-            err = await asyncio.shield(sink.opened)
-        except asyncio.CancelledError:
-            stream.close(Canceled("request canceled"))
+            opts = call_options(timeout, topics, metadata, selection, wait_for_ready)
+            sink = _StreamSink(asyncio.get_running_loop(), max_queue)
+            core = _core.psrpc_client_open_stream(self._c._check(), m._c, opts, sink)
+            stream: Stream[Any, Any] = Stream(core, m, sink, server_side=False)
+            try:
+                err = await asyncio.shield(sink.opened)
+            except asyncio.CancelledError:
+                stream.close(Canceled("request canceled"))
+                raise
+            if err is not None:
+                raise err
+        except BaseException as e:
+            if ic is not None:
+                ic.finish(e)
             raise
-        if err is not None:
-            raise err
+        if ic is not None:
+            ic.finish(None)
         return stream
 
     def close(self) -> None:
@@ -431,6 +459,11 @@ class Stream(Generic[S, R]):
         return cast("Mapping[str, str]", self._core.metadata)
 
     @property
+    def deadline(self) -> Optional[float]:
+        """See ``psrpc.Stream.deadline``."""
+        return _stream_deadline(self._core)
+
+    @property
     def closed(self) -> bool:
         return self._sink.closed.done()
 
@@ -515,6 +548,8 @@ class _AsyncRegistration:
         self.stream = stream
         self.max_queue = max_queue
         self.ready: "asyncio.Future[Any]" = loop.create_future()
+        self.chain: List[Tuple[Any, ...]] = [()]
+        self.service = ""
 
     # on the bus's loop thread
     def __call__(self, kind: int, arg: Any) -> None:
@@ -557,40 +592,66 @@ class _AsyncRegistration:
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if inspect.iscoroutinefunction(fn):
             return await fn(*args)
-        result = await self.loop.run_in_executor(self.executor, fn, *args)
+        # The handler's contextvars (e.g. OpenTelemetry's current span, set by
+        # an interceptor) go along to the executor thread, as asyncio.to_thread.
+        ctx = contextvars.copy_context()
+        result = await self.loop.run_in_executor(self.executor, functools.partial(ctx.run, fn,
+                                                                                  *args))
         if inspect.isawaitable(result):
             result = await result
         return result
 
     async def _run(self, req: Any) -> None:
         m = self.method
+        ctx = Context(req, m, self.server_id)
+        chain = self.chain[0]
+        call = _server.server_call(req, m, ctx, self.service, self.server_id) if chain else None
+        error: Optional[BaseException] = None
         try:
-            result = await self._call(self.handler, m.decode_request(req.payload),
-                                      Context(req, m, self.server_id))
-        except BaseException as e:
-            _server.report(e, m, self.server_id)
-            _server.fail(req, e)
-            if not isinstance(e, Exception):
-                raise
-            return
-        _server.respond(req, m, result, self.server_id)
+            try:
+                msg = m.decode_request(req.payload)
+                if call is not None:
+                    call.request = msg
+                    run_before_handle(chain, call)
+                result = await self._call(self.handler, msg, ctx)
+            except BaseException as e:
+                error = e
+                _server.report(e, m, self.server_id)
+                _server.fail(req, e)
+                if not isinstance(e, Exception):
+                    raise
+                return
+            error = _server.respond(req, m, result, self.server_id)
+        finally:
+            if call is not None:
+                run_after_handle(chain, call, error)
 
     async def _run_stream(self, stream: "Stream[Any, Any]") -> None:
+        chain = self.chain[0]
+        call = (_server.server_call(None, self.method, None, self.service, self.server_id, stream)
+                if chain else None)
+        error: Optional[BaseException] = None
         try:
+            if call is not None:
+                run_before_handle(chain, call)
             await self._call(self.handler, stream)
         except BaseException as e:
+            error = e
             _server.report(e, self.method, self.server_id, "stream handler")
             stream.close(e if isinstance(e, Exception) else Canceled("handler canceled"))
             if not isinstance(e, Exception):
                 raise
-            return
-        stream.close()
+        else:
+            stream.close()
+        finally:
+            if call is not None:
+                run_after_handle(chain, call, error if error is not None else stream.error)
 
     def _claim_sync(self, req: Any) -> None:
         try:
             msg = self.method.decode_request(req.payload)
-        except PsrpcError:
-            req.claim(1.0)  # undecodable: the handler stage answers malformed_request
+        except PsrpcError as e:
+            req.reject(e.code, e.message)  # undecodable: answered without a claim, as Go
             return
         try:
             a = self.affinity(msg, Context(req, self.method, self.server_id))  # type: ignore[misc]
@@ -602,8 +663,8 @@ class _AsyncRegistration:
     async def _claim_async(self, req: Any) -> None:
         try:
             msg = self.method.decode_request(req.payload)
-        except PsrpcError:
-            req.claim(1.0)  # undecodable: the handler stage answers malformed_request
+        except PsrpcError as e:
+            req.reject(e.code, e.message)  # undecodable: answered without a claim, as Go
             return
         try:
             a = await self.affinity(msg, Context(req, self.method, self.server_id))  # type: ignore[misc]
@@ -636,6 +697,11 @@ class Server:
     def method(self, name: Union[str, Method]) -> Method:
         return self._s.method(name)
 
+    def add_interceptor(self, interceptor: Any) -> None:
+        """See ``psrpc.Server.add_interceptor`` (interceptors run on the event
+        loop, in the handler's task: they must not block)."""
+        self._s.add_interceptor(interceptor)
+
     def register_nowait(self, method: Union[str, Method], handler: Callable[..., Any], *,
                         topics: Topics = None, affinity: Optional[Callable[..., Any]] = None,
                         max_queue: int = 100) -> "asyncio.Future[Any]":
@@ -644,6 +710,7 @@ class Server:
         t = topic_list(topics)
         reg = _AsyncRegistration(self._loop, m, handler, affinity, self.id, self._exec,
                                  self._tasks, m.stream, max_queue)
+        self._s._attach(reg)
         if m.stream:
             _core.psrpc_server_register_stream(self._s._check(), m._c, t,
                                                (reg, affinity is not None))

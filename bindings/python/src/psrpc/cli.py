@@ -542,7 +542,7 @@ def cmd_serve(args: argparse.Namespace, protos: Protos) -> int:
             resp = canned.get(m.name)
             if resp is None:
                 resp = m.response_type() if m.response_type is not None else b""
-            handler: Any = (_mock_stream(resp) if m.stream
+            handler: Any = (_mock_stream(resp, m.name, args.verbose) if m.stream
                             else _mock_unary(resp, m.name, args.verbose))
             server.register(m, handler, topics=topics if m.topics else None)
         server.serve_forever(on_start=lambda: print(f"serving {svc.name} on {args.bus}",
@@ -550,9 +550,12 @@ def cmd_serve(args: argparse.Namespace, protos: Protos) -> int:
     return 0
 
 
-def _mock_stream(resp: Any) -> Any:
+def _mock_stream(resp: Any, name: str, verbose: bool) -> Any:
     def handler(stream: Any) -> None:
-        for _msg in stream:
+        for msg in stream:
+            if verbose:
+                print(dumps({"method": name, "stream": True, "request": to_json(msg)}),
+                      file=sys.stderr, flush=True)
             stream.send(resp)
     return handler
 

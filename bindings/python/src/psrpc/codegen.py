@@ -195,9 +195,14 @@ def _service_code(f: descriptor_pb2.FileDescriptorProto, si: int,
         w("")
         w(f"    def __init__(self, bus: psrpc.Bus, *, client_id: Optional[str] = None,\n"
           f"                 timeout: Optional[float] = None,\n"
-          f"                 selection_timeout: Optional[float] = None) -> None:")
+          f"                 selection_timeout: Optional[float] = None,\n"
+          f"                 interceptors: Sequence[Any] = (),\n"
+          f"                 retry: Optional[psrpc.RetryOptions] = None,\n"
+          f"                 metrics: Optional[psrpc.Metrics] = None) -> None:")
         w(f"        self.client = {mod}.Client(bus, {const}, client_id=client_id, timeout=timeout,\n"
-          f"                                   selection_timeout=selection_timeout)")
+          f"                                   selection_timeout=selection_timeout,\n"
+          f"                                   interceptors=interceptors, retry=retry,\n"
+          f"                                   metrics=metrics)")
         w("        self.id: str = self.client.id")
         for mname, o, req, resp, doc in methods:
             topics_kw = "topics: Topics," + _IND if o.topics else ""
@@ -291,20 +296,24 @@ def _service_code(f: descriptor_pb2.FileDescriptorProto, si: int,
         w(f"    def __init__(self, bus: psrpc.Bus, servicer: {A}{name}Servicer, *,\n"
           f"                 server_id: Optional[str] = None, skip_claim: bool = False,\n"
           f"                 stream_timeout: Optional[float] = None,\n"
-          + ("                 executor: Optional[concurrent.futures.Executor] = None) -> None:"
+          + ("                 executor: Optional[concurrent.futures.Executor] = None,\n"
              if aio else
              "                 executor: Optional[concurrent.futures.Executor] = None,\n"
-             "                 max_workers: Optional[int] = None, timeout: float = 5.0) -> None:"))
+             "                 max_workers: Optional[int] = None, timeout: float = 5.0,\n")
+          + "                 interceptors: Sequence[Any] = (),\n"
+            "                 metrics: Optional[psrpc.Metrics] = None) -> None:")
         if aio:
             w(f"        self.server = psrpc.aio.Server(bus, {const}, server_id=server_id,\n"
               f"                                       skip_claim=skip_claim,\n"
               f"                                       stream_timeout=stream_timeout, "
-              f"executor=executor)")
+              f"executor=executor,\n"
+              f"                                       interceptors=interceptors, metrics=metrics)")
         else:
             w(f"        self.server = psrpc.Server(bus, {const}, server_id=server_id,\n"
               f"                                   skip_claim=skip_claim, "
               f"stream_timeout=stream_timeout,\n"
-              f"                                   executor=executor, max_workers=max_workers)")
+              f"                                   executor=executor, max_workers=max_workers,\n"
+              f"                                   interceptors=interceptors, metrics=metrics)")
         w("        self.id: str = self.server.id")
         w("        self.servicer = servicer")
         w(f"        base = {A}{name}Servicer")

@@ -336,6 +336,29 @@ static PyObject *psrpc_py_request_claim(PsrpcPyRequest *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* reject(code, message=None): answers with an error in either stage; in the
+ * affinity stage without claiming (as Go answers an undecodable request). */
+static PyObject *psrpc_py_request_reject(PsrpcPyRequest *self, PyObject *args) {
+    const char *code, *message = NULL;
+    if (!PyArg_ParseTuple(args, "s|z:reject", &code, &message))
+        return NULL;
+    if (!self->req) {
+        psrpc_py_raise_status(PSRPC_FAILED_PRECONDITION, "request already answered");
+        return NULL;
+    }
+    psrpc_request *r = self->req;
+    self->req = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = psrpc_request_reject(r, code, message, NULL, 0);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        psrpc_py_raise_last(rc);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *psrpc_py_request_answered(PsrpcPyRequest *self, void *closure) {
     (void)closure;
     return PyBool_FromLong(self->req == NULL);
@@ -350,6 +373,8 @@ static PyMethodDef psrpc_py_request_methods[] = {
      "fail_details(code, message=None, details=()): fails with any code string"},
     {"claim", (PyCFunction)psrpc_py_request_claim, METH_O,
      "claim(affinity): answers an affinity question (negative declines)"},
+    {"reject", (PyCFunction)psrpc_py_request_reject, METH_VARARGS,
+     "reject(code, message=None): fails in either stage (affinity: without a claim)"},
     {NULL, NULL, 0, NULL}};
 
 static PyMemberDef psrpc_py_request_members[] = {
@@ -696,6 +721,11 @@ static PyObject *psrpc_py_stream_get_metadata(PsrpcPyStream *self, void *c) {
     return d;
 }
 
+static PyObject *psrpc_py_stream_get_expiry_ns(PsrpcPyStream *self, void *c) {
+    (void)c;
+    return PyLong_FromLongLong(self->s ? (long long)psrpc_stream_expiry_ns(self->s) : 0);
+}
+
 static PyMethodDef psrpc_py_stream_methods[] = {
     {"send", (PyCFunction)psrpc_py_stream_send, METH_VARARGS,
      "send(data, timeout_ms=0, callback=None): callback(error) once acknowledged or failed"},
@@ -714,6 +744,7 @@ static PyGetSetDef psrpc_py_stream_getset[] = {
     {"node_id", (getter)psrpc_py_stream_get_node_id, NULL, NULL, NULL},
     {"method", (getter)psrpc_py_stream_get_method, NULL, NULL, NULL},
     {"metadata", (getter)psrpc_py_stream_get_metadata, NULL, NULL, NULL},
+    {"expiry_ns", (getter)psrpc_py_stream_get_expiry_ns, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject PsrpcPyStream_Type = {
@@ -1374,6 +1405,7 @@ PSRPC_OUT_HANDLE(psrpc_bus)
 PSRPC_OUT_HANDLE(psrpc_client)
 PSRPC_OUT_HANDLE(psrpc_server)
 PSRPC_OUT_HANDLE(psrpc_sub)
+PSRPC_OUT_HANDLE(psrpc_metrics)
 
 %typemap(in, numinputs=0) uint64_t *call_id_out (uint64_t id = 0) {
     $1 = &id;
@@ -1563,6 +1595,15 @@ PSRPC_WRAP(psrpc_server_free)
 /* streams (sends, close and accessors are methods of _core.Stream) */
 PSRPC_WRAP(psrpc_client_open_stream)
 PSRPC_WRAP(psrpc_server_register_stream)
+/* metrics (issue 16) */
+PSRPC_WRAP(psrpc_metrics_new)
+PSRPC_WRAP(psrpc_metrics_attach_client)
+PSRPC_WRAP(psrpc_metrics_attach_server)
+PSRPC_WRAP(psrpc_metrics_bucket_bound_ms)
+PSRPC_WRAP(psrpc_metrics_free)
+PSRPC_WRAP(PSRPC_METRICS_BUCKETS)
+PSRPC_WRAP(PSRPC_RETRY_UNARY)
+PSRPC_WRAP(PSRPC_RETRY_STREAM_OPEN)
 /* constants */
 PSRPC_WRAP(PSRPC_ROUTING_QUEUE)
 PSRPC_WRAP(PSRPC_ROUTING_AFFINITY)
@@ -1592,6 +1633,10 @@ PSRPC_WRAP(PSRPC_WIRE_VERSION_STRING)
 %feature("nothreadallow") status_table;
 %feature("nothreadallow") on_loop_thread;
 %feature("nothreadallow") call_blocking;
+%feature("nothreadallow") set_log_callback;
+%feature("nothreadallow") client_set_retries;
+%feature("nothreadallow") metrics_read;
+%feature("nothreadallow") client_clear_retries;
 
 %inline %{
 /* Installs callable(status, message) -> exception used for every failure. */
@@ -1675,6 +1720,189 @@ static PyObject *call_blocking(psrpc_client *client, const psrpc_method *method,
     PyObject *result = interrupted ? NULL : psrpc_py_blocking_result(b);
     psrpc_py_blocking_free(b);
     return result;
+}
+
+/* ---- issue 16: logs, retries, metrics ---- */
+
+static PyObject *psrpc_py_log_cb_obj;
+
+static void psrpc_py_tr_log(int level, const char *component, const char *message, void *ud) {
+    (void)ud;
+    if (PSRPC_PY_FINALIZING())
+        return;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *cb = psrpc_py_log_cb_obj;
+    if (cb) {
+        Py_INCREF(cb);
+        psrpc_py_invoke(cb, Py_BuildValue("(iNN)", level, psrpc_py_str(component),
+                                          psrpc_py_str(message)));
+        Py_DECREF(cb);
+    }
+    PyGILState_Release(g);
+}
+
+/* set_log_callback(cb(level, component, message) or None, max_level) */
+static PyObject *set_log_callback(PyObject *cb, int max_level) {
+    PyObject *old = psrpc_py_log_cb_obj;
+    int rc;
+    if (cb == Py_None) {
+        rc = psrpc_set_log_callback(NULL, 0, NULL);
+        psrpc_py_log_cb_obj = NULL;
+    } else {
+        Py_INCREF(cb);
+        psrpc_py_log_cb_obj = cb;
+        rc = psrpc_set_log_callback(psrpc_py_tr_log, max_level, NULL);
+    }
+    /* the old callable may still run on a loop thread: it stays referenced */
+    (void)old;
+    if (rc < 0) {
+        psrpc_py_raise_last(rc);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Retry code sets: interned for the process (a client's retry policy must
+ * outlive it; there are few distinct sets). NULL-terminated strv. */
+static int psrpc_py_retry_recoverable(const psrpc_error *e, void *ud) {
+    const char *const *codes = ud;
+    for (; *codes; codes++)
+        if (e && e->code && strcmp(e->code, *codes) == 0)
+            return 1;
+    return 0;
+}
+
+static pthread_mutex_t psrpc_py_codesets_mu = PTHREAD_MUTEX_INITIALIZER;
+static char **psrpc_py_codesets[64];
+static char *psrpc_py_codeset_keys[64];
+
+static char **psrpc_py_codeset(const char *key, const char **codes, size_t n) {
+    char **found = NULL;
+    pthread_mutex_lock(&psrpc_py_codesets_mu);
+    size_t i = 0;
+    for (; i < 64 && psrpc_py_codeset_keys[i]; i++)
+        if (strcmp(psrpc_py_codeset_keys[i], key) == 0) {
+            found = psrpc_py_codesets[i];
+            break;
+        }
+    if (!found && i < 64) {
+        char **v = calloc(n + 1, sizeof *v);
+        char *k = strdup(key);
+        int ok = v && k;
+        for (size_t j = 0; ok && j < n; j++)
+            ok = (v[j] = strdup(codes[j])) != NULL;
+        if (ok) {
+            psrpc_py_codesets[i] = v;
+            psrpc_py_codeset_keys[i] = k;
+            found = v;
+        } else {
+            for (size_t j = 0; v && j < n; j++)
+                free(v[j]);
+            free(v);
+            free(k);
+        }
+    }
+    pthread_mutex_unlock(&psrpc_py_codesets_mu);
+    return found;
+}
+
+/* client_set_retries(client, kinds, max_attempts, timeout_ms, backoff_ms,
+ * codes tuple or None (Go's default: deadline_exceeded, unavailable), key) */
+static PyObject *client_set_retries(psrpc_client *client, unsigned int kinds,
+                                    unsigned int max_attempts, long long timeout_ms,
+                                    long long backoff_ms, PyObject *codes, const char *key) {
+    psrpc_retry_options o;
+    psrpc_retry_options_init(&o, sizeof o);
+    o.max_attempts = max_attempts;
+    o.timeout_ms = timeout_ms;
+    o.backoff_ms = backoff_ms;
+    if (codes != Py_None) {
+        const char **v = NULL;
+        size_t n = 0;
+        if (psrpc_py_strv(codes, &v, &n, "codes") < 0)
+            return NULL;
+        char **set = psrpc_py_codeset(key, v, n);
+        free(v);
+        if (!set)
+            return PyErr_NoMemory();
+        o.is_recoverable = psrpc_py_retry_recoverable;
+        o.user_data = set;
+    }
+    int rc = psrpc_client_set_retries(client, kinds, &o);
+    if (rc < 0) {
+        psrpc_py_raise_last(rc);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *client_clear_retries(psrpc_client *client) {
+    int rc = psrpc_client_set_retries(client, PSRPC_RETRY_UNARY | PSRPC_RETRY_STREAM_OPEN, NULL);
+    if (rc < 0) {
+        psrpc_py_raise_last(rc);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static void psrpc_py_metrics_row(const psrpc_method_metrics *r, void *ud) {
+    PyObject *out = ud;
+    if (PyErr_Occurred())
+        return;
+    PyObject *b = PyTuple_New(PSRPC_METRICS_BUCKETS);
+    if (!b)
+        return;
+    for (int i = 0; i < PSRPC_METRICS_BUCKETS; i++)
+        PyTuple_SET_ITEM(b, i, PyLong_FromUnsignedLongLong(r->buckets[i]));
+    PyObject *row = Py_BuildValue("(IINNKKKKN)", r->role, r->kind, psrpc_py_str(r->service),
+                                  psrpc_py_str(r->method), (unsigned long long)r->calls,
+                                  (unsigned long long)r->errors,
+                                  (unsigned long long)r->attempts,
+                                  (unsigned long long)r->latency_sum_ns, b);
+    if (row) {
+        PyList_Append(out, row);
+        Py_DECREF(row);
+    }
+}
+
+static void psrpc_py_metrics_code(const psrpc_method_metrics *r, const char *code,
+                                  uint64_t count, void *ud) {
+    PyObject *out = ud;
+    if (PyErr_Occurred())
+        return;
+    PyObject *row = Py_BuildValue("(IINNNK)", r->role, r->kind, psrpc_py_str(r->service),
+                                  psrpc_py_str(r->method), psrpc_py_str(code),
+                                  (unsigned long long)count);
+    if (row) {
+        PyList_Append(out, row);
+        Py_DECREF(row);
+    }
+}
+
+/* metrics_read(m) -> (rows, code_rows) */
+static void psrpc_py_metrics_row_skip(const psrpc_method_metrics *r, void *ud) {
+    (void)r;
+    (void)ud;
+}
+
+static PyObject *metrics_read(psrpc_metrics *m) {
+    PyObject *rows = PyList_New(0), *codes = PyList_New(0);
+    if (!rows || !codes) {
+        Py_XDECREF(rows);
+        Py_XDECREF(codes);
+        return NULL;
+    }
+    int rc = psrpc_metrics_read(m, psrpc_py_metrics_row, NULL, rows);
+    if (rc >= 0 && !PyErr_Occurred())
+        rc = psrpc_metrics_read(m, psrpc_py_metrics_row_skip, psrpc_py_metrics_code, codes);
+    if (PyErr_Occurred() || rc < 0) {
+        if (!PyErr_Occurred())
+            psrpc_py_raise_last(rc);
+        Py_DECREF(rows);
+        Py_DECREF(codes);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", rows, codes);
 }
 
 /* bench: registers a C echo handler for method (topics none). */
