@@ -64,11 +64,11 @@ phase() {
 }
 
 cd "$bindings" || exit 1
-phase cargo-test nice cargo test --workspace --locked
-phase clippy nice cargo clippy --workspace --all-targets --locked -- -D warnings
+phase cargo-test nice cargo test --workspace --locked --features psrpc/opentelemetry
+phase clippy nice cargo clippy --workspace --all-targets --locked --features psrpc/opentelemetry -- -D warnings
 # The runtime-agnostic core builds without the tokio feature.
 phase no-tokio nice cargo clippy --locked -p psrpc --no-default-features --lib -- -D warnings
-phase doc env RUSTDOCFLAGS="-D warnings" nice cargo doc --no-deps --locked -p psrpc -p psrpc-sys -p psrpc-build
+phase doc env RUSTDOCFLAGS="-D warnings" nice cargo doc --no-deps --locked --features psrpc/opentelemetry -p psrpc -p psrpc-sys -p psrpc-build
 
 package() {
     "$bindings/rust-sys/vendor-csrc.sh" || return 1

@@ -21,5 +21,8 @@ export const {
   wireVersion,
   features,
   _bench,
+  setLogHandler,
+  TraceContext,
+  otelPropagation,
 } = cjs;
 export default cjs;

@@ -168,6 +168,7 @@ struct Event {
     psrpc_stream *ack_stream = nullptr;
     uint64_t ack_token = 0;
     bool deferred = false;
+    uint32_t attempts = 0; // EV_CALL: attempts the call made (retries)
 
     ~Event() {
         // Destroyed without reaching JavaScript (or after it, for the
@@ -345,6 +346,8 @@ void call_js(napi_env raw_env, napi_value js_cb, void *context, void *data) {
         args.push_back(ev->msg ? bytes_value(env, ev->msg) : env.Null());
         args.push_back(error_value(env, ev->err.get()));
         args.push_back(ev->has_server_id ? Napi::String::New(env, ev->server_id) : env.Null());
+        if (ev->kind == EV_CALL)
+            args.push_back(Napi::Number::New(env, ev->attempts));
         break;
     case EV_DONE:
     case EV_READY:
@@ -684,10 +687,23 @@ Event *result_event(int kind, UD *u, const psrpc_msg *response, const psrpc_erro
     return ev;
 }
 
-void on_call(uint64_t, const psrpc_msg *response, const psrpc_error *error, const char *server_id,
-             void *ud) {
+// The attempts of the call whose outcome the loop thread is delivering: the
+// client hook on_outcome runs immediately before the call's callback, on the
+// same thread (psrpc.h, issue 16).
+thread_local uint64_t tl_outcome_call = 0;
+thread_local uint32_t tl_outcome_attempts = 0;
+
+void note_outcome(const psrpc_call_info *info, const psrpc_call_outcome *outcome, void *) {
+    tl_outcome_call = info->call_id;
+    tl_outcome_attempts = outcome->attempts;
+}
+
+void on_call(uint64_t call_id, const psrpc_msg *response, const psrpc_error *error,
+             const char *server_id, void *ud) {
     UD *u = static_cast<UD *>(ud);
-    u->bus->post(result_event(EV_CALL, u, response, error, server_id));
+    Event *ev = result_event(EV_CALL, u, response, error, server_id);
+    ev->attempts = tl_outcome_call == call_id ? tl_outcome_attempts : 1;
+    u->bus->post(ev);
     delete u;
 }
 
@@ -797,9 +813,15 @@ void bus_box_fin(Napi::Env, BusBox *b) {
     delete b;
 }
 
+// The codes a client's retry policy retries (retryOn); owned by the client
+// box, freed after the client.
+struct RetryCodes {
+    std::vector<std::string> codes;
+};
 struct ClientBox {
     psrpc_client *client;
     BusCtx *bus;
+    std::vector<std::unique_ptr<RetryCodes>> retry_codes; // freed after the client
 };
 void client_box_fin(Napi::Env, ClientBox *b) {
     psrpc_client_free(b->client);
@@ -1023,7 +1045,125 @@ Napi::Value ClientCreate(const Napi::CallbackInfo &info) {
     }
     psrpc_client *c = nullptr;
     int st = psrpc_client_create(&c, ctx->bus, service.c_str(), &o);
+    if (st == PSRPC_OK) {
+        psrpc_client_hooks h = PSRPC_CLIENT_HOOKS_INIT;
+        h.on_outcome = note_outcome;
+        st = psrpc_client_add_hooks(c, &h);
+        if (st != PSRPC_OK) {
+            psrpc_client_free(c);
+            c = nullptr;
+        }
+    }
     return created(env, ctx, st, "client", c, psrpc_client_id, client_box_fin);
+}
+
+int retry_on_codes(const psrpc_error *error, void *ud) {
+    const RetryCodes *r = static_cast<const RetryCodes *>(ud);
+    const char *code = error && error->code ? error->code : "unknown";
+    for (const std::string &c : r->codes)
+        if (c == code)
+            return 1;
+    return 0;
+}
+
+// clientSetRetries(client, {maxAttempts, timeoutMs, backoffMs, retryOn?, streamOpen} | null)
+Napi::Value ClientSetRetries(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    ClientBox *cb = handle_arg<ClientBox>(env, info[0], "not a client handle");
+    if (!cb)
+        return env.Undefined();
+    const uint32_t all = PSRPC_RETRY_UNARY | PSRPC_RETRY_STREAM_OPEN;
+    if (!info[1].IsObject()) {
+        int st = psrpc_client_set_retries(cb->client, all, nullptr);
+        return status_result(env, st, "setRetries");
+    }
+    Napi::Object o = info[1].As<Napi::Object>();
+    psrpc_retry_options r = PSRPC_RETRY_OPTIONS_INIT;
+    r.max_attempts = static_cast<uint32_t>(opt_i64(o, "maxAttempts"));
+    r.timeout_ms = opt_i64(o, "timeoutMs");
+    r.backoff_ms = opt_i64(o, "backoffMs");
+    Napi::Value on = o.Get("retryOn");
+    if (on.IsArray()) {
+        auto codes = std::make_unique<RetryCodes>();
+        Napi::Array a = on.As<Napi::Array>();
+        for (uint32_t i = 0; i < a.Length(); i++) {
+            std::string c;
+            if (!get_string(a.Get(i), c))
+                return throw_type(env, "retryOn must be an array of code strings");
+            codes->codes.push_back(c);
+        }
+        r.is_recoverable = retry_on_codes;
+        r.user_data = codes.get();
+        cb->retry_codes.push_back(std::move(codes));
+    }
+    bool stream_open = o.Get("streamOpen").ToBoolean().Value();
+    int st = psrpc_client_set_retries(
+        cb->client, PSRPC_RETRY_UNARY | (stream_open ? PSRPC_RETRY_STREAM_OPEN : 0), &r);
+    if (st == PSRPC_OK && !stream_open)
+        st = psrpc_client_set_retries(cb->client, PSRPC_RETRY_STREAM_OPEN, nullptr);
+    return status_result(env, st, "setRetries");
+}
+
+// The process-wide log callback: one JS function, called through a
+// threadsafe function (events happen on loop threads).
+struct LogEvent {
+    int level;
+    std::string component, message;
+};
+napi_threadsafe_function log_tsfn = nullptr;
+
+void log_call_js(napi_env raw_env, napi_value js_cb, void *, void *data) {
+    std::unique_ptr<LogEvent> ev(static_cast<LogEvent *>(data));
+    if (raw_env == nullptr || js_cb == nullptr)
+        return;
+    Napi::Env env(raw_env);
+    Napi::HandleScope scope(env);
+    Napi::Function(env, js_cb)
+        .Call({Napi::Number::New(env, ev->level), Napi::String::New(env, ev->component),
+               Napi::String::New(env, ev->message)});
+    if (env.IsExceptionPending())
+        napi_fatal_exception(env, env.GetAndClearPendingException().Value());
+}
+
+void on_log(int level, const char *component, const char *message, void *ud) {
+    auto *ev = new LogEvent{level, component ? component : "", message ? message : ""};
+    if (napi_call_threadsafe_function(static_cast<napi_threadsafe_function>(ud), ev,
+                                      napi_tsfn_nonblocking) != napi_ok)
+        delete ev;
+}
+
+napi_env log_env = nullptr;
+
+void log_cleanup(void *) {
+    psrpc_set_log_callback(nullptr, 0, nullptr);
+    log_env = nullptr;
+}
+
+// setLogCallback(dispatch, maxLevel) / setLogCallback(null): the JS side
+// passes one fixed dispatch function (it looks up the user's handler). The
+// threadsafe function is made once per process and never released while
+// libpsrpc may call it (a loop thread can be inside on_log when the callback
+// is switched off); the environment's cleanup switches libpsrpc's callback
+// off first. Only one environment (the first to call) may own it.
+Napi::Value SetLogCallback(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    if (log_env != nullptr && log_env != static_cast<napi_env>(env))
+        return throw_type(env, "the psrpc log handler belongs to another thread's environment");
+    if (!info[0].IsFunction()) {
+        psrpc_set_log_callback(nullptr, 0, nullptr);
+        return env.Undefined();
+    }
+    if (log_tsfn == nullptr) {
+        if (napi_create_threadsafe_function(env, info[0], nullptr,
+                                            Napi::String::New(env, "psrpc.log"), 0, 1, nullptr,
+                                            nullptr, nullptr, log_call_js, &log_tsfn) != napi_ok)
+            return throw_type(env, "cannot create the log callback");
+        napi_unref_threadsafe_function(env, log_tsfn); // never keeps the process alive
+        log_env = env;
+        napi_add_env_cleanup_hook(env, log_cleanup, nullptr);
+    }
+    int st = psrpc_set_log_callback(on_log, info[1].ToNumber().Int32Value(), log_tsfn);
+    return status_result(env, st, "setLogCallback");
 }
 
 ClientBox *client_arg(Napi::Env env, const Napi::Value &v) {
@@ -1577,6 +1717,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     EXPORT(StatusInfo);
     EXPORT(BenchServe);
     EXPORT(BenchRunC);
+    EXPORT(ClientSetRetries);
+    EXPORT(SetLogCallback);
 #undef EXPORT
     return exports;
 }

@@ -8,6 +8,11 @@ import { Method, Service, type ServiceLike } from './service';
 import { Stream } from './stream';
 import type { Context } from './server';
 import type { MethodName, RequestOf, ResponseOf } from './types';
+import {
+  checkInterceptors, nativeRetries, runBeforeSend, runOutcome,
+  type CallInfo, type CallKind, type ClientInterceptor, type RetryOptions,
+} from './hooks';
+import { TRACEPARENT, TRACESTATE, TraceContext } from './trace';
 
 export interface ClientOptions {
   /** Default request timeout (ms, default 3000). */
@@ -16,6 +21,10 @@ export interface ClientOptions {
   selectionTimeoutMs?: number;
   /** Client id on the wire ([A-Za-z0-9_.-]+); default "CLI_" + 12 random characters. */
   clientId?: string;
+  /** Interceptors of every call, in order (more: `client.addInterceptor`). */
+  interceptors?: ClientInterceptor[];
+  /** Retry policy of unary calls (and stream opens, if it says so); `client.setRetries` changes it. */
+  retries?: RetryOptions;
 }
 
 export interface Claim {
@@ -53,6 +62,8 @@ export interface CallOptions {
   waitForReady?: boolean;
   /** Absolute deadline; pass a handler's ctx so a nested call never outlives its parent. */
   deadline?: Deadline;
+  /** A W3C trace context to send (traceparent/tracestate metadata, replacing any). */
+  trace?: TraceContext;
 }
 
 export interface MultiResult<R> {
@@ -119,6 +130,10 @@ export function nativeCallOptions(o: CallOptions | undefined): { opts: object; s
   opts.timeoutMs = nonNegative(o.timeoutMs, 'timeoutMs');
   opts.topics = topicList(o.topics);
   opts.metadata = metadataList(o.metadata);
+  if (o.trace !== undefined) {
+    if (!(o.trace instanceof TraceContext)) throw new TypeError('trace must be a TraceContext');
+    opts.metadata = [...(opts.metadata ?? []).filter(([k]: [string, string]) => k !== TRACEPARENT && k !== TRACESTATE), ...o.trace.toMetadata()];
+  }
   opts.deadlineNs = deadlineNs(o.deadline);
   opts.waitForReady = !!o.waitForReady;
   let select: SelectionOptions['select'];
@@ -158,6 +173,7 @@ export class Client<S extends ServiceLike = ServiceLike> {
   /** @internal */ _box: Box;
   /** @internal open subscriptions: ended when the client closes */
   readonly _subs = new Set<Subscription<any>>();
+  private readonly _interceptors: ClientInterceptor[];
   private _closing: Promise<void> | undefined;
 
   constructor(bus: Bus, service: S, options: ClientOptions = {}) {
@@ -172,7 +188,44 @@ export class Client<S extends ServiceLike = ServiceLike> {
       clientId: options.clientId,
     };
     if (opts.clientId !== undefined && typeof opts.clientId !== 'string') throw new TypeError('clientId must be a string');
+    this._interceptors = checkInterceptors(options.interceptors, 'interceptors');
+    const retries = nativeRetries(options.retries);
     [this._box, this.id] = callNative(() => native.ClientCreate(bus._box, this.service.name, opts));
+    if (retries) callNative(() => native.ClientSetRetries(this._box, retries));
+  }
+
+  /** Adds an interceptor after the others (for the calls started from now on). */
+  addInterceptor(interceptor: ClientInterceptor): this {
+    this._interceptors.push(...checkInterceptors([interceptor], 'interceptor'));
+    return this;
+  }
+
+  /** Sets (or, with null, clears) the retry policy of the calls started from now on. */
+  setRetries(retries: RetryOptions | null): void {
+    const r = nativeRetries(retries);
+    callNative(() => native.ClientSetRetries(this._box, r));
+  }
+
+  /** @internal the interceptors' view of a call; runs their beforeSend (throws to fail the call) */
+  private _intercept(kind: CallKind, m: Method, opts: any): CallInfo | undefined {
+    if (this._interceptors.length === 0) return undefined;
+    const info: CallInfo = {
+      kind, role: 'client', service: this.service.name, method: m.name, topics: opts.topics ?? [], clientId: this.id,
+      deadlineNs: opts.deadlineNs,
+    };
+    opts.metadata = runBeforeSend(this._interceptors, info, opts.metadata);
+    return info;
+  }
+
+  /** @internal */
+  private _infoFor(kind: CallKind, m: Method, opts: any): CallInfo {
+    return { kind, role: 'client', service: this.service.name, method: m.name, topics: opts.topics ?? [], clientId: this.id, deadlineNs: opts.deadlineNs };
+  }
+
+  /** @internal */
+  private _outcome(info: CallInfo | undefined, t0: number, o: { error?: PsrpcError; serverId?: string; attempts?: number; responses?: number; errors?: number }): void {
+    if (!info) return;
+    runOutcome(this._interceptors, info, { durationMs: performance.now() - t0, attempts: 1, ...o });
   }
 
   private _method(name: unknown, kind: Method['kind'][]): Method {
@@ -197,19 +250,35 @@ export class Client<S extends ServiceLike = ServiceLike> {
     const signal = options?.signal;
     if (signal?.aborted) return Promise.reject(abortError(signal));
     const bus = this.bus;
+    const t0 = performance.now();
+    let info: CallInfo | undefined;
+    try {
+      info = this._intercept('unary', m, o.opts);
+    } catch (e) {
+      const err = e as PsrpcError;
+      this._outcome(this._infoFor('unary', m, o.opts), t0, { error: err, attempts: 0 });
+      return Promise.reject(err);
+    }
     return new Promise((resolve, reject) => {
       let callId = -1;
       let onAbort: (() => void) | undefined;
-      const id = bus._newId((kind, a, b, c) => {
+      const id = bus._newId((kind, a, b, c, d) => {
         if (kind === EV.SELECT) return runSelect(o.select!, a, b);
         bus._release(id);
         if (onAbort) signal!.removeEventListener('abort', onAbort);
-        if (kind === -1) return reject(new PsrpcError(Code.Canceled, 'bus is closed'));
-        const err = b as NativeError | null;
-        if (err) {
-          if (err.code === Code.Canceled && signal?.aborted) return reject(abortError(signal));
-          return reject(PsrpcError.fromNative(err, c));
+        if (kind === -1) {
+          const e = new PsrpcError(Code.Canceled, 'bus is closed');
+          this._outcome(info, t0, { error: e });
+          return reject(e);
         }
+        const err = b as NativeError | null;
+        const attempts = typeof d === 'number' ? d : 1;
+        if (err) {
+          const e = err.code === Code.Canceled && signal?.aborted ? abortError(signal) : PsrpcError.fromNative(err, c);
+          this._outcome(info, t0, { error: e, serverId: c ?? undefined, attempts });
+          return reject(e);
+        }
+        this._outcome(info, t0, { serverId: c ?? undefined, attempts });
         try {
           resolve(m.decodeResponse(a as Uint8Array));
         } catch (e) {
@@ -242,6 +311,15 @@ export class Client<S extends ServiceLike = ServiceLike> {
     const signal = options?.signal;
     if (signal?.aborted) throw abortError(signal);
     const bus = this.bus;
+    const t0 = performance.now();
+    let info: CallInfo | undefined;
+    try {
+      info = this._intercept('multi', m, o.opts);
+    } catch (e) {
+      this._outcome(this._infoFor('multi', m, o.opts), t0, { error: e as PsrpcError, attempts: 0 });
+      throw e;
+    }
+    let responses = 0, errors = 0;
     let callId = -1;
     let finished = false;
     let onAbort: (() => void) | undefined;
@@ -252,6 +330,8 @@ export class Client<S extends ServiceLike = ServiceLike> {
       if (kind === EV.SELECT) return runSelect(o.select!, a, b);
       if (kind === EV.RESULT) {
         const err = b as NativeError | null;
+        if (err) errors++;
+        else responses++;
         if (err) queue.push({ error: PsrpcError.fromNative(err, c), serverId: c ?? undefined });
         else {
           try {
@@ -267,6 +347,7 @@ export class Client<S extends ServiceLike = ServiceLike> {
       bus._release(id);
       if (onAbort) signal!.removeEventListener('abort', onAbort);
       const err = kind === -1 ? { code: Code.Canceled, message: 'bus is closed', status: -1, details: [] } : (a as NativeError | null);
+      this._outcome(info, t0, { error: err ? PsrpcError.fromNative(err) : undefined, responses, errors });
       if (!err) queue.end();
       else if (err.code === Code.Canceled && signal?.aborted) queue.end(abortError(signal));
       else queue.end(PsrpcError.fromNative(err));
@@ -304,10 +385,22 @@ export class Client<S extends ServiceLike = ServiceLike> {
     const signal = options?.signal;
     if (signal?.aborted) throw abortError(signal);
     const bus = this.bus;
+    const t0 = performance.now();
+    let info: CallInfo | undefined;
+    try {
+      info = this._intercept('stream', m, o.opts);
+    } catch (e) {
+      this._outcome(this._infoFor('stream', m, o.opts), t0, { error: e as PsrpcError, attempts: 0 });
+      throw e;
+    }
     const id = bus._newId(() => undefined);
     const stream = new Stream<ResponseOf<S, N>, RequestOf<S, N>>(bus, id, '', (x) => m.encodeRequest(x), (b) => m.decodeResponse(b));
     const opened = new Promise<void>((resolve, reject) => {
-      stream._onOpen = (e) => (e ? reject(PsrpcError.fromNative(e)) : resolve());
+      stream._onOpen = (e) => {
+        const err = e ? PsrpcError.fromNative(e) : undefined;
+        this._outcome(info, t0, { error: err });
+        return err ? reject(err) : resolve();
+      };
     });
     try {
       stream._box = callNative(() => native.ClientOpenStream(this._box, m.native, o.opts, id));

@@ -13,7 +13,11 @@ export type { PsrpcErrorOptions } from './errors';
 export { Method, Service, camelCase, decodeOptions, psrpcOptions, OPTIONS_EXTENSION_NUMBER } from './service';
 export type { MethodDef, PsrpcOptions, Routing, ServiceDef, ServiceLike } from './service';
 export type { MethodName, RequestOf, ResponseOf, HandlerRequestOf, HandlerResponseOf } from './types';
+export { setLogHandler } from './hooks';
+export type { CallInfo, CallKind, CallOutcome, ClientInterceptor, LogHandler, LogLevel, RetryOptions, ServerInterceptor } from './hooks';
+export { TraceContext, otelPropagation } from './trace';
 import { native } from './native';
+import { setLogHandler } from './hooks';
 
 // Symbol.asyncDispose in the typings without requiring lib esnext.disposable
 // (declared the same way as lib.esnext.disposable and @types/node do).
@@ -23,6 +27,13 @@ declare global {
   }
 }
 const info = native.StatusInfo();
+// NODE_DEBUG=psrpc: libpsrpc's log events through util.debuglog.
+if (/\bpsrpc\b/i.test(process.env.NODE_DEBUG ?? '')) {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const debug = (require('node:util') as typeof import('node:util')).debuglog('psrpc');
+  setLogHandler((level, component, message) => debug('%s %s: %s', level, component, message), { level: 'debug' });
+}
+
 /** libpsrpc's version. */
 export const version: string = info.version;
 /** The livekit/psrpc release whose wire protocol this speaks. */

@@ -56,6 +56,8 @@ export interface Native {
   BenchServe(server: Box, m: NativeMethod): void;
   BenchRunC(client: Box, m: NativeMethod, data: Uint8Array, inflight: number, warmupMs: number, durationMs: number): [number, number, number];
   StatusInfo(): { version: string; wireVersion: string; features: Record<string, boolean> };
+  ClientSetRetries(client: Box, retries: object | null): void;
+  SetLogCallback(dispatch: ((level: number, component: string, message: string) => void) | null, maxLevel: number): void;
 }
 
 export const EV = {

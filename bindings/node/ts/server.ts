@@ -7,6 +7,9 @@ import { Method, Service, type ServiceLike } from './service';
 import { Stream } from './stream';
 import { topicList } from './client';
 import type { HandlerRequestOf, HandlerResponseOf, MethodName, ResponseOf } from './types';
+import { checkInterceptors, runBeforeHandle, runOutcome, type CallInfo, type ServerInterceptor } from './hooks';
+import { TraceContext } from './trace';
+import type { CallOptions } from './client';
 
 export interface ServerOptions {
   /** Server id on the wire ([A-Za-z_][A-Za-z0-9_]*); default "SRV_" + 12 random characters. */
@@ -15,6 +18,8 @@ export interface ServerOptions {
   skipClaim?: boolean;
   /** Server stream timeout (ms, default 3000). */
   timeoutMs?: number;
+  /** Interceptors of every request, in order (more: `server.addInterceptor`). */
+  interceptors?: ServerInterceptor[];
 }
 
 export interface HandleOptions<Req = any> {
@@ -66,6 +71,23 @@ export class Context {
     }
   }
 
+  /** The W3C trace context the request carried (traceparent / tracestate metadata), if any. */
+  get trace(): TraceContext | undefined {
+    return TraceContext.fromMetadata(this.metadataEntries);
+  }
+
+  /**
+   * Options for a nested call made while handling this request: it ends by
+   * this request's deadline and continues its trace (a child of `ctx.trace`:
+   * same trace id, new span id). `extra` is merged in.
+   */
+  callOptions(extra: CallOptions = {}): CallOptions {
+    const t = this.trace;
+    const o: CallOptions = { deadline: this, ...extra };
+    if (t && extra.trace === undefined) o.trace = t.child();
+    return o;
+  }
+
   /** The deadline as a Date. */
   get deadline(): Date {
     return new Date(Number(this.deadlineNs / 1000000n));
@@ -107,6 +129,7 @@ export class Server<S extends ServiceLike = ServiceLike> {
   private readonly inflight = new Set<Context>();
   private _closing: Promise<void> | undefined;
   private readonly _busHold: BusHold;
+  private readonly _interceptors: ServerInterceptor[];
 
   constructor(bus: Bus, service: S, options: ServerOptions = {}) {
     if (!bus || typeof (bus as any)._checkOpen !== 'function') throw new TypeError('bus must be a Bus');
@@ -114,6 +137,7 @@ export class Server<S extends ServiceLike = ServiceLike> {
     if (options.serverId !== undefined && typeof options.serverId !== 'string') throw new TypeError('serverId must be a string');
     this.bus = bus;
     this._busHold = new BusHold(bus);
+    this._interceptors = checkInterceptors(options.interceptors, 'interceptors');
     this.service = Service.from(service);
     bus._checkOpen();
     [this._box, this.id] = callNative(() =>
@@ -124,6 +148,35 @@ export class Server<S extends ServiceLike = ServiceLike> {
       }),
     );
     this._busHold.take();
+  }
+
+  /** Adds an interceptor after the others (for the requests received from now on). */
+  addInterceptor(interceptor: ServerInterceptor): this {
+    this._interceptors.push(...checkInterceptors([interceptor], 'interceptor'));
+    return this;
+  }
+
+  /** @internal runs beforeHandle; returns the outcome reporter, or throws the rejection */
+  private _intercept(kind: CallInfo['kind'], ctx: Context): ((error?: unknown) => void) | undefined {
+    if (this._interceptors.length === 0) return undefined;
+    const info: CallInfo = {
+      kind, role: 'server', service: this.service.name, method: ctx.method, topics: ctx.topics, clientId: ctx.clientId,
+      serverId: this.id, requestId: ctx.requestId, deadlineNs: ctx.deadlineNs || undefined,
+    };
+    const t0 = performance.now();
+    let done = false;
+    const report = (error?: unknown) => {
+      if (done) return;
+      done = true;
+      runOutcome(this._interceptors, info, { durationMs: performance.now() - t0, attempts: 1, serverId: this.id, error: error === undefined ? undefined : asWireError(error) });
+    };
+    try {
+      runBeforeHandle(this._interceptors, info, ctx.metadataEntries);
+    } catch (e) {
+      report(e);
+      throw e;
+    }
+    return report;
   }
 
   /** Do not keep the process alive for this server. */
@@ -275,39 +328,44 @@ export class Server<S extends ServiceLike = ServiceLike> {
     const ctx = new Context(this, info);
     this.inflight.add(ctx);
     let req: any;
-    const finish = () => {
+    let report: ((error?: unknown) => void) | undefined;
+    const finish = (error?: unknown) => {
       ctx._done();
       this.inflight.delete(ctx);
+      if (report) report(error);
     };
+    const failed = (e: unknown) => {
+      fail(box, e);
+      finish(e);
+    };
+    try {
+      report = this._intercept(m.kind === 'multi' ? 'multi' : 'unary', ctx);
+    } catch (e) {
+      fail(box, e);
+      ctx._done();
+      this.inflight.delete(ctx);
+      return;
+    }
     try {
       req = m.decodeRequest(payload);
     } catch (e) {
-      fail(box, e);
-      finish();
+      failed(e);
       return;
     }
     let result: unknown;
     try {
       result = handler(req, ctx);
     } catch (e) {
-      fail(box, e);
-      finish();
+      failed(e);
       return;
     }
     if (result instanceof Promise || (result && typeof (result as any).then === 'function')) {
       Promise.resolve(result).then(
-        (res) => {
-          respond(m, box, res);
-          finish();
-        },
-        (e) => {
-          fail(box, e);
-          finish();
-        },
+        (res) => finish(respond(m, box, res)),
+        (e) => failed(e),
       );
     } else {
-      respond(m, box, result);
-      finish();
+      finish(respond(m, box, result));
     }
   }
 
@@ -340,7 +398,18 @@ export class Server<S extends ServiceLike = ServiceLike> {
     const stream = new Stream<any, any>(this.bus, streamId, info.requestId, (x) => m.encodeResponse(x), (b) => m.decodeRequest(b));
     stream._box = box;
     const ctx = new Context(this, { ...info, topics, expiryNs: 0n, sentAtNs: 0n }, topics);
-    stream.closed.then(() => ctx._ac.abort(stream.closeCause ?? new PsrpcError(Code.Canceled, 'stream closed')));
+    let report: ((error?: unknown) => void) | undefined;
+    try {
+      report = this._intercept('stream', ctx);
+    } catch (e) {
+      stream.close(asWireError(e));
+      ctx._done();
+      return;
+    }
+    stream.closed.then(() => {
+      ctx._ac.abort(stream.closeCause ?? new PsrpcError(Code.Canceled, 'stream closed'));
+      if (report) report(stream.closeCause ?? undefined);
+    });
     Promise.resolve()
       .then(() => handler(stream, ctx))
       .then(
@@ -354,20 +423,22 @@ function regKey(name: string, topics: string[]): string {
   return JSON.stringify([name, topics]);
 }
 
-function respond(m: Method, box: Box, res: unknown): void {
+/** Answers; returns the error it answered with instead (an unencodable response), if any. */
+function respond(m: Method, box: Box, res: unknown): PsrpcError | undefined {
   let data: Uint8Array;
   try {
     data = m.encodeResponse(res);
   } catch (e) {
     const err = e instanceof PsrpcError ? e : new PsrpcError(Code.MalformedResult, (e as Error).message);
     fail(box, err);
-    return;
+    return err;
   }
   try {
     native.RequestRespond(box, data);
   } catch {
     /* answered already */
   }
+  return undefined;
 }
 
 function fail(box: Box, e: unknown): void {

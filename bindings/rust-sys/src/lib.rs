@@ -463,4 +463,185 @@ functions! {
     pub fn psrpc_stream_metadata_count(stream: *const psrpc_stream) -> usize;
     pub fn psrpc_stream_metadata_at(stream: *const psrpc_stream, index: usize, key: *mut *const c_char, value: *mut *const c_char) -> psrpc_status;
     pub fn psrpc_stream_metadata_get(stream: *const psrpc_stream, key: *const c_char) -> *const c_char;
+
+    // issue 16: hooks, retries, logs, metrics, trace context
+    pub fn psrpc_client_hooks_init(hooks: *mut psrpc_client_hooks, struct_size: usize) -> psrpc_status;
+    pub fn psrpc_client_add_hooks(client: *mut psrpc_client, hooks: *const psrpc_client_hooks) -> psrpc_status;
+    pub fn psrpc_server_hooks_init(hooks: *mut psrpc_server_hooks, struct_size: usize) -> psrpc_status;
+    pub fn psrpc_server_add_hooks(server: *mut psrpc_server, hooks: *const psrpc_server_hooks) -> psrpc_status;
+    pub fn psrpc_hook_call_metadata_count(call: *const psrpc_hook_call) -> usize;
+    pub fn psrpc_hook_call_metadata_at(call: *const psrpc_hook_call, index: usize, key: *mut *const c_char, value: *mut *const c_char) -> psrpc_status;
+    pub fn psrpc_hook_call_metadata_get(call: *const psrpc_hook_call, key: *const c_char) -> *const c_char;
+    pub fn psrpc_hook_call_metadata_set(call: *mut psrpc_hook_call, key: *const c_char, value: *const c_char) -> psrpc_status;
+    pub fn psrpc_hook_call_fail(call: *mut psrpc_hook_call, status: c_int, message: *const c_char) -> c_int;
+    pub fn psrpc_retry_options_init(opts: *mut psrpc_retry_options, struct_size: usize) -> psrpc_status;
+    pub fn psrpc_client_set_retries(client: *mut psrpc_client, kinds: u32, opts: *const psrpc_retry_options) -> psrpc_status;
+    pub fn psrpc_set_log_callback(cb: psrpc_log_cb, max_level: c_int, user_data: *mut c_void) -> psrpc_status;
+    pub fn psrpc_metrics_new(out: *mut *mut psrpc_metrics) -> psrpc_status;
+    pub fn psrpc_metrics_attach_client(m: *mut psrpc_metrics, client: *mut psrpc_client) -> psrpc_status;
+    pub fn psrpc_metrics_attach_server(m: *mut psrpc_metrics, server: *mut psrpc_server) -> psrpc_status;
+    pub fn psrpc_metrics_bucket_bound_ms(index: usize) -> f64;
+    pub fn psrpc_metrics_read(m: *mut psrpc_metrics, cb: psrpc_metrics_row_cb, code_cb: psrpc_metrics_code_cb, user_data: *mut c_void) -> psrpc_status;
+    pub fn psrpc_metrics_free(m: *mut psrpc_metrics);
+    pub fn psrpc_trace_child(out: *mut c_char, parent: *const c_char) -> psrpc_status;
+    pub fn psrpc_trace_forward(kv: *mut psrpc_kv, buf: *mut c_char, traceparent: *const c_char, tracestate: *const c_char) -> usize;
+    pub fn psrpc_request_reject(request: *mut psrpc_request, code: *const c_char, message: *const c_char, details: *const psrpc_error_detail, details_count: usize) -> psrpc_status;
+    pub fn psrpc_stream_expiry_ns(stream: *const psrpc_stream) -> i64;
 }
+
+// ---------------------------------------------------------------------------
+// Issue 16: hooks, retries, logs, metrics, trace context (capi/psrpc.h)
+// ---------------------------------------------------------------------------
+
+/// `psrpc_call_info.kind`: a unary call.
+pub const PSRPC_CALL_KIND_UNARY: u32 = 1;
+/// `psrpc_call_info.kind`: a multi call.
+pub const PSRPC_CALL_KIND_MULTI: u32 = 2;
+/// `psrpc_call_info.kind`: a stream.
+pub const PSRPC_CALL_KIND_STREAM: u32 = 3;
+/// Client side (hooks, metrics).
+pub const PSRPC_ROLE_CLIENT: u32 = 1;
+/// Server side (hooks, metrics).
+pub const PSRPC_ROLE_SERVER: u32 = 2;
+/// `sizeof(psrpc_client_hooks)` of its first version (LP64).
+pub const PSRPC_CLIENT_HOOKS_SIZE_V1: usize = 40;
+/// `sizeof(psrpc_server_hooks)` of its first version (LP64).
+pub const PSRPC_SERVER_HOOKS_SIZE_V1: usize = 40;
+/// `sizeof(psrpc_retry_options)` of its first version (LP64).
+pub const PSRPC_RETRY_OPTIONS_SIZE_V1: usize = 48;
+/// `sizeof(psrpc_method_metrics)` of its first version (LP64).
+pub const PSRPC_METHOD_METRICS_SIZE_V1: usize = 168;
+/// Retries for unary calls.
+pub const PSRPC_RETRY_UNARY: u32 = 0x1;
+/// Retries for stream opens.
+pub const PSRPC_RETRY_STREAM_OPEN: u32 = 0x2;
+/// Log level.
+pub const PSRPC_LOG_ERROR: c_int = 1;
+/// Log level.
+pub const PSRPC_LOG_WARN: c_int = 2;
+/// Log level.
+pub const PSRPC_LOG_INFO: c_int = 3;
+/// Log level.
+pub const PSRPC_LOG_DEBUG: c_int = 4;
+/// Latency buckets of `psrpc_method_metrics`.
+pub const PSRPC_METRICS_BUCKETS: usize = 12;
+/// Bytes of a traceparent buffer (55 + NUL).
+pub const PSRPC_TRACEPARENT_SIZE: usize = 56;
+
+opaque!(psrpc_hook_call, psrpc_metrics);
+
+/// What a hook knows about a call (library-sized; borrowed).
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct psrpc_call_info {
+    pub struct_size: u32,
+    pub kind: u32,
+    pub role: u32,
+    pub reserved: u32,
+    pub service: *const c_char,
+    pub method: *const c_char,
+    pub topics: *const *const c_char,
+    pub topic_count: usize,
+    pub call_id: u64,
+    pub client_id: *const c_char,
+    pub server_id: *const c_char,
+    pub request_id: *const c_char,
+    pub expiry_ns: i64,
+}
+
+/// A call's outcome (library-sized; borrowed).
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct psrpc_call_outcome {
+    pub struct_size: u32,
+    pub attempts: u32,
+    pub duration_ns: i64,
+    pub server_id: *const c_char,
+    pub error: *const psrpc_error,
+    pub responses: u64,
+    pub errors: u64,
+}
+
+/// A before-hook (client before_send, server before_handle).
+pub type psrpc_before_cb = Option<
+    unsafe extern "C" fn(info: *const psrpc_call_info, call: *mut psrpc_hook_call, user_data: *mut c_void) -> c_int,
+>;
+/// An outcome hook.
+pub type psrpc_outcome_cb = Option<
+    unsafe extern "C" fn(info: *const psrpc_call_info, outcome: *const psrpc_call_outcome, user_data: *mut c_void),
+>;
+
+/// Client hooks; initialise with [`psrpc_client_hooks_init`].
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct psrpc_client_hooks {
+    pub struct_size: u32,
+    pub reserved: u32,
+    pub before_send: psrpc_before_cb,
+    pub on_outcome: psrpc_outcome_cb,
+    pub user_data: *mut c_void,
+    pub release: psrpc_release_cb,
+}
+
+/// Server hooks; initialise with [`psrpc_server_hooks_init`].
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct psrpc_server_hooks {
+    pub struct_size: u32,
+    pub reserved: u32,
+    pub before_handle: psrpc_before_cb,
+    pub on_outcome: psrpc_outcome_cb,
+    pub user_data: *mut c_void,
+    pub release: psrpc_release_cb,
+}
+
+/// Retry policy; initialise with [`psrpc_retry_options_init`].
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct psrpc_retry_options {
+    pub struct_size: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: i64,
+    pub backoff_ms: i64,
+    pub is_recoverable: Option<unsafe extern "C" fn(error: *const psrpc_error, user_data: *mut c_void) -> c_int>,
+    pub retry_params: Option<
+        unsafe extern "C" fn(
+            error: *const psrpc_error,
+            attempt: u32,
+            timeout_ms: *mut i64,
+            wait_ms: *mut i64,
+            user_data: *mut c_void,
+        ) -> c_int,
+    >,
+    pub user_data: *mut c_void,
+}
+
+/// The log callback.
+pub type psrpc_log_cb = Option<
+    unsafe extern "C" fn(level: c_int, component: *const c_char, message: *const c_char, user_data: *mut c_void),
+>;
+
+/// One metrics row.
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct psrpc_method_metrics {
+    pub struct_size: u32,
+    pub role: u32,
+    pub kind: u32,
+    pub reserved: u32,
+    pub service: *const c_char,
+    pub method: *const c_char,
+    pub calls: u64,
+    pub errors: u64,
+    pub attempts: u64,
+    pub latency_sum_ns: u64,
+    pub buckets: [u64; PSRPC_METRICS_BUCKETS],
+    pub error_codes_count: u64,
+}
+
+/// `psrpc_metrics_read`'s row callback.
+pub type psrpc_metrics_row_cb = Option<unsafe extern "C" fn(row: *const psrpc_method_metrics, user_data: *mut c_void)>;
+/// `psrpc_metrics_read`'s per-code callback.
+pub type psrpc_metrics_code_cb = Option<
+    unsafe extern "C" fn(row: *const psrpc_method_metrics, code: *const c_char, count: u64, user_data: *mut c_void),
+>;

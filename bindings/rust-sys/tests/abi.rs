@@ -50,6 +50,15 @@ macro_rules! structs {
         $m!($out, psrpc_call_options { struct_size, flags, timeout_ms, topics, topic_count, metadata,
             metadata_count, selection, deadline_ns });
         $m!($out, psrpc_server_options { struct_size, flags, timeout_ms, server_id });
+        $m!($out, psrpc_call_info { struct_size, kind, role, reserved, service, method, topics, topic_count,
+            call_id, client_id, server_id, request_id, expiry_ns });
+        $m!($out, psrpc_call_outcome { struct_size, attempts, duration_ns, server_id, error, responses, errors });
+        $m!($out, psrpc_client_hooks { struct_size, reserved, before_send, on_outcome, user_data, release });
+        $m!($out, psrpc_server_hooks { struct_size, reserved, before_handle, on_outcome, user_data, release });
+        $m!($out, psrpc_retry_options { struct_size, max_attempts, timeout_ms, backoff_ms, is_recoverable,
+            retry_params, user_data });
+        $m!($out, psrpc_method_metrics { struct_size, role, kind, reserved, service, method, calls, errors,
+            attempts, latency_sum_ns, buckets, error_codes_count });
     };
 }
 
@@ -83,6 +92,23 @@ fn constants() -> Vec<(&'static str, i64)> {
         ("PSRPC_SERVER_SKIP_CLAIM", PSRPC_SERVER_SKIP_CLAIM as i64),
         ("PSRPC_SERVER_OPTIONS_SIZE_V1", PSRPC_SERVER_OPTIONS_SIZE_V1 as i64),
         ("PSRPC_CLOSE_FORCE", PSRPC_CLOSE_FORCE as i64),
+        ("PSRPC_CALL_KIND_UNARY", PSRPC_CALL_KIND_UNARY as i64),
+        ("PSRPC_CALL_KIND_MULTI", PSRPC_CALL_KIND_MULTI as i64),
+        ("PSRPC_CALL_KIND_STREAM", PSRPC_CALL_KIND_STREAM as i64),
+        ("PSRPC_ROLE_CLIENT", PSRPC_ROLE_CLIENT as i64),
+        ("PSRPC_ROLE_SERVER", PSRPC_ROLE_SERVER as i64),
+        ("PSRPC_CLIENT_HOOKS_SIZE_V1", PSRPC_CLIENT_HOOKS_SIZE_V1 as i64),
+        ("PSRPC_SERVER_HOOKS_SIZE_V1", PSRPC_SERVER_HOOKS_SIZE_V1 as i64),
+        ("PSRPC_RETRY_OPTIONS_SIZE_V1", PSRPC_RETRY_OPTIONS_SIZE_V1 as i64),
+        ("PSRPC_METHOD_METRICS_SIZE_V1", PSRPC_METHOD_METRICS_SIZE_V1 as i64),
+        ("PSRPC_RETRY_UNARY", PSRPC_RETRY_UNARY as i64),
+        ("PSRPC_RETRY_STREAM_OPEN", PSRPC_RETRY_STREAM_OPEN as i64),
+        ("PSRPC_LOG_ERROR", PSRPC_LOG_ERROR as i64),
+        ("PSRPC_LOG_WARN", PSRPC_LOG_WARN as i64),
+        ("PSRPC_LOG_INFO", PSRPC_LOG_INFO as i64),
+        ("PSRPC_LOG_DEBUG", PSRPC_LOG_DEBUG as i64),
+        ("PSRPC_METRICS_BUCKETS", PSRPC_METRICS_BUCKETS as i64),
+        ("PSRPC_TRACEPARENT_SIZE", PSRPC_TRACEPARENT_SIZE as i64),
         ("sizeof(psrpc_status)", size_of::<psrpc_status>() as i64),
     ];
     for (name, value, _) in PSRPC_STATUS_TABLE {

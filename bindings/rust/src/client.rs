@@ -2,6 +2,8 @@
 use crate::bus::{closed_cb, Bus};
 use crate::core::{decode, encode, guard, resolve_spawner, CStrings, Codec, Method, Payload, Spawn};
 use crate::error::{check, cstr, opt_cstr, to_c, Code, Error, Result};
+use crate::hooks::{ClientInterceptor, RetryOptions, RetryState};
+use crate::trace::TraceContext;
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, Stream};
 use psrpc_sys as sys;
@@ -24,6 +26,11 @@ pub struct ClientOptions {
     pub client_id: Option<String>,
     /// Where async selection functions run (default: the current tokio runtime).
     pub spawner: Option<Arc<dyn Spawn>>,
+    /// Interceptors of every call, in order (more: [`Client::add_interceptor`]).
+    pub interceptors: Vec<Arc<dyn ClientInterceptor>>,
+    /// The retry policy of unary calls (and stream opens, if it says so);
+    /// changed later with [`Client::set_retries`].
+    pub retries: Option<RetryOptions>,
 }
 
 /// One claim seen during server selection.
@@ -103,6 +110,13 @@ impl CallOptions {
     /// Sets the selection options.
     pub fn selection(mut self, s: SelectionOptions) -> Self {
         self.selection = Some(s);
+        self
+    }
+    /// Sends this W3C trace context (`traceparent`, `tracestate`),
+    /// replacing any in the metadata.
+    pub fn trace(mut self, t: &TraceContext) -> Self {
+        self.metadata.retain(|(k, _)| k != crate::trace::TRACEPARENT && k != crate::trace::TRACESTATE);
+        self.metadata.extend(t.to_metadata());
         self
     }
 }
@@ -230,6 +244,11 @@ pub(crate) struct ClientInner {
     pub(crate) ptr: *mut sys::psrpc_client,
     pub(crate) spawner: Option<Arc<dyn Spawn>>,
     id: String,
+    // What retry callbacks point at: kept (every policy ever set, as calls
+    // in flight may use an old one) until the client is freed. Boxed: the
+    // C side holds their addresses.
+    #[allow(clippy::vec_box)]
+    retry_states: Mutex<Vec<Box<RetryState>>>,
     _bus: Bus,
 }
 
@@ -565,7 +584,37 @@ impl Client {
         let mut out = std::ptr::null_mut();
         check(unsafe { sys::psrpc_client_create(&mut out, bus.inner.ptr, service.as_ptr(), &o) })?;
         let id = unsafe { cstr(sys::psrpc_client_id(out)) };
-        Ok(Client { inner: Arc::new(ClientInner { ptr: out, spawner: resolve_spawner(options.spawner), id, _bus: bus.clone() }) })
+        let client = Client {
+            inner: Arc::new(ClientInner {
+                ptr: out,
+                spawner: resolve_spawner(options.spawner),
+                id,
+                retry_states: Mutex::new(Vec::new()),
+                _bus: bus.clone(),
+            }),
+        };
+        for i in options.interceptors {
+            crate::hooks::add_client(client.inner.ptr, i)?;
+        }
+        if options.retries.is_some() {
+            client.set_retries(options.retries.as_ref())?;
+        }
+        Ok(client)
+    }
+
+    /// Adds an interceptor after the others; it sees the calls started
+    /// after this returns.
+    pub fn add_interceptor(&self, interceptor: impl ClientInterceptor) -> Result<()> {
+        crate::hooks::add_client(self.inner.ptr, Arc::new(interceptor))
+    }
+
+    /// Sets (`Some`) or clears (`None`) the retry policy of the calls
+    /// started after this returns.
+    pub fn set_retries(&self, retries: Option<&RetryOptions>) -> Result<()> {
+        if let Some(state) = crate::hooks::set_retries(self.inner.ptr, retries)? {
+            self.inner.retry_states.lock().unwrap_or_else(|e| e.into_inner()).push(state);
+        }
+        Ok(())
     }
 
     /// The client id used on the wire.

@@ -39,15 +39,20 @@ mod bus;
 mod client;
 mod core;
 mod error;
+pub mod hooks;
+pub mod logging;
 mod server;
 mod stream;
+pub mod trace;
 
 pub use crate::bus::{Bus, BusOptions, BusStats};
 pub use crate::client::{Call, CallOptions, CancelHandle, Claim, Client, ClientOptions, MultiCall, MultiItem, Reply, SelectFn, SelectionOptions, Subscription};
 pub use crate::core::{BoxFuture, Codec, Method, MethodFlags, MethodInfo, Payload, RawMessage, Routing, Spawn};
 pub use crate::error::{Code, Error, Result};
 pub use crate::server::{Context, HandlerFuture, Metadata, Request, Server, ServerOptions};
+pub use crate::hooks::{CallInfo, CallKind, ClientInterceptor, HookMetadata, Outcome, RetryOptions, RetryParams, Role, ServerInterceptor};
 pub use crate::stream::{SendFuture, Stream, StreamReceiver, StreamSender};
+pub use crate::trace::TraceContext;
 pub use psrpc_sys as sys;
 
 /// Re-exported for generated code.

@@ -3,6 +3,8 @@ use crate::bus::{closed_cb, Bus};
 use crate::client::{ready_cb, release_box, CallOptions, ReadyState};
 use crate::core::{decode, encode, guard, panic_message, resolve_spawner, CStrings, Codec, Method, Payload, SendPtr, Spawn};
 use crate::error::{check, cstr, to_c, Code, Error, Result};
+use crate::hooks::ServerInterceptor;
+use crate::trace::TraceContext;
 use crate::stream::{Stream, StreamShared};
 use futures::channel::oneshot;
 use futures::FutureExt;
@@ -25,6 +27,8 @@ pub struct ServerOptions {
     pub skip_claim: bool,
     /// Where handlers run (default: the current tokio runtime).
     pub spawner: Option<Arc<dyn Spawn>>,
+    /// Interceptors of every request, in order (more: [`Server::add_interceptor`]).
+    pub interceptors: Vec<Arc<dyn ServerInterceptor>>,
 }
 
 /// A request's metadata: key/value pairs in the order sent.
@@ -83,12 +87,20 @@ pub struct Context {
     pub sent_at: SystemTime,
     /// The request's deadline (its expiry).
     pub deadline: SystemTime,
+    /// The W3C trace context the request carried (`traceparent`,
+    /// `tracestate` metadata), if any.
+    pub trace: Option<TraceContext>,
 }
 
 impl Context {
-    /// Call options for a nested call that must end by this request's deadline.
+    /// Call options for a nested call that must end by this request's
+    /// deadline and continues its trace (a child of [`Context::trace`]).
     pub fn call_options(&self) -> CallOptions {
-        CallOptions::new().deadline(self.deadline)
+        let o = CallOptions::new().deadline(self.deadline);
+        match &self.trace {
+            Some(t) => o.trace(&t.child()),
+            None => o,
+        }
     }
     /// Time left until the deadline (zero once past).
     pub fn remaining(&self) -> Duration {
@@ -174,8 +186,11 @@ unsafe fn request_info(r: *const sys::psrpc_request, server_id: &str) -> (Metada
         server_id: server_id.to_string(),
         sent_at: ns_to_time(sys::psrpc_request_sent_at_ns(r)),
         deadline: ns_to_time(sys::psrpc_request_expiry_ns(r)),
+        trace: None,
     };
-    (Metadata(md), topics, ctx)
+    let md = Metadata(md);
+    let ctx = Context { trace: TraceContext::from_metadata(&md), ..ctx };
+    (md, topics, ctx)
 }
 
 /// A boxed handler future.
@@ -301,7 +316,17 @@ impl Server {
         let mut out = std::ptr::null_mut();
         check(unsafe { sys::psrpc_server_create(&mut out, bus.inner.ptr, service.as_ptr(), &o) })?;
         let id = unsafe { cstr(sys::psrpc_server_id(out)) };
-        Ok(Server { inner: Arc::new(ServerInner { ptr: out, spawner: resolve_spawner(options.spawner), id, _bus: bus.clone() }) })
+        let server = Server { inner: Arc::new(ServerInner { ptr: out, spawner: resolve_spawner(options.spawner), id, _bus: bus.clone() }) };
+        for i in options.interceptors {
+            crate::hooks::add_server(server.inner.ptr, i)?;
+        }
+        Ok(server)
+    }
+
+    /// Adds an interceptor after the others; it sees the requests received
+    /// after this returns.
+    pub fn add_interceptor(&self, interceptor: impl ServerInterceptor) -> Result<()> {
+        crate::hooks::add_server(self.inner.ptr, Arc::new(interceptor))
     }
 
     /// The server id used on the wire.

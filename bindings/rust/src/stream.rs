@@ -179,8 +179,11 @@ pub(crate) unsafe fn stream_info(s: *const sys::psrpc_stream, server_id: &str) -
         sent_at: now,
         // A stream has no overall deadline.
         deadline: now + Duration::from_secs(365 * 24 * 3600),
+        trace: None,
     };
-    (Metadata(md), ctx)
+    let md = Metadata(md);
+    let ctx = Context { trace: crate::trace::TraceContext::from_metadata(&md), ..ctx };
+    (md, ctx)
 }
 
 /// A send in flight: resolves when the peer acknowledged the message, or
