@@ -43,6 +43,15 @@ RAW = [
     ("pingpong4", 1, 1), ("pingpong4", 64, 1), ("pingpong4", 256, 1),
     ("fanout", 64, 3),
 ]
+# The scaling curve (libpsrpc only, Redis and NATS, 64 B, queue calls as
+# `single`): scenario scaleN = N buses in the client process and N in the
+# server process, the in-flight calls spread over them.
+SCALE_INFLIGHT = {1: [1, 4, 16, 64, 256, 1024], 2: [16, 256, 1024], 4: [16, 256, 1024]}
+SCALE_INFLIGHT_QUICK = {1: [256, 1024], 2: [256], 4: [256]}
+# The bindings as clients of the C server (psrpc_bench --role server), the
+# `single` scenario, 64 B: impl -> in-flight counts (quick: fewer).
+BINDINGS = {"python": [1], "python-aio": [1, 256], "node": [1, 256], "rust": [1, 256]}
+BINDINGS_QUICK = {"python": [1], "python-aio": [256], "node": [256], "rust": [256]}
 FIELDS = ["impl", "bus", "scenario", "inflight", "payload", "p50_us", "p90_us", "p99_us",
           "per_s", "cpu_us_per_op", "rss_kib"]
 
@@ -169,16 +178,64 @@ def bus_url(args, impl, bus):
     return args.redis if bus == "redis" else args.nats
 
 
-def program(args, impl):
+def program(args, impl, bus):
+    if impl == "raw" and bus == "nats":  # the NATS floor: text protocol over libuv
+        return os.path.join(args.c_bin, "raw_nats_uv")
     return {"c": os.path.join(args.c_bin, "psrpc_bench"), "go": args.go_bin,
-            "raw": os.path.join(args.c_bin, "raw_bench")}[impl]
+            "raw": os.path.join(args.c_bin, "raw_bench"),
+            "natsc": os.path.join(args.c_bin, "raw_bench"),
+            "natsc-uv": os.path.join(args.c_bin, "raw_natsc_uv")}[impl]
+
+
+def short(path):
+    """A path inside the repository, relative to it (for the meta file)."""
+    root = os.path.dirname(HERE)
+    return os.path.relpath(path, root) if path.startswith(root + os.sep) else path
+
+
+def binding_argv(args, impl):
+    """The client command of a binding, or None when it was not built."""
+    if impl in ("python", "python-aio"):
+        if not args.python:
+            return None
+        return [args.python, os.path.join(HERE, "python", "bench_client.py"),
+                "--mode", "sync" if impl == "python" else "aio"]
+    if impl == "node":
+        return [args.node, os.path.join(HERE, "node", "bench_client.mjs")] if args.node else None
+    if impl == "rust":
+        return [args.rust_bin] if args.rust_bin else None
+    return None
+
+
+def redis_flushall(url):
+    """FLUSHALL on the (private) Redis at url: each cell starts on an empty
+    keyspace, not among the previous cell's queue locks (SET ... EX 5: up to
+    ~500,000 keys still expiring after a fast cell)."""
+    out = subprocess.run(["redis-cli", "-u", url, "FLUSHALL"], capture_output=True, text=True,
+                         timeout=30)
+    if out.returncode != 0 or out.stdout.strip() != "OK":
+        raise RuntimeError(f"redis-cli FLUSHALL: {out.stdout.strip()} {out.stderr.strip()}")
 
 
 def run_cell(args, cell):
     impl, bus, scenario, inflight, payload, peers = cell
-    exe = program(args, impl)
+    if bus == "redis" and args.flush_redis:
+        redis_flushall(bus_url(args, impl, bus))
+    binding = impl in BINDINGS
+    if binding:
+        exe = program(args, "c", bus)
+        client_argv = binding_argv(args, impl)
+        if client_argv is None:
+            raise RuntimeError(f"the {impl} binding is not built")
+    else:
+        exe = program(args, impl, bus)
+        client_argv = [exe]
     url = bus_url(args, impl, bus)
-    common = ["--bus", url, "--scenario", scenario, "--inflight", str(inflight),
+    extra_args = []
+    if scenario.startswith("scale"):
+        extra_args = ["--buses", scenario[len("scale"):]]
+    common = extra_args + ["--bus", url, "--scenario",
+                           "scale" if extra_args else scenario, "--inflight", str(inflight),
               "--payload", str(payload), "--warmup", str(args.warmup),
               "--duration", str(args.duration)]
     procs, pipes = [], []
@@ -186,7 +243,7 @@ def run_cell(args, cell):
     try:
         if bus == "local":
             extra = ["--subs", str(peers)] if fan else ["--servers", str(peers)]
-            measurer = Proc([exe, "--role", "local"] + common + extra)
+            measurer = Proc(client_argv + ["--role", "local"] + common + extra)
             procs.append(measurer)
             measurer.expect("READY", 30)
         else:
@@ -208,7 +265,7 @@ def run_cell(args, cell):
                     procs.append(Proc([exe, "--role", "server", "--id", str(i)] + common))
                 for p in procs:
                     p.expect("READY", 30)
-                measurer = Proc([exe, "--role", "client"] + common)
+                measurer = Proc(client_argv + ["--role", "client"] + common)
             procs.append(measurer)
             for fd in pipes:
                 os.close(fd)
@@ -262,6 +319,23 @@ def cells(args):
             for scenario, inflight, peers in RAW:
                 for payload in PAYLOADS:
                     out.append(("raw", bus, scenario, inflight, payload, peers))
+                    # nats.c with its defaults (own threads): what that costs
+                    if bus == "nats" and (not args.quick or (scenario == "pingpong4" and
+                                                             inflight in (1, 256) and
+                                                             payload == 64)):
+                        out.append(("natsc", bus, scenario, inflight, payload, peers))
+                    # nats.c on the same libuv loop (its adapter, synchronous
+                    # subscriptions): the other candidate for the floor
+                    if bus == "nats" and scenario != "fanout" and not args.quick:
+                        out.append(("natsc-uv", bus, scenario, inflight, payload, peers))
+    for bus in ["redis", "nats"] if args.quick else ["local", "redis", "nats"]:
+        for impl, infl in (BINDINGS_QUICK if args.quick else BINDINGS).items():
+            for inflight in infl:
+                out.append((impl, bus, "single", inflight, 64, 1))
+    for bus in ["redis", "nats"]:
+        for nb, infl in (SCALE_INFLIGHT_QUICK if args.quick else SCALE_INFLIGHT).items():
+            for inflight in infl:
+                out.append(("c", bus, f"scale{nb}", inflight, 64, 1))
     if args.only:
         rx = re.compile(args.only)
         out = [c for c in out if rx.search("/".join(map(str, c[:5])))]
@@ -301,7 +375,12 @@ def main():
     ap.add_argument("--redis", required=True)
     ap.add_argument("--nats", required=True)
     ap.add_argument("--c-local-url", default="local://")
+    ap.add_argument("--python", help="a python with the psrpc binding installed")
+    ap.add_argument("--node", help="node, with bindings/node built")
+    ap.add_argument("--rust-bin", help="bench/rust's psrpc-bench-client")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--flush-redis", action="store_true",
+                    help="FLUSHALL the Redis before each Redis cell (a private broker only)")
     ap.add_argument("--repeat", type=int)
     ap.add_argument("--warmup", type=float)
     ap.add_argument("--duration", type=float)
@@ -337,7 +416,7 @@ def main():
                 except Exception as e:  # noqa: BLE001 — one failed cell must not end the run
                     log(f"[{rep + 1}/{args.repeat} {i + 1}/{len(todo)}] {'/'.join(map(str, cell[:5]))}: "
                         f"FAILED (attempt {attempt + 1}): {e}")
-                    if "no operations completed" in str(e):
+                    if "no operations completed" in str(e) or "is not built" in str(e):
                         break  # it ran and made no progress: a retry would not either
     records = []
     for cell in todo:
@@ -362,6 +441,9 @@ def main():
     meta = run_meta(args, load0, time.monotonic() - t_start)
     failed = ["/".join(map(str, c[:5])) for c in todo if not runs[c]]
     meta["cells without a result"] = ", ".join(failed) if failed else "none"
+    meta["bindings"] = ", ".join(
+        f"{impl}: {' '.join(short(a) for a in binding_argv(args, impl)) if binding_argv(args, impl) else 'not built (its cells are missing)'}"
+        for impl in BINDINGS)
     partial = [f"{'/'.join(map(str, c[:5]))} ({len(runs[c])} of {args.repeat})"
                for c in todo if runs[c] and len(runs[c]) < args.repeat]
     if partial:
@@ -375,7 +457,9 @@ def main():
         f.write("\n")
     # A missing libpsrpc or raw cell fails the run; a Go cell that cannot
     # run (see docs/benchmarks.md) is reported as n/a.
-    missing = [r for r in records if r["per_s"] is None and r["impl"] != "go"]
+    # A binding that could not be built is reported in the meta file.
+    missing = [r for r in records if r["per_s"] is None and r["impl"] != "go"
+               and r["impl"] not in BINDINGS]
     return 1 if missing else 0
 
 

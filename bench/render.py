@@ -7,7 +7,11 @@
 
 The template's placeholders: {{META}} (how and where the run was made),
 {{TARGETS}} (the issue's targets against the measured ratios), {{TABLES}}
-(every cell with its ratios), {{CHART}} (the SVG's link). Standard library only.
+(every cell with its ratios), {{CHART}} (the SVG's link), {{NATS_FLOOR}}
+(libpsrpc against the NATS floor and nats.c's defaults), {{BINDINGS}} (the
+bindings' client rows against the C client), {{SCALING}} (throughput against
+in-flight calls and buses per process, with the advice drawn from it).
+Standard library only.
 """
 
 import argparse
@@ -27,7 +31,13 @@ SCEN_LABEL = {"single": "single (queue+claim)", "affinity": "affinity, 3 servers
               "stream": "stream (acked msgs)", "pingpong2": "raw 2-hop ping-pong",
               "pingpong4": "raw 4-hop ping-pong", "fanout": "raw fan-out → 3"}
 BUSES = ["redis", "nats", "local"]
-COLORS = {"c": "#1f77b4", "go": "#ff7f0e", "raw": "#7f7f7f"}
+COLORS = {"c": "#1f77b4", "go": "#ff7f0e", "raw": "#7f7f7f", "natsc": "#bcbd22",
+          "natsc-uv": "#dbdb8d",
+          "python": "#2ca02c", "python-aio": "#98df8a", "node": "#9467bd", "rust": "#8c564b",
+          "scale1": "#1f77b4", "scale2": "#17becf", "scale4": "#d62728"}
+BINDINGS = ["python", "python-aio", "node", "rust"]
+BINDING_LABEL = {"python": "Python (blocking)", "python-aio": "Python (asyncio)",
+                 "node": "Node", "rust": "Rust (tokio)"}
 
 
 def load(path):
@@ -70,7 +80,7 @@ def tables(records):
     idx = index(records)
     out = []
     keys = sorted({(r["bus"], r["scenario"], r["inflight"], r["payload"]) for r in records
-                   if r["impl"] in ("c", "go")},
+                   if r["impl"] in ("c", "go") and r["scenario"] in SCEN_ORDER},
                   key=lambda k: (BUSES.index(k[0]), SCEN_ORDER.index(k[1]), k[2], k[3]))
     for bus in BUSES:
         rows = [k for k in keys if k[0] == bus]
@@ -105,21 +115,174 @@ def tables(records):
             ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-    raws = [r for r in records if r["impl"] == "raw"]
+    raws = [r for r in records if r["impl"] in ("raw", "natsc", "natsc-uv")]
     if raws:
-        out.append("### raw floor (hiredis, nats.c)\n")
-        out.append("| bus | pattern | in flight | payload | p50 µs | p90 µs | p99 µs | /s | "
-                   "cpu µs/op | RSS KiB |")
-        out.append("|" + "---|" * 10)
+        out.append("### raw floor (hiredis; NATS text protocol over libuv) and nats.c "
+                   "defaults\n")
+        out.append("| client | bus | pattern | in flight | payload | p50 µs | p90 µs | p99 µs | "
+                   "/s | cpu µs/op | RSS KiB |")
+        out.append("|" + "---|" * 11)
         for r in sorted(raws, key=lambda r: (BUSES.index(r["bus"]), r["scenario"],
-                                             r["inflight"], r["payload"])):
-            out.append(f"| {r['bus']} | {SCEN_LABEL[r['scenario']]} | {r['inflight']} | "
+                                             r["inflight"], r["payload"], r["impl"])):
+            who = ("nats.c defaults" if r["impl"] == "natsc" else
+                   "nats.c on the libuv loop" if r["impl"] == "natsc-uv" else
+                   "hiredis" if r["bus"] == "redis" else "raw_nats_uv")
+            out.append(f"| {who} | {r['bus']} | {SCEN_LABEL[r['scenario']]} | {r['inflight']} | "
                        f"{payload_label(r['payload'])} | {fmt_num(r['p50_us'])} | "
                        f"{fmt_num(r['p90_us'])} | {fmt_num(r['p99_us'])} | "
                        f"{fmt_num(r['per_s'])} | {fmt_num(r['cpu_us_per_op'])} | "
                        f"{r['rss_kib']} |")
         out.append("")
     return "\n".join(out)
+
+
+def nats_floor(records):
+    """libpsrpc (C) on NATS against the new floor and against nats.c's defaults."""
+    idx = index(records)
+    out = ["| C scenario | raw pattern | in flight | payload | C p50 µs | floor p50 µs | "
+           "nats.c p50 µs | C /s | floor /s | nats.c /s | nats.c on libuv /s | "
+           "**p50 C/floor** | **/s C/floor** | **/s C/nats.c** | C cpu µs/op | "
+           "floor cpu µs/op | nats.c cpu µs/op | nats.c on libuv cpu µs/op |",
+           "|" + "---|" * 18]
+    for scen, raw in [("single", "pingpong4"), ("multi", "pingpong2"), ("stream", "pingpong2")]:
+        for inf in [1, 64, 256]:
+            for pay in [64, 16384]:
+                c = idx.get(("c", "nats", scen, inf, pay))
+                f = idx.get(("raw", "nats", raw, inf, pay))
+                n = idx.get(("natsc", "nats", raw, inf, pay), {})
+                u = idx.get(("natsc-uv", "nats", raw, inf, pay), {})
+                if not c or not f:
+                    continue
+                out.append("| " + " | ".join([
+                    SCEN_LABEL[scen], SCEN_LABEL[raw].replace("raw ", ""), str(inf),
+                    payload_label(pay), fmt_num(c["p50_us"]), fmt_num(f["p50_us"]),
+                    fmt_num(n.get("p50_us")) if n else "—",
+                    fmt_num(c["per_s"]), fmt_num(f["per_s"]),
+                    fmt_num(n.get("per_s")) if n else "—",
+                    fmt_num(u.get("per_s")) if u else "—",
+                    fmt_ratio(ratio(c["p50_us"], f["p50_us"])),
+                    fmt_ratio(ratio(c["per_s"], f["per_s"])),
+                    fmt_ratio(ratio(c["per_s"], n.get("per_s"))) if n else "—",
+                    fmt_num(c["cpu_us_per_op"]), fmt_num(f["cpu_us_per_op"]),
+                    fmt_num(n.get("cpu_us_per_op")) if n else "—",
+                    fmt_num(u.get("cpu_us_per_op")) if u else "—"]) + " |")
+    if len(out) == 2:
+        return "(no NATS cells in this run)"
+    text = "\n".join(out)
+    # the two floor candidates, where both ran
+    thr, cpu = [], []
+    for r in records:
+        if r["impl"] != "raw" or r["bus"] != "nats" or r["inflight"] == 1:
+            continue
+        u = idx.get(("natsc-uv", "nats", r["scenario"], r["inflight"], r["payload"]))
+        if u and u.get("per_s") and r.get("per_s"):
+            thr.append(r["per_s"] / u["per_s"])
+            if r.get("cpu_us_per_op") and u.get("cpu_us_per_op"):
+                cpu.append(r["cpu_us_per_op"] / u["cpu_us_per_op"])
+    if thr:
+        text += (f"\n\nThe two floor candidates at 64 and 256 in flight ({len(thr)} cells): the "
+                 f"protocol over libuv moved {min(thr):.2f}–{max(thr):.2f} × the message "
+                 f"pairs per second of nats.c on the same loop")
+        if cpu:
+            text += (f", with {min(cpu):.2f}–{max(cpu):.2f} × its CPU per pair "
+                     "(client and server processes)")
+        text += (". It is the floor: " if min(thr) >= 1 else
+                 ". It is the floor in this page; where nats.c was faster, that cell's floor is "
+                 "understated: ") + "see the raw table under [All cells](#all-cells)."
+    return text
+
+
+def bindings(records, meta):
+    """Each binding's client against the C client, same C server, same run."""
+    idx = index(records)
+    out = ["| client | bus | in flight | p50 / p99 µs | C p50 / p99 µs | calls/s | C calls/s | "
+           "cpu µs/op | C cpu µs/op | RSS KiB | **p50 − C p50 µs** | **/s ÷ C /s** | "
+           "**cpu − C cpu µs/op** |", "|" + "---|" * 13]
+    missing = []
+    for impl in BINDINGS:
+        for bus in BUSES:
+            for inf in [1, 256]:
+                key = (impl, bus, "single", inf, 64)
+                if key not in idx:
+                    continue
+                b = idx[key]
+                c = idx.get(("c", bus, "single", inf, 64), {})
+                if b.get("per_s") is None:
+                    missing.append(f"{BINDING_LABEL[impl]} {bus} ×{inf}")
+                    continue
+                d50 = (b["p50_us"] - c["p50_us"]) if c.get("p50_us") is not None else None
+                dcpu = (b["cpu_us_per_op"] - c["cpu_us_per_op"]
+                        if c.get("cpu_us_per_op") is not None else None)
+                out.append("| " + " | ".join([
+                    BINDING_LABEL[impl], "local¹" if bus == "local" else bus, str(inf),
+                    f"{fmt_num(b['p50_us'])} / {fmt_num(b['p99_us'])}",
+                    f"{fmt_num(c.get('p50_us'))} / {fmt_num(c.get('p99_us'))}",
+                    fmt_num(b["per_s"]), fmt_num(c.get("per_s")),
+                    fmt_num(b["cpu_us_per_op"]), fmt_num(c.get("cpu_us_per_op")),
+                    str(b["rss_kib"]),
+                    "—" if d50 is None else f"{d50:+.0f}",
+                    fmt_ratio(ratio(b["per_s"], c.get("per_s"))),
+                    "—" if dcpu is None else f"{dcpu:+.1f}"]) + " |")
+    text = "\n".join(out) if len(out) > 2 else "(no binding cells in this run)"
+    if any(r["impl"] in BINDINGS and r["bus"] == "local" for r in records):
+        text += ("\n\n¹ Not like for like: the binding's client and the C echo server run on "
+                 "two buses (two loop threads) of one named hub, the C cell on one shared bus "
+                 "(one loop thread, no thread hand-off).")
+    if missing:
+        text += ("\n\nMissing in this run (the binding could not be built or the cell "
+                 "failed; see the run's `bindings` line): " + ", ".join(missing) + ".")
+    return text
+
+
+def scaling(records):
+    """Throughput of a process against in-flight calls and buses per process."""
+    idx = index(records)
+    infl = sorted({r["inflight"] for r in records if r["scenario"].startswith("scale")})
+    if not infl:
+        return "(no scaling cells in this run)"
+    out = ["| bus | buses per process | " + " | ".join(f"{i} in flight" for i in infl) + " |",
+           "|---|---|" + "---|" * len(infl)]
+    advice = []
+    for bus in ["redis", "nats"]:
+        for nb in [1, 2, 4]:
+            row = [idx.get(("c", bus, f"scale{nb}", i, 64), {}).get("per_s") for i in infl]
+            if not any(row):
+                continue
+            cells = []
+            for i, v in zip(infl, row):
+                p50 = idx.get(("c", bus, f"scale{nb}", i, 64), {}).get("p50_us")
+                cells.append("—" if v is None else
+                             f"{fmt_num(v)}/s (p50 {fmt_num(p50)} µs)")
+            out.append(f"| {bus} | {nb} | " + " | ".join(cells) + " |")
+        one = {i: idx.get(("c", bus, "scale1", i, 64), {}).get("per_s") for i in infl}
+        known = [(i, v) for i, v in one.items() if v]
+        if not known:
+            continue
+        best = max(v for _, v in known)
+        knee = min(i for i, v in known if v >= 0.9 * best)
+        s = (f"On {bus}, one bus reaches 90 % of its best throughput here "
+             f"({fmt_num(best)}/s) at {knee} calls in flight")
+        s += (" (the largest count measured: it may rise further)." if knee == max(one)
+              else "; beyond that more calls in flight mostly add latency.")
+        gains = []
+        for nb in [2, 4]:
+            pairs = [(i, idx.get(("c", bus, f"scale{nb}", i, 64), {}).get("per_s"), one.get(i))
+                     for i in infl]
+            pairs = [(i, v, o) for i, v, o in pairs if v and o]
+            if pairs:
+                i, v, o = max(pairs, key=lambda t: t[1])
+                gains.append((nb, i, v, v / o))
+        if gains:
+            s += " " + "; ".join(f"{nb} buses per process at {i} in flight: {fmt_num(v)}/s, "
+                                 f"{g:.2f} × one bus at the same count" for nb, i, v, g in gains)
+            s += "."
+            if any(g >= 1.1 for _, _, _, g in gains):
+                s += " A second bus paid off in this run."
+            else:
+                s += (" A second bus did not pay off in this run: its loop thread competes "
+                      "for the same cores as the first, the server process and the broker.")
+        advice.append(s)
+    return "\n".join(out) + "\n\n" + "\n\n".join(advice)
 
 
 def verdict(ok):
@@ -158,6 +321,10 @@ def targets(records):
                 out.append(f"| throughput, 256 in flight: C ≥ 0.6 × raw 4-hop | {bus} | "
                            f"{payload_label(pay)} | {ct:.0f} / {rt:.0f} /s = {x:.2f} × | "
                            f"{verdict(x >= 0.6)} |")
+                if bus == "redis":
+                    out.append(f"| throughput, 256 in flight: C ≥ 0.7 × raw 4-hop (issue 19) | "
+                               f"{bus} | {payload_label(pay)} | {ct:.0f} / {rt:.0f} /s = "
+                               f"{x:.2f} × | {verdict(x >= 0.7)} |")
             x = ratio(ct, gt)
             if x is not None:
                 out.append(f"| throughput, 256 in flight: C ≥ 2 × Go | {bus} | "
@@ -197,11 +364,12 @@ def esc(s):
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def panel(rows, title, unit, y0, width=900):
-    """rows: [(label, {impl: value})]; log-scale horizontal bars."""
+def panel(rows, title, unit, y0, width=900, impls=("c", "go", "raw")):
+    """rows: [(label, {impl: value})]; log-scale horizontal bars, one per impl."""
     label_w, right = 250, 70
     bar_h, gap = 6, 8
-    row_h = 3 * bar_h + gap
+    nbars = max(1, max((sum(1 for i in impls if d.get(i)) for _, d in rows), default=1))
+    row_h = nbars * bar_h + gap
     vals = [v for _, d in rows for v in d.values() if v]
     if not vals:
         return "", y0
@@ -237,10 +405,12 @@ def panel(rows, title, unit, y0, width=900):
         ry = top + i * row_h
         parts.append(f'<text x="{label_w - 6}" y="{ry + row_h / 2 + 2}" font-size="10" '
                      f'text-anchor="end">{esc(label)}</text>')
-        for j, impl in enumerate(["c", "go", "raw"]):
+        j = -1
+        for impl in impls:
             v = dd.get(impl)
             if not v:
                 continue
+            j += 1
             by = ry + j * bar_h
             parts.append(f'<rect x="{label_w}" y="{by}" width="{max(1.0, x(v) - label_w):.1f}" '
                          f'height="{bar_h - 1}" fill="{COLORS[impl]}"/>')
@@ -259,6 +429,7 @@ def svg(records):
                 for impl in ["c", "go"]:
                     d[impl] = idx.get((impl, bus, scen, 1, pay), {}).get("p50_us")
                 d["raw"] = idx.get(("raw", bus, RAW_OF[scen], 1, pay), {}).get("p50_us")
+                d["natsc"] = idx.get(("natsc", bus, RAW_OF[scen], 1, pay), {}).get("p50_us")
                 if any(d.values()):
                     lat_rows.append((f"{bus} {scen} · {payload_label(pay)}", d))
             for scen, inf in [("single", 256), ("affinity", 64), ("multi", 64), ("sub", 64),
@@ -267,20 +438,52 @@ def svg(records):
                 for impl in ["c", "go"]:
                     d[impl] = idx.get((impl, bus, scen, inf, pay), {}).get("per_s")
                 d["raw"] = idx.get(("raw", bus, RAW_OF[scen], inf, pay), {}).get("per_s")
+                d["natsc"] = idx.get(("natsc", bus, RAW_OF[scen], inf, pay), {}).get("per_s")
                 if any(d.values()):
                     thr_rows.append((f"{bus} {scen} ×{inf} · {payload_label(pay)}", d))
+    bind_lat, bind_thr = [], []
+    for bus in BUSES:
+        for inf, rows, field in [(1, bind_lat, "p50_us"), (256, bind_thr, "per_s")]:
+            d = {impl: idx.get((impl, bus, "single", inf, 64), {}).get(field)
+                 for impl in ["c"] + BINDINGS}
+            if any(d.get(i) for i in BINDINGS):
+                rows.append((f"{bus} single ×{inf} · 64 B", d))
+    scale_rows = []
+    for bus in ["redis", "nats"]:
+        infl = sorted({r["inflight"] for r in records if r["bus"] == bus
+                       and r["scenario"].startswith("scale")})
+        for inf in infl:
+            d = {f"scale{nb}": idx.get(("c", bus, f"scale{nb}", inf, 64), {}).get("per_s")
+                 for nb in [1, 2, 4]}
+            if any(d.values()):
+                scale_rows.append((f"{bus} single ×{inf} · 64 B", d))
     width = 900
-    p1, y = panel(lat_rows, "p50 latency, 1 in flight (lower is better)", "µs", 40, width)
-    p2, y = panel(thr_rows, "throughput (higher is better)", "operations/s", y, width)
+    main = ("c", "go", "raw", "natsc")
+    y = 40 + 14 * 2  # three legend lines
+    p1, y = panel(lat_rows, "p50 latency, 1 in flight (lower is better)", "µs", y, width, main)
+    p2, y = panel(thr_rows, "throughput (higher is better)", "operations/s", y, width, main)
+    bimpl = tuple(["c"] + BINDINGS)
+    p3, y = panel(bind_lat, "bindings against the C server: p50 latency, 1 in flight "
+                  "(lower is better)", "µs", y, width, bimpl)
+    p4, y = panel(bind_thr, "bindings against the C server: calls/s, 256 in flight "
+                  "(higher is better)", "calls/s", y, width, bimpl)
+    p5, y = panel(scale_rows, "scaling: calls/s against in flight, 1 / 2 / 4 buses per "
+                  "process (higher is better)", "calls/s", y, width,
+                  ("scale1", "scale2", "scale4"))
     legend = []
-    for i, (impl, name) in enumerate([("c", "libpsrpc (C)"), ("go", "livekit/psrpc (Go)"),
-                                      ("raw", "raw broker client floor")]):
-        lx = 10 + i * 200
-        legend.append(f'<rect x="{lx}" y="10" width="12" height="10" fill="{COLORS[impl]}"/>')
-        legend.append(f'<text x="{lx + 16}" y="19" font-size="11">{esc(name)}</text>')
+    names = [("c", "libpsrpc (C)"), ("go", "livekit/psrpc (Go)"),
+             ("raw", "raw floor (hiredis; NATS protocol over libuv)"),
+             ("natsc", "nats.c defaults")] + [(b, BINDING_LABEL[b]) for b in BINDINGS] + [
+             ("scale2", "2 buses per process"), ("scale4", "4 buses per process")]
+    for i, (impl, name) in enumerate(names):
+        lx = 10 + (i % 4) * 220
+        ly = 10 + (i // 4) * 14
+        legend.append(f'<rect x="{lx}" y="{ly}" width="12" height="10" fill="{COLORS[impl]}"/>')
+        legend.append(f'<text x="{lx + 16}" y="{ly + 9}" font-size="11">{esc(name)}</text>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y}" '
             f'font-family="sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n'
-            + "\n".join(legend) + "\n" + p1 + "\n" + p2 + "\n</svg>\n")
+            + "\n".join(legend) + "\n" + "\n".join(p for p in [p1, p2, p3, p4, p5] if p)
+            + "\n</svg>\n")
 
 
 def meta_text(meta):
@@ -290,6 +493,30 @@ def meta_text(meta):
     for k, v in meta.items():
         lines.append(f"- {k}: {v}")
     return "\n".join(lines)
+
+
+def lookup(idx, ref):
+    """impl/bus/scenario/inflight/payload/field -> value or None."""
+    impl, bus, scen, inf, pay, field = ref.split("/")
+    return idx.get((impl, bus, scen, int(inf), int(pay)), {}).get(field)
+
+
+def inline_values(doc, records):
+    """{{v:impl/bus/scenario/inflight/payload/field}}: one figure of this run;
+    {{r:REF|REF}}: the ratio of two. n/a when a cell is missing."""
+    import re
+    idx = index(records)
+
+    def value(m):
+        v = lookup(idx, m.group(1))
+        return "n/a" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.1f}")
+
+    def rat(m):
+        x = ratio(lookup(idx, m.group(1)), lookup(idx, m.group(2)))
+        return "n/a" if x is None else f"{x:.2f}"
+
+    doc = re.sub(r"\{\{v:([^}|]+)\}\}", value, doc)
+    return re.sub(r"\{\{r:([^}|]+)\|([^}|]+)\}\}", rat, doc)
 
 
 def main():
@@ -310,6 +537,11 @@ def main():
     doc = (doc.replace("{{META}}", meta_text(meta))
               .replace("{{TARGETS}}", targets(records))
               .replace("{{TABLES}}", tables(records))
+              .replace("{{NATS_FLOOR}}", nats_floor(records))
+              .replace("{{BINDINGS}}", bindings(records, meta))
+              .replace("{{SCALING}}", scaling(records))
+              .replace("{{COMMIT}}", str(meta.get("commit", "?"))))
+    doc = (inline_values(doc, records)
               .replace("{{CHART}}", f"![latency and throughput per scenario]({chart})"))
     with open(args.doc, "w") as f:
         f.write(doc)

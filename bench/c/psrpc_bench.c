@@ -2,7 +2,7 @@
  *
  *   psrpc_bench --bus URL --role ROLE --scenario S [--inflight N] [--payload B]
  *               [--warmup S] [--duration S] [--id N] [--servers N] [--subs N]
- *               [--credit-fd FD] [--credit-fds FD,FD,..]
+ *               [--credit-fd FD] [--credit-fds FD,FD,..] [--buses N]
  *
  * Scenarios (service "Bench"; the Go program defines the same methods):
  *   single    Echo, QUEUE routing with the claim handshake (4 messages)
@@ -12,6 +12,10 @@
  *   sub       Updates, a MULTI subscription: the publisher (server) publishes,
  *             every subscriber (client) receives every message
  *   stream    Chat, a stream; the client sends, the server acknowledges
+ *   scale     Echo as single, for the scaling curve: with --buses N the
+ *             client role opens N buses (one client on each) and spreads its
+ *             --inflight calls over them round-robin; the server role opens
+ *             N buses with one server on each
  * Roles:
  *   server     serves the scenario's method (sub: see publisher)
  *   client     the measuring side of single/affinity/multi/stream
@@ -40,9 +44,12 @@ static void die(const char *what) {
     exit(1);
 }
 
+#define MAX_BUSES 16
+static int nbuses = 1;
+
 static psrpc_method method_for(const char *scenario) {
     psrpc_method m = PSRPC_METHOD_INIT;
-    if (strcmp(scenario, "single") == 0) {
+    if (strcmp(scenario, "single") == 0 || strcmp(scenario, "scale") == 0) {
         m.name = "Echo";
         m.routing = PSRPC_ROUTING_QUEUE;
     } else if (strcmp(scenario, "affinity") == 0) {
@@ -190,7 +197,7 @@ static void subscriber_report(subscriber *s) {
 /* The measuring client                                                      */
 /* ------------------------------------------------------------------------ */
 
-static psrpc_client *client;
+static psrpc_client *clients[MAX_BUSES];
 static psrpc_method method;
 static psrpc_call_options call_opts = PSRPC_CALL_OPTIONS_INIT;
 static psrpc_selection_options sel_opts = PSRPC_SELECTION_OPTIONS_INIT;
@@ -199,33 +206,38 @@ static size_t payload_len;
 static atomic_bool measuring, stopping;
 static atomic_int outstanding;
 static atomic_uint_fast64_t ops, errors;
-static hist lat; /* loop thread only while running */
+static hist lat[MAX_BUSES]; /* one per bus: each is touched by its loop thread only */
 
 typedef struct call_ctx {
     int64_t t0;
     int got;
+    int bus;
     bool done;
 } call_ctx;
 
-static void finish(int64_t t0, bool ok) {
+static void finish_on(int bus, int64_t t0, bool ok) {
     if (atomic_load_explicit(&measuring, memory_order_relaxed)) {
-        hist_add_ns(&lat, mono_ns() - t0);
+        hist_add_ns(&lat[bus], mono_ns() - t0);
         atomic_fetch_add_explicit(&ops, 1, memory_order_relaxed);
         if (!ok)
             atomic_fetch_add_explicit(&errors, 1, memory_order_relaxed);
     }
 }
 
-static void issue(void);
+static void finish(int64_t t0, bool ok) { finish_on(0, t0, ok); }
+
+static void issue_on(int bus);
+static void issue(void) { issue_on(0); }
 
 static void on_unary(uint64_t id, const psrpc_msg *res, const psrpc_error *err, const char *srv,
                      void *ud) {
     (void)id, (void)res, (void)srv;
     call_ctx *c = ud;
-    finish(c->t0, err == NULL);
+    int bus = c->bus;
+    finish_on(bus, c->t0, err == NULL);
     free(c);
     atomic_fetch_sub(&outstanding, 1);
-    issue();
+    issue_on(bus);
 }
 
 static void on_multi_result(uint64_t id, const psrpc_msg *res, const psrpc_error *err,
@@ -242,7 +254,7 @@ static void on_multi_result(uint64_t id, const psrpc_msg *res, const psrpc_error
         finish(c->t0, true);
     }
     if (c->done) {
-        psrpc_client_cancel(client, id);
+        psrpc_client_cancel(clients[0], id);
         atomic_fetch_sub(&outstanding, 1);
         issue();
     }
@@ -283,21 +295,22 @@ static void cstream_on_close(psrpc_stream *s, const psrpc_error *cause, void *ud
         fprintf(stderr, "psrpc_bench: stream closed: %s\n", cause->message);
 }
 
-static void issue(void) {
+static void issue_on(int bus) {
     if (atomic_load_explicit(&stopping, memory_order_relaxed))
         return;
     call_ctx *c = calloc(1, sizeof *c);
+    c->bus = bus;
     atomic_fetch_add(&outstanding, 1);
     c->t0 = mono_ns();
     int rc;
     if (strcmp(cfg.scenario, "multi") == 0)
-        rc = psrpc_client_call_multi(NULL, client, &method, payload, payload_len, &call_opts,
+        rc = psrpc_client_call_multi(NULL, clients[0], &method, payload, payload_len, &call_opts,
                                      on_multi_result, on_multi_done, c);
     else if (strcmp(cfg.scenario, "stream") == 0)
         rc = psrpc_stream_send(cstream, payload, payload_len, 0, on_send_done, c);
     else
-        rc =
-            psrpc_client_call(NULL, client, &method, payload, payload_len, &call_opts, on_unary, c);
+        rc = psrpc_client_call(NULL, clients[bus], &method, payload, payload_len, &call_opts,
+                               on_unary, c);
     if (rc != PSRPC_OK) {
         fprintf(stderr, "psrpc_bench: call: %s\n", psrpc_last_error());
         atomic_fetch_sub(&outstanding, 1);
@@ -320,11 +333,11 @@ static void window(double *elapsed, uint64_t *n) {
 }
 
 static void run_client(void) {
-    psrpc_bus *bus = open_bus();
     psrpc_client_options co = PSRPC_CLIENT_OPTIONS_INIT;
     co.timeout_ms = 5000;
-    if (psrpc_client_create(&client, bus, SERVICE, &co) != PSRPC_OK)
-        die("client_create");
+    for (int b = 0; b < nbuses; b++)
+        if (psrpc_client_create(&clients[b], open_bus(), SERVICE, &co) != PSRPC_OK)
+            die("client_create");
     method = method_for(cfg.scenario);
     if (method.routing == PSRPC_ROUTING_AFFINITY) {
         sel_opts.flags = PSRPC_SELECT_ACCEPT_FIRST_AVAILABLE;
@@ -338,27 +351,32 @@ static void run_client(void) {
     if (strcmp(cfg.scenario, "stream") == 0) {
         psrpc_call_options so = PSRPC_CALL_OPTIONS_INIT;
         so.timeout_ms = 5000;
-        if (psrpc_client_open_stream(&cstream, client, &method, &so, NULL, cstream_on_message,
+        if (psrpc_client_open_stream(&cstream, clients[0], &method, &so, NULL, cstream_on_message,
                                      cstream_on_close, NULL, NULL) != PSRPC_OK)
             die("open_stream");
     } else {
         /* one call first: the client's reply subscriptions are up */
-        psrpc_msg *out = NULL;
-        if (method.routing != PSRPC_ROUTING_MULTI &&
-            psrpc_client_call_sync(&out, client, &method, payload, payload_len, &call_opts) !=
-                PSRPC_OK)
-            die("first call");
-        psrpc_msg_release(out);
+        for (int b = 0; b < nbuses; b++) {
+            psrpc_msg *out = NULL;
+            if (method.routing != PSRPC_ROUTING_MULTI &&
+                psrpc_client_call_sync(&out, clients[b], &method, payload, payload_len,
+                                       &call_opts) != PSRPC_OK)
+                die("first call");
+            psrpc_msg_release(out);
+        }
     }
     for (int i = 0; i < cfg.inflight; i++)
-        issue();
+        issue_on(i % nbuses);
     double elapsed;
     uint64_t n;
     window(&elapsed, &n);
     atomic_store(&stopping, true);
     for (int i = 0; i < 1000 && atomic_load(&outstanding) > 0; i++)
         sleep_s(0.005);
-    emit_result("client", n, elapsed, atomic_load(&errors), &lat);
+    for (int b = 1; b < nbuses; b++)
+        for (int i = 0; i < HIST_BUCKETS; i++)
+            lat[0].n[i] += lat[b].n[i];
+    emit_result("client", n, elapsed, atomic_load(&errors), &lat[0]);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -404,13 +422,25 @@ static void usage(void) {
     fprintf(stderr, "usage: psrpc_bench --bus URL --role server|client|publisher|subscriber|"
                     "local --scenario single|affinity|multi|sub|stream [--inflight N] "
                     "[--payload B] [--warmup S] [--duration S] [--id N] [--servers N] "
-                    "[--subs N] [--credit-fd FD] [--credit-fds FD,..]\n");
+                    "[--subs N] [--credit-fd FD] [--credit-fds FD,..] [--buses N]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     const char *bad = NULL;
-    if (bench_parse_args(&cfg, argc, argv, &bad) != 0)
+    /* --buses N (this program only) is taken out before the common options */
+    char **av = calloc((size_t)argc + 1, sizeof *av);
+    int ac = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--buses") && i + 1 < argc) {
+            nbuses = atoi(argv[++i]);
+            continue;
+        }
+        av[ac++] = argv[i];
+    }
+    if (nbuses < 1 || nbuses > MAX_BUSES)
+        usage();
+    if (bench_parse_args(&cfg, ac, av, &bad) != 0)
         usage();
     if (!cfg.url || !cfg.role)
         usage();
@@ -418,7 +448,8 @@ int main(int argc, char **argv) {
     bool sub = strcmp(cfg.scenario, "sub") == 0;
 
     if (!strcmp(cfg.role, "server")) {
-        start_server(cfg.id);
+        for (int b = 0; b < nbuses; b++)
+            start_server(cfg.id * MAX_BUSES + b); /* each on a bus of its own */
         emit("READY");
         wait_stdin_eof();
     } else if (!strcmp(cfg.role, "subscriber")) {
