@@ -10,6 +10,7 @@ packages=(
     zlib1g-dev libssl-dev
     redis-server nats-server
     clang clang-format valgrind
+    libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes (tests/fuzz, -DPSRPC_FUZZ=ON)
     protobuf-compiler libprotobuf-dev  # protoc: Rust psrpc-build, Node gen-pb.sh, the interop Go code
 )
 
