@@ -32,6 +32,8 @@ typedef struct rs_server {
     pid_t pid;
     int port;     /* plain port, 0 if TLS only */
     int tls_port; /* 0 = none */
+    bool cluster; /* set before rs_start: a cluster bus port is chosen with the others */
+    int cluster_port;
     char dir[256];
     const char *extra[RS_MAX_ARGS]; /* extra redis-server arguments (borrowed) */
     int nextra;
@@ -80,9 +82,10 @@ static inline void rs_args(rs_server *s, ...) {
 }
 
 static inline bool rs_spawn(rs_server *s) {
-    char port[16], tls_port[16], log[300];
+    char port[16], tls_port[16], cluster_port[16], log[300];
     snprintf(port, sizeof port, "%d", s->port);
     snprintf(tls_port, sizeof tls_port, "%d", s->tls_port);
+    snprintf(cluster_port, sizeof cluster_port, "%d", s->cluster_port);
     snprintf(log, sizeof log, "%s/redis.log", s->dir);
     const char *argv[RS_MAX_ARGS + 32];
     int n = 0;
@@ -92,6 +95,10 @@ static inline bool rs_spawn(rs_server *s) {
     if (s->tls_port) {
         argv[n++] = "--tls-port";
         argv[n++] = tls_port;
+    }
+    if (s->cluster_port) {
+        argv[n++] = "--cluster-port";
+        argv[n++] = cluster_port;
     }
     argv[n++] = "--bind";
     argv[n++] = "127.0.0.1";
@@ -162,6 +169,13 @@ static inline bool rs_start_opts(rs_server *s, bool tls) {
                 s->tls_port = rs_free_port();
             while (s->tls_port == s->port);
             if (s->tls_port <= 0)
+                return false;
+        }
+        if (s->cluster) {
+            do
+                s->cluster_port = rs_free_port();
+            while (s->cluster_port == s->port || s->cluster_port == s->tls_port);
+            if (s->cluster_port <= 0)
                 return false;
         }
         snprintf(s->url, sizeof s->url, "%s://127.0.0.1:%d", tls ? "rediss" : "redis",

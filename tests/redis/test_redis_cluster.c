@@ -25,7 +25,6 @@
 
 typedef struct cluster {
     rs_server n[NNODES];
-    char bus_port[NNODES][16]; /* the cluster bus (by default port + 10000) */
     int nn;
     char id[NNODES][48];
 } cluster;
@@ -77,9 +76,11 @@ static bool cluster_start(cluster *c, int nodes, int replicas) {
     memset(c, 0, sizeof *c); /* no arguments left from the last test's nodes */
     c->nn = nodes;
     for (int i = 0; i < nodes; i++) {
-        snprintf(c->bus_port[i], sizeof c->bus_port[i], "%d", rs_free_port());
+        /* the cluster bus port (by default port + 10000) is chosen with the
+         * others, and chosen again if redis-server cannot bind it */
+        c->n[i].cluster = true;
         rs_args(&c->n[i], "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", g_node_timeout, "--cluster-port", c->bus_port[i],
+                "--cluster-node-timeout", g_node_timeout,
                 /* replicas in sync at once (a replica that never synced
                  * refuses to take over: its data is "too old") */
                 "--repl-diskless-sync-delay", "0", NULL);
@@ -107,8 +108,8 @@ static bool cluster_start(cluster *c, int nodes, int replicas) {
                 return false;
         }
         for (int i = 1; i < nodes; i++)
-            if (!rs_ok(&c->n[0], g_pass, "CLUSTER MEET 127.0.0.1 %d %s", c->n[i].port,
-                       c->bus_port[i]))
+            if (!rs_ok(&c->n[0], g_pass, "CLUSTER MEET 127.0.0.1 %d %d", c->n[i].port,
+                       c->n[i].cluster_port))
                 return false;
     } else {
         char cmd[1024];
