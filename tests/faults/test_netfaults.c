@@ -1,14 +1,16 @@
 /* Network faults through tests/faults/faultproxy.py (test plan group D), on
  * the bus named by PSRPC_NETFAULTS_BUS (redis or nats; the broker from
- * PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL). The client's bus goes through
- * the proxy, the server's straight to the broker. Under load (about 800
+ * PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL). PSRPC_NETFAULTS_SIDE says
+ * whose bus goes through the proxy: "client" (the default; the server's goes
+ * straight to the broker) or "server" (the other way round: the faults hit
+ * the server's subscriptions, claims and responses). Under load (about 800
  * calls/s, each held 300 ms by the server: about 240 calls in flight), one
  * scenario after another: latency with jitter, resets at random byte offsets
  * (mid-frame), a black hole (no reset), a half-close, a bandwidth limit.
  * Every call must end with exactly one outcome, no later than its deadline
  * plus SLACK_MS; after each fault is lifted calls succeed again; descriptors
  * return to their baseline. Reconnect times (DISCONNECTED -> CONNECTED on the
- * client bus) are printed. */
+ * proxied bus) are printed. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -330,6 +332,11 @@ TEST(network_faults_under_load) {
     const char *bus = getenv("PSRPC_NETFAULTS_BUS");
     REQUIRE(bus && (!strcmp(bus, "redis") || !strcmp(bus, "nats")));
     bool redis = !strcmp(bus, "redis");
+    const char *side = getenv("PSRPC_NETFAULTS_SIDE");
+    if (!side)
+        side = "client";
+    REQUIRE(!strcmp(side, "client") || !strcmp(side, "server"));
+    bool server_side = !strcmp(side, "server");
     const char *url = getenv(redis ? "PSRPC_TEST_REDIS_URL" : "PSRPC_TEST_NATS_URL");
     if (!url)
         url = redis ? "redis://127.0.0.1:6379" : "nats://127.0.0.1:4222";
@@ -358,13 +365,15 @@ TEST(network_faults_under_load) {
     o.reconnect_wait_max_ms = 1000;
     o.connect_timeout_ms = 1000;
     psrpc_bus *cb = NULL, *sb = NULL;
-    REQUIRE(psrpc_bus_open(&cb, purl, &o) == PSRPC_OK);
-    REQUIRE(psrpc_bus_open(&sb, url, &o) == PSRPC_OK);
+    REQUIRE(psrpc_bus_open(&cb, server_side ? url : purl, &o) == PSRPC_OK);
+    REQUIRE(psrpc_bus_open(&sb, server_side ? purl : url, &o) == PSRPC_OK);
     REQUIRE(psrpc_bus_wait_ready(cb, tu_ms(5000)) == PSRPC_OK);
     REQUIRE(psrpc_bus_wait_ready(sb, tu_ms(5000)) == PSRPC_OK);
+    psrpc_bus *faulty = server_side ? sb : cb, *direct = server_side ? cb : sb;
+    fprintf(stderr, "  the %s's bus goes through the proxy\n", side);
     watch *w = (watch *)calloc(1, sizeof *w);
     pthread_mutex_init(&w->mu, NULL);
-    REQUIRE(psrpc_bus_watch(cb, watch_cb, w, watch_release) == PSRPC_OK);
+    REQUIRE(psrpc_bus_watch(faulty, watch_cb, w, watch_release) == PSRPC_OK);
 
     char svc[64];
     tu_service(svc, sizeof svc);
@@ -392,27 +401,36 @@ TEST(network_faults_under_load) {
     int warm = run_for(l, 2000, &max_if);
     (void)warm;
 
-    const char *lat[] = {"delay 100 50", NULL};
-    scenario(&p, l, w, "latency 100+-50 ms", lat, 5000, 2500);
+    /* The server's side gets the faults that break its connection (the
+     * slow-link ones behave as on the client's side, only later). */
+    if (!server_side) {
+        const char *lat[] = {"delay 100 50", NULL};
+        scenario(&p, l, w, "latency 100+-50 ms", lat, 5000, 2500);
+    }
     const char *rst[] = {"reset_random 2000 300000", NULL};
     scenario(&p, l, w, "resets at random offsets", rst, 6000, 3500);
     const char *bh[] = {"blackhole on", NULL};
     scenario(&p, l, w, "black hole 3 s", bh, 3000, 4000);
     const char *hc[] = {"halfclose", NULL};
     scenario(&p, l, w, "half-close", hc, 2000, 3500);
-    const char *bw[] = {"rate 20000", NULL};
-    scenario(&p, l, w, "bandwidth 20 kB/s", bw, 3000, 4000);
+    if (!server_side) {
+        const char *bw[] = {"rate 20000", NULL};
+        scenario(&p, l, w, "bandwidth 20 kB/s", bw, 3000, 4000);
+    }
 
     atomic_store(&l->stop, true);
     pthread_join(lt, NULL);
     CHECK(WAIT_UNTIL(inflight(l) == 0, TIMEOUT_MS + 2000));
     int total;
     check_calls(l, 0, atomic_load(&l->n), &total, "all:");
-    psrpc_bus_stats bs = tu_stats(cb);
-    fprintf(stderr, "  client bus: connects %llu, disconnects %llu, reconnect attempts %llu\n",
-            (unsigned long long)bs.connects, (unsigned long long)bs.disconnects,
-            (unsigned long long)bs.reconnect_attempts);
+    psrpc_bus_stats bs = tu_stats(faulty), ds = tu_stats(direct);
+    fprintf(stderr,
+            "  %s bus: connects %llu, disconnects %llu, reconnect attempts %llu; the other bus: "
+            "disconnects %llu\n",
+            side, (unsigned long long)bs.connects, (unsigned long long)bs.disconnects,
+            (unsigned long long)bs.reconnect_attempts, (unsigned long long)ds.disconnects);
     CHECK(bs.disconnects >= 3); /* resets, black hole, half-close were noticed */
+    CHECK(ds.disconnects == 0); /* the faults stayed on the proxied bus */
 
     psrpc_client_free(l->cl);
     psrpc_server_free(srv);
