@@ -124,6 +124,7 @@ struct nats_state {
     /* The close's two hops (to the worker, back to the loop) cannot fail
      * for lack of memory: a lost one would leave the close unfinished. */
     psrpc__task_node close_node, final_node;
+    char *servers; /* "host:port,..." of the URL, to explain refused connects */
 };
 
 /* ---- references ---- */
@@ -136,6 +137,7 @@ static void st_release(nats_state *st) {
     pthread_mutex_destroy(&st->cb_mu);
     pthread_mutex_destroy(&st->mu);
     pthread_cond_destroy(&st->cond);
+    free(st->servers);
     free(st);
 }
 
@@ -686,12 +688,21 @@ static void connect_run(void *arg) {
     natsConnection *nc = NULL;
     natsStatus s = natsConnection_Connect(&nc, st->opts);
     const char *txt = NULL;
+    char why[384], full[512];
     if (s == NATS_OK) {
         st->w_nc = nc;
     } else {
         txt = nats_GetLastError(NULL);
         if (!txt || !*txt)
             txt = natsStatus_GetText(s);
+        /* nats.c says only "No server available for connection" and drops
+         * the errno: find out why (refused, unresolvable host, timeout). */
+        int64_t probe_ms = st->set.connect_timeout_ms < 500 ? st->set.connect_timeout_ms : 500;
+        if (s == NATS_NO_SERVER && st->servers &&
+            psrpc__nats_probe(st->servers, (int)probe_ms, why, sizeof why) > 0) {
+            snprintf(full, sizeof full, "%s (%s)", txt, why);
+            txt = full;
+        }
         nc = NULL;
         pthread_mutex_lock(&st->mu);
         st->live_conns--;
@@ -1300,6 +1311,7 @@ int psrpc__nats_open(psrpc_bus *bus, const char *url) {
         free(st);
         return rc;
     }
+    st->servers = psrpc__nats_server_list(url); /* NULL: errors less precise */
     natsStatus s = natsOptions_SetClosedCB(st->opts, on_closed, st);
     if (s == NATS_OK)
         s = natsOptions_SetDisconnectedCB(st->opts, on_disconnected, st);
@@ -1311,6 +1323,7 @@ int psrpc__nats_open(psrpc_bus *bus, const char *url) {
         s = psrpc__nats_set_event_loop(st->opts, &st->evctx);
     if (s != NATS_OK) {
         natsOptions_Destroy(st->opts);
+        free(st->servers);
         free(st);
         return psrpc__error(PSRPC_RESOURCE_EXHAUSTED, "cannot set the NATS callbacks");
     }

@@ -36,6 +36,17 @@ void psrpc__nats_settings_init(psrpc__nats_settings *s, const psrpc_bus_options 
 int psrpc__nats_options_new(natsOptions **out, const char *url, const psrpc_bus_options *o,
                             const psrpc__nats_settings *s);
 
+/* The servers of a nats:// or tls:// URL as "host:port,host:port" (no
+ * scheme, no credentials), or NULL for a bad URL or no memory. */
+char *psrpc__nats_server_list(const char *url);
+
+/* Tries a TCP connection to each server of a psrpc__nats_server_list (at
+ * most timeout_ms each; blocking: worker thread only) and writes why those
+ * that refuse it do so ("127.0.0.1:1: connection refused; ..."), to explain
+ * nats.c's "No server available for connection", which drops the errno.
+ * Returns the length written, 0 when every server takes a connection. */
+size_t psrpc__nats_probe(const char *servers, int timeout_ms, char *out, size_t n);
+
 /* The NKey public key ("U..." for a user seed, 56 characters + NUL) of an
  * encoded NKey seed ("SU..."). Returns 0 or PSRPC_INVALID_ARGUMENT. */
 #define PSRPC__NKEY_PUBLIC_LEN 56

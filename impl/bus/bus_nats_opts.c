@@ -3,10 +3,17 @@
  * handed to nats.c and wiped from our own buffers; no message built here
  * contains one. */
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
+#include <uv.h>
 
 #include "bus_nats.h"
 
@@ -277,6 +284,106 @@ static int parse_url(parsed_url *u, const char *url) {
         u->servers[i] = full;
     }
     return PSRPC_OK;
+}
+
+char *psrpc__nats_server_list(const char *url) {
+    parsed_url u;
+    char *out = NULL;
+    if (parse_url(&u, url) == PSRPC_OK) {
+        size_t len = 1;
+        for (size_t i = 0; i < u.nservers; i++)
+            len += strlen(u.servers[i]) + 1;
+        if ((out = malloc(len)) != NULL) {
+            size_t off = 0;
+            for (size_t i = 0; i < u.nservers; i++) {
+                const char *hp = strstr(u.servers[i], "://");
+                hp = hp ? hp + 3 : u.servers[i];
+                off += (size_t)snprintf(out + off, len - off, "%s%s", i ? "," : "", hp);
+            }
+        }
+    }
+    parsed_url_clear(&u);
+    return out;
+}
+
+/* "host:port" or "[v6]:port" into host and port; false if neither. */
+static bool split_host_port(const char *hp, size_t n, char *host, size_t hn, char *port,
+                            size_t pn) {
+    const char *colon = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (hp[i] == ':')
+            colon = hp + i;
+    if (!colon || (size_t)(colon - hp) + 1 >= n)
+        return false;
+    const char *h = hp;
+    size_t hl = (size_t)(colon - hp);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    if (hl == 0 || hl >= hn || (size_t)(hp + n - colon - 1) >= pn)
+        return false;
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    snprintf(port, pn, "%.*s", (int)(hp + n - colon - 1), colon + 1);
+    return true;
+}
+
+/* Why one server does not take a TCP connection, or "" if it does. */
+static void probe_one(const char *host, const char *port, int timeout_ms, char *why, size_t n) {
+    why[0] = 0;
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    int g = getaddrinfo(host, port, &hints, &ai);
+    if (g != 0) {
+        snprintf(why, n, "cannot resolve the host: %s", gai_strerror(g));
+        return;
+    }
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int err = fd < 0 ? errno : 0;
+    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        err = errno;
+        if (err == EINPROGRESS) {
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+            int pr;
+            do
+                pr = poll(&pfd, 1, timeout_ms);
+            while (pr < 0 && errno == EINTR);
+            socklen_t len = sizeof err;
+            if (pr == 0)
+                err = ETIMEDOUT;
+            else if (pr < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+                err = errno;
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    if (err) /* libuv's wording, as the Redis transport's messages */
+        snprintf(why, n, "%s", uv_strerror(uv_translate_sys_error(err)));
+}
+
+size_t psrpc__nats_probe(const char *servers, int timeout_ms, char *out, size_t n) {
+    size_t off = 0;
+    if (n)
+        out[0] = 0;
+    for (const char *p = servers; p && *p && off + 1 < n;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char host[256], port[16], why[128];
+        if (split_host_port(p, len, host, sizeof host, port, sizeof port)) {
+            probe_one(host, port, timeout_ms, why, sizeof why);
+            if (why[0])
+                off += (size_t)snprintf(out + off, n - off, "%s%.*s: %s", off ? "; " : "", (int)len,
+                                        p, why);
+        }
+        if (off >= n)
+            off = n - 1;
+        p = comma ? comma + 1 : NULL;
+    }
+    return off;
 }
 
 /* ---- NKeys ---- */
