@@ -128,7 +128,7 @@ static void hold_handler(psrpc_request *req, void *ud) {
 
 static void *holder_thread(void *arg) {
     holder *h = (holder *)arg;
-    while (!atomic_load(&h->stop) || h->len) {
+    for (bool done = false; !done;) {
         pthread_mutex_lock(&h->mu);
         while (h->len && (atomic_load(&h->stop) || th_now_ms() - h->q[h->head].at >= HOLD_MS)) {
             psrpc_request *r = h->q[h->head].req;
@@ -139,8 +139,10 @@ static void *holder_thread(void *arg) {
             psrpc_request_respond(r, psrpc_msg_data(pl), psrpc_msg_size(pl));
             pthread_mutex_lock(&h->mu);
         }
+        done = atomic_load(&h->stop) && h->len == 0;
         pthread_mutex_unlock(&h->mu);
-        th_sleep_ms(5);
+        if (!done)
+            th_sleep_ms(5);
     }
     return NULL;
 }

@@ -121,9 +121,9 @@ static void late_handler(psrpc_stream *st, void *ud) {
     const char *v = psrpc_stream_metadata_get(st, "k");
     snprintf(l->md, sizeof l->md, "%s", v ? v : "(null)");
     atomic_store(&l->server_stream, st);
-    atomic_fetch_add(&l->handler_calls, 1);
     if (pthread_create(&l->thread, NULL, late_thread, l) == 0)
         l->thread_on = true;
+    atomic_fetch_add(&l->handler_calls, 1); /* last: publishes thread and thread_on */
 }
 
 /* The client side of a stream: its open result and closes. */

@@ -763,8 +763,8 @@ static int refuse_all(psrpc_stream *st, const psrpc_msg *msg, void *ud) {
 
 static void refusing_handler(psrpc_stream *st, void *ud) {
     stream_side *s = (stream_side *)ud;
-    psrpc_stream_set_callbacks(st, refuse_all, ss_close, &s->accepted, NULL);
     s->held = st;
+    psrpc_stream_set_callbacks(st, refuse_all, ss_close, &s->accepted, NULL);
 }
 
 TEST(log_once_per_event) {

@@ -94,6 +94,9 @@ static mfx *mfx_new(const psrpc_bus_options *server_bus_opts) {
     psrpc_method em = echo();
     bool warm = tu_call_wait(f->cl, &em, "warm-up", NULL, c, 5000) && c->status == PSRPC_OK;
     free(c); /* completed: no later callback */
+    /* the handler counts a request after answering it: wait for that count
+     * before starting from zero */
+    WAIT_UNTIL(atomic_load(&f->srv->handled) >= 1, 2000);
     atomic_store(&f->srv->handled, 0);
     if (!warm) {
         f->sub = NULL;

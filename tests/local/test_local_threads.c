@@ -274,8 +274,8 @@ static void sync_in_handler(psrpc_request *req, void *ud) {
     h->rc = psrpc_client_call_sync(&out, h->cl, &m, "x", 1, NULL);
     snprintf(h->msg, sizeof h->msg, "%s", psrpc_last_error());
     psrpc_msg_release(out);
+    atomic_fetch_add(&h->ran, 1); /* before the answer: the caller checks it then */
     psrpc_request_respond(req, "h", 1);
-    atomic_fetch_add(&h->ran, 1);
 }
 
 TEST(sync_call_in_handler_would_deadlock) {

@@ -22,8 +22,8 @@ typedef struct sub_state {
 } sub_state;
 
 typedef struct log_state {
-    atomic_int warn_bus, lost_lines;
-    char first[512];
+    atomic_int warn_bus, lost_lines, first_ready;
+    char first[512]; /* read once first_ready is set */
     atomic_flag first_taken;
 } log_state;
 
@@ -35,8 +35,10 @@ static void log_cb(int level, const char *component, const char *message, void *
         atomic_fetch_add(&logs.warn_bus, 1);
         if (strstr(message, "lost"))
             atomic_fetch_add(&logs.lost_lines, 1);
-        if (!atomic_flag_test_and_set(&logs.first_taken))
+        if (!atomic_flag_test_and_set(&logs.first_taken)) {
             snprintf(logs.first, sizeof logs.first, "%s", message);
+            atomic_store(&logs.first_ready, 1);
+        }
     }
 }
 
@@ -157,7 +159,8 @@ TEST(slow_subscriber_dropped_by_output_buffer_limit_recovers) {
             BURST, burst_got, BURST - burst_got, t_down - t_burst, why, t_up - t_down,
             t_first - t_up, (unsigned long long)ss.connects, (unsigned long long)ss.disconnects,
             tail_got, AFTER, dups, atomic_load(&st->out_of_order), (unsigned long long)ps.connects,
-            (unsigned long long)ps.disconnects, atomic_load(&logs.warn_bus), logs.first);
+            (unsigned long long)ps.disconnects, atomic_load(&logs.warn_bus),
+            atomic_load(&logs.first_ready) ? logs.first : "");
 
     CHECK(burst_got < BURST);    /* the limit tripped: Redis discarded messages */
     CHECK(burst_got > STALL_AT); /* what was delivered before the stall is kept */
