@@ -103,8 +103,11 @@ static inline void th_sleep_ms(long ms) {
 
 static void th_watchdog(int sig) {
     (void)sig;
-    static const char msg[] = "watchdog: test hung, aborting\n";
+    static const char msg[] = "watchdog: test hung, aborting: ";
+    const char *name = th_current ? th_current : "?";
     ssize_t w = write(2, msg, sizeof msg - 1);
+    w = write(2, name, strlen(name));
+    w = write(2, "\n", 1);
     (void)w;
     abort();
 }
