@@ -9,7 +9,8 @@
 # docs/benchmarks.md and bench/results.svg (bench/render.py).
 #
 #   --quick         one run of ~1 s per cell (CI: proves it works; no thresholds);
-#                   fewer binding, nats.c and scaling cells; reuses the Python
+#                   each scenario once (64 B, its largest in-flight count) plus
+#                   one 16 KiB cell, fewer binding, nats.c and scaling cells; reuses the Python
 #                   venv / Node addon the test suite built instead of building
 #   default         3 runs per cell, median reported (~20-25 minutes on 2 cores)
 #   --out-dir DIR   write results.json, results.meta.json, benchmarks.md and

@@ -213,6 +213,9 @@ test_node() {
     mkdir -p gen
     protoc --plugin=protoc-gen-es=node_modules/.bin/protoc-gen-es --es_out=gen \
         --es_opt=target=js+dts,import_extension=js -I . add_value.proto || return 1
+    # CommonJS too: require() of the same package (its "exports" map).
+    node -e "const p = require('psrpc'); if (typeof p.Bus.open !== 'function') process.exit(1);" ||
+        { echo "FAIL: require('psrpc') in the installed project"; return 1; }
     against_c_server node node add_value.mjs
 }
 

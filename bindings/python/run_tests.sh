@@ -36,7 +36,10 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
     opentelemetry-api opentelemetry-sdk
 # Always rebuild from the current sources (the CMake build dir is reused).
 "${pip[@]}" install -q --force-reinstall --no-deps "$here"
-"${pip[@]}" install -q "$here"   # its dependencies (protobuf), if missing
+# Its dependencies (protobuf) came with the test tools above; pip check fails
+# if a requirement of the installed binding is missing or the wrong version
+# (a second `pip install "$here"` would build the extension again).
+"${pip[@]}" check
 
 [ "${PSRPC_PY_INSTALL_ONLY:-0}" = 1 ] && exit 0
 cd "$here"
