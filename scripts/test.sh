@@ -34,8 +34,8 @@
 # Environment: PSRPC_TEST_JOBS (parallel ctest jobs, default 2),
 # PSRPC_TEST_REDIS_URL / PSRPC_TEST_NATS_URL (passed through to the tests),
 # PSRPC_INTEROP_MATRIX_ARGS (tests/interop/matrix.sh options, default
-# --parallel: the redis and nats cells at once; set it empty for one cell at
-# a time),
+# --parallel --lanes 2: four cells at once, two per broker; set it empty for
+# one cell at a time),
 # PSRPC_SAN_CC / PSRPC_SAN_CXX (sanitizer compilers, default clang/clang++),
 # PSRPC_CMAKE_ARGS (extra configure arguments for all three trees).
 set -uo pipefail
@@ -232,11 +232,12 @@ fi
 # the step. After the bindings' own steps, so their builds are reused.
 if [ "$plain_ok" -eq 1 ]; then
     # (The Python slot reuses the venv python-tests installed.)
-    # The cells are mostly waiting (claim windows, deadlines), so the Redis
-    # cells and the NATS cells run at the same time (--parallel: 6 min 21 s
-    # instead of 11 min, under a load average of 8). PSRPC_INTEROP_MATRIX_ARGS
-    # replaces that option list (empty: one cell at a time).
-    read -r -a matrix_args <<<"${PSRPC_INTEROP_MATRIX_ARGS---parallel}"
+    # The cells are mostly waiting (claim windows, deadlines: a C -> Go cell
+    # uses 0.4 of a core), so they run four at a time: two lanes per broker,
+    # the second on a private broker matrix.sh starts (--parallel --lanes 2).
+    # PSRPC_INTEROP_MATRIX_ARGS replaces that option list (empty: one cell at
+    # a time).
+    read -r -a matrix_args <<<"${PSRPC_INTEROP_MATRIX_ARGS---parallel --lanes 2}"
     step interop-matrix env PSRPC_INTEROP_PY_REUSE=1 "$root/tests/interop/matrix.sh" --ci \
         --build-dir "$root/build" "${matrix_args[@]}"
 else

@@ -30,6 +30,11 @@
 #   --parallel        run the redis cells and the nats cells at the same time
 #                     (two lanes: the cells of one broker must run one after
 #                     the other, they share the service name Conformance)
+#   --lanes N         with --parallel: N lanes per broker (default 1). Lanes
+#                     after the first each get a broker of their own, a
+#                     redis-server / nats-server started here on a free
+#                     loopback port (stopped at exit); a mixed cell counts as
+#                     four cells when the cells are shared out.
 #
 # A language is one file, tests/interop/languages/LANG.sh (the contract is in
 # docs/interop.md): adding one needs no change here. Brokers come from
@@ -57,7 +62,7 @@ all_langs() {
     echo "${out[*]}"
 }
 
-mode= clients= servers= langs= buses=redis,nats mixed= render= scenarios= parallel=0
+mode= clients= servers= langs= buses=redis,nats mixed= render= scenarios= parallel=0 lanes=1
 build=$root/build out=
 while [ $# -gt 0 ]; do
     case $1 in
@@ -76,10 +81,13 @@ while [ $# -gt 0 ]; do
     --no-render) render=0; shift ;;
     --scenarios) scenarios=$2; shift 2 ;;
     --parallel) parallel=1; shift ;;
+    --lanes) lanes=$2; shift 2 ;;
     -h | --help) usage ;;
     *) echo "matrix.sh: unknown argument $1" >&2; usage ;;
     esac
 done
+
+[[ $lanes =~ ^[1-9][0-9]?$ ]] || { echo "matrix.sh: --lanes wants a number from 1 to 99" >&2; exit 2; }
 
 if [ "$mode" = list ]; then
     for l in $(all_langs); do
@@ -283,19 +291,89 @@ methods_rc=0
     methods_rc=1
 echo "matrix.sh: method tables $([ $methods_rc = 0 ] && echo agree || echo "DIFFER (logs/method_table.log)")"
 
-run_lane() { # BUS: the cells of one broker, in order
-    local c
-    for c in "${cells[@]}"; do
-        set -- $c
-        [ "$1" = "$bus_lane" ] && run_cell "$1" "$2" "$3"
+# Lane brokers (--lanes): a private redis-server / nats-server per extra lane.
+lane_pids=()
+stop_lane_brokers() {
+    local p
+    for p in "${lane_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${lane_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap stop_lane_brokers EXIT
+# start_lane_broker BUS: sets lane_url to a new broker's URL once it answers.
+start_lane_broker() {
+    local port i
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    case $1 in
+    redis)
+        redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+            --logfile "$out/logs/lane-redis-$port.log" </dev/null >/dev/null 2>&1 &
+        lane_url=redis://127.0.0.1:$port
+        ;;
+    nats)
+        nats-server -a 127.0.0.1 -p "$port" -l "$out/logs/lane-nats-$port.log" </dev/null >/dev/null 2>&1 &
+        lane_url=nats://127.0.0.1:$port
+        ;;
+    esac
+    lane_pids+=($!)
+    for i in $(seq 100); do
+        with_url "$1" "$lane_url" broker_answers "$1" && return 0
+        sleep 0.1
+    done
+    echo "matrix.sh: the $1 broker of an extra lane did not start on port $port" >&2
+    return 1
+}
+# with_url BUS URL CMD...: CMD with that bus's test URL set to URL.
+with_url() {
+    local bus=$1 url=$2
+    shift 2
+    if [ "$bus" = redis ]; then PSRPC_TEST_REDIS_URL=$url "$@"; else PSRPC_TEST_NATS_URL=$url "$@"; fi
+}
+
+run_lane() { # BUS URL CELL...: cells of one broker, in order; URL "" = the default one
+    local bus=$1 url=$2 c
+    shift 2
+    for c in "$@"; do
+        # shellcheck disable=SC2086
+        if [ -n "$url" ]; then with_url "$bus" "$url" run_cell $c; else run_cell $c; fi
     done
     return 0
 }
 if [ "$parallel" = 1 ]; then
     pids=()
     for bus_lane in $(csv "$buses"); do
-        run_lane &
-        pids+=($!)
+        # Share this broker's cells out over its lanes: mixed cells first
+        # (they take about four times as long), each to the least loaded lane.
+        declare -a lane_cells=() lane_load=()
+        for ((k = 0; k < lanes; k++)); do lane_cells[k]= lane_load[k]=0; done
+        for c in $(for c in "${cells[@]}"; do
+            set -- $c
+            [ "$1" = "$bus_lane" ] && [ "$2" = mixed ] && echo "${c// /:}"
+        done) $(for c in "${cells[@]}"; do
+            set -- $c
+            [ "$1" = "$bus_lane" ] && [ "$2" != mixed ] && echo "${c// /:}"
+        done); do
+            best=0
+            for ((k = 1; k < lanes; k++)); do
+                [ "${lane_load[k]}" -lt "${lane_load[best]}" ] && best=$k
+            done
+            lane_cells[best]="${lane_cells[best]} $c"
+            case $c in *:mixed:*) lane_load[best]=$((lane_load[best] + 4)) ;; *) lane_load[best]=$((lane_load[best] + 1)) ;; esac
+        done
+        for ((k = 0; k < lanes; k++)); do
+            [ -n "${lane_cells[k]}" ] || continue
+            lane_url=
+            if [ "$k" -gt 0 ] && ! start_lane_broker "$bus_lane"; then
+                lane_url=unavailable://
+            fi
+            read -r -a lane_list <<<"${lane_cells[k]//:/ }"
+            # back to "bus client server" triples
+            triples=()
+            for ((j = 0; j < ${#lane_list[@]}; j += 3)); do
+                triples+=("${lane_list[j]} ${lane_list[j + 1]} ${lane_list[j + 2]}")
+            done
+            run_lane "$bus_lane" "$lane_url" "${triples[@]}" &
+            pids+=($!)
+        done
     done
     wait "${pids[@]}"
 else
