@@ -352,6 +352,18 @@ static void deliver(nsub *ns, natsMsg *msg) {
 
 static void pull_task(void *arg);
 
+/* Delivered messages are destroyed in batches: nats.c hands each one to its
+ * garbage-collector thread (a mutex, and a condition signal while that thread
+ * sleeps), so destroying them one by one wakes that thread per message;
+ * a batch wakes it about once. */
+#define DEAD_BATCH 64
+
+static void destroy_msgs(natsMsg **dead, size_t *n) {
+    for (size_t i = 0; i < *n; i++)
+        natsMsg_Destroy(dead[i]);
+    *n = 0;
+}
+
 /* After each read event: deliver what nats.c queued on our subscriptions
  * (they are synchronous ones, pulled here instead of pushed by a thread). */
 static void nats_pull(void *arg) {
@@ -371,6 +383,8 @@ static void nats_pull(void *arg) {
         list[k++] = ns;
     }
     bool more = false;
+    natsMsg *dead[DEAD_BATCH];
+    size_t ndead = 0;
     for (size_t i = 0; i < n; i++) {
         nsub *ns = list[i];
         for (int got = 0; !ns->dead && ns->sub && !st->closing; got++) {
@@ -390,10 +404,13 @@ static void nats_pull(void *arg) {
             if (s != NATS_OK)
                 break;
             deliver(ns, msg);
-            natsMsg_Destroy(msg);
+            dead[ndead++] = msg;
+            if (ndead == DEAD_BATCH)
+                destroy_msgs(dead, &ndead);
         }
         nsub_release(list[i]);
     }
+    destroy_msgs(dead, &ndead);
     if (list != small)
         free(list);
     if (more && !st->pull_posted) {
