@@ -400,9 +400,11 @@ def main():
     ap.add_argument("--duration", type=float)
     ap.add_argument("--only", help="regex over impl/bus/scenario/inflight/payload")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
-    ap.add_argument("--meta-out", default=os.path.join(HERE, "results.meta.json"))
+    ap.add_argument("--meta-out", help="default: beside --out, NAME.meta.json")
     ap.add_argument("--note", action="append", default=[], help="KEY=VALUE for the meta file")
     args = ap.parse_args()
+    if args.meta_out is None:
+        args.meta_out = os.path.splitext(args.out)[0] + ".meta.json"
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.warmup is None:
