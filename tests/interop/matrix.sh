@@ -329,12 +329,12 @@ with_url() {
     if [ "$bus" = redis ]; then PSRPC_TEST_REDIS_URL=$url "$@"; else PSRPC_TEST_NATS_URL=$url "$@"; fi
 }
 
-run_lane() { # BUS URL CELL...: cells of one broker, in order; URL "" = the default one
-    local bus=$1 url=$2 c
+run_lane() { # BUS URL INDEX...: cells[INDEX] in order; URL "" = the bus's default broker
+    local bus=$1 url=$2 i
     shift 2
-    for c in "$@"; do
+    for i in "$@"; do
         # shellcheck disable=SC2086
-        if [ -n "$url" ]; then with_url "$bus" "$url" run_cell $c; else run_cell $c; fi
+        if [ -n "$url" ]; then with_url "$bus" "$url" run_cell ${cells[i]}; else run_cell ${cells[i]}; fi
     done
     return 0
 }
@@ -343,21 +343,22 @@ if [ "$parallel" = 1 ]; then
     for bus_lane in $(csv "$buses"); do
         # Share this broker's cells out over its lanes: mixed cells first
         # (they take about four times as long), each to the least loaded lane.
-        declare -a lane_cells=() lane_load=()
+        lane_cells=() lane_load=()
         for ((k = 0; k < lanes; k++)); do lane_cells[k]= lane_load[k]=0; done
-        for c in $(for c in "${cells[@]}"; do
-            set -- $c
-            [ "$1" = "$bus_lane" ] && [ "$2" = mixed ] && echo "${c// /:}"
-        done) $(for c in "${cells[@]}"; do
-            set -- $c
-            [ "$1" = "$bus_lane" ] && [ "$2" != mixed ] && echo "${c// /:}"
-        done); do
-            best=0
-            for ((k = 1; k < lanes; k++)); do
-                [ "${lane_load[k]}" -lt "${lane_load[best]}" ] && best=$k
+        for pass in mixed pair; do
+            for i in "${!cells[@]}"; do
+                set -- ${cells[i]}
+                [ "$1" = "$bus_lane" ] || continue
+                [ "$2" = mixed ] && kind=mixed || kind=pair
+                [ "$kind" = "$pass" ] || continue
+                best=0
+                for ((k = 1; k < lanes; k++)); do
+                    [ "${lane_load[k]}" -lt "${lane_load[best]}" ] && best=$k
+                done
+                lane_cells[best]+=" $i"
+                if [ "$kind" = mixed ]; then w=4; else w=1; fi
+                lane_load[best]=$((lane_load[best] + w))
             done
-            lane_cells[best]="${lane_cells[best]} $c"
-            case $c in *:mixed:*) lane_load[best]=$((lane_load[best] + 4)) ;; *) lane_load[best]=$((lane_load[best] + 1)) ;; esac
         done
         for ((k = 0; k < lanes; k++)); do
             [ -n "${lane_cells[k]}" ] || continue
@@ -365,13 +366,8 @@ if [ "$parallel" = 1 ]; then
             if [ "$k" -gt 0 ] && ! start_lane_broker "$bus_lane"; then
                 lane_url=unavailable://
             fi
-            read -r -a lane_list <<<"${lane_cells[k]//:/ }"
-            # back to "bus client server" triples
-            triples=()
-            for ((j = 0; j < ${#lane_list[@]}; j += 3)); do
-                triples+=("${lane_list[j]} ${lane_list[j + 1]} ${lane_list[j + 2]}")
-            done
-            run_lane "$bus_lane" "$lane_url" "${triples[@]}" &
+            # shellcheck disable=SC2086
+            run_lane "$bus_lane" "$lane_url" ${lane_cells[k]} &
             pids+=($!)
         done
     done
